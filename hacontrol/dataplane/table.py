@@ -1,0 +1,73 @@
+"""The load-balancing table as plain values: what the kernel holds and what it should hold.
+
+A ``Table`` maps each virtual service's key to its settings and its destinations. Both the desired
+table (computed from config + health) and the actual table (read from IPVS or nftables) use these
+types, so the diff and the in-memory data plane need nothing else. Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Proto = Literal["tcp", "udp"]
+Fwd = Literal["nat", "dr", "tunnel"]
+
+
+@dataclass(frozen=True, order=True)
+class ServiceKey:
+    """Identifies a virtual service: protocol, VIP (canonical text form) and port."""
+
+    protocol: Proto
+    address: str
+    port: int
+
+    @property
+    def family(self) -> int:
+        return 6 if ":" in self.address else 4
+
+    def __str__(self) -> str:
+        host = f"[{self.address}]" if self.family == 6 else self.address
+        return f"{self.protocol}/{host}:{self.port}"
+
+
+@dataclass(frozen=True, order=True)
+class DestKey:
+    address: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.address}]" if ":" in self.address else self.address
+        return f"{host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """Settings of a virtual service (everything but its destinations)."""
+
+    scheduler: str = "wrr"
+    persistence: int = 0  # seconds, 0 = off
+
+
+@dataclass(frozen=True)
+class DestSpec:
+    weight: int = 1
+    forwarding: Fwd = "nat"
+
+
+@dataclass(frozen=True)
+class TableService:
+    spec: ServiceSpec
+    dests: dict[DestKey, DestSpec] = field(default_factory=dict)
+
+
+Table = dict[ServiceKey, TableService]
+
+
+def copy_table(table: Table) -> Table:
+    return {k: TableService(v.spec, dict(v.dests)) for k, v in table.items()}
+
+
+def table_size(table: Table) -> tuple[int, int]:
+    """(services, destinations)."""
+    return len(table), sum(len(s.dests) for s in table.values())

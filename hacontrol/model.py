@@ -1,0 +1,161 @@
+"""The typed configuration model: what a validated config file becomes.
+
+Everything here is a frozen dataclass of plain values (durations in float seconds, addresses as
+``ipaddress`` objects), built only by ``hacontrol.config`` after validation. Nothing here does I/O.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Literal
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+
+CheckType = Literal["tcp", "http", "https", "exec", "none"]
+Protocol = Literal["tcp", "udp"]
+Forwarding = Literal["nat", "dr", "tunnel"]
+OnFailure = Literal["remove", "weight0"]
+DataplaneKind = Literal["auto", "ipvs", "nftables", "memory"]
+
+SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "mh", "fo", "ovf")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """An address and port, e.g. a real server or a sorry server."""
+
+    address: IPAddress
+    port: int
+
+    def __str__(self) -> str:
+        if self.address.version == 6:
+            return f"[{self.address}]:{self.port}"
+        return f"{self.address}:{self.port}"
+
+
+@dataclass(frozen=True)
+class CheckConfig:
+    """One health check definition. A probe is one attempt; rise/fall is applied by the tracker."""
+
+    type: CheckType = "tcp"
+    interval: float = 1.0
+    timeout: float = 0.5
+    rise: int = 2
+    fall: int = 3
+    jitter: float = 0.1  # fraction of interval used to spread first probes and each period
+    port: int | None = None  # probe this port instead of the real server's
+    # http / https
+    path: str = "/"
+    method: str = "GET"
+    host: str | None = None
+    expect_status: tuple[int, ...] = (200,)
+    expect_body: str | None = None  # substring
+    expect_regex: str | None = None
+    verify_tls: bool = True
+    # exec: argv, with {address} and {port} substituted; never through a shell
+    command: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class RealServer:
+    address: IPAddress
+    port: int
+    weight: int = 1
+
+    @property
+    def endpoint(self) -> Endpoint:
+        return Endpoint(self.address, self.port)
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    name: str
+    vip: IPAddress
+    port: int
+    protocol: Protocol = "tcp"
+    scheduler: str = "wrr"
+    forwarding: Forwarding = "nat"
+    persistence: float = 0.0  # seconds; 0 = off
+    on_failure: OnFailure = "remove"
+    sorry_server: Endpoint | None = None
+    check: CheckConfig = field(default_factory=CheckConfig)
+    real_servers: tuple[RealServer, ...] = ()
+
+    @property
+    def vip_endpoint(self) -> Endpoint:
+        return Endpoint(self.vip, self.port)
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    listen: str = "127.0.0.1:9480"  # "host:port" or "unix:/path"
+    token_file: str | None = None  # required for mutating calls when set
+
+
+@dataclass(frozen=True)
+class DataplaneConfig:
+    kind: DataplaneKind = "auto"
+    resync_interval: float = 10.0
+    nft_table: str = "hacontrol"
+    keep_on_stop: bool = True  # leave the table in place on stop: a restart must not drop traffic
+    state_dir: str = "/run/hacontrol"  # remembers which services the daemon owns across restarts
+
+
+@dataclass(frozen=True)
+class LoggingConfig:
+    level: str = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+@dataclass(frozen=True)
+class VipConfig:
+    address: IPInterface
+    interface: str
+
+
+@dataclass(frozen=True)
+class AnnounceConfig:
+    count: int = 5
+    interval: float = 0.05
+    refresh: float = 30.0  # 0 = no periodic refresh
+
+
+@dataclass(frozen=True)
+class TrackConfig:
+    interfaces: tuple[str, ...] = ()
+    gateway: IPAddress | None = None
+    gateway_interval: float = 1.0
+    gateway_fall: int = 3
+    priority_penalty: int = 50
+
+
+@dataclass(frozen=True)
+class HAConfig:
+    bind: Endpoint
+    peers: tuple[Endpoint, ...]
+    secret_file: str
+    priority: int = 100
+    preempt: bool = True
+    preempt_delay: float = 10.0
+    interval: float = 1.0
+    dead_after: int = 3
+    vips: tuple[VipConfig, ...] = ()
+    announce: AnnounceConfig = field(default_factory=AnnounceConfig)
+    lease: float | None = 3.0  # None = off
+    track: TrackConfig = field(default_factory=TrackConfig)
+    notify: tuple[str, ...] = ()
+    notify_timeout: float = 5.0
+
+
+@dataclass(frozen=True)
+class Config:
+    node_name: str
+    services: tuple[ServiceConfig, ...] = ()
+    api: ApiConfig = field(default_factory=ApiConfig)
+    dataplane: DataplaneConfig = field(default_factory=DataplaneConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+    ha: HAConfig | None = None
+    source: str = "<memory>"  # the file this was loaded from
+    digest: str = ""  # sha256 of the canonical form of the services + ha vips (peers must match)
