@@ -1,0 +1,325 @@
+"""The ``hacontrol`` command line: run the daemon, check a config, show status, reload, version.
+
+``hacontrol run -c FILE [--dry-run]`` starts the daemon (hacontrol.daemon); ``check`` validates a
+file; ``status`` and ``reload`` talk to a running daemon's API over TCP or its unix socket (plain
+``http.client``, no event loop); ``lab`` hands over to ``hacontrol.lab.demo:main`` when present.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import importlib
+import importlib.util
+import json
+import socket
+import sys
+from collections.abc import Sequence
+from typing import Any, TextIO
+
+from hacontrol import __version__
+
+DEFAULT_API = "127.0.0.1:9480"
+EXIT_OK, EXIT_ERROR, EXIT_UNREACHABLE = 0, 1, 2
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: str, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = path
+
+    def connect(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(self.timeout)
+        try:
+            sock.connect(self._path)
+        except OSError:
+            sock.close()
+            raise
+        self.sock = sock
+
+
+class ApiError(Exception):
+    """The daemon could not be reached, or answered with an error."""
+
+    def __init__(
+        self, message: str, status: int | None = None, body: dict[str, Any] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body or {}
+
+
+def api_call(
+    api: str,
+    method: str,
+    path: str,
+    body: dict[str, Any] | None = None,
+    token: str | None = None,
+    timeout: float = 10.0,
+) -> tuple[int, dict[str, Any]]:
+    """One request to the daemon's API; returns (status, JSON body)."""
+    from hacontrol.api.app import parse_listen
+
+    try:
+        host, port = parse_listen(api)
+    except ValueError as exc:
+        raise ApiError(str(exc)) from None
+    conn: http.client.HTTPConnection
+    if host == "unix":
+        conn = _UnixConnection(str(port), timeout)
+    else:
+        assert isinstance(port, int)
+        conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    headers = {"Accept": "application/json"}
+    data = None
+    if body is not None:
+        data = json.dumps(body).encode()
+        headers["Content-Type"] = "application/json"
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        conn.request(method, path, body=data, headers=headers)
+        resp = conn.getresponse()
+        raw = resp.read()
+    except OSError as exc:
+        raise ApiError(f"cannot reach the daemon at {api}: {exc}") from None
+    finally:
+        conn.close()
+    try:
+        doc = json.loads(raw) if raw else {}
+    except ValueError:
+        raise ApiError(f"{api}: answer is not JSON (HTTP {resp.status})", resp.status) from None
+    return resp.status, doc if isinstance(doc, dict) else {"value": doc}
+
+
+def _load_config(path: str, err: TextIO) -> Any:
+    from hacontrol.config import ConfigError, load
+
+    try:
+        return load(path)
+    except ConfigError as exc:
+        for line in str(exc).splitlines():
+            print(line, file=err)
+        return None
+    except OSError as exc:
+        print(f"{path}: {exc.strerror or exc}", file=err)
+        return None
+
+
+def _api_address(args: argparse.Namespace, err: TextIO) -> str | None:
+    if args.api:
+        return str(args.api)
+    if args.config:
+        cfg = _load_config(args.config, err)
+        if cfg is None:
+            return None
+        return str(cfg.api.listen)
+    return DEFAULT_API
+
+
+def _token(args: argparse.Namespace, err: TextIO) -> tuple[bool, str | None]:
+    path = args.token_file
+    if path is None and args.config:
+        cfg = _load_config(args.config, err)
+        if cfg is None:
+            return False, None
+        path = cfg.api.token_file
+    if path is None:
+        return True, None
+    try:
+        with open(path) as f:
+            return True, f.read().strip()
+    except OSError as exc:
+        print(f"{path}: cannot read the token: {exc.strerror or exc}", file=err)
+        return False, None
+
+
+def cmd_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    cfg = _load_config(args.config, err)
+    if cfg is None:
+        return EXIT_ERROR
+    n_rs = sum(len(s.real_servers) for s in cfg.services)
+    print(f"ok: {len(cfg.services)} services, {n_rs} real servers", file=out)
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    cfg = _load_config(args.config, err)
+    if cfg is None:
+        return EXIT_ERROR
+    from hacontrol import logs
+    from hacontrol.daemon import run_daemon
+
+    logs.configure(cfg.logging.level, cfg.logging.format)
+    return run_daemon(cfg, dry_run=args.dry_run, out=out)
+
+
+def _ago(v: Any) -> str:
+    if v is None:
+        return "-"
+    return f"{v:.1f}s ago" if v < 120 else f"{v / 60:.0f}m ago"
+
+
+def render_status(doc: dict[str, Any]) -> str:
+    """The status document as a readable table."""
+    dp = doc["dataplane"]
+    lines = [
+        f"node {doc['node']}  role {doc['role']}  version {doc['version']}  "
+        f"uptime {doc['uptime']:.0f}s" + ("  (dry run)" if doc.get("dry_run") else ""),
+        f"config {doc['config']['source']}  digest {str(doc['config']['digest'])[:12]}",
+        f"dataplane {dp['kind']}  last apply {dp['last_result'] or '-'} "
+        f"({_ago(dp['last_apply_ago'])})  applies {dp['applies']}  "
+        f"errors {dp['consecutive_errors']}  drift repairs {dp['drift_repairs']}",
+    ]
+    if dp.get("error"):
+        lines.append(f"  error: {dp['error']}")
+    for svc in doc["services"]:
+        total = len(svc["real_servers"])
+        lines.append("")
+        lines.append(
+            f"{svc['name']}  {svc.get('key', svc['vip'])}  {svc['scheduler']}/{svc['forwarding']}"
+            f"  up {svc.get('up', 0)}/{total}  on_failure {svc['on_failure']}"
+            + ("" if svc.get("in_kernel", True) is not False else "  NOT IN KERNEL")
+        )
+        sorry = svc.get("sorry_server")
+        if sorry:
+            state = {True: "ACTIVE", False: "standby", None: "?"}[sorry["active"]]
+            lines.append(f"  sorry server {sorry['address']}:{sorry['port']} {state}")
+        rows = [("REAL SERVER", "HEALTH", "WEIGHT", "KERNEL", "LAST CHECK")]
+        for rs in svc["real_servers"]:
+            lc = rs["last_check"]
+            lat = "" if lc.get("latency_ms") is None else f", {lc['latency_ms']:.1f} ms"
+            host = f"[{rs['address']}]" if ":" in rs["address"] else rs["address"]
+            rows.append(
+                (
+                    f"{host}:{rs['port']}",
+                    rs["health"],
+                    str(rs["weight"]),
+                    "-" if rs["kernel_weight"] is None else str(rs["kernel_weight"]),
+                    f"{lc['reason']} ({_ago(lc['age'])}{lat})",
+                )
+            )
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        for r in rows:
+            lines.append(
+                "  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[4]
+            )
+    return "\n".join(lines)
+
+
+def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    api = _api_address(args, err)
+    if api is None:
+        return EXIT_ERROR
+    path = "/v1/status" + (f"?service={args.service}" if args.service else "")
+    try:
+        status, doc = api_call(api, "GET", path, timeout=args.timeout)
+    except ApiError as exc:
+        print(f"error: {exc}", file=err)
+        return EXIT_UNREACHABLE
+    if status != 200:
+        print(f"error: HTTP {status}: {doc.get('error', doc)}", file=err)
+        return EXIT_ERROR
+    print(json.dumps(doc, indent=2) if args.json else render_status(doc), file=out)
+    return EXIT_OK
+
+
+def cmd_reload(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    api = _api_address(args, err)
+    if api is None:
+        return EXIT_ERROR
+    ok, token = _token(args, err)
+    if not ok:
+        return EXIT_ERROR
+    try:
+        status, doc = api_call(
+            api, "POST", "/v1/reload", body={"reason": "cli"}, token=token, timeout=args.timeout
+        )
+    except ApiError as exc:
+        print(f"error: {exc}", file=err)
+        return EXIT_UNREACHABLE
+    if status == 200:
+        print(
+            f"ok: reloaded, digest {str(doc.get('digest', ''))[:12]}"
+            + ("" if doc.get("changed", True) else " (no change)"),
+            file=out,
+        )
+        return EXIT_OK
+    print(f"error: HTTP {status}: {doc.get('error', doc)}", file=err)
+    for line in doc.get("errors", []):
+        print(line, file=err)
+    return EXIT_ERROR
+
+
+def cmd_version(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    print(f"hacontrol {__version__}", file=out)
+    return EXIT_OK
+
+
+def cmd_lab(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    if importlib.util.find_spec("hacontrol.lab.demo") is None:
+        print("error: the lab is not available in this installation (hacontrol.lab.demo)", file=err)
+        return EXIT_ERROR
+    demo = importlib.import_module("hacontrol.lab.demo")
+    return int(demo.main(list(args.lab_args)) or 0)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="hacontrol", description="hacontrol: LVS director controller")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def api_opts(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument(
+            "--api",
+            help=f"daemon API: host:port or unix:/path (default: the "
+            f"config's api.listen with -c, else {DEFAULT_API})",
+        )
+        sp.add_argument("-c", "--config", help="read api.listen (and token_file) from this file")
+        sp.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
+
+    sp = sub.add_parser("run", help="run the daemon")
+    sp.add_argument("-c", "--config", required=True)
+    sp.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="in-memory data plane; print every change instead of applying it",
+    )
+    sp.set_defaults(func=cmd_run)
+
+    sp = sub.add_parser("check", help="validate a config file")
+    sp.add_argument("-c", "--config", required=True)
+    sp.set_defaults(func=cmd_check)
+
+    sp = sub.add_parser("status", help="show a running daemon's status")
+    api_opts(sp)
+    sp.add_argument("--json", action="store_true", help="print the raw status document")
+    sp.add_argument("--service", help="only this service")
+    sp.set_defaults(func=cmd_status)
+
+    sp = sub.add_parser("reload", help="make a running daemon re-read its config")
+    api_opts(sp)
+    sp.add_argument("--token-file", help="API token (default: the config's api.token_file)")
+    sp.set_defaults(func=cmd_reload)
+
+    sp = sub.add_parser("version", help="print the version")
+    sp.set_defaults(func=cmd_version)
+
+    sp = sub.add_parser(
+        "lab", help="network-namespace demo lab (hacontrol.lab.demo)", add_help=False
+    )
+    sp.add_argument("lab_args", nargs=argparse.REMAINDER)
+    sp.set_defaults(func=cmd_lab)
+    return p
+
+
+def main(
+    argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None
+) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["lab"]:  # everything after "lab" belongs to the lab, options included
+        args = argparse.Namespace(func=cmd_lab, lab_args=argv[1:])
+    else:
+        args = parser().parse_args(argv)
+    rc: int = args.func(args, out or sys.stdout, err or sys.stderr)
+    return rc

@@ -1,0 +1,181 @@
+"""The status document: what ``GET /v1/status`` and ``hacontrol status`` show.
+
+Pure: ``build_status`` takes the config, a health lookup, the last kernel snapshot, a view of the
+reconciler and ``now`` (monotonic seconds), and returns plain JSON-able values. The daemon gathers
+the inputs; the API only serialises the result. No I/O, no asyncio here.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from hacontrol.dataplane.table import DestKey, ServiceKey, Table
+from hacontrol.health.state import Health, TargetStatus
+from hacontrol.model import Config, Endpoint, RealServer, ServiceConfig
+
+# (service, real server) -> its health status, None when it is not checked (yet)
+HealthLookup = Callable[[ServiceConfig, RealServer], TargetStatus | None]
+
+
+@dataclass(frozen=True)
+class DataplaneView:
+    """What the status shows about the data plane and its reconciler (times are ages, seconds)."""
+
+    kind: str
+    last_result: str | None = None  # "ok" | "error" | None (nothing applied yet)
+    error: str | None = None
+    consecutive_errors: int = 0
+    last_apply_ago: float | None = None
+    last_sync_ago: float | None = None
+    applies: int = 0
+    drift_repairs: int = 0
+    resyncs: int = 0
+
+
+@dataclass(frozen=True)
+class NodeView:
+    node: str
+    role: str  # "standalone" until HA is configured
+    version: str
+    uptime: float
+    config_loaded_ago: float
+    dry_run: bool = False
+
+
+def service_key(svc: ServiceConfig) -> ServiceKey:
+    return ServiceKey(svc.protocol, str(svc.vip), svc.port)
+
+
+def dest_key(ep: Endpoint | RealServer) -> DestKey:
+    return DestKey(str(ep.address), ep.port)
+
+
+def _age(now: float, at: float | None) -> float | None:
+    return None if at is None else round(max(0.0, now - at), 3)
+
+
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else round(seconds * 1000.0, 3)
+
+
+def real_server_status(
+    rs: RealServer, st: TargetStatus | None, kernel_weight: int | None, now: float
+) -> dict[str, Any]:
+    if st is None:
+        st = TargetStatus(state=Health.UNKNOWN, since=now)
+    return {
+        "address": str(rs.address),
+        "port": rs.port,
+        "weight": rs.weight,
+        "kernel_weight": kernel_weight,
+        "health": str(st.state),
+        "health_since_ago": _age(now, st.since),
+        "last_check": {
+            "ok": st.last_ok,
+            "reason": st.last_reason,
+            "age": _age(now, st.last_at),
+            "latency_ms": _ms(st.last_latency),
+        },
+        "successes": st.successes,
+        "failures": st.failures,
+    }
+
+
+def service_status(
+    svc: ServiceConfig, health: HealthLookup, kernel: Table | None, now: float
+) -> dict[str, Any]:
+    ksvc = None if kernel is None else kernel.get(service_key(svc))
+    servers = []
+    for rs in svc.real_servers:
+        kw: int | None = None
+        if ksvc is not None:
+            d = ksvc.dests.get(dest_key(rs))
+            kw = None if d is None else d.weight
+        servers.append(real_server_status(rs, health(svc, rs), kw, now))
+    sorry: dict[str, Any] | None = None
+    if svc.sorry_server is not None:
+        configured = {dest_key(rs) for rs in svc.real_servers}
+        sk = dest_key(svc.sorry_server)
+        active: bool | None = None
+        if kernel is not None:
+            # the sorry server is active when the kernel holds it and it is not also a real server
+            active = ksvc is not None and sk in ksvc.dests and sk not in configured
+        sorry = {
+            "address": str(svc.sorry_server.address),
+            "port": svc.sorry_server.port,
+            "active": active,
+        }
+    return {
+        "name": svc.name,
+        "key": str(service_key(svc)),
+        "vip": str(svc.vip),
+        "port": svc.port,
+        "protocol": svc.protocol,
+        "scheduler": svc.scheduler,
+        "forwarding": svc.forwarding,
+        "persistence": svc.persistence,
+        "on_failure": svc.on_failure,
+        "sorry_server": sorry,
+        "check": {
+            "type": svc.check.type,
+            "interval": svc.check.interval,
+            "timeout": svc.check.timeout,
+            "rise": svc.check.rise,
+            "fall": svc.check.fall,
+        },
+        "in_kernel": None if kernel is None else ksvc is not None,
+        "up": sum(1 for s in servers if s["health"] == Health.UP.value),
+        "real_servers": servers,
+    }
+
+
+def dataplane_status(dp: DataplaneView) -> dict[str, Any]:
+    return {
+        "kind": dp.kind,
+        "last_result": dp.last_result,
+        "error": dp.error,
+        "consecutive_errors": dp.consecutive_errors,
+        "last_apply_ago": dp.last_apply_ago,
+        "last_sync_ago": dp.last_sync_ago,
+        "applies": dp.applies,
+        "drift_repairs": dp.drift_repairs,
+        "resyncs": dp.resyncs,
+    }
+
+
+def build_status(
+    config: Config,
+    node: NodeView,
+    dataplane: DataplaneView,
+    health: HealthLookup,
+    kernel: Table | None,
+    now: float,
+    ha: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The whole status document (schema: ``Status`` in hacontrol/api/openapi.yaml)."""
+    services = [service_status(s, health, kernel, now) for s in config.services]
+    return {
+        "node": node.node,
+        "role": node.role,
+        "version": node.version,
+        "uptime": round(node.uptime, 3),
+        "dry_run": node.dry_run,
+        "config": {
+            "source": config.source,
+            "digest": config.digest,
+            "loaded_ago": round(node.config_loaded_ago, 3),
+        },
+        "dataplane": dataplane_status(dataplane),
+        "ha": dict(ha) if ha is not None else None,
+        "services": services,
+    }
+
+
+def filter_service(doc: dict[str, Any], name: str) -> dict[str, Any] | None:
+    """The document with only the service called ``name``; None if there is none."""
+    found = [s for s in doc["services"] if s["name"] == name]
+    if not found:
+        return None
+    return {**doc, "services": found}
