@@ -61,7 +61,7 @@ class NotifyResult:
 
 
 class CommandNotifier:
-    """Implements the ``Notifier`` protocol: ``await notify(role, reason)``."""
+    """Implements ``hacontrol.ha.interfaces.Notifier``: ``await notify(role, reason)``."""
 
     def __init__(
         self,
@@ -80,8 +80,12 @@ class CommandNotifier:
         self._lock = asyncio.Lock()
         self.last: NotifyResult | None = None
 
-    async def notify(self, role: str, reason: str) -> NotifyResult:
-        """Run the program for one transition; never raises (except cancellation)."""
+    async def notify(self, role: str, reason: str) -> None:
+        """The ``Notifier`` protocol: run the program for one transition; never raises."""
+        await self.run(role, reason)
+
+    async def run(self, role: str, reason: str) -> NotifyResult:
+        """Run the program for one transition and return what happened (never raises)."""
         if not self.argv:
             return NotifyResult("skipped", ())
         argv = render_argv(self.argv, role=role, reason=reason, node=self.node)

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
+from hacontrol.ha.interfaces import Notifier
 from hacontrol.ha.notify import CommandNotifier, render_argv
 
 
@@ -29,6 +30,11 @@ def test_render_argv_keeps_shell_metacharacters_literal() -> None:
     assert got == ["echo", "$(rm -rf /); `x` | y"]
 
 
+def test_implements_the_notifier_protocol() -> None:
+    notifier: Notifier = CommandNotifier(["true"], node="n")
+    assert notifier is not None
+
+
 def test_timeout_must_be_positive() -> None:
     with pytest.raises(ValueError):
         CommandNotifier(["true"], node="n", timeout=0)
@@ -43,7 +49,7 @@ async def test_runs_with_arguments_and_logs_exit_status(tmp_path: Path) -> None:
         timeout=10,
     )
     with capture_logs() as logs:
-        res = await n.notify("backup", "peer has higher priority; $HOME `id`")
+        res = await n.run("backup", "peer has higher priority; $HOME `id`")
     assert out.read_text() == "backup|peer has higher priority; $HOME `id`|lb1"
     assert res.outcome == "failed" and res.returncode == 3
     ev = [e for e in logs if e["event"] == "ha.notify"]
@@ -56,7 +62,7 @@ async def test_runs_with_arguments_and_logs_exit_status(tmp_path: Path) -> None:
 async def test_success_logs_ok_and_output() -> None:
     n = CommandNotifier([sys.executable, "-c", "print('hello', 'x')"], node="n", timeout=10)
     with capture_logs() as logs:
-        res = await n.notify("active", "elected")
+        res = await n.run("active", "elected")
     assert res.outcome == "ok" and res.returncode == 0
     assert res.output == "hello x"
     assert logs[-1]["event"] == "ha.notify" and logs[-1]["outcome"] == "ok"
@@ -75,7 +81,7 @@ async def test_timeout_kills_the_process_group(tmp_path: Path) -> None:
     n = CommandNotifier([sys.executable, "-c", script], node="n", timeout=1.5, kill_grace=0.2)
     t0 = time.monotonic()
     with capture_logs() as logs:
-        res = await n.notify("fault", "gateway down")
+        res = await n.run("fault", "gateway down")
     elapsed = time.monotonic() - t0
     assert res.outcome == "timeout"
     assert res.returncode is not None and res.returncode < 0  # killed by a signal
@@ -101,7 +107,7 @@ def _gone(pid: int) -> bool:
 async def test_missing_binary_is_logged_not_raised(tmp_path: Path) -> None:
     n = CommandNotifier([str(tmp_path / "does-not-exist"), "{role}"], node="n", timeout=5)
     with capture_logs() as logs:
-        res = await n.notify("active", "elected")
+        res = await n.run("active", "elected")
     assert res.outcome == "error"
     assert res.error is not None and "FileNotFoundError" in res.error
     assert logs[-1]["event"] == "ha.notify" and logs[-1]["outcome"] == "error"
@@ -110,7 +116,7 @@ async def test_missing_binary_is_logged_not_raised(tmp_path: Path) -> None:
 
 async def test_empty_argv_is_skipped() -> None:
     n = CommandNotifier([], node="n")
-    assert (await n.notify("active", "x")).outcome == "skipped"
+    assert (await n.run("active", "x")).outcome == "skipped"
 
 
 async def test_runs_are_serialised_in_call_order(tmp_path: Path) -> None:

@@ -1,0 +1,145 @@
+"""Gratuitous ARP / unsolicited NA frames against hand-computed bytes, and the burst logic."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+
+from hacontrol.ha import announce
+from hacontrol.ha.announce import (
+    Announcer,
+    format_mac,
+    garp_frame,
+    icmpv6_checksum,
+    inet_checksum,
+    na_message,
+    parse_mac,
+)
+from hacontrol.metrics import Metrics
+from hacontrol.model import AnnounceConfig, VipConfig
+
+MAC = bytes.fromhex("02000000000b")
+V4 = ipaddress.IPv4Address("198.51.100.10")
+V6 = ipaddress.IPv6Address("2001:db8:100::10")
+
+
+def test_mac_parse_and_format() -> None:
+    assert parse_mac("02:00:00:00:00:0b") == MAC
+    assert format_mac(MAC) == "02:00:00:00:00:0b"
+    for bad in ("02:00:00:00:00", "02:00:00:00:00:0g", "0200.0000.000b", ""):
+        with pytest.raises(ValueError):
+            parse_mac(bad)
+
+
+def test_garp_frame_bytes() -> None:
+    expected = bytes.fromhex(
+        "ffffffffffff"  # Ethernet destination: broadcast
+        "02000000000b"  # Ethernet source: the interface's MAC
+        "0806"  # EtherType ARP
+        "0001"  # htype Ethernet
+        "0800"  # ptype IPv4
+        "06"
+        "04"  # hlen, plen
+        "0001"  # op: request
+        "02000000000b"  # sender MAC
+        "c633640a"  # sender IP 198.51.100.10
+        "000000000000"  # target MAC: zero (RFC 5227)
+        "c633640a"  # target IP = sender IP: gratuitous
+    )
+    assert garp_frame(MAC, V4) == expected
+    assert len(expected) == 42
+
+
+def test_garp_rejects_bad_mac() -> None:
+    with pytest.raises(ValueError):
+        garp_frame(b"\x01\x02", V4)
+
+
+def test_inet_checksum_rfc1071_example() -> None:
+    # RFC 1071 section 3 example: words 0001 f203 f4f5 f6f7 sum to ddf2 -> checksum 220d
+    assert inet_checksum(bytes.fromhex("0001f203f4f5f6f7")) == 0x220D
+    # odd length pads with a zero byte
+    assert inet_checksum(b"\x01") == inet_checksum(b"\x01\x00")
+
+
+def test_na_message_bytes() -> None:
+    # Checksum by hand, 16-bit words of pseudo-header + message:
+    #   src 2001:db8:100::10 (twice: source and target) 2*(2001+0db8+0100+0010) = 5d92
+    #   dst ff02::1 = ff02+0001 = ff03; length 0020; next header 003a
+    #   type/code 8800; flags 2000 (override); option 0201 0200 0000 000b = 040c
+    #   5d92+ff03+0020+003a+8800+2000+040c = 208fb -> fold 08fb+2 = 08fd -> ~ = f702
+    expected = bytes.fromhex(
+        "88"  # type 136: neighbour advertisement
+        "00"  # code
+        "f702"  # checksum
+        "20000000"  # flags: R=0 S=0 O=1, reserved
+        "20010db8010000000000000000000010"  # target 2001:db8:100::10
+        "02"  # option: target link-layer address
+        "01"  # length 1 (8 bytes)
+        "02000000000b"  # the MAC
+    )
+    assert na_message(MAC, V6) == expected
+    assert len(expected) == 32
+
+
+def test_na_router_flag_and_checksum_for_other_source() -> None:
+    msg = na_message(MAC, V6, router=True, src=ipaddress.IPv6Address("fe80::1"))
+    assert msg[4:8] == bytes.fromhex("a0000000")  # R + O, never S
+    # a message carrying its own checksum sums to zero with the pseudo-header
+    assert icmpv6_checksum(ipaddress.IPv6Address("fe80::1"), announce.ALL_NODES, msg) == 0
+
+
+def _vips() -> list[VipConfig]:
+    return [
+        VipConfig(ipaddress.IPv4Interface("198.51.100.10/24"), "eth0"),
+        VipConfig(ipaddress.IPv6Interface("2001:db8:100::10/64"), "eth0"),
+    ]
+
+
+async def test_burst_counts_rounds_and_metrics(monkeypatch: pytest.MonkeyPatch) -> None:
+    sent: list[tuple[str, str]] = []
+    sleeps: list[float] = []
+
+    def fake_send(self: Announcer, socks: object, vip: VipConfig) -> None:
+        sent.append((vip.interface, str(vip.address.ip)))
+
+    async def fake_sleep(s: float) -> None:
+        sleeps.append(s)
+
+    monkeypatch.setattr(Announcer, "_send_one", fake_send)
+    m = Metrics()
+    a = Announcer(_vips(), AnnounceConfig(count=3, interval=0.05), m, sleep=fake_sleep)
+    assert await a.burst() == 6
+    assert sleeps == [0.05, 0.05]  # between rounds, not after the last
+    assert len(sent) == 6
+    assert m.announcements.labels(family="ipv4")._value.get() == 3
+    assert m.announcements.labels(family="ipv6")._value.get() == 3
+    assert await a.once() == 2
+    assert a.sent_total == 8
+
+
+async def test_send_errors_are_counted_out_not_raised(monkeypatch: pytest.MonkeyPatch) -> None:
+    def fake_send(self: Announcer, socks: object, vip: VipConfig) -> None:
+        if vip.address.version == 6:
+            raise OSError(19, "No such device")
+
+    async def no_sleep(s: float) -> None:
+        return None
+
+    monkeypatch.setattr(Announcer, "_send_one", fake_send)
+    m = Metrics()
+    a = Announcer(_vips(), AnnounceConfig(count=2, interval=0.01), m, sleep=no_sleep)
+    assert await a.burst() == 2
+    assert m.announcements.labels(family="ipv6")._value.get() == 0
+
+
+async def test_missing_interface_is_an_error_value() -> None:
+    vip = VipConfig(ipaddress.IPv4Interface("198.51.100.10/24"), "hc-no-such-if0")
+    a = Announcer([vip], AnnounceConfig(count=1))
+    assert await a.burst() == 0  # no such device (or no CAP_NET_RAW): logged, not raised
+
+
+async def test_refresh_zero_returns_at_once() -> None:
+    a = Announcer(_vips(), AnnounceConfig(refresh=0))
+    await a.refresh_forever()
