@@ -1,0 +1,296 @@
+"""The heartbeat codec: golden vectors (bytes <-> fields), every drop reason, the replay guard, and
+hypothesis fuzzing of the decoder (it raises nothing but PacketError).
+
+Regenerate the golden files (only when the wire format changes on purpose, with a version bump):
+``python3 tests/unit/test_ha_packet.py --regen``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from hacontrol.ha import packet as p
+
+GOLDEN = Path(__file__).parent / "golden" / "ha"
+KEY = b"hacontrol golden vector key 0001"
+
+VECTORS: dict[str, p.Message] = {
+    "heartbeat_starting_minimal": p.Message(
+        type=p.MsgType.HEARTBEAT,
+        node="a",
+        role=p.WireRole.STARTING,
+        priority=1,
+        effective_priority=1,
+        epoch=1,
+        seq=0,
+    ),
+    "heartbeat_backup": p.Message(
+        type=p.MsgType.HEARTBEAT,
+        node="dir-b",
+        role=p.WireRole.BACKUP,
+        priority=100,
+        effective_priority=100,
+        epoch=1764150000000,
+        seq=41,
+        digest=bytes(range(32)),
+        health=(p.ServiceHealth("web", 3, 3),),
+    ),
+    "heartbeat_active_degraded": p.Message(
+        type=p.MsgType.HEARTBEAT,
+        node="dir-a",
+        role=p.WireRole.ACTIVE,
+        priority=150,
+        effective_priority=100,
+        epoch=1764150000123,
+        seq=2**40 + 7,
+        digest=bytes.fromhex("aa" * 32),
+        flags=p.FLAG_VIPS_HELD | p.FLAG_BLOCKED,
+        health=(p.ServiceHealth("dns", 0, 2), p.ServiceHealth("web", 2, 3)),
+        takeover=p.Takeover(1500, 1498, 1497, 10),
+    ),
+    "handover_utf8_name": p.Message(
+        type=p.MsgType.HANDOVER,
+        node="directeur-é",
+        role=p.WireRole.ACTIVE,
+        priority=254,
+        effective_priority=254,
+        epoch=2**64 - 1,
+        seq=2**64 - 1,
+        digest=bytes.fromhex("5f" * 32),
+        flags=p.FLAG_VIPS_HELD | p.FLAG_YIELDING,
+        health=tuple(p.ServiceHealth(f"svc{i:02d}", i, 16) for i in range(16)),
+        takeover=p.Takeover(p.NO_TIME, p.NO_TIME, p.NO_TIME, 0),
+    ),
+}
+
+
+def to_json(m: p.Message) -> dict[str, Any]:
+    d = dataclasses.asdict(m)
+    d["type"] = m.type.name.lower()
+    d["role"] = m.role.name.lower()
+    d["digest"] = m.digest.hex()
+    d["health"] = [dataclasses.asdict(s) for s in m.health]
+    return d
+
+
+def from_json(d: dict[str, Any]) -> p.Message:
+    return p.Message(
+        type=p.MsgType[d["type"].upper()],
+        node=d["node"],
+        role=p.WireRole[d["role"].upper()],
+        priority=d["priority"],
+        effective_priority=d["effective_priority"],
+        epoch=d["epoch"],
+        seq=d["seq"],
+        digest=bytes.fromhex(d["digest"]),
+        flags=d["flags"],
+        health=tuple(p.ServiceHealth(**s) for s in d["health"]),
+        takeover=p.Takeover(**d["takeover"]),
+    )
+
+
+def regen() -> None:
+    GOLDEN.mkdir(parents=True, exist_ok=True)
+    for name, msg in VECTORS.items():
+        (GOLDEN / f"{name}.bin").write_bytes(p.encode(msg, KEY))
+        doc = {"key": KEY.decode(), "message": to_json(msg)}
+        (GOLDEN / f"{name}.json").write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+
+
+GOLDEN_NAMES = sorted(f.stem for f in GOLDEN.glob("*.bin"))
+
+
+def test_golden_set_is_complete() -> None:
+    assert sorted(VECTORS) == GOLDEN_NAMES
+
+
+@pytest.mark.parametrize("name", GOLDEN_NAMES)
+def test_golden_decode_and_reencode(name: str) -> None:
+    raw = (GOLDEN / f"{name}.bin").read_bytes()
+    doc = json.loads((GOLDEN / f"{name}.json").read_text())
+    key = doc["key"].encode()
+    expected = from_json(doc["message"])
+    assert p.decode(raw, key) == expected
+    assert p.encode(expected, key) == raw
+
+
+def test_golden_fixed_header_layout() -> None:
+    raw = (GOLDEN / "heartbeat_backup.bin").read_bytes()
+    assert raw[:4] == b"HACP" and raw[4] == 1 and raw[5] == 1  # magic, version, heartbeat
+    assert raw[7] == 1 and raw[8] == 100 and raw[9] == 100  # role backup, priorities
+    assert struct.unpack("!QQ", raw[10:26]) == (1764150000000, 41)
+    assert raw[26:58] == bytes(range(32))
+    assert raw[74] == 5 and raw[75:80] == b"dir-b"  # name after the 16-byte takeover block
+    assert len(raw) == 74 + 1 + 5 + 1 + (1 + 3 + 4) + 32
+
+
+def valid() -> bytes:
+    return p.encode(VECTORS["heartbeat_active_degraded"], KEY)
+
+
+def remac(body: bytes) -> bytes:
+    return body + p.mac(body, KEY)
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"", "truncated"),
+        (valid()[:40], "truncated"),
+        (valid() + bytes(p.MAX_PACKET), "oversized"),
+        (b"XACP" + valid()[4:], "bad_magic"),
+        (valid()[:4] + b"\x02" + valid()[5:], "bad_version"),
+        (valid()[:4] + b"\x00" + valid()[5:], "bad_version"),
+        (valid()[:-1] + bytes([valid()[-1] ^ 1]), "bad_mac"),
+        (valid()[:20] + bytes([valid()[20] ^ 0x80]) + valid()[21:], "bad_mac"),
+        (valid()[:-33] + valid()[-32:], "bad_mac"),  # one byte cut from the body
+        (remac(valid()[:-32] + b"\x00"), "malformed"),  # trailing byte
+        (remac(valid()[:5] + b"\x09" + valid()[6:-32]), "malformed"),  # unknown type
+        (remac(valid()[:7] + b"\x07" + valid()[8:-32]), "malformed"),  # unknown role
+        (remac(valid()[:8] + b"\x00" + valid()[9:-32]), "malformed"),  # priority 0
+        (remac(valid()[:8] + b"\xff" + valid()[9:-32]), "malformed"),  # priority 255
+        (remac(valid()[:74] + b"\x00" + valid()[75:-32]), "malformed"),  # empty name
+        (remac(valid()[:74] + b"\x41" + valid()[75:-32]), "malformed"),  # name too long
+        (remac(valid()[:74] + b"\x05\xff\xfe" + valid()[77:-32]), "malformed"),  # not utf-8
+        (remac(valid()[:80] + b"\x11" + valid()[81:-32]), "malformed"),  # 17 services
+        (remac(valid()[:80] + b"\x03" + valid()[81:-32]), "malformed"),  # count past the end
+    ],
+)
+def test_drop_reasons(data: bytes, reason: str) -> None:
+    with pytest.raises(p.PacketError) as e:
+        p.decode(data, KEY)
+    assert e.value.reason == reason
+    assert e.value.reason in p.DECODE_REASONS
+
+
+def test_healthy_above_total_is_malformed() -> None:
+    raw = valid()
+    body = bytearray(raw[:-32])
+    i = body.index(b"web") + 3
+    body[i : i + 4] = struct.pack("!HH", 4, 3)
+    with pytest.raises(p.PacketError, match="healthy > total"):
+        p.decode(remac(bytes(body)), KEY)
+
+
+def test_wrong_key_is_bad_mac() -> None:
+    with pytest.raises(p.PacketError) as e:
+        p.decode(valid(), b"another key")
+    assert e.value.reason == "bad_mac"
+
+
+def test_unknown_flags_are_ignored_on_receive() -> None:
+    body = bytearray(valid()[:-32])
+    body[6] |= 0x80
+    assert p.decode(remac(bytes(body)), KEY).flags == p.FLAG_VIPS_HELD | p.FLAG_BLOCKED
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"node": ""},
+        {"node": "x" * 65},
+        {"priority": 0},
+        {"priority": 255},
+        {"effective_priority": 256},
+        {"epoch": 2**64},
+        {"seq": -1},
+        {"digest": b"short"},
+        {"flags": 0x40},
+        {"health": tuple(p.ServiceHealth(f"s{i}", 0, 0) for i in range(17))},
+        {"health": (p.ServiceHealth("s", 2, 1),)},
+        {"health": (p.ServiceHealth("", 0, 0),)},
+        {"takeover": p.Takeover(-1)},
+    ],
+)
+def test_encode_refuses_out_of_range(change: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        p.encode(dataclasses.replace(VECTORS["heartbeat_backup"], **change), KEY)
+
+
+def test_largest_packet_fits() -> None:
+    big = dataclasses.replace(
+        VECTORS["handover_utf8_name"],
+        node="n" * 64,
+        health=tuple(p.ServiceHealth(f"{i:02d}" + "s" * 62, 65535, 65535) for i in range(16)),
+    )
+    raw = p.encode(big, KEY)
+    assert len(raw) <= p.MAX_PACKET
+    assert p.decode(raw, KEY) == big
+
+
+# -- replay guard -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("window", "seen", "verdicts"),
+    [
+        # strict window: seq must strictly increase
+        (1, [(1, 1), (1, 2), (1, 2), (1, 1), (1, 5)], [None, None, "replayed", "replayed", None]),
+        # a new epoch resets the sequence; an old epoch is refused
+        (64, [(5, 100), (6, 0), (5, 101), (6, 1)], [None, None, "replayed", None]),
+        # reordered copies inside the window are accepted once
+        (
+            64,
+            [(1, 10), (1, 9), (1, 9), (1, 12), (1, 11), (1, 10)],
+            [None, None, "replayed", None, None, "replayed"],
+        ),
+        # too old for the window
+        (4, [(1, 10), (1, 6), (1, 7)], [None, "replayed", None]),
+        # a jump wider than the window clears the history
+        (4, [(1, 1), (1, 100), (1, 99), (1, 99)], [None, None, None, "replayed"]),
+    ],
+)
+def test_replay_guard(window: int, seen: list[tuple[int, int]], verdicts: list[str | None]) -> None:
+    g = p.ReplayGuard(window)
+    assert [g.check("peer", e, s) for e, s in seen] == verdicts
+    assert g.check("other", 0, 0) is None  # per peer
+
+
+def test_replay_guard_window_bounds() -> None:
+    with pytest.raises(ValueError):
+        p.ReplayGuard(0)
+
+
+# -- fuzzing ----------------------------------------------------------------------------------
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(max_size=1600))
+def test_fuzz_random_bytes(data: bytes) -> None:
+    for candidate in (data, b"HACP\x01" + data):
+        try:
+            p.decode(candidate, KEY)
+        except p.PacketError as e:
+            assert e.reason in p.DECODE_REASONS
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(sorted(VECTORS)), st.data())
+def test_fuzz_mutated_valid_packets(name: str, data: st.DataObject) -> None:
+    raw = bytearray(p.encode(VECTORS[name], KEY))
+    for _ in range(data.draw(st.integers(1, 4))):
+        i = data.draw(st.integers(0, len(raw) - 1))
+        raw[i] = data.draw(st.integers(0, 255))
+    cut = data.draw(st.integers(0, len(raw)))
+    body = bytes(raw[:cut])
+    remaced = body[:-32] + p.mac(body[:-32], KEY) if len(body) > 32 else body
+    for candidate in (bytes(raw), body, remaced):
+        try:
+            m = p.decode(candidate, KEY)
+        except p.PacketError as e:
+            assert e.reason in p.DECODE_REASONS
+        else:
+            assert p.decode(p.encode(m, KEY), KEY) == m  # whatever decodes re-encodes
+
+
+if __name__ == "__main__" and "--regen" in sys.argv:
+    regen()
