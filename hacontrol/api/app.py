@@ -34,7 +34,7 @@ class Controller(Protocol):
     def status(self) -> dict[str, Any]:
         """The status document (see hacontrol.status.build_status)."""
 
-    def metrics(self) -> bytes:
+    def metrics_text(self) -> bytes:
         """Prometheus text exposition."""
 
     def token(self) -> str | None:
@@ -133,7 +133,7 @@ async def get_status(request: web.Request) -> web.Response:
 async def get_metrics(request: web.Request) -> web.Response:
     _only_params(request, ())
     return web.Response(
-        body=request.app[CONTROLLER].metrics(), headers={"Content-Type": METRICS_CONTENT_TYPE}
+        body=request.app[CONTROLLER].metrics_text(), headers={"Content-Type": METRICS_CONTENT_TYPE}
     )
 
 
@@ -214,8 +214,15 @@ def parse_listen(listen: str) -> tuple[str, str | int]:
 class ApiServer:
     """Serves an app on TCP host:port or a unix socket (mode 0660, parent dir created)."""
 
-    def __init__(self, app: web.Application, listen: str, socket_mode: int = 0o660) -> None:
+    def __init__(
+        self,
+        app: web.Application,
+        listen: str,
+        socket_mode: int = 0o660,
+        shutdown_timeout: float = 0.3,
+    ) -> None:
         self.app = app
+        self.shutdown_timeout = shutdown_timeout  # in-flight requests get this long on stop
         self.listen = listen
         self.socket_mode = socket_mode
         self._runner: web.AppRunner | None = None
@@ -224,7 +231,9 @@ class ApiServer:
 
     async def start(self) -> None:
         host, port = parse_listen(self.listen)
-        runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        runner = web.AppRunner(
+            self.app, access_log=None, handle_signals=False, shutdown_timeout=self.shutdown_timeout
+        )
         await runner.setup()
         try:
             site: web.BaseSite

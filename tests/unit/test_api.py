@@ -1,0 +1,255 @@
+"""The HTTP API through aiohttp's test client: routes, JSON errors, token, metrics, the spec."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import yaml
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from hacontrol.api.app import (
+    METRICS_CONTENT_TYPE,
+    ApiServer,
+    create_app,
+    openapi_text,
+    parse_listen,
+    route_table,
+)
+from hacontrol.metrics import Metrics
+
+
+class FakeController:
+    def __init__(self, token: str | None = None) -> None:
+        self._token = token
+        self.reloads: list[str] = []
+        self.reload_result: dict[str, Any] = {"result": "ok", "digest": "abc", "changed": True}
+        self.metrics = Metrics()
+        self.metrics.reloads.labels(result="ok").inc()
+        self.fail = False
+
+    def status(self) -> dict[str, Any]:
+        if self.fail:
+            raise RuntimeError("secret internal detail")
+        return {
+            "node": "d1",
+            "role": "standalone",
+            "services": [{"name": "web", "real_servers": []}, {"name": "dns", "real_servers": []}],
+        }
+
+    def metrics_text(self) -> bytes:
+        return self.metrics.render()
+
+    def token(self) -> str | None:
+        return self._token
+
+    async def reload(self, reason: str) -> dict[str, Any]:
+        self.reloads.append(reason)
+        return self.reload_result
+
+
+@pytest.fixture
+async def ctl_client() -> AsyncIterator[tuple[FakeController, TestClient[Any, Any]]]:
+    ctl = FakeController(token="s3cret")
+    async with TestClient(TestServer(create_app(ctl))) as client:
+        yield ctl, client
+
+
+async def _error(resp: aiohttp.ClientResponse, status: int) -> dict[str, Any]:
+    assert resp.status == status
+    assert resp.content_type == "application/json"
+    body: dict[str, Any] = await resp.json()
+    assert body["status"] == status
+    assert isinstance(body["error"], str) and body["error"]
+    return body
+
+
+async def test_healthz_and_status(ctl_client: tuple[FakeController, TestClient[Any, Any]]) -> None:
+    _, client = ctl_client
+    r = await client.get("/healthz")
+    assert r.status == 200 and await r.json() == {"status": "ok"}
+    r = await client.get("/v1/status")
+    assert r.status == 200
+    doc = await r.json()
+    assert doc["node"] == "d1" and len(doc["services"]) == 2
+    r = await client.get("/v1/status", params={"service": "dns"})
+    assert [s["name"] for s in (await r.json())["services"]] == ["dns"]
+
+
+async def test_status_errors(ctl_client: tuple[FakeController, TestClient[Any, Any]]) -> None:
+    _, client = ctl_client
+    body = await _error(await client.get("/v1/status", params={"service": "nope"}), 404)
+    assert "nope" in body["error"]
+    body = await _error(await client.get("/v1/status", params={"verbose": "1"}), 400)
+    assert "verbose" in body["error"]
+
+
+async def test_unknown_route_and_method(
+    ctl_client: tuple[FakeController, TestClient[Any, Any]],
+) -> None:
+    _, client = ctl_client
+    await _error(await client.get("/v1/nothing"), 404)
+    r = await client.post("/v1/status")
+    await _error(r, 405)
+    assert "GET" in r.headers["Allow"]
+    r = await client.get("/v1/reload")
+    await _error(r, 405)
+    assert r.headers["Allow"] == "POST"
+
+
+async def test_metrics_text(ctl_client: tuple[FakeController, TestClient[Any, Any]]) -> None:
+    _, client = ctl_client
+    r = await client.get("/metrics")
+    assert r.status == 200
+    assert r.headers["Content-Type"] == METRICS_CONTENT_TYPE
+    text = await r.text()
+    assert 'hacontrol_config_reloads_total{result="ok"} 1.0' in text
+
+
+async def test_reload_token(ctl_client: tuple[FakeController, TestClient[Any, Any]]) -> None:
+    ctl, client = ctl_client
+    r = await client.post("/v1/reload")
+    await _error(r, 401)
+    assert r.headers["WWW-Authenticate"] == "Bearer"
+    await _error(await client.post("/v1/reload", headers={"Authorization": "Bearer wrong"}), 401)
+    await _error(await client.post("/v1/reload", headers={"Authorization": "Basic s3cret"}), 401)
+    assert ctl.reloads == []
+    r = await client.post("/v1/reload", headers={"Authorization": "Bearer s3cret"})
+    assert r.status == 200 and (await r.json())["digest"] == "abc"
+    assert ctl.reloads == ["api"]
+
+
+async def test_reload_body(ctl_client: tuple[FakeController, TestClient[Any, Any]]) -> None:
+    ctl, client = ctl_client
+    auth = {"Authorization": "Bearer s3cret"}
+    await _error(await client.post("/v1/reload", data=b"{nope", headers=auth), 400)
+    await _error(await client.post("/v1/reload", json=[1], headers=auth), 400)
+    await _error(await client.post("/v1/reload", json={"force": True}, headers=auth), 400)
+    await _error(await client.post("/v1/reload", json={"reason": 3}, headers=auth), 400)
+    assert ctl.reloads == []
+    r = await client.post("/v1/reload", json={"reason": "deploy 42"}, headers=auth)
+    assert r.status == 200
+    assert ctl.reloads == ["api: deploy 42"]
+
+
+async def test_reload_refused_is_422(
+    ctl_client: tuple[FakeController, TestClient[Any, Any]],
+) -> None:
+    ctl, client = ctl_client
+    ctl.reload_result = {
+        "result": "error",
+        "errors": ["f.yaml:3: port: not a number"],
+        "digest": "old",
+    }
+    r = await client.post("/v1/reload", headers={"Authorization": "Bearer s3cret"})
+    body = await _error(r, 422)
+    assert body["errors"] == ["f.yaml:3: port: not a number"]
+    assert body["result"] == "error" and body["digest"] == "old"
+
+
+async def test_no_token_configured_allows_reload() -> None:
+    ctl = FakeController(token=None)
+    async with TestClient(TestServer(create_app(ctl))) as client:
+        r = await client.post("/v1/reload")
+        assert r.status == 200 and ctl.reloads == ["api"]
+
+
+async def test_500_is_json_without_traceback(
+    ctl_client: tuple[FakeController, TestClient[Any, Any]],
+) -> None:
+    ctl, client = ctl_client
+    ctl.fail = True
+    r = await client.get("/v1/status")
+    body = await _error(r, 500)
+    text = str(body)
+    assert "secret internal detail" not in text and "Traceback" not in text
+
+
+async def test_openapi_served(ctl_client: tuple[FakeController, TestClient[Any, Any]]) -> None:
+    _, client = ctl_client
+    r = await client.get("/v1/openapi.yaml")
+    assert r.status == 200
+    spec = yaml.safe_load(await r.text())
+    assert spec["openapi"].startswith("3.1")
+
+
+def test_every_route_is_in_the_spec_and_back() -> None:
+    spec = yaml.safe_load(openapi_text())
+    in_spec = {
+        (method.upper(), path)
+        for path, ops in spec["paths"].items()
+        for method in ops
+        if method in ("get", "post", "put", "delete", "patch")
+    }
+    app = create_app(FakeController())
+    assert route_table(app) == in_spec
+    # every $ref resolves
+    schemas = spec["components"]["schemas"]
+    responses = spec["components"]["responses"]
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if ref is not None:
+                kind, name = ref.split("/")[-2:]
+                assert name in {"schemas": schemas, "responses": responses}[kind], ref
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(spec)
+
+
+@pytest.mark.parametrize(
+    ("listen", "expected"),
+    [
+        ("127.0.0.1:9480", ("127.0.0.1", 9480)),
+        ("[::1]:80", ("::1", 80)),
+        ("unix:/run/hacontrol/api.sock", ("unix", "/run/hacontrol/api.sock")),
+    ],
+)
+def test_parse_listen(listen: str, expected: tuple[str, Any]) -> None:
+    assert parse_listen(listen) == expected
+
+
+@pytest.mark.parametrize("listen", ["9480", "host:", "host:99999", "unix:relative/path"])
+def test_parse_listen_rejects(listen: str) -> None:
+    with pytest.raises(ValueError, match="api.listen"):
+        parse_listen(listen)
+
+
+async def test_unix_socket_server(tmp_path: Path) -> None:
+    path = tmp_path / "sub" / "api.sock"
+    server = ApiServer(create_app(FakeController()), f"unix:{path}")
+    await server.start()
+    try:
+        assert stat.S_IMODE(os.stat(path).st_mode) == 0o660
+        conn = aiohttp.UnixConnector(path=str(path))
+        async with aiohttp.ClientSession(connector=conn) as s, s.get("http://x/healthz") as r:
+            assert r.status == 200
+    finally:
+        await server.stop()
+    assert not path.exists()
+
+
+async def test_tcp_server_port_zero() -> None:
+    server = ApiServer(create_app(FakeController()), "127.0.0.1:0")
+    await server.start()
+    try:
+        assert not server.bound.endswith(":0")
+        async with aiohttp.ClientSession() as s, s.get(f"http://{server.bound}/healthz") as r:
+            assert r.status == 200
+    finally:
+        await server.stop()
+
+
+def test_app_is_an_aiohttp_application() -> None:
+    assert isinstance(create_app(FakeController()), web.Application)
