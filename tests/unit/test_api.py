@@ -222,7 +222,7 @@ def test_parse_listen(listen: str, expected: tuple[str, Any]) -> None:
 
 @pytest.mark.parametrize("listen", ["9480", "host:", "host:99999", "unix:relative/path"])
 def test_parse_listen_rejects(listen: str) -> None:
-    with pytest.raises(ValueError, match="api.listen"):
+    with pytest.raises(ValueError, match=r"api\.listen"):
         parse_listen(listen)
 
 
