@@ -28,10 +28,11 @@ class DataplaneView:
     error: str | None = None
     consecutive_errors: int = 0
     last_apply_ago: float | None = None
-    last_sync_ago: float | None = None
+    last_pass_ago: float | None = None
     applies: int = 0
     drift_repairs: int = 0
-    resyncs: int = 0
+    passes: int = 0
+    next_retry_in: float | None = None
 
 
 @dataclass(frozen=True)
@@ -138,10 +139,11 @@ def dataplane_status(dp: DataplaneView) -> dict[str, Any]:
         "error": dp.error,
         "consecutive_errors": dp.consecutive_errors,
         "last_apply_ago": dp.last_apply_ago,
-        "last_sync_ago": dp.last_sync_ago,
+        "last_pass_ago": dp.last_pass_ago,
         "applies": dp.applies,
         "drift_repairs": dp.drift_repairs,
-        "resyncs": dp.resyncs,
+        "passes": dp.passes,
+        "next_retry_in": dp.next_retry_in,
     }
 
 
