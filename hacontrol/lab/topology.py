@@ -26,6 +26,7 @@ from typing import Any
 import yaml
 
 from hacontrol.lab.netns import NetnsLab, Ns, wait_tcp
+from hacontrol.lab.traffic import Run
 
 VIP = "198.51.100.10"
 PORT = 80
@@ -80,6 +81,7 @@ class Cluster:
         self.directors = {d.name: d for d in (PAIR if ha else SINGLE)}
         self.backends: dict[str, subprocess.Popen[Any]] = {}
         self.daemons: dict[str, subprocess.Popen[Any]] = {}
+        self.runs: list[Run] = []  # client loads and status watchers (hacontrol.lab.traffic)
 
     # ------------------------------------------------------------ building
 
@@ -169,10 +171,10 @@ class Cluster:
                     "protocol": "tcp",
                     "scheduler": "rr",
                     "forwarding": "nat",
+                    # tcp (connect) checks: an http check would be counted by the real servers
+                    # too, and the lab shows the servers' own counts of client requests
                     "check": {
-                        "type": "http",
-                        "path": "/",
-                        "expect_status": [200],
+                        "type": "tcp",
                         "interval": f"{int(t.check_interval * 1000)}ms",
                         "timeout": f"{int(t.check_timeout * 1000)}ms",
                         "rise": t.rise,

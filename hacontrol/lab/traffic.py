@@ -251,9 +251,12 @@ def main(argv: list[str] | None = None) -> int:
 
 
 class Run:
-    """One loop running in a namespace; its JSON lines are collected on a thread."""
+    """One loop running in a namespace; its JSON lines are collected on a thread.
 
-    def __init__(self, ns: Ns, *args: str) -> None:
+    ``registry`` (e.g. ``Cluster.runs``) gets the run, so cleanup can stop every loop."""
+
+    def __init__(self, registry: list[Run], ns: Ns, *args: str) -> None:
+        registry.append(self)  # so whoever owns the registry can stop every loop
         self.lines: list[dict[str, Any]] = []
         self._lock = threading.Lock()
         self.proc = ns.popen(
@@ -305,6 +308,7 @@ class Load(Run):
 
     def __init__(
         self,
+        registry: list[Run],
         ns: Ns,
         target: str,
         count: int,
@@ -313,6 +317,7 @@ class Load(Run):
         duration: float = 60.0,
     ) -> None:
         super().__init__(
+            registry,
             ns,
             "load",
             "--target",
