@@ -1,0 +1,303 @@
+"""HTTP and HTTPS probes: one request on a fresh connection, minimal response parsing.
+
+The request bytes are built once per target (``HttpSpec``), with ``Connection: close``. Only the
+status line is parsed, unless a body match (substring or regex) is configured; then the body is
+read up to ``BODY_CAP`` bytes, or until ``Content-Length`` or end of stream. Plain HTTP runs on the
+callback socket machinery of ``TcpProbe`` (no Task); HTTPS uses asyncio's ``create_connection``
+with a shared ``SSLContext`` (one Task per check: TLS costs far more than the Task anyway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import re
+import ssl
+
+from hacontrol.health.tcp import Done, TcpProbe, errno_reason
+from hacontrol.model import CheckConfig
+
+__all__ = ["BODY_CAP", "HttpProbe", "HttpSpec", "HttpsProbe", "tls_context"]
+
+BODY_CAP = 64 * 1024  # bytes of response read at most (headers + body)
+_HEAD_CAP = 8 * 1024  # a status line longer than this is not HTTP
+
+
+def _clean(what: str, value: str) -> str:
+    if not value or any(c in value for c in "\r\n\0") or (what != "path" and " " in value):
+        raise ValueError(f"http check: invalid {what} {value!r}")
+    return value
+
+
+def _short(text: str, limit: int = 40) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class HttpSpec:
+    """What to send and how to judge the answer; built once per target."""
+
+    __slots__ = ("cap", "expect", "expect_text", "need_body", "needle", "regex", "request")
+
+    def __init__(self, check: CheckConfig, address: str, port: int, tls: bool) -> None:
+        method = _clean("method", check.method.upper())
+        path = _clean("path", check.path)
+        if check.host:
+            host = _clean("host", check.host)
+        else:
+            ip = ipaddress.ip_address(address)
+            host = f"[{ip}]" if ip.version == 6 else str(ip)
+            if port != (443 if tls else 80):
+                host += f":{port}"
+        self.request = (
+            f"{method} {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: hacontrol-health\r\n"
+            "Accept: */*\r\nConnection: close\r\n\r\n"
+        ).encode("latin-1")
+        if not check.expect_status:
+            raise ValueError("http check: expect_status is empty")
+        self.expect = frozenset(check.expect_status)
+        self.expect_text = ",".join(str(s) for s in check.expect_status)
+        self.needle = check.expect_body.encode() if check.expect_body else None
+        self.regex = re.compile(check.expect_regex) if check.expect_regex else None
+        self.need_body = self.needle is not None or self.regex is not None
+        self.cap = BODY_CAP
+
+    def judge(self, buf: bytes, eof: bool) -> tuple[bool, str] | None:
+        """The verdict on the response bytes so far, or None while more are needed."""
+        nl = buf.find(b"\n")
+        if nl < 0:
+            if eof:
+                return False, ("empty response" if not buf else "invalid response")
+            if len(buf) > _HEAD_CAP:
+                return False, "invalid response (no status line)"
+            return None
+        parts = buf[:nl].split(None, 2)
+        if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+            return False, "invalid response (not HTTP)"
+        code = int(parts[1])
+        if code not in self.expect:
+            return False, f"status {code} (expected {self.expect_text})"
+        if not self.need_body:
+            return True, f"status {code}"
+        end = buf.find(b"\r\n\r\n")
+        skip = 4
+        if end < 0:
+            end, skip = buf.find(b"\n\n"), 2
+        full = eof or len(buf) >= self.cap
+        if end < 0:
+            return (False, "response headers incomplete") if full else None
+        body = buf[end + skip :]
+        if not full:
+            length = _content_length(buf[:end])
+            if length is None or len(body) < length:
+                return None
+            body = body[:length]
+        return self._match(code, body)
+
+    def _match(self, code: int, body: bytes) -> tuple[bool, str]:
+        if self.needle is not None and self.needle not in body:
+            return False, f"body did not match {_short(self.needle.decode())!r}"
+        if self.regex is not None and not self.regex.search(body.decode("utf-8", "replace")):
+            return False, f"body did not match /{_short(self.regex.pattern)}/"
+        return True, f"status {code}, body matched"
+
+
+def _content_length(head: bytes) -> int | None:
+    for line in head.split(b"\n")[1:]:
+        name, sep, value = line.partition(b":")
+        if sep and name.strip().lower() == b"content-length":
+            with contextlib.suppress(ValueError):
+                return int(value.strip())
+    return None
+
+
+class HttpProbe(TcpProbe):
+    """Plain HTTP on a fresh non-blocking socket; aborted as soon as the verdict is known."""
+
+    kind = "http"
+    __slots__ = ("_buf", "_out", "_spec")
+
+    def __init__(self, spec: HttpSpec, address: str, port: int) -> None:
+        super().__init__(address, port)
+        self._spec = spec
+        self._buf = b""
+        self._out = b""
+
+    def _connected(self) -> None:
+        self._buf = b""
+        self._out = self._spec.request
+        self._send()
+
+    def _send(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            n = sock.send(self._out)
+        except BlockingIOError:
+            n = 0
+        except OSError as e:
+            self._finish(False, errno_reason(e.errno or 0))
+            return
+        self._out = self._out[n:]
+        loop = self._loop
+        if self._out:  # rare: the socket buffer was full
+            if self._watch != 1:
+                self._watch = 1
+                loop.add_writer(self._fd, self._send)  # type: ignore[union-attr]
+            return
+        if self._watch == 1:
+            loop.remove_writer(self._fd)  # type: ignore[union-attr]
+        self._watch = 2
+        loop.add_reader(self._fd, self._on_read)  # type: ignore[union-attr]
+
+    def _on_read(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            data = sock.recv(65536)
+        except BlockingIOError:
+            return
+        except OSError as e:
+            if not self._buf:
+                self._finish(False, errno_reason(e.errno or 0))
+                return
+            data = b""
+        buf = self._buf = self._buf + data if self._buf else data
+        verdict = self._spec.judge(buf, not data)
+        if verdict is not None:
+            self._finish(*verdict)
+
+    def cancel(self) -> str:
+        if self._watch == 1 and self._out:
+            phase = "sending request"
+        elif self._watch == 2:
+            phase = "reading response" if self._buf else "no response"
+        else:
+            phase = "connecting" if self._watch == 1 else ""
+        self._done = None
+        self._release()
+        return phase
+
+
+_contexts: dict[bool, ssl.SSLContext] = {}
+
+
+def tls_context(verify: bool) -> ssl.SSLContext:
+    """One shared client context per verification mode (loading CAs costs milliseconds)."""
+    ctx = _contexts.get(verify)
+    if ctx is None:
+        ctx = ssl.create_default_context()
+        if not verify:
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        _contexts[verify] = ctx
+    return ctx
+
+
+def tls_reason(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        detail = exc.verify_message or exc.reason or ""
+        return "tls: certificate verify failed" + (f": {detail}" if detail else "")
+    if isinstance(exc, ssl.SSLError):
+        return f"tls: {(exc.reason or str(exc)).lower().replace('_', ' ')}"
+    if isinstance(exc, OSError) and exc.errno:
+        return errno_reason(exc.errno)
+    if isinstance(exc, ConnectionError):
+        return "connection closed by peer"
+    return f"error: {_short(str(exc) or type(exc).__name__, 80)}"
+
+
+class _TlsClient(asyncio.Protocol):
+    def __init__(self, probe: HttpsProbe) -> None:
+        self.probe = probe
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport.write(self.probe._spec.request)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        self.probe._feed(data, False)
+
+    def eof_received(self) -> bool:
+        self.probe._feed(b"", True)
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if exc is not None and not self.probe._buf:
+            self.probe._finish(False, tls_reason(exc))
+        else:
+            self.probe._feed(b"", True)
+
+
+class HttpsProbe:
+    """HTTPS with TLS verification on or off (``server_hostname`` = the Host or the address)."""
+
+    kind = "https"
+    __slots__ = ("_addr", "_buf", "_ctx", "_done", "_hostname", "_spec", "_task", "_transport")
+
+    def __init__(self, spec: HttpSpec, check: CheckConfig, address: str, port: int) -> None:
+        self._spec = spec
+        self._addr = (str(ipaddress.ip_address(address)), port)
+        self._ctx = tls_context(check.verify_tls)
+        self._hostname = (check.host or self._addr[0]) if check.verify_tls else None
+        self._buf = b""
+        self._done: Done | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._transport: asyncio.Transport | None = None
+
+    def start(self, loop: asyncio.AbstractEventLoop, done: Done) -> None:
+        self._done = done
+        self._buf = b""
+        self._task = loop.create_task(self._connect(loop))
+
+    async def _connect(self, loop: asyncio.AbstractEventLoop) -> None:
+        try:
+            transport, _ = await loop.create_connection(
+                lambda: _TlsClient(self),
+                self._addr[0],
+                self._addr[1],
+                ssl=self._ctx,
+                server_hostname=self._hostname,
+                ssl_handshake_timeout=60,
+            )
+        except (OSError, ssl.SSLError, ConnectionError, EOFError) as e:
+            self._finish(False, tls_reason(e))
+            return
+        finally:
+            self._task = None
+        if self._done is None:  # finished (or cancelled) while connecting
+            transport.abort()
+        else:
+            self._transport = transport
+
+    def _feed(self, data: bytes, eof: bool) -> None:
+        if self._done is None:
+            return
+        self._buf = self._buf + data
+        verdict = self._spec.judge(self._buf, eof)
+        if verdict is not None:
+            self._finish(*verdict)
+
+    def _finish(self, ok: bool, reason: str) -> None:
+        done = self._done
+        self._done = None
+        if self._transport is not None:
+            self._transport.abort()
+            self._transport = None
+        if done is not None:
+            done(ok, reason)
+
+    def cancel(self) -> str:
+        if self._task is not None:
+            phase = "connecting"
+        else:
+            phase = "reading response" if self._buf else "no response"
+        self._done = None
+        if self._task is not None:
+            self._task.cancel()
+            self._task = None
+        if self._transport is not None:
+            self._transport.abort()
+            self._transport = None
+        return phase

@@ -1,0 +1,392 @@
+"""The health checker: schedules probes for every target, applies rise/fall, reports changes.
+
+The daemon's API (``CheckKey``, ``check_key``, ``HealthChecker``). Targets are deduplicated by
+``CheckKey``: identical checks of the same address and port run once, whatever the number of
+services sharing them. Cheap at scale by construction (docs/benchmarks.md):
+
+* one timer: each tick launches the slice of targets that are due (a heap ordered by due time)
+  and sweeps deadlines once (one launch-ordered deque per timeout value, so each is also
+  deadline-ordered); no Task, no ``wait_for`` and no timer per check;
+* first probes are spread uniformly over the interval, and every period gets +/- jitter;
+* results go straight into the pure ``Tracker`` (hysteresis lives there only);
+* a state change is logged (``health.change``), counted, and passed to ``on_change``.
+
+``set_targets`` is the reload: new keys start UNKNOWN, gone keys are dropped (their probe in
+flight is aborted), kept keys keep their tracker. A key whose check differs only in rise, fall,
+interval, timeout or jitter is the same probe re-timed: it keeps its state (``reconfigure``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import math
+import random
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import Any
+
+from hacontrol import logs
+from hacontrol.clock import Clock, monotonic
+from hacontrol.health.exec import ExecProbe
+from hacontrol.health.http import HttpProbe, HttpSpec, HttpsProbe
+from hacontrol.health.state import Health, TargetStatus
+from hacontrol.health.tcp import Probe, TcpProbe
+from hacontrol.health.tracker import Tracker
+from hacontrol.metrics import Metrics
+from hacontrol.model import CheckConfig, RealServer, ServiceConfig
+
+__all__ = ["CheckKey", "HealthChecker", "OnChange", "check_key", "make_probe"]
+
+TICK = 0.01  # seconds between scheduler ticks at most 100 a second
+MAX_LAUNCH_PER_TICK = 5000  # the rest of a burst goes in the next tick (loop stays responsive)
+
+
+@dataclass(frozen=True)
+class CheckKey:
+    """Dedup key: identical checks of the same target run once."""
+
+    check: CheckConfig  # as configured
+    address: str  # canonical text
+    port: int  # the port probed (check.port or the real server's port)
+
+    @property
+    def target(self) -> str:
+        return (
+            f"[{self.address}]:{self.port}"
+            if ":" in self.address
+            else (f"{self.address}:{self.port}")
+        )
+
+
+def check_key(svc: ServiceConfig, rs: RealServer) -> CheckKey:
+    check = svc.check
+    return CheckKey(check, str(rs.address), check.port if check.port is not None else rs.port)
+
+
+OnChange = Callable[[CheckKey, Health, TargetStatus], None]
+
+
+def make_probe(key: CheckKey) -> Probe | None:
+    """The probe for a key (None for type "none"); ValueError for a check that cannot run."""
+    c = key.check
+    if c.type == "tcp":
+        return TcpProbe(key.address, key.port)
+    if c.type == "http":
+        return HttpProbe(HttpSpec(c, key.address, key.port, tls=False), key.address, key.port)
+    if c.type == "https":
+        return HttpsProbe(HttpSpec(c, key.address, key.port, tls=True), c, key.address, key.port)
+    if c.type == "exec":
+        return ExecProbe(c.command, key.address, key.port)
+    if c.type == "none":
+        return None
+    raise ValueError(f"unknown check type {c.type!r}")
+
+
+def _identity(key: CheckKey) -> CheckKey:
+    """The key with the timing knobs blanked: equal identities probe the same thing."""
+    c = replace(key.check, rise=1, fall=1, interval=1.0, timeout=1.0, jitter=0.0)
+    return CheckKey(c, key.address, key.port)
+
+
+def _validate(check: CheckConfig) -> None:
+    if not (check.interval > 0 and check.timeout > 0 and 0 <= check.jitter < 1):
+        raise ValueError(
+            f"check needs interval > 0, timeout > 0, 0 <= jitter < 1: {check.interval}, "
+            f"{check.timeout}, {check.jitter}"
+        )
+
+
+class _Target:
+    __slots__ = (
+        "alive",
+        "checker",
+        "done",
+        "due",
+        "gen",
+        "inflight",
+        "interval",
+        "jitter",
+        "key",
+        "kind",
+        "probe",
+        "started",
+        "timeout",
+        "timeout_reason",
+        "tracker",
+    )
+
+    def __init__(
+        self, checker: HealthChecker, key: CheckKey, probe: Probe | None, now: float
+    ) -> None:
+        c = key.check
+        self.checker = checker
+        self.key = key
+        self.kind: str = c.type
+        self.probe = probe
+        self.tracker = Tracker(c.rise, c.fall, now)
+        self.alive = True
+        self.inflight = False
+        self.gen = 0
+        self.due = math.inf
+        self.started = 0.0
+        self.done = self._done  # one bound method for every probe attempt
+        self.retime(c)
+
+    def retime(self, c: CheckConfig) -> None:
+        self.interval, self.timeout, self.jitter = c.interval, c.timeout, c.jitter
+        self.timeout_reason = f"timeout after {c.timeout:g}s"
+
+    def _done(self, ok: bool, reason: str) -> None:
+        if self.inflight:
+            self.inflight = False
+            self.checker._complete(self, ok, reason)
+
+
+class HealthChecker:
+    def __init__(
+        self,
+        clock: Clock = monotonic,
+        on_change: OnChange | None = None,
+        metrics: Metrics | None = None,
+    ) -> None:
+        self._clock = clock
+        self._on_change = on_change
+        self._metrics = metrics
+        self._targets: dict[CheckKey, _Target] = {}
+        self._heap: list[tuple[float, int, _Target]] = []
+        self._deadlines: dict[float, deque[tuple[float, _Target, int]]] = {}
+        self._seq = itertools.count()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._wake_at = math.inf
+        self._last_tick = -math.inf
+        self._rand = random.Random()
+        self._counts = dict.fromkeys(Health, 0)
+        self._m_checks: dict[tuple[str, bool], Any] = {}
+        self._log = logs.get("health")  # bound here: logs.configure() may run after import
+        self.checks_run = 0  # probes completed (incl. timeouts), for benchmarks and status
+
+    # ---- targets -------------------------------------------------------------------------
+
+    def set_targets(self, keys: Iterable[CheckKey]) -> None:
+        """Make the checked set equal ``keys``; validates everything before changing anything."""
+        wanted = dict.fromkeys(keys)
+        old = self._targets
+        gone = {_identity(k): t for k, t in old.items() if k not in wanted}
+        now = self._clock()
+        new: dict[CheckKey, _Target] = {}
+        carried: list[tuple[_Target, CheckKey]] = []
+        fresh: list[_Target] = []
+        for key in wanted:
+            if not isinstance(key, CheckKey):
+                raise TypeError(f"not a CheckKey: {key!r}")
+            _validate(key.check)
+            t = old.get(key)
+            if t is None:
+                t = gone.pop(_identity(key), None)
+                if t is not None:
+                    Tracker(key.check.rise, key.check.fall, now)  # validates rise/fall
+                    carried.append((t, key))
+                else:
+                    t = _Target(self, key, make_probe(key), now)
+                    fresh.append(t)
+            new[key] = t
+        # commit: nothing below raises on bad input
+        for t in gone.values():
+            self._drop(t)
+        for t, key in carried:
+            t.key = key
+            t.tracker.reconfigure(key.check.rise, key.check.fall)
+            t.retime(key.check)
+        self._targets = new
+        for t in fresh:
+            self._counts[Health.UNKNOWN] += 1
+            if t.probe is None:
+                change = t.tracker.force(Health.UP, "no check (type none)", now)
+                if change is not None:
+                    self._changed(t, Health.UNKNOWN, change, "no check (type none)")
+            elif self._loop is not None:
+                self._schedule(t, now + self._rand.uniform(0, t.interval), now)
+        self._set_gauge()
+
+    def _drop(self, t: _Target) -> None:
+        t.alive = False
+        if t.inflight and t.probe is not None:
+            t.inflight = False
+            t.probe.cancel()
+        self._counts[t.tracker.state] -= 1
+
+    def keys(self) -> list[CheckKey]:
+        return list(self._targets)
+
+    def state(self, key: CheckKey) -> Health:
+        return self._get(key).tracker.state
+
+    def status(self, key: CheckKey) -> TargetStatus:
+        return self._get(key).tracker.status()
+
+    def snapshot(self) -> dict[CheckKey, TargetStatus]:
+        return {k: t.tracker.status() for k, t in self._targets.items()}
+
+    def _get(self, key: CheckKey) -> _Target:
+        try:
+            return self._targets[key]
+        except KeyError:
+            raise KeyError(f"not a checked target: {key.target} ({key.check.type})") from None
+
+    # ---- running -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._loop is not None:
+            return
+        self._loop = asyncio.get_running_loop()
+        now = self._clock()
+        self._last_tick = -math.inf
+        for t in self._targets.values():
+            if t.probe is not None:
+                self._schedule(t, now + self._rand.uniform(0, t.interval), now)
+
+    async def stop(self) -> None:
+        """Cancel everything: abort sockets, kill exec children; returns within a second."""
+        if self._loop is None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._wake_at = math.inf
+        self._loop = None
+        tasks: list[asyncio.Task[Any]] = []
+        for t in self._targets.values():
+            t.due = math.inf
+            if t.inflight and t.probe is not None:
+                task = getattr(t.probe, "_task", None)  # https/exec: a Task while connecting
+                if task is not None:
+                    tasks.append(task)
+                t.inflight = False
+                t.probe.cancel()
+        self._heap.clear()
+        self._deadlines.clear()
+        if tasks:  # let cancelled https/exec tasks unwind (exec: reap the killed child)
+            await asyncio.wait(tasks, timeout=0.5)
+
+    def _arm(self, when: float) -> None:
+        if when >= self._wake_at or self._loop is None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._wake_at = when
+        self._timer = self._loop.call_later(max(0.0, when - self._clock()), self._tick)
+
+    def _schedule(self, t: _Target, due: float, now: float) -> None:
+        if due < now:
+            due = now
+        t.due = due
+        heapq.heappush(self._heap, (due, next(self._seq), t))
+        if due < self._wake_at:
+            self._arm(max(due, self._last_tick + TICK))
+
+    def _tick(self) -> None:
+        self._timer = None
+        self._wake_at = math.inf
+        now = self._last_tick = self._clock()
+        for dq in self._deadlines.values():
+            while dq and dq[0][0] <= now:
+                _, t, gen = dq.popleft()
+                if t.inflight and t.gen == gen:
+                    self._timeout(t, now)
+        heap = self._heap
+        launched = 0
+        loop = self._loop
+        while heap and heap[0][0] <= now and launched < MAX_LAUNCH_PER_TICK:
+            due, _, t = heapq.heappop(heap)
+            if not t.alive or t.inflight or t.due != due:
+                continue
+            launched += 1
+            t.due = math.inf
+            t.gen += 1
+            t.inflight = True
+            t.started = now
+            line = self._deadlines.get(t.timeout)
+            if line is None:
+                line = self._deadlines[t.timeout] = deque()
+            line.append((now + t.timeout, t, t.gen))
+            try:
+                t.probe.start(loop, t.done)  # type: ignore[union-attr,arg-type]
+            except Exception as e:  # a probe bug must not stop the scheduler
+                self._log.error(
+                    "health.probe_error",
+                    target=t.key.target,
+                    check=t.kind,
+                    reason=f"{type(e).__name__}: {e}",
+                )
+                t.done(False, f"probe error: {type(e).__name__}")
+        if self._loop is None:
+            return
+        nxt = heap[0][0] if heap else math.inf
+        for dq in self._deadlines.values():
+            if dq and dq[0][0] < nxt:
+                nxt = dq[0][0]
+        if launched >= MAX_LAUNCH_PER_TICK:
+            nxt = now
+        if nxt < math.inf:
+            self._arm(max(nxt, now + TICK) if launched < MAX_LAUNCH_PER_TICK else now)
+
+    def _timeout(self, t: _Target, now: float) -> None:
+        phase = t.probe.cancel() if t.probe is not None else ""
+        t.inflight = False
+        self._complete(t, False, f"{t.timeout_reason} ({phase})" if phase else t.timeout_reason)
+
+    def _complete(self, t: _Target, ok: bool, reason: str) -> None:
+        now = self._clock()
+        latency = now - t.started
+        self.checks_run += 1
+        tracker = t.tracker
+        prev = tracker.state
+        change = tracker.record(ok, reason, latency, now)
+        m = self._metrics
+        if m is not None:
+            child = self._m_checks.get((t.kind, ok))
+            if child is None:
+                child = self._m_checks[(t.kind, ok)] = m.checks.labels(
+                    t.kind, "ok" if ok else "fail"
+                )
+            child.inc()
+            m.check_latency.observe(latency)
+        if change is not None and t.alive:
+            self._changed(t, prev, change, reason)
+        if t.alive and self._loop is not None:
+            j = t.jitter
+            period = t.interval * (1.0 + self._rand.uniform(-j, j)) if j else t.interval
+            self._schedule(t, t.started + period, now)
+
+    def _changed(self, t: _Target, prev: Health, new: Health, reason: str) -> None:
+        self._counts[prev] -= 1
+        self._counts[new] += 1
+        st = t.tracker.status()
+        self._log.info(
+            "health.change",
+            target=t.key.target,
+            check=t.kind,
+            reason=reason,
+            successes=st.successes,
+            failures=st.failures,
+            **{"from": prev.value, "to": new.value},
+        )
+        if self._metrics is not None:
+            self._metrics.health_changes.labels(new.value).inc()
+            self._set_gauge()
+        if self._on_change is not None:
+            try:
+                self._on_change(t.key, new, st)
+            except Exception as e:
+                self._log.error(
+                    "health.on_change_error", target=t.key.target, reason=f"{type(e).__name__}: {e}"
+                )
+
+    def _set_gauge(self) -> None:
+        if self._metrics is not None:
+            for state, n in self._counts.items():
+                self._metrics.targets.labels(state.value).set(n)
