@@ -1,0 +1,323 @@
+"""The reconcile loop: keep the kernel table equal to the desired table (the data plane I/O shell).
+
+One pass: snapshot the kernel -> ``desired = build(actual)`` -> ``diff`` -> apply only the
+difference -> snapshot again to confirm. Passes run on a wake (``set_desired``; bursts in one
+event-loop tick coalesce into one pass), every ``resync_interval`` (repairs drift: hand edits,
+``ipvsadm -C``, ``nft flush ruleset``) and, after an error, on an exponential backoff. An error of
+the plane or of the builder is logged (``dataplane.error``), counted, shown in ``status()`` and
+retried; it never ends the loop. Log events: ``dataplane.apply``, ``dataplane.drift``,
+``dataplane.error``, ``dataplane.recovered``, ``dataplane.owned_error``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from hacontrol import logs
+from hacontrol.clock import Clock, monotonic
+from hacontrol.dataplane.base import Dataplane, DataplaneError
+from hacontrol.dataplane.diff import describe, diff
+from hacontrol.dataplane.owned import OwnedStore, OwnedStoreError
+from hacontrol.dataplane.table import ServiceKey, Table, copy_table
+from hacontrol.metrics import Metrics
+
+log = logs.get("hacontrol.dataplane.reconciler")
+
+Build = Callable[[Table], Table]
+
+
+@dataclass(frozen=True)
+class ReconcileResult:
+    """The outcome of one pass."""
+
+    ok: bool
+    reason: str  # start | change | resync | retry | manual
+    actions: list[str] = field(default_factory=list)
+    drift: list[str] = field(default_factory=list)  # how the kernel differed from what we left
+    error: str | None = None
+    duration: float = 0.0
+
+
+@dataclass(frozen=True)
+class ReconcileStatus:
+    kind: str
+    last_apply_at: float | None  # monotonic time of the last pass that changed the kernel
+    ok: bool  # the last pass succeeded
+    error: str | None
+    consecutive_errors: int
+    next_retry_in: float | None  # seconds, while an error is pending
+    last_actions: list[str]
+    applies: int
+    drift_repairs: int
+    passes: int = 0
+    last_pass_at: float | None = None
+    last_reason: str | None = None
+    owned: int = 0
+
+
+class Reconciler:
+    def __init__(
+        self,
+        dataplane: Dataplane,
+        *,
+        clock: Clock = monotonic,
+        resync_interval: float = 10.0,
+        owned_store: OwnedStore | None = None,
+        metrics: Metrics | None = None,
+        backoff: tuple[float, float] = (0.1, 10.0),
+        timeout: float = 30.0,
+    ) -> None:
+        if resync_interval <= 0 or backoff[0] <= 0 or backoff[1] < backoff[0] or timeout <= 0:
+            raise ValueError("resync_interval, backoff and timeout must be positive")
+        self._dp = dataplane
+        self._clock = clock
+        self._resync = resync_interval
+        self._store = owned_store
+        self._metrics = metrics
+        self._backoff = backoff
+        self._timeout = timeout
+        self._build: Build | None = None
+        self._wake = asyncio.Event()
+        self._lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._owned: set[ServiceKey] = set()
+        self._owned_loaded = False
+        self._kernel: Table = {}
+        self._confirmed: Table | None = None  # owned part of the kernel as the last pass left it
+        # status
+        self._ok = True
+        self._error: str | None = None
+        self._errors = 0
+        self._retry_at: float | None = None
+        self._last_apply_at: float | None = None
+        self._last_pass_at: float | None = None
+        self._last_reason: str | None = None
+        self._last_actions: list[str] = []
+        self._applies = 0
+        self._drift_repairs = 0
+        self._passes = 0
+        self._pass_done = asyncio.Event()
+
+    # -- public API -------------------------------------------------------------------------
+
+    def set_desired(self, build: Build) -> None:
+        """Set how to compute the desired table (given the actual one) and wake the loop."""
+        self._build = build
+        self._wake.set()
+
+    async def start(self) -> None:
+        """Load the owned services and start the loop (first pass immediately)."""
+        if self._task is not None:
+            return
+        self._load_owned()
+        self._task = asyncio.create_task(self._run(), name="hacontrol-reconciler")
+
+    async def stop(self) -> None:
+        """Stop the loop (the kernel table is left as it is; closing the plane is the owner's)."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def sync_now(self, reason: str = "manual") -> ReconcileResult:
+        """Run one pass now (tests, the API), regardless of the backoff."""
+        self._load_owned()
+        return await self._pass(reason)
+
+    def status(self) -> ReconcileStatus:
+        now = self._clock()
+        retry = None if self._retry_at is None else max(0.0, self._retry_at - now)
+        return ReconcileStatus(
+            kind=self._dp.kind,
+            last_apply_at=self._last_apply_at,
+            ok=self._ok,
+            error=self._error,
+            consecutive_errors=self._errors,
+            next_retry_in=retry,
+            last_actions=list(self._last_actions),
+            applies=self._applies,
+            drift_repairs=self._drift_repairs,
+            passes=self._passes,
+            last_pass_at=self._last_pass_at,
+            last_reason=self._last_reason,
+            owned=len(self._owned),
+        )
+
+    @property
+    def kernel(self) -> Table:
+        """The kernel table as last read (after the last apply), foreign services included."""
+        return self._kernel
+
+    @property
+    def owned(self) -> frozenset[ServiceKey]:
+        return frozenset(self._owned)
+
+    async def wait_passes(self, count: int) -> None:
+        """Wait until at least ``count`` passes ran in total (tests wrap it in a timeout)."""
+        while self._passes < count:
+            self._pass_done.clear()
+            await self._pass_done.wait()
+
+    # -- the loop ---------------------------------------------------------------------------
+
+    async def _run(self) -> None:
+        reason = "start"
+        while True:
+            await self._pass(reason)
+            reason = await self._wait_next()
+
+    async def _wait_next(self) -> str:
+        if self._retry_at is not None:
+            # a change during backoff waits for the retry, which builds from the latest desired
+            await asyncio.sleep(max(0.0, self._retry_at - self._clock()))
+            return "retry"
+        since = 0.0 if self._last_pass_at is None else self._clock() - self._last_pass_at
+        try:
+            async with asyncio.timeout(max(0.0, self._resync - since)):
+                await self._wake.wait()
+        except TimeoutError:
+            return "resync"
+        await asyncio.sleep(0)  # let the rest of a burst in this tick arrive first
+        return "change"
+
+    async def _pass(self, reason: str) -> ReconcileResult:
+        async with self._lock:
+            self._wake.clear()
+            started = time.perf_counter()
+            if reason == "resync" and self._metrics is not None:
+                self._metrics.resyncs.inc()
+            try:
+                async with asyncio.timeout(self._timeout):
+                    result = await self._reconcile(reason, started)
+            except Exception as e:  # the plane or the builder: never fatal
+                result = self._failed(reason, e, started)
+            else:
+                if self._errors:
+                    log.info("dataplane.recovered", reason=reason, after_errors=self._errors)
+                self._ok, self._error, self._errors, self._retry_at = True, None, 0, None
+            self._passes += 1
+            self._last_pass_at = self._clock()
+            self._last_reason = reason
+            self._pass_done.set()
+            return result
+
+    async def _reconcile(self, reason: str, started: float) -> ReconcileResult:
+        owned = set(self._owned)
+        actual = await self._dp.snapshot(owned)
+        drift = self._drift(actual, owned)
+        if self._build is None:  # nothing desired yet: only observe
+            self._kernel = actual
+            return ReconcileResult(True, reason, drift=drift, duration=self._since(started))
+        desired = self._build(copy_table(actual))
+        in_place = bool(getattr(self._dp, "forwarding_in_place", True))
+        actions = diff(desired, actual, owned, forwarding_in_place=in_place)
+        if drift:
+            log.warning("dataplane.drift", reason=reason, differences=drift[:20], count=len(drift))
+        confirmed = actual
+        if actions:
+            claim = owned | set(desired)
+            if claim != owned:  # remember new services BEFORE creating them (crash safety)
+                self._save_owned(claim)
+            await self._dp.apply(desired, actions)
+            confirmed = await self._dp.snapshot(claim)
+            left = diff(desired, confirmed, claim, forwarding_in_place=in_place)
+            if left:
+                raise DataplaneError(
+                    "kernel differs after apply: " + "; ".join(str(a) for a in left[:3])
+                )
+            duration = self._since(started)
+            texts = [str(a) for a in actions]
+            ops: dict[str, int] = {}
+            for a in actions:
+                ops[a.op] = ops.get(a.op, 0) + 1
+            self._applies += 1
+            self._last_apply_at = self._clock()
+            self._last_actions = texts
+            if drift:
+                self._drift_repairs += 1
+            if self._metrics is not None:
+                self._metrics.applies.labels(result="ok").inc()
+                self._metrics.apply_latency.observe(duration)
+                for op, n in ops.items():
+                    self._metrics.actions.labels(op=op).inc(n)
+                if drift:
+                    self._metrics.drift_repairs.inc()
+            log.info(
+                "dataplane.apply",
+                reason=reason,
+                kind=self._dp.kind,
+                actions=len(actions),
+                ops=ops,
+                duration=round(duration, 6),
+                changes=texts[:20],
+            )
+        if set(desired) != owned:
+            self._save_owned(set(desired))
+        self._owned = set(desired)
+        self._kernel = confirmed
+        self._confirmed = {k: v for k, v in confirmed.items() if k in self._owned}
+        if self._metrics is not None:
+            self._metrics.table_services.set(len(self._confirmed))
+            self._metrics.table_dests.set(sum(len(s.dests) for s in self._confirmed.values()))
+        return ReconcileResult(
+            True, reason, [str(a) for a in actions], drift, duration=self._since(started)
+        )
+
+    # -- helpers ----------------------------------------------------------------------------
+
+    def _drift(self, actual: Table, owned: set[ServiceKey]) -> list[str]:
+        """How the kernel differs from how the last successful pass left it (owned part)."""
+        if self._confirmed is None:
+            return []
+        return describe(self._confirmed, actual, set(self._confirmed) | owned)
+
+    def _failed(self, reason: str, e: Exception, started: float) -> ReconcileResult:
+        text = f"{type(e).__name__}: {e}" if not isinstance(e, DataplaneError) else str(e)
+        if isinstance(e, TimeoutError):
+            text = f"timed out after {self._timeout}s"
+        self._errors += 1
+        lo, hi = self._backoff
+        delay = min(hi, lo * 2 ** (self._errors - 1))
+        self._retry_at = self._clock() + delay
+        self._ok, self._error = False, text
+        self._confirmed = None  # a partial apply may have changed the kernel: no drift verdict
+        if self._metrics is not None:
+            self._metrics.apply_errors.inc()
+            self._metrics.applies.labels(result="error").inc()
+        log.error(
+            "dataplane.error",
+            reason=reason,
+            error=text,
+            kind=self._dp.kind,
+            consecutive=self._errors,
+            retry_in=delay,
+        )
+        return ReconcileResult(False, reason, error=text, duration=self._since(started))
+
+    def _load_owned(self) -> None:
+        if self._owned_loaded:
+            return
+        self._owned_loaded = True
+        if self._store is None:
+            return
+        try:
+            self._owned = self._store.load()
+        except OwnedStoreError as e:
+            log.error("dataplane.owned_error", reason="load", error=str(e))
+
+    def _save_owned(self, keys: set[ServiceKey]) -> None:
+        if self._store is None:
+            return
+        try:
+            self._store.save(keys)
+        except OwnedStoreError as e:  # not fatal: the table is still right, only restart memory
+            log.error("dataplane.owned_error", reason="save", error=str(e))
+
+    @staticmethod
+    def _since(started: float) -> float:
+        return time.perf_counter() - started
