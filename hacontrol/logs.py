@@ -37,6 +37,7 @@ def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> Non
 
 
 def get(name: str | None = None) -> Any:
-    """A bound logger; ``name`` becomes the ``logger`` key."""
-    log = structlog.get_logger()
-    return log.bind(logger=name) if name else log
+    """A bound logger; ``name`` becomes the ``logger`` key. Lazy: a module-level logger made at
+    import time still follows a later ``configure()`` (binding eagerly would freeze the default
+    configuration, printing to stdout)."""
+    return structlog.get_logger(logger=name) if name else structlog.get_logger()
