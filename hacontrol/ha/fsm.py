@@ -1,0 +1,517 @@
+"""The HA role state machine: who holds the VIP group. Pure: events with ``now`` in, actions out.
+
+Roles and the only legal moves are in ``TRANSITIONS``; ``Machine.move`` refuses anything else.
+The runner (hacontrol.ha.runner) feeds it timer ticks, heartbeats heard, local faults, drills and
+stop, and executes the returned actions. Rules (docs/ha-wire.md has the prose):
+
+- Election: higher effective priority wins; on a tie the lexicographically LOWER node name wins.
+  A node with a blocking fault (gateway lost, tracked interface down) never wins against one
+  without. Effective priority = priority - penalty x (failed tracked items, + 1 if this node has
+  no healthy real server while the live peer has some), floored at 0.
+- The peer is dead after ``interval x dead_after`` of silence, but never before ``listen_until``:
+  the end of the start-up listen, or a fresh dead interval after this node's own loop stalled.
+- Preemption (``preempt``): a backup whose effective priority is strictly higher than the active
+  peer's takes over once that has held for ``preempt_delay``. Ties never preempt.
+- An active node that is blocked, or degraded below a better peer, hands over (make before
+  break): it sends HANDOVER, keeps the VIPs until it hears the peer active, then releases.
+- Split brain (active hears an active peer): a node handing over or recovering from a stall
+  loses; otherwise the election decides. The loser releases at once, the winner re-announces.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+
+class Role(enum.IntEnum):
+    STARTING = 0
+    BACKUP = 1
+    ACTIVE = 2
+    FAULT = 3
+    STOPPING = 4
+
+
+R = Role
+TRANSITIONS: dict[Role, frozenset[Role]] = {
+    R.STARTING: frozenset({R.BACKUP, R.ACTIVE, R.FAULT, R.STOPPING}),
+    R.BACKUP: frozenset({R.ACTIVE, R.FAULT, R.STOPPING}),
+    R.ACTIVE: frozenset({R.BACKUP, R.FAULT, R.STOPPING}),
+    R.FAULT: frozenset({R.BACKUP, R.STOPPING}),
+    R.STOPPING: frozenset(),
+}
+
+
+class IllegalTransition(Exception):
+    """A move not in TRANSITIONS (a bug in the caller or the machine)."""
+
+
+@dataclass(frozen=True)
+class Params:
+    node: str
+    priority: int
+    interval: float
+    dead_after: int = 3
+    preempt: bool = True
+    preempt_delay: float = 10.0
+    penalty: int = 50
+    stall_factor: float = 2.0  # an event later than this many intervals after the last: a stall
+    handover_timeout: float = 0.0  # 0 = 2 dead intervals + 1 interval
+
+    @property
+    def dead_interval(self) -> float:
+        return self.interval * self.dead_after
+
+    @property
+    def handover_wait(self) -> float:
+        return self.handover_timeout or 2 * self.dead_interval + self.interval
+
+
+# -- events --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Start:
+    now: float
+    vips_present: bool = False
+
+
+@dataclass(frozen=True)
+class Tick:
+    now: float
+
+
+@dataclass(frozen=True)
+class PeerHeard:
+    now: float
+    name: str
+    role: Role
+    priority: int
+    effective_priority: int
+    blocked: bool = False
+    yielding: bool = False
+    handover: bool = False  # a HANDOVER message: take over now
+    healthy: int = 0
+    digest_match: bool = True
+
+
+@dataclass(frozen=True)
+class LocalFault:
+    now: float
+    name: str
+    failed: bool
+    blocking: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class LocalHealth:
+    now: float
+    healthy: int
+    total: int
+
+
+@dataclass(frozen=True)
+class DrillHandover:
+    now: float
+
+
+@dataclass(frozen=True)
+class DrillFault:
+    now: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Stop:
+    now: float
+
+
+Event = Start | Tick | PeerHeard | LocalFault | LocalHealth | DrillHandover | DrillFault | Stop
+
+# -- actions -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TakeVips:
+    adopt: bool = False
+
+
+@dataclass(frozen=True)
+class ReleaseVips:
+    pass
+
+
+@dataclass(frozen=True)
+class Announce:
+    pass
+
+
+@dataclass(frozen=True)
+class SendHeartbeatNow:
+    pass
+
+
+@dataclass(frozen=True)
+class Notify:
+    role: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Log:
+    event: str
+    reason: str
+    level: str = "info"
+    fields: tuple[tuple[str, Any], ...] = ()
+
+
+Action = TakeVips | ReleaseVips | Announce | SendHeartbeatNow | Notify | Log
+
+
+@dataclass(frozen=True)
+class Transition:
+    at: float
+    from_role: Role
+    to_role: Role
+    reason: str
+
+
+@dataclass
+class PeerView:
+    name: str
+    role: Role
+    priority: int
+    effective_priority: int
+    blocked: bool
+    yielding: bool
+    healthy: int
+    last_heard: float
+    digest_match: bool
+
+
+@dataclass
+class Machine:
+    p: Params
+    now: float
+    role: Role = Role.STARTING
+    since: float = 0.0
+    reason: str = "starting"
+    peer: PeerView | None = None
+    faults: dict[str, tuple[bool, str]] = field(default_factory=dict)  # name -> (blocking, why)
+    local_healthy: int = 0
+    local_total: int = 0
+    history: deque[Transition] = field(default_factory=lambda: deque(maxlen=32))
+    listen_until: float = 0.0
+    stall_until: float | None = None  # recovering from a stall: lose any split brain until then
+    handover_until: float | None = None  # handing over (drill, fault, stop) until then
+    handover_reason: str = ""
+    preempt_since: float | None = None
+    drill_until: float | None = None
+    vips_present: bool = False
+    done: bool = False  # STOPPING finished: the VIPs are released
+    _last_event: float | None = None
+    _last_split_announce: float = float("-inf")
+
+    def __post_init__(self) -> None:
+        self.since = self.now
+        self.listen_until = self.now + self.p.dead_interval
+
+    # -- derived views ---------------------------------------------------------------------
+
+    @property
+    def blocked(self) -> bool:
+        return self.drill_until is not None or any(b for b, _ in self.faults.values())
+
+    @property
+    def silent(self) -> bool:
+        """A fault drill is running: send no heartbeats (behave as dead)."""
+        return self.drill_until is not None
+
+    @property
+    def yielding(self) -> bool:
+        """Advertise FLAG_YIELDING: this node loses a split brain."""
+        return self.handover_until is not None or self.stall_until is not None
+
+    @property
+    def handing_over(self) -> bool:
+        """Send HANDOVER messages instead of heartbeats."""
+        return self.handover_until is not None
+
+    def peer_alive(self, now: float) -> bool:
+        return self.peer is not None and now - self.peer.last_heard <= self.p.dead_interval
+
+    def effective_priority(self, now: float) -> int:
+        hits = len(self.faults)
+        pr = self.peer
+        if (
+            self.local_total
+            and not self.local_healthy
+            and pr
+            and pr.healthy
+            and self.peer_alive(now)
+        ):
+            hits += 1
+        return max(0, self.p.priority - self.p.penalty * hits)
+
+    def wins_against_peer(self, now: float) -> bool:
+        """The election (peer must be known): blocking, then effective priority, then name."""
+        assert self.peer is not None
+        if self.blocked != self.peer.blocked:
+            return not self.blocked
+        mine, theirs = self.effective_priority(now), self.peer.effective_priority
+        return mine > theirs if mine != theirs else self.p.node < self.peer.name
+
+    # -- the guarded setter ----------------------------------------------------------------
+
+    def move(self, now: float, to: Role, reason: str) -> list[Action]:
+        if to not in TRANSITIONS[self.role]:
+            raise IllegalTransition(f"{self.role.name} -> {to.name} ({reason})")
+        old, self.role, self.since, self.reason = self.role, to, now, reason
+        self.history.append(Transition(now, old, to, reason))
+        self.preempt_since = None
+        self.handover_until = None
+        acts: list[Action] = []
+        if to is Role.ACTIVE:
+            acts += [TakeVips(adopt=self.vips_present), SendHeartbeatNow(), Announce()]
+            self.vips_present = False
+        elif to in (Role.BACKUP, Role.FAULT):
+            acts.append(ReleaseVips())
+            self.vips_present = False
+            self.stall_until = None
+        fields = (("from_role", old.name.lower()), ("to_role", to.name.lower()))
+        return [*acts, Log("ha.transition", reason, fields=fields), Notify(to.name.lower(), reason)]
+
+    # -- events ----------------------------------------------------------------------------
+
+    def step(self, ev: Event) -> list[Action]:
+        now = ev.now
+        acts = self._watch_stall(now)
+        if self.role is Role.STOPPING:
+            return acts + self._stopping(ev)
+        match ev:
+            case Start(vips_present=present):
+                self.vips_present = present
+                self.listen_until = now + self.p.dead_interval
+            case PeerHeard():
+                acts += self._heard(ev)
+            case LocalFault(name=name, failed=failed, blocking=blocking, reason=why):
+                if failed:
+                    self.faults[name] = (blocking, why)
+                else:
+                    self.faults.pop(name, None)
+                acts.append(Log("ha.track", why, fields=(("item", name), ("failed", failed))))
+            case LocalHealth(healthy=h, total=t):
+                self.local_healthy, self.local_total = h, t
+            case DrillHandover():
+                acts += self._begin_handover(now, "drill: planned handover")
+            case DrillFault(seconds=secs):
+                if self.role is not Role.ACTIVE:
+                    acts.append(Log("ha.drill_refused", "fault drill: this node is not active"))
+                else:
+                    self.drill_until = now + secs
+                    acts += self.move(now, Role.FAULT, f"drill: behave as dead for {secs:g}s")
+            case Stop():
+                return acts + self._stop(now)
+            case Tick():
+                if self.drill_until is not None and now >= self.drill_until:
+                    self.drill_until = None
+                    self.listen_until = max(self.listen_until, now + self.p.dead_interval)
+                    acts.append(Log("ha.drill_end", "fault drill over"))
+        return acts + self._evaluate(now)
+
+    def _watch_stall(self, now: float) -> list[Action]:
+        last, self._last_event = self._last_event, now
+        if last is None or now - last <= self.p.stall_factor * self.p.interval:
+            return []
+        self.listen_until = max(self.listen_until, now + self.p.dead_interval)
+        if self.role is Role.ACTIVE:
+            self.stall_until = self.listen_until
+        gap = round(now - last, 3)
+        why = f"event loop stalled {gap}s; listening a fresh dead interval"
+        return [Log("ha.stall", why, level="warning", fields=(("gap", gap),))]
+
+    def _heard(self, ev: PeerHeard) -> list[Action]:
+        acts: list[Action] = []
+        old = self.peer
+        if old is None or old.digest_match != ev.digest_match:
+            if not ev.digest_match:
+                why = f"peer {ev.name} runs a different config (digest mismatch)"
+                acts.append(Log("ha.config_mismatch", why, level="error"))
+            elif old is not None:
+                acts.append(Log("ha.config_match", f"peer {ev.name} config digest matches again"))
+        self.peer = PeerView(
+            ev.name,
+            ev.role,
+            ev.priority,
+            ev.effective_priority,
+            ev.blocked,
+            ev.yielding,
+            ev.healthy,
+            ev.now,
+            ev.digest_match,
+        )
+        if not (ev.handover and ev.role in (Role.ACTIVE, Role.STOPPING)):
+            return acts
+        # the peer hands over: take at once, without waiting for the dead interval
+        why = f"peer {ev.name} handed over"
+        if self.role in (Role.STARTING, Role.BACKUP) and not self.blocked:
+            acts += self.move(ev.now, Role.ACTIVE, why)
+        elif self.role is Role.ACTIVE and self.handover_until is None:
+            acts += self._reassert(ev.now, Log("ha.handover_received", why))
+        return acts
+
+    def _reassert(self, now: float, log: Log) -> list[Action]:
+        """Re-announce the VIPs (at most once per dead interval) after a peer let them go."""
+        if now - self._last_split_announce < self.p.dead_interval:
+            return []
+        self._last_split_announce = now
+        return [log, Announce(), SendHeartbeatNow()]
+
+    def _evaluate(self, now: float) -> list[Action]:
+        acts: list[Action] = []
+        for _ in range(3):  # FAULT -> BACKUP -> ACTIVE may chain within one event
+            more = self._evaluate_once(now)
+            acts += more
+            if not any(isinstance(a, Log) and a.event == "ha.transition" for a in more):
+                break
+        return acts
+
+    def _evaluate_once(self, now: float) -> list[Action]:
+        pr, alive = self.peer, self.peer_alive(now)
+        if self.role is Role.FAULT:
+            if not self.blocked:
+                return self.move(now, Role.BACKUP, "recovered: no blocking fault left")
+            return []
+        if self.role is Role.STARTING:
+            if pr and alive and pr.role is Role.ACTIVE:
+                return self.move(now, Role.BACKUP, f"peer {pr.name} is active")
+            if now < self.listen_until:
+                return []
+            if self.blocked:
+                return self.move(now, Role.FAULT, self._fault_reason())
+            if not alive:
+                return self.move(now, Role.ACTIVE, "no peer heard for the dead interval")
+            if self._peer_not_serving() or self.wins_against_peer(now):
+                return self.move(now, Role.ACTIVE, f"won election against {self._peer_desc()}")
+            return self.move(now, Role.BACKUP, f"lost election to {self._peer_desc()}")
+        if self.role is Role.BACKUP:
+            return self._evaluate_backup(now)
+        return self._evaluate_active(now)
+
+    def _evaluate_backup(self, now: float) -> list[Action]:
+        pr, alive = self.peer, self.peer_alive(now)
+        if self.blocked:
+            return self.move(now, Role.FAULT, self._fault_reason())
+        if pr is None or not alive:
+            if now < self.listen_until:
+                return []
+            if pr is None:
+                return self.move(now, Role.ACTIVE, "no peer heard for the dead interval")
+            silent = round(now - pr.last_heard, 3)
+            return self.move(now, Role.ACTIVE, f"peer {pr.name} silent for {silent}s (dead)")
+        if pr.role is not Role.ACTIVE:
+            self.preempt_since = None
+            if self._peer_not_serving() or self.wins_against_peer(now):
+                why = f"no active peer; won election against {self._peer_desc()}"
+                return self.move(now, Role.ACTIVE, why)
+            return []
+        mine = self.effective_priority(now)
+        if not self.p.preempt or mine <= pr.effective_priority:
+            self.preempt_since = None
+            return []
+        if self.preempt_since is None:
+            self.preempt_since = now
+        if now - self.preempt_since >= self.p.preempt_delay:
+            why = f"preempt: priority {mine} > peer {pr.name}'s {pr.effective_priority}"
+            return self.move(now, Role.ACTIVE, why + f" for {self.p.preempt_delay:g}s")
+        return []
+
+    def _evaluate_active(self, now: float) -> list[Action]:
+        pr, alive = self.peer, self.peer_alive(now)
+        acts: list[Action] = []
+        if self.stall_until is not None and now >= self.stall_until:
+            self.stall_until = None  # nobody took over while we stalled: reassert the VIPs
+            acts += [TakeVips(adopt=True), Announce(), Log("ha.stall_over", "no active peer")]
+        if self.handover_until is not None and now >= self.handover_until:
+            self.handover_until = None
+            why = f"handover timed out ({self.handover_reason}); keeping the VIPs"
+            acts.append(Log("ha.handover_failed", why, level="warning"))
+        if pr is None or not alive:
+            return acts
+        if pr.role is Role.ACTIVE:
+            return acts + self._split_brain(now, pr)
+        if self.handover_until is None and pr.role is Role.BACKUP and not pr.blocked:
+            if self.blocked:
+                acts += self._begin_handover(now, f"local fault: {self._fault_reason()}")
+            elif self.effective_priority(now) < min(self.p.priority, pr.effective_priority):
+                mine = self.effective_priority(now)
+                why = f"degraded to priority {mine} below peer's {pr.effective_priority}"
+                acts += self._begin_handover(now, why)
+        return acts
+
+    def _split_brain(self, now: float, pr: PeerView) -> list[Action]:
+        if self.yielding and not pr.yielding:
+            lose = True
+            why = f"peer {pr.name} is active and this node is handing over"
+        elif pr.yielding and not self.yielding:
+            lose, why = False, f"split brain with {pr.name}: the peer is yielding"
+        else:
+            lose = not self.wins_against_peer(now)
+            why = f"split brain: {'lost' if lose else 'won'} election against {self._peer_desc()}"
+        if lose:
+            target = Role.FAULT if self.blocked else Role.BACKUP
+            return self.move(now, target, why)
+        return self._reassert(now, Log("ha.split_brain", why, level="warning"))
+
+    def _begin_handover(self, now: float, why: str) -> list[Action]:
+        pr = self.peer
+        if self.role is not Role.ACTIVE:
+            return [Log("ha.handover_refused", f"{why}: this node is not active")]
+        if pr is None or not self.peer_alive(now) or pr.blocked or pr.role is not Role.BACKUP:
+            return [Log("ha.handover_refused", f"{why}: no backup peer able to take over")]
+        self.handover_until, self.handover_reason = now + self.p.handover_wait, why
+        return [Log("ha.handover", why), SendHeartbeatNow()]
+
+    def _stop(self, now: float) -> list[Action]:
+        active = self.role is Role.ACTIVE
+        pr = self.peer
+        able = pr is not None and self.peer_alive(now) and not pr.blocked
+        acts = self.move(now, Role.STOPPING, "stop requested")
+        if active and able:
+            self.handover_until, self.handover_reason = now + self.p.handover_wait, "stopping"
+            return [*acts, SendHeartbeatNow()]
+        self.done = True
+        return [*acts, ReleaseVips()]
+
+    def _stopping(self, ev: Event) -> list[Action]:
+        if self.done:
+            return []
+        if isinstance(ev, PeerHeard):
+            self._heard(ev)
+        pr = self.peer
+        taken = pr is not None and pr.role is Role.ACTIVE and self.peer_alive(ev.now)
+        expired = self.handover_until is not None and ev.now >= self.handover_until
+        if not (taken or expired):
+            return []
+        self.done, self.handover_until = True, None
+        why = "peer took over" if taken else "handover timed out; releasing anyway"
+        return [ReleaseVips(), Log("ha.stopped", why)]
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _peer_not_serving(self) -> bool:
+        pr = self.peer
+        return pr is not None and (pr.role in (Role.FAULT, Role.STOPPING) or pr.blocked)
+
+    def _peer_desc(self) -> str:
+        pr = self.peer
+        assert pr is not None
+        return f"{pr.name} ({pr.role.name.lower()}, priority {pr.effective_priority})"
+
+    def _fault_reason(self) -> str:
+        if self.drill_until is not None:
+            return "fault drill"
+        return "; ".join(why for b, why in self.faults.values() if b) or "fault"
