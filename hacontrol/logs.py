@@ -7,6 +7,7 @@ import sys
 from typing import Any
 
 import structlog
+from structlog._config import BoundLoggerLazyProxy
 
 
 def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
@@ -40,4 +41,7 @@ def get(name: str | None = None) -> Any:
     """A bound logger; ``name`` becomes the ``logger`` key. Lazy: a module-level logger made at
     import time still follows a later ``configure()`` (binding eagerly would freeze the default
     configuration, printing to stdout)."""
-    return structlog.get_logger(logger=name) if name else structlog.get_logger()
+    if not name:
+        return structlog.get_logger()
+    # get_logger(logger=...) clashes with wrap_logger's own ``logger`` parameter: build the proxy
+    return BoundLoggerLazyProxy(None, initial_values={"logger": name}, logger_factory_args=())
