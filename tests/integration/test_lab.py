@@ -1,0 +1,146 @@
+"""``hacontrol lab`` end to end (root): the first form's JSON report, and cleanup on interruption.
+
+Runs the lab as a user would (``python -m hacontrol lab ...``) and checks what it reports against
+what must be true, then that no namespace, process or work directory of it is left behind: after a
+normal run and after SIGINT / SIGTERM in the middle of one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = [
+    pytest.mark.root,
+    pytest.mark.skipif(
+        os.geteuid() != 0 or shutil.which("ip") is None, reason="needs root and iproute2"
+    ),
+]
+
+SERVERS = {"rs1", "rs2", "rs3"}
+LAB = [sys.executable, "-m", "hacontrol", "lab"]
+
+
+def namespaces(pid: int) -> list[str]:
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    return [ln.split()[0] for ln in out.splitlines() if ln.startswith(f"hc{pid}x")]
+
+
+def processes_mentioning(text: str) -> list[int]:
+    found = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit() or int(p.name) == os.getpid():
+            continue
+        try:
+            if text.encode() in (p / "cmdline").read_bytes():
+                found.append(int(p.name))
+        except OSError:
+            continue
+    return found
+
+
+def test_first_form_report() -> None:
+    p = subprocess.Popen(
+        [*LAB, "--single", "--json", "--requests", "9"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        out, err = p.communicate(timeout=300)
+    finally:
+        if p.poll() is None:
+            p.send_signal(signal.SIGINT)
+            p.wait(timeout=60)
+    assert p.returncode == 0, err[-4000:]
+    rep = json.loads(out)
+    assert rep["ok"] is True and rep["error"] is None
+    assert rep["dataplane"] in ("nftables", "ipvs")
+    steps = {s["step"]: s["measured"] for s in rep["steps"]}
+
+    for name in ("round-robin", "round-robin again"):
+        rr = steps[name]
+        assert rr["failed"] == 0
+        assert set(rr["responses"]) == SERVERS  # every server answered
+        assert rr["served"] == rr["responses"]  # the servers' own counts agree with the client
+        assert sum(rr["served"].values()) == 9
+        assert rr["spread"] <= 1  # round-robin
+
+    killed = steps["rs2 killed"]
+    assert killed["removed"] is True
+    assert 0 < killed["health_down_s"] <= killed["detection_s"] < 15
+    assert killed["answers_from_rs2_after_removal"] == 0
+    assert "rs2" not in killed["responses"]  # a killed server answers nothing
+    assert {"rs1", "rs3"} <= set(killed["responses"])  # the others carry the traffic
+    assert killed["failed"] >= 0
+
+    back = steps["rs2 restarted"]
+    assert back["back"] is True
+    assert 0 < back["back_in_table_s"] < 15
+    assert back["responses"].get("rs2", 0) > 0
+    assert back["failed"] == 0  # adding a server back loses nothing
+
+    assert rep["cleanup"] == {"namespaces_left": 0}
+    assert namespaces(p.pid) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupted_lab_removes_everything(sig: signal.Signals) -> None:
+    p = subprocess.Popen(
+        [*LAB, "--single", "--requests", "300"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+
+    def read() -> None:
+        assert p.stdout is not None
+        for line in p.stdout:
+            lines.put(line)
+
+    threading.Thread(target=read, daemon=True).start()
+    config = None
+    seen: list[str] = []
+    deadline = time.monotonic() + 120
+    try:
+        # interrupt while the lab is running: namespaces built, the daemon serving
+        while time.monotonic() < deadline:
+            try:
+                line = lines.get(timeout=1)
+            except queue.Empty:
+                assert p.poll() is None, "".join(seen)
+                continue
+            seen.append(line)
+            if m := re.search(r"run -c (\S+)", line):
+                config = m.group(1)
+            if "all real servers up" in line:
+                break
+        assert config is not None, "".join(seen)
+        assert namespaces(p.pid), "the lab should be running"
+        p.send_signal(sig)
+        rc = p.wait(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    while not lines.empty():
+        seen.append(lines.get())
+    text = "".join(seen)
+    assert rc == 130, text
+    assert "INTERRUPTED" in text
+    assert namespaces(p.pid) == []
+    workdir = str(Path(config).parent)
+    assert not Path(workdir).exists()
+    assert processes_mentioning(workdir) == []  # daemon, real servers and loops are gone
