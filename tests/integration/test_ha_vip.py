@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -116,10 +116,10 @@ def mac_of(ns: Ns, ifname: str) -> str:
     return str(json.loads(ns.ip("-j", "link", "show", "dev", ifname).stdout)[0]["address"])
 
 
-def wait_until(pred: object, timeout: float, what: str) -> float:
+def wait_until(pred: Callable[[], bool], timeout: float, what: str) -> float:
     start = time.monotonic()
     while True:
-        if pred():  # type: ignore[operator]
+        if pred():
             return time.monotonic() - start
         if time.monotonic() - start > timeout:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
@@ -196,7 +196,7 @@ def test_take_release_present_idempotent(lan: Pair) -> None:
     assert addr_info(lan.a, "eth0", V4)["valid_life_time"] == 4294967295
     out = drive(lan.a, "present", vips)
     assert out["configured"] == {V4: None, V6: None}
-    assert all(d["present"] for d in out["describe"])  # type: ignore[attr-defined,union-attr]
+    assert all(d["present"] for d in out["describe"])  # type: ignore[attr-defined]
     # adopting: take with a lease turns the forever address into a leased one
     drive(lan.a, "take", vips, lease=30)
     assert 0 < int(str(addr_info(lan.a, "eth0", V4)["valid_life_time"])) <= 30
