@@ -1,0 +1,478 @@
+"""The composition root: one ``Daemon`` wires config, health checks, data plane, reconciler, API.
+
+It owns the process lifecycle: start (open the data plane, start the reconciler, the health
+checker and the API), signals (SIGTERM/SIGINT stop cleanly, SIGHUP reloads), reload (load the file
+again; an invalid one is refused and the old config keeps running; a valid one is applied as a
+diff: unchanged health targets keep their state) and stop (leave the kernel table in place when
+``dataplane.keep_on_stop``, else remove the owned services). Health changes recompute the desired
+table. It gathers the status view the API serves. Logic lives in the parts it wires, not here.
+An HA component (issue 3) plugs in through ``self.ha`` (role "standalone" while it is None).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable
+from operator import attrgetter
+from typing import Any, TextIO
+
+from hacontrol import __version__, logs
+from hacontrol.api.app import ApiServer, create_app
+from hacontrol.clock import Clock, monotonic
+from hacontrol.config import ConfigError, load
+from hacontrol.dataplane.base import Dataplane, DataplaneError
+from hacontrol.dataplane.desired import desired_table
+from hacontrol.dataplane.owned import OwnedStore
+from hacontrol.dataplane.reconciler import Reconciler
+from hacontrol.dataplane.select import open_dataplane
+from hacontrol.dataplane.table import Table
+from hacontrol.health.scheduler import CheckKey, HealthChecker, check_key
+from hacontrol.health.state import Health, TargetStatus
+from hacontrol.metrics import Metrics
+from hacontrol.model import Config, RealServer, ServiceConfig
+from hacontrol.status import DataplaneView, NodeView, build_status
+
+log = logs.get("hacontrol.daemon")
+
+# fields that need a restart to change; a reload keeps the running values and says so
+RESTART_ONLY = (
+    "api.listen",
+    "dataplane.kind",
+    "dataplane.nft_table",
+    "dataplane.state_dir",
+    "dataplane.resync_interval",
+    "node_name",
+)
+
+
+class StartError(Exception):
+    """The daemon cannot start (bad token file, data plane unavailable, API address in use)."""
+
+
+def read_token(path: str | None) -> str | None:
+    """The API token from ``api.token_file``; raises StartError when unreadable or empty."""
+    if path is None:
+        return None
+    try:
+        with open(path) as f:
+            token = f.read().strip()
+    except OSError as exc:
+        raise StartError(f"api.token_file {path}: {exc.strerror or exc}") from None
+    if not token:
+        raise StartError(f"api.token_file {path}: the file is empty")
+    return token
+
+
+def sd_notify(message: str) -> bool:
+    """Tell systemd (Type=notify) about READY/RELOADING/STOPPING; no-op without NOTIFY_SOCKET."""
+    addr = os.environ.get("NOTIFY_SOCKET")
+    if not addr:
+        return False
+    if addr.startswith("@"):
+        addr = "\0" + addr[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.sendto(message.encode(), addr)
+    except OSError:
+        return False
+    return True
+
+
+def _restart_only_changes(old: Config, new: Config) -> list[str]:
+    return [f for f in RESTART_ONLY if attrgetter(f)(old) != attrgetter(f)(new)]
+
+
+def _keep_restart_only(old: Config, new: Config) -> Config:
+    """``new`` with the running values of the fields a reload cannot change."""
+    return dataclasses.replace(
+        new,
+        node_name=old.node_name,
+        api=dataclasses.replace(new.api, listen=old.api.listen),
+        dataplane=dataclasses.replace(
+            new.dataplane,
+            kind=old.dataplane.kind,
+            nft_table=old.dataplane.nft_table,
+            state_dir=old.dataplane.state_dir,
+            resync_interval=old.dataplane.resync_interval,
+        ),
+    )
+
+
+class Daemon:
+    """One director daemon. ``run()`` until SIGTERM/SIGINT or ``request_stop``."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        dry_run: bool = False,
+        clock: Clock = monotonic,
+        dataplane: Dataplane | None = None,
+        loader: Callable[[str], Config] = load,
+        out: TextIO | None = None,
+        serve_api: bool = True,
+    ) -> None:
+        self.config = config
+        self.dry_run = dry_run
+        self.clock = clock
+        self.loader = loader
+        self.out = out or sys.stdout
+        self.serve_api = serve_api
+        self.metrics = Metrics()
+        self.health = HealthChecker(clock, self._on_health_change, self.metrics)
+        self._dataplane_override = dataplane
+        self.dataplane: Dataplane | None = None
+        self.reconciler: Reconciler | None = None
+        self.api: ApiServer | None = None
+        self.ha: Any = None  # issue 3: an HA component with .role and .status()
+        self._token: str | None = None
+        self._targets: dict[CheckKey, list[tuple[ServiceConfig, RealServer]]] = {}
+        self._last_state: dict[CheckKey, Health] = {}  # for the "from" of health.change
+        self._started_at = clock()
+        self._config_loaded_at = clock()
+        self._stop_event: asyncio.Event | None = None
+        self._stop_reason = "stop requested"
+        self._reload_lock: asyncio.Lock | None = None
+        self._running = False
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._started = asyncio.Event()
+
+    # -- composition -------------------------------------------------------------------------
+
+    def _health_of(self, svc: ServiceConfig, rs: RealServer) -> Health:
+        try:
+            return self.health.state(check_key(svc, rs))
+        except KeyError:  # not (or no longer) a target: never put it in the table
+            return Health.UNKNOWN
+
+    def _builder(self, config: Config) -> Callable[[Table], Table]:
+        services = config.services
+        health_of = self._health_of
+
+        def build(actual: Table) -> Table:
+            return desired_table(services, health_of, actual)
+
+        return build
+
+    def _targets_of(self, config: Config) -> dict[CheckKey, list[tuple[ServiceConfig, RealServer]]]:
+        targets: dict[CheckKey, list[tuple[ServiceConfig, RealServer]]] = {}
+        for svc in config.services:
+            for rs in svc.real_servers:
+                targets.setdefault(check_key(svc, rs), []).append((svc, rs))
+        return targets
+
+    def _apply_config(self, config: Config) -> tuple[int, int, int]:
+        """Point health and reconciler at ``config``; (targets added, removed, kept)."""
+        targets = self._targets_of(config)
+        old = set(self._targets)
+        new = set(targets)
+        self._targets = targets
+        self.health.set_targets(list(targets))
+        self._last_state = {k: self.health.state(k) for k in targets}
+        if self.reconciler is not None:
+            self.reconciler.set_desired(self._builder(config))
+        return len(new - old), len(old - new), len(new & old)
+
+    def _on_health_change(self, key: CheckKey, new: Health, st: TargetStatus) -> None:
+        old = self._last_state.get(key, Health.UNKNOWN)
+        self._last_state[key] = new
+        users = self._targets.get(key, [])
+        log.info(
+            "health.change",
+            services=sorted({svc.name for svc, _ in users}),
+            real_server=str(users[0][1].endpoint) if users else key.target,
+            target=key.target,
+            check=key.check.type,
+            **{"from": str(old), "to": str(new)},
+            reason=st.last_reason,
+        )
+        if self.reconciler is not None:
+            self.reconciler.set_desired(self._builder(self.config))
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def _open_dataplane(self) -> Dataplane:
+        if self._dataplane_override is not None:
+            await self._dataplane_override.open()
+            return self._dataplane_override
+        out = self.out
+
+        def echo(line: str) -> None:
+            print(line, file=out, flush=True)
+
+        return await open_dataplane(self.config.dataplane, self.dry_run, echo=echo)
+
+    async def start(self, reason: str = "start") -> None:
+        cfg = self.config
+        if self._stop_event is None:
+            self._stop_event = asyncio.Event()
+        self._reload_lock = asyncio.Lock()
+        self._token = read_token(cfg.api.token_file)
+        self._started_at = self._config_loaded_at = self.clock()
+        try:
+            dp = await self._open_dataplane()
+        except DataplaneError as exc:
+            raise StartError(f"dataplane {cfg.dataplane.kind}: {exc}") from None
+        self.dataplane = dp
+        self.reconciler = Reconciler(
+            dp,
+            clock=self.clock,
+            resync_interval=cfg.dataplane.resync_interval,
+            owned_store=OwnedStore(cfg.dataplane.state_dir) if not self.dry_run else None,
+            metrics=self.metrics,
+        )
+        self._apply_config(cfg)
+        await self.reconciler.start()
+        await self.health.start()
+        if self.serve_api:
+            self.api = ApiServer(create_app(self), cfg.api.listen)
+            try:
+                await self.api.start()
+            except OSError as exc:
+                await self._teardown(keep=True)
+                raise StartError(f"api.listen {cfg.api.listen}: {exc.strerror or exc}") from None
+        self._running = True
+        self._started.set()
+        n_rs = sum(len(s.real_servers) for s in cfg.services)
+        log.info(
+            "daemon.start",
+            node=cfg.node_name,
+            version=__version__,
+            config=cfg.source,
+            digest=cfg.digest,
+            services=len(cfg.services),
+            real_servers=n_rs,
+            targets=len(self._targets),
+            dataplane=getattr(dp, "kind", type(dp).__name__),
+            api=self.api.bound if self.api else None,
+            dry_run=self.dry_run,
+            reason=reason,
+        )
+        sd_notify("READY=1\nSTATUS=running")
+
+    async def _teardown(self, keep: bool) -> None:
+        """Stop everything; ``keep``: leave the kernel table, else remove the owned services."""
+        if self.api is not None:
+            await self.api.stop()
+        await self.health.stop()
+        if self.reconciler is not None:
+            await self.reconciler.stop()
+            if not keep:
+                self.reconciler.set_desired(lambda actual: {})
+                result = await self.reconciler.sync_now("stop")
+                if not result.ok:
+                    log.error("daemon.cleanup", result="error", reason=result.error)
+        if self.dataplane is not None:
+            try:
+                await self.dataplane.close()
+            except Exception as exc:
+                log.warning("daemon.cleanup", result="error", reason=f"dataplane close: {exc}")
+
+    async def stop(self, reason: str = "stop requested") -> None:
+        if not self._running:
+            return
+        self._running = False
+        t0 = time.monotonic()
+        sd_notify("STOPPING=1")
+        keep = self.config.dataplane.keep_on_stop
+        await self._teardown(keep=keep)
+        log.info(
+            "daemon.stop",
+            reason=reason,
+            kernel_table="kept" if keep else "removed",
+            duration_ms=round((time.monotonic() - t0) * 1000, 1),
+        )
+
+    def request_stop(self, reason: str) -> None:
+        self._stop_reason = reason
+        if self._stop_event is not None:
+            self._stop_event.set()
+
+    async def run(self) -> None:
+        """Start, serve until a stop is requested (SIGTERM/SIGINT), stop. Signal handlers go in
+        first: a SIGTERM during start stops right after it, a SIGHUP reloads once started."""
+        loop = asyncio.get_running_loop()
+        self._stop_event = asyncio.Event()
+        installed = []
+        for sig, handler in (
+            (signal.SIGTERM, lambda: self.request_stop("SIGTERM")),
+            (signal.SIGINT, lambda: self.request_stop("SIGINT")),
+            (signal.SIGHUP, lambda: self._spawn_reload("SIGHUP")),
+        ):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.add_signal_handler(sig, handler)
+                installed.append(sig)
+        try:
+            await self.start()
+            await self._stop_event.wait()
+            await self.stop(self._stop_reason)
+        finally:
+            for sig in installed:
+                loop.remove_signal_handler(sig)
+            for task in list(self._tasks):
+                task.cancel()
+
+    def _spawn_reload(self, reason: str) -> None:
+        task = asyncio.get_running_loop().create_task(self._reload_when_started(reason))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reload_when_started(self, reason: str) -> None:
+        await self._started.wait()
+        if self._running:
+            await self.reload(reason)
+
+    # -- reload ------------------------------------------------------------------------------
+
+    async def reload(self, reason: str) -> dict[str, Any]:
+        """Load the file again and apply it; an invalid file changes nothing."""
+        if self._reload_lock is None or not self._running:
+            return {
+                "result": "error",
+                "errors": ["the daemon is not running"],
+                "digest": self.config.digest,
+            }
+        async with self._reload_lock:
+            if not self._running:  # stopped while waiting for the lock
+                return {
+                    "result": "error",
+                    "errors": ["the daemon is stopping"],
+                    "digest": self.config.digest,
+                }
+            return await self._reload(reason)
+
+    async def _reload(self, reason: str) -> dict[str, Any]:
+        t0 = time.monotonic()
+        old = self.config
+        sd_notify("RELOADING=1")
+        try:
+            try:
+                new = self.loader(old.source)
+                token = read_token(new.api.token_file)
+            except ConfigError as exc:
+                return self._refused(reason, str(exc).splitlines(), old)
+            except StartError as exc:
+                return self._refused(reason, [str(exc)], old)
+            except OSError as exc:
+                return self._refused(reason, [f"{old.source}: {exc.strerror or exc}"], old)
+            restart_only = _restart_only_changes(old, new)
+            new = _keep_restart_only(old, new)
+            changed = new.digest != old.digest
+            self.config = new
+            self._token = token
+            self._config_loaded_at = self.clock()
+            added, removed, kept = self._apply_config(new)
+            self.metrics.reloads.labels(result="ok").inc()
+            result = {
+                "result": "ok",
+                "changed": changed,
+                "digest": new.digest,
+                "services": len(new.services),
+                "real_servers": sum(len(s.real_servers) for s in new.services),
+                "targets_added": added,
+                "targets_removed": removed,
+                "targets_kept": kept,
+                "duration_ms": round((time.monotonic() - t0) * 1000, 2),
+            }
+            log.info(
+                "config.reload",
+                **result,
+                old_digest=old.digest,
+                needs_restart=restart_only or None,
+                reason=reason,
+            )
+            return result
+        finally:
+            sd_notify("READY=1")
+
+    def _refused(self, reason: str, errors: list[str], old: Config) -> dict[str, Any]:
+        self.metrics.reloads.labels(result="error").inc()
+        log.error(
+            "config.reload",
+            result="error",
+            errors=errors,
+            kept_digest=old.digest,
+            reason=f"{reason}: invalid config refused, the running config is kept",
+        )
+        return {"result": "error", "errors": errors, "digest": old.digest}
+
+    # -- the view the API serves -------------------------------------------------------------
+
+    def token(self) -> str | None:
+        return self._token
+
+    def metrics_text(self) -> bytes:
+        return self.metrics.render()
+
+    def role(self) -> str:
+        return str(getattr(self.ha, "role", "standalone")) if self.ha is not None else "standalone"
+
+    def _dataplane_view(self, now: float) -> DataplaneView:
+        if self.reconciler is None:
+            return DataplaneView(kind=str(getattr(self.dataplane, "kind", "-")))
+        st = self.reconciler.status()
+
+        def ago(at: float | None) -> float | None:
+            return None if at is None else round(max(0.0, now - at), 3)
+
+        return DataplaneView(
+            kind=st.kind,
+            last_result=None if st.passes == 0 else ("ok" if st.ok else "error"),
+            error=st.error,
+            consecutive_errors=st.consecutive_errors,
+            last_apply_ago=ago(st.last_apply_at),
+            last_pass_ago=ago(st.last_pass_at),
+            applies=st.applies,
+            drift_repairs=st.drift_repairs,
+            passes=st.passes,
+            next_retry_in=None if st.next_retry_in is None else round(st.next_retry_in, 3),
+        )
+
+    def status(self) -> dict[str, Any]:
+        now = self.clock()
+        cfg = self.config
+        node = NodeView(
+            node=cfg.node_name,
+            role=self.role(),
+            version=__version__,
+            uptime=now - self._started_at,
+            config_loaded_ago=now - self._config_loaded_at,
+            dry_run=self.dry_run,
+        )
+        kernel = self.reconciler.kernel if self.reconciler is not None else None
+
+        def health(svc: ServiceConfig, rs: RealServer) -> TargetStatus | None:
+            return self.health.status(check_key(svc, rs))
+
+        ha = self.ha.status() if self.ha is not None else None
+        return build_status(cfg, node, self._dataplane_view(now), health, kernel, now, ha=ha)
+
+
+def run_daemon(config: Config, *, dry_run: bool = False, out: TextIO | None = None) -> int:
+    """Run a daemon to completion on uvloop when importable; the process exit code."""
+
+    async def main() -> int:
+        daemon = Daemon(config, dry_run=dry_run, out=out)
+        try:
+            await daemon.run()
+        except StartError as exc:
+            log.error("daemon.start", result="error", reason=str(exc))
+            return 1
+        return 0
+
+    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:
+        pass
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(main())
