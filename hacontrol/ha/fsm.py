@@ -243,26 +243,26 @@ class Machine:
     def peer_alive(self, now: float) -> bool:
         return self.peer is not None and now - self.peer.last_heard <= self.p.dead_interval
 
-    def effective_priority(self, now: float) -> int:
-        hits = len(self.faults)
+    def starved(self, now: float) -> bool:
+        """No healthy real server here while the live peer has some."""
         pr = self.peer
-        if (
-            self.local_total
-            and not self.local_healthy
-            and pr
-            and pr.healthy
-            and self.peer_alive(now)
-        ):
-            hits += 1
+        return bool(self.local_total and not self.local_healthy and pr and pr.healthy) and (
+            self.peer_alive(now)
+        )
+
+    def effective_priority(self, now: float) -> int:
+        hits = len(self.faults) + self.starved(now)
         return max(0, self.p.priority - self.p.penalty * hits)
 
     def wins_against_peer(self, now: float) -> bool:
-        """The election (peer must be known): blocking, then effective priority, then name."""
-        assert self.peer is not None
-        if self.blocked != self.peer.blocked:
-            return not self.blocked
-        mine, theirs = self.effective_priority(now), self.peer.effective_priority
-        return mine > theirs if mine != theirs else self.p.node < self.peer.name
+        """The election (peer must be known): not blocked, then not starved of healthy real
+        servers, then effective priority, then the lower node name."""
+        pr = self.peer
+        assert pr is not None
+        peer_starved = bool(self.local_healthy and not pr.healthy)
+        mine = (not self.blocked, not self.starved(now), self.effective_priority(now))
+        theirs = (not pr.blocked, not peer_starved, pr.effective_priority)
+        return mine > theirs if mine != theirs else self.p.node < pr.name
 
     # -- the guarded setter ----------------------------------------------------------------
 
@@ -327,6 +327,7 @@ class Machine:
         if last is None or now - last <= self.p.stall_factor * self.p.interval:
             return []
         self.listen_until = max(self.listen_until, now + self.p.dead_interval)
+        self.preempt_since = None
         if self.role is Role.ACTIVE:
             self.stall_until = self.listen_until
         gap = round(now - last, 3)
@@ -353,6 +354,12 @@ class Machine:
             ev.now,
             ev.digest_match,
         )
+        was_alive = old is not None and ev.now - old.last_heard <= self.p.dead_interval
+        if self.role is Role.ACTIVE and ev.role not in (Role.ACTIVE, Role.STARTING):
+            if not was_alive or (old is not None and old.role is Role.ACTIVE):
+                # the peer may have held the VIPs while we could not hear it: re-announce
+                why = f"peer {ev.name} is back as {ev.role.name.lower()}"
+                acts += self._reassert(ev.now, Log("ha.peer_returned", why))
         if not (ev.handover and ev.role in (Role.ACTIVE, Role.STOPPING)):
             return acts
         # the peer hands over: take at once, without waiting for the dead interval
@@ -446,10 +453,10 @@ class Machine:
         if self.handover_until is None and pr.role is Role.BACKUP and not pr.blocked:
             if self.blocked:
                 acts += self._begin_handover(now, f"local fault: {self._fault_reason()}")
-            elif self.effective_priority(now) < min(self.p.priority, pr.effective_priority):
-                mine = self.effective_priority(now)
-                why = f"degraded to priority {mine} below peer's {pr.effective_priority}"
-                acts += self._begin_handover(now, why)
+            elif (self.faults or self.starved(now)) and not self.wins_against_peer(now):
+                why = f"degraded (priority {self.effective_priority(now)}"
+                why += ", no healthy real server" * self.starved(now)
+                acts += self._begin_handover(now, f"{why}); peer {self._peer_desc()} is better")
         return acts
 
     def _split_brain(self, now: float, pr: PeerView) -> list[Action]:
