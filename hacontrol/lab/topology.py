@@ -30,6 +30,7 @@ from hacontrol.lab.traffic import Run
 
 VIP = "198.51.100.10"
 PORT = 80
+TARGET = f"{VIP}:{PORT}"
 CLIENT = "198.51.100.100"
 GATEWAY = "192.0.2.1"
 REAL_SERVERS = {"rs1": "192.0.2.2", "rs2": "192.0.2.3", "rs3": "192.0.2.4"}
@@ -297,6 +298,23 @@ class Cluster:
         for port in self._ports(name):
             self.ns("switch").up(port)
         self.start_daemon(name)
+
+    def mac(self, name: str, ifname: str = PUBLIC_IF) -> str | None:
+        r = self.ns(name).ip("-j", "link", "show", ifname, check=False)
+        with contextlib.suppress(ValueError, IndexError, KeyError):
+            return str(json.loads(r.stdout)[0]["address"])
+        return None
+
+    def neighbour(self, name: str, address: str, ifname: str = PUBLIC_IF) -> str | None:
+        """The MAC ``name``'s neighbour table holds for ``address`` (None if no entry)."""
+        r = self.ns(name).ip("-j", "neigh", "show", address, "dev", ifname, check=False)
+        with contextlib.suppress(ValueError, IndexError, KeyError):
+            return str(json.loads(r.stdout)[0]["lladdr"])
+        return None
+
+    def holder(self, mac: str | None) -> str | None:
+        """Which director owns ``mac`` on its public interface."""
+        return next((d for d in self.directors if mac and self.mac(d) == mac), None)
 
     # ------------------------------------------------------------ --keep
 

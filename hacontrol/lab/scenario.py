@@ -1,0 +1,175 @@
+"""What the lab's scenarios share: steps and the report, status readers, waiting on conditions.
+
+``Report``/``Step`` hold what a scenario measured (the JSON report is ``Report.as_dict()``);
+``Watch`` polls a daemon's ``/v1/status`` from inside its namespace and waits for a condition on
+it; ``wait_answers``/``wait_server`` wait on the client's recorded requests; ``round_robin`` is the
+step both forms use to show the spread. Every wait has a
+deadline and fails with a ``LabError`` that says what was expected.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from hacontrol.lab import traffic
+from hacontrol.lab.topology import API, REAL_SERVERS, TARGET, Cluster
+
+
+class LabError(Exception):
+    """A step did not show what it should (the message says what and why)."""
+
+
+@dataclass
+class Step:
+    step: str
+    what: str
+    measured: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Report:
+    form: str
+    requests: int
+    steps: list[Step] = field(default_factory=list)
+    dataplane: str | None = None
+    ok: bool = False
+    error: str | None = None
+    interrupted: bool = False
+    cleanup: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "form": self.form,
+            "ok": self.ok,
+            "dataplane": self.dataplane,
+            "requests": self.requests,
+            "steps": [s.__dict__ for s in self.steps],
+            "error": self.error,
+            "interrupted": self.interrupted,
+            "cleanup": self.cleanup,
+        }
+
+
+class Say:
+    """Progress lines with the time since the start (to stderr when stdout carries JSON)."""
+
+    def __init__(self, out: TextIO) -> None:
+        self.out = out
+        self.t0 = time.monotonic()
+
+    def __call__(self, msg: str) -> None:
+        print(f"[{time.monotonic() - self.t0:6.1f}s] {msg}", file=self.out, flush=True)
+
+    def block(self, text: str) -> None:
+        for line in text.splitlines():
+            print(f"          | {line}", file=self.out, flush=True)
+
+
+# ------------------------------------------------------------------ reading the status document
+
+
+def real_server(doc: dict[str, Any], address: str) -> dict[str, Any] | None:
+    for svc in doc.get("services", []):
+        for rs in svc.get("real_servers", []):
+            if rs.get("address") == address:
+                return dict(rs)
+    return None
+
+
+def in_table(doc: dict[str, Any], address: str) -> bool:
+    rs = real_server(doc, address)
+    return rs is not None and rs.get("health") == "up" and bool(rs.get("kernel_weight"))
+
+
+def out_of_table(doc: dict[str, Any], address: str) -> bool:
+    rs = real_server(doc, address)
+    return rs is not None and rs.get("kernel_weight") is None
+
+
+def is_down(doc: dict[str, Any], address: str) -> bool:
+    rs = real_server(doc, address)
+    return rs is not None and rs.get("health") == "down"
+
+
+class Watch(traffic.Run):
+    """The daemon's ``/v1/status`` polled every 0.1 s from inside a director's namespace."""
+
+    def __init__(self, cluster: Cluster, director: str) -> None:
+        self.cluster, self.director = cluster, director
+        super().__init__(cluster.runs, cluster.ns(director), "watch", "--url", f"http://{API}/v1/status",
+                         "--interval", "0.1", "--duration", "900")  # fmt: skip
+
+    def until(
+        self, pred: Callable[[dict[str, Any]], bool], since: float, timeout: float, what: str
+    ) -> tuple[float, dict[str, Any]]:
+        """The first poll at or after ``since`` whose document satisfies ``pred``."""
+        deadline = time.monotonic() + timeout
+        seen = 0
+        while True:
+            lines = self.snapshot()
+            for line in lines[seen:]:
+                if line.get("t", 0) >= since and "status" in line and pred(line["status"]):
+                    return float(line["t"]), line["status"]
+            seen = len(lines)
+            if not self.cluster.daemon_alive(self.director):
+                raise LabError(f"{self.director}: the daemon exited while waiting for {what}; "
+                               f"log: {self.cluster.log_path(self.director)}\n"
+                               + tail(self.cluster.log_path(self.director)))  # fmt: skip
+            if time.monotonic() > deadline:
+                last = lines[-1] if lines else {}
+                raise LabError(f"{self.director}: no {what} within {timeout:.0f}s "
+                               f"(last poll: {json.dumps(last)[:300]})")  # fmt: skip
+            time.sleep(0.05)
+
+
+def tail(path: Path, n: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
+    except OSError:
+        return ""
+
+
+def r3(x: float | None) -> float | None:
+    return None if x is None else round(x, 3)
+
+
+def wait_answers(load: traffic.Load, n: int, since: float, timeout: float) -> None:
+    """Wait until ``n`` requests started after ``since`` were answered."""
+    deadline = time.monotonic() + timeout
+    while sum(1 for r in traffic.between(load.requests(), since) if r.ok) < n:
+        if time.monotonic() > deadline or load.proc.poll() is not None:
+            raise LabError(f"the client got fewer than {n} answers in {timeout:.0f}s")
+        time.sleep(0.05)
+
+
+def wait_server(load: traffic.Load, server: str, since: float, timeout: float) -> float:
+    deadline = time.monotonic() + timeout
+    while (t := traffic.first_answer(load.requests(), server, since)) is None:
+        if time.monotonic() > deadline or load.proc.poll() is not None:
+            raise LabError(f"{server} did not answer within {timeout:.0f}s")
+        time.sleep(0.05)
+    return t
+
+
+def round_robin(c: Cluster, n: int, name: str, say: Say) -> Step:
+    before = c.served_all()
+    load = traffic.Load(c.runs, c.client, TARGET, n, interval=0.05, timeout=2.0, duration=120)
+    load.wait(timeout=180)
+    reqs = load.requests()
+    after = c.served_all()
+    responses = traffic.distribution(reqs)
+    served = {rs: after[rs] - before[rs] for rs in REAL_SERVERS}
+    say(f"{len(reqs)} requests: answers {responses}; the servers' own counts {served}")
+    step = Step(name, f"{n} client requests to {TARGET}", {
+        "requests": len(reqs), "failed": traffic.failures(reqs),
+        "responses": responses, "served": served,
+        "spread": max(served.values()) - min(served.values()),
+    })  # fmt: skip
+    if len(responses) != len(REAL_SERVERS) or step.measured["failed"]:
+        raise LabError(f"{name}: expected every real server to answer and no failure: {step}")
+    return step
