@@ -1,0 +1,315 @@
+"""The daemon end to end in one process: MemoryDataplane, real TCP checks on loopback, short
+intervals. Start -> health UP -> table applied; reload keeps health (no flap); an invalid reload
+keeps the old config; stop keeps or removes the table; signals; sd_notify; the served API."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from structlog.testing import capture_logs
+
+from hacontrol.config import load
+from hacontrol.daemon import Daemon, StartError, sd_notify
+from hacontrol.dataplane.memory import MemoryDataplane
+from hacontrol.dataplane.table import ServiceKey
+from hacontrol.health.state import Health
+
+WEB = ServiceKey("tcp", "192.0.2.10", 80)
+TIMEOUT = 10.0  # generous: the machine is shared
+
+
+async def wait_for(cond: Callable[[], bool], what: str, limit: float = TIMEOUT) -> None:
+    deadline = asyncio.get_running_loop().time() + limit
+    while not cond():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+class Backend:
+    """A loopback TCP server that accepts and closes; ``close()`` makes checks fail (refused)."""
+
+    def __init__(self) -> None:
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self, port: int = 0) -> Backend:
+        async def handle(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            w.close()
+
+        self.server = await asyncio.start_server(handle, "127.0.0.1", port, reuse_address=True)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+            self.server = None
+
+
+def config_text(tmp: Path, ports: list[int], weights: list[int], **extra: Any) -> str:
+    rs = "\n".join(
+        f"      - {{address: 127.0.0.1, port: {p}, weight: {w}}}"
+        for p, w in zip(ports, weights, strict=True)
+    )
+    keep = str(extra.get("keep_on_stop", True)).lower()
+    api = extra.get("api", "")
+    return f"""
+node: {{name: unit}}
+{api}
+dataplane: {{kind: memory, state_dir: {tmp}/state, resync_interval: 30s, keep_on_stop: {keep}}}
+services:
+  - name: web
+    vip: 192.0.2.10
+    port: 80
+    check: {{type: tcp, interval: 100ms, timeout: 80ms, rise: 1, fall: 2}}
+    real_servers:
+{rs}
+"""
+
+
+@pytest.fixture
+async def backends() -> AsyncIterator[list[Backend]]:
+    bs = [await Backend().start(), await Backend().start()]
+    try:
+        yield bs
+    finally:
+        for b in bs:
+            await b.close()
+
+
+DaemonFactory = Callable[..., Awaitable[tuple[Daemon, MemoryDataplane, Path]]]
+
+
+@pytest.fixture
+async def make_daemon(tmp_path: Path) -> AsyncIterator[DaemonFactory]:
+    made: list[Daemon] = []
+
+    async def make(text: str, serve_api: bool = False) -> tuple[Daemon, MemoryDataplane, Path]:
+        path = tmp_path / "hacontrol.yaml"
+        path.write_text(text)
+        dp = MemoryDataplane()
+        d = Daemon(load(str(path)), dataplane=dp, serve_api=serve_api)
+        await d.start()
+        made.append(d)
+        return d, dp, path
+
+    yield make
+    for d in made:
+        await d.stop("test teardown")
+
+
+def weights(dp: MemoryDataplane) -> dict[int, int]:
+    svc = dp.table.get(WEB)
+    return {} if svc is None else {k.port: v.weight for k, v in svc.dests.items()}
+
+
+async def test_start_health_up_table_applied(
+    tmp_path: Path, backends: list[Backend], make_daemon: DaemonFactory
+) -> None:
+    ports = [b.port for b in backends]
+    d, dp, _ = await make_daemon(config_text(tmp_path, ports, [3, 1]))
+    await wait_for(lambda: weights(dp) == {ports[0]: 3, ports[1]: 1}, "both dests in the table")
+    doc = d.status()
+    assert doc["role"] == "standalone" and doc["node"] == "unit"
+    rss = doc["services"][0]["real_servers"]
+    await wait_for(
+        lambda: d.status()["services"][0]["real_servers"][0]["kernel_weight"] == 3,
+        "kernel weight in status",
+    )
+    assert [r["health"] for r in rss] == ["up", "up"]
+    assert doc["dataplane"]["kind"] == "memory" and doc["dataplane"]["last_result"] == "ok"
+
+
+async def test_server_down_is_removed_and_logged(
+    tmp_path: Path, backends: list[Backend], make_daemon: DaemonFactory
+) -> None:
+    ports = [b.port for b in backends]
+    d, dp, _ = await make_daemon(config_text(tmp_path, ports, [1, 1]))
+    await wait_for(lambda: len(weights(dp)) == 2, "both up")
+    with capture_logs() as logs:
+        await backends[1].close()
+        await wait_for(lambda: set(weights(dp)) == {ports[0]}, "the dead server removed")
+    changes = [e for e in logs if e["event"] == "health.change" and "services" in e]
+    assert len(changes) == 1
+    ev = changes[0]
+    assert ev["services"] == ["web"] and ev["real_server"] == f"127.0.0.1:{ports[1]}"
+    assert (ev["from"], ev["to"]) == ("up", "down")
+    assert "refused" in ev["reason"]
+    rs = d.status()["services"][0]["real_servers"][1]
+    assert rs["health"] == "down" and rs["kernel_weight"] is None and rs["failures"] >= 2
+
+
+async def test_reload_keeps_health_and_applies_weight(
+    tmp_path: Path, backends: list[Backend], make_daemon: DaemonFactory
+) -> None:
+    ports = [b.port for b in backends]
+    d, dp, path = await make_daemon(config_text(tmp_path, ports, [1, 1]))
+    await wait_for(lambda: len(weights(dp)) == 2, "both up")
+    with capture_logs() as logs:
+        path.write_text(config_text(tmp_path, ports, [5, 1]))
+        result = await d.reload("test")
+        assert result["result"] == "ok" and result["changed"] is True
+        assert (result["targets_kept"], result["targets_added"], result["targets_removed"]) == (
+            2,
+            0,
+            0,
+        )
+        # states right after the reload: still up, no reset to unknown
+        assert [d.health.state(k) for k in d._targets] == [Health.UP, Health.UP]
+        await wait_for(lambda: weights(dp) == {ports[0]: 5, ports[1]: 1}, "new weight applied")
+        await asyncio.sleep(0.3)  # several check intervals: a flap would show up here
+    assert [e for e in logs if e["event"] == "health.change"] == []
+    reloads = [e for e in logs if e["event"] == "config.reload"]
+    assert len(reloads) == 1 and reloads[0]["result"] == "ok" and reloads[0]["reason"] == "test"
+    assert d.config.services[0].real_servers[0].weight == 5
+
+
+async def test_invalid_reload_keeps_old_config(
+    tmp_path: Path, backends: list[Backend], make_daemon: DaemonFactory
+) -> None:
+    ports = [b.port for b in backends]
+    d, dp, path = await make_daemon(config_text(tmp_path, ports, [2, 1]))
+    await wait_for(lambda: len(weights(dp)) == 2, "both up")
+    old = d.config
+    bad = config_text(tmp_path, ports, [2, 1]).replace("port: 80", "port: http")
+    bad = bad.replace(f"port: {ports[1]}", "port: 70000")
+    path.write_text(bad)
+    with capture_logs() as logs:
+        result = await d.reload("SIGHUP")
+    assert result["result"] == "error"
+    assert len(result["errors"]) == 2
+    assert all(e.startswith(f"{path}:") for e in result["errors"])
+    assert d.config is old
+    ev = [e for e in logs if e["event"] == "config.reload"]
+    assert len(ev) == 1 and ev[0]["result"] == "error" and ev[0]["errors"] == result["errors"]
+    assert ev[0]["log_level"] == "error" and "SIGHUP" in ev[0]["reason"]
+    await asyncio.sleep(0.2)
+    assert weights(dp) == {ports[0]: 2, ports[1]: 1}
+    metrics = d.metrics_text().decode()
+    assert 'hacontrol_config_reloads_total{result="error"} 1.0' in metrics
+
+
+async def test_reload_adds_and_removes_targets(
+    tmp_path: Path, backends: list[Backend], make_daemon: DaemonFactory
+) -> None:
+    ports = [b.port for b in backends]
+    d, dp, path = await make_daemon(config_text(tmp_path, ports[:1], [1]))
+    await wait_for(lambda: weights(dp) == {ports[0]: 1}, "first up")
+    path.write_text(config_text(tmp_path, ports[1:], [4]))
+    result = await d.reload("swap")
+    assert (result["targets_added"], result["targets_removed"], result["targets_kept"]) == (1, 1, 0)
+    await wait_for(lambda: weights(dp) == {ports[1]: 4}, "swapped")
+
+
+@pytest.mark.parametrize(("keep", "expected_left"), [(True, 1), (False, 0)])
+async def test_stop_keeps_or_removes_table(
+    tmp_path: Path, backends: list[Backend], keep: bool, expected_left: int
+) -> None:
+    ports = [b.port for b in backends]
+    path = tmp_path / "c.yaml"
+    path.write_text(config_text(tmp_path, ports, [1, 1], keep_on_stop=keep))
+    dp = MemoryDataplane()
+    d = Daemon(load(str(path)), dataplane=dp, serve_api=False)
+    await d.start()
+    try:
+        await wait_for(lambda: len(weights(dp)) == 2, "both up")
+    finally:
+        await d.stop("test")
+    assert len(dp.table) == expected_left
+    assert dp.closed
+
+
+async def test_run_signals_reload_and_stop(tmp_path: Path, backends: list[Backend]) -> None:
+    ports = [b.port for b in backends]
+    path = tmp_path / "c.yaml"
+    path.write_text(config_text(tmp_path, ports, [1, 1]))
+    dp = MemoryDataplane()
+    d = Daemon(load(str(path)), dataplane=dp, serve_api=False)
+    with capture_logs() as logs:
+        task = asyncio.create_task(d.run())
+        await wait_for(lambda: len(weights(dp)) == 2, "both up")
+        path.write_text(config_text(tmp_path, ports, [7, 1]))
+        os.kill(os.getpid(), signal.SIGHUP)
+        await wait_for(lambda: weights(dp).get(ports[0]) == 7, "SIGHUP reload applied")
+        t0 = asyncio.get_running_loop().time()
+        os.kill(os.getpid(), signal.SIGTERM)
+        await asyncio.wait_for(task, TIMEOUT)
+        assert asyncio.get_running_loop().time() - t0 < 1.0
+    events = [e["event"] for e in logs if e["event"].startswith(("daemon.", "config."))]
+    assert events == ["daemon.start", "config.reload", "daemon.stop"]
+    stop = next(e for e in logs if e["event"] == "daemon.stop")
+    assert stop["reason"] == "SIGTERM" and stop["kernel_table"] == "kept"
+    assert len(dp.table) == 1  # kept in place
+
+
+async def test_served_api_status_and_reload_token(
+    tmp_path: Path, backends: list[Backend], make_daemon: DaemonFactory
+) -> None:
+    ports = [b.port for b in backends]
+    token = tmp_path / "token"
+    token.write_text("t0ken\n")
+    sock = tmp_path / "run" / "api.sock"
+    api = f'api: {{listen: "unix:{sock}", token_file: {token}}}'
+    _d, dp, _ = await make_daemon(config_text(tmp_path, ports, [1, 1], api=api), serve_api=True)
+    await wait_for(lambda: len(weights(dp)) == 2, "both up")
+    conn = aiohttp.UnixConnector(path=str(sock))
+    async with aiohttp.ClientSession(connector=conn) as s:
+        async with s.get("http://d/v1/status") as r:
+            doc = await r.json()
+            assert r.status == 200 and doc["services"][0]["name"] == "web"
+        async with s.post("http://d/v1/reload") as r:
+            assert r.status == 401 and (await r.json())["status"] == 401
+        async with s.post("http://d/v1/reload", headers={"Authorization": "Bearer t0ken"}) as r:
+            body = await r.json()
+            assert r.status == 200 and body["result"] == "ok" and body["changed"] is False
+        async with s.get("http://d/metrics") as r:
+            assert "hacontrol_health_targets" in await r.text()
+
+
+async def test_start_refuses_unreadable_token(tmp_path: Path, backends: list[Backend]) -> None:
+    token = tmp_path / "token"
+    token.write_text("")
+    path = tmp_path / "c.yaml"
+    api = f'api: {{listen: "unix:{tmp_path}/api.sock", token_file: {token}}}'
+    path.write_text(config_text(tmp_path, [backends[0].port], [1], api=api))
+    d = Daemon(load(str(path)), dataplane=MemoryDataplane())
+    with pytest.raises(StartError, match="empty"):
+        await d.start()
+
+
+async def test_start_refuses_api_address_in_use(tmp_path: Path, backends: list[Backend]) -> None:
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    try:
+        path = tmp_path / "c.yaml"
+        api = f"api: {{listen: 127.0.0.1:{busy.getsockname()[1]}}}"
+        path.write_text(config_text(tmp_path, [backends[0].port], [1], api=api))
+        dp = MemoryDataplane()
+        d = Daemon(load(str(path)), dataplane=dp)
+        with pytest.raises(StartError, match=r"api\.listen"):
+            await d.start()
+        assert dp.closed
+    finally:
+        busy.close()
+
+
+def test_sd_notify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("NOTIFY_SOCKET", raising=False)
+    assert sd_notify("READY=1") is False
+    path = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.bind(path)
+        monkeypatch.setenv("NOTIFY_SOCKET", path)
+        assert sd_notify("READY=1") is True
+        assert s.recv(100) == b"READY=1"
