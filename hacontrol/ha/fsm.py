@@ -20,19 +20,30 @@ stop, and executes the returned actions. Rules (docs/ha-wire.md has the prose):
 
 from __future__ import annotations
 
-import enum
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
 
-
-class Role(enum.IntEnum):
-    STARTING = 0
-    BACKUP = 1
-    ACTIVE = 2
-    FAULT = 3
-    STOPPING = 4
-
+from hacontrol.ha.fsm_types import (  # the machine's vocabulary
+    Action,
+    Announce,
+    DrillFault,
+    DrillHandover,
+    Event,
+    LocalFault,
+    LocalHealth,
+    Log,
+    Notify,
+    PeerHeard,
+    PeerView,
+    ReleaseVips,
+    Role,
+    SendHeartbeatNow,
+    Start,
+    Stop,
+    TakeVips,
+    Tick,
+    Transition,
+)
 
 R = Role
 TRANSITIONS: dict[Role, frozenset[Role]] = {
@@ -67,129 +78,6 @@ class Params:
     @property
     def handover_wait(self) -> float:
         return self.handover_timeout or 2 * self.dead_interval + self.interval
-
-
-# -- events --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Start:
-    now: float
-    vips_present: bool = False
-
-
-@dataclass(frozen=True)
-class Tick:
-    now: float
-
-
-@dataclass(frozen=True)
-class PeerHeard:
-    now: float
-    name: str
-    role: Role
-    priority: int
-    effective_priority: int
-    blocked: bool = False
-    yielding: bool = False
-    handover: bool = False  # a HANDOVER message: take over now
-    healthy: int = 0
-    digest_match: bool = True
-
-
-@dataclass(frozen=True)
-class LocalFault:
-    now: float
-    name: str
-    failed: bool
-    blocking: bool
-    reason: str
-
-
-@dataclass(frozen=True)
-class LocalHealth:
-    now: float
-    healthy: int
-    total: int
-
-
-@dataclass(frozen=True)
-class DrillHandover:
-    now: float
-
-
-@dataclass(frozen=True)
-class DrillFault:
-    now: float
-    seconds: float
-
-
-@dataclass(frozen=True)
-class Stop:
-    now: float
-
-
-Event = Start | Tick | PeerHeard | LocalFault | LocalHealth | DrillHandover | DrillFault | Stop
-
-# -- actions -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class TakeVips:
-    adopt: bool = False
-
-
-@dataclass(frozen=True)
-class ReleaseVips:
-    pass
-
-
-@dataclass(frozen=True)
-class Announce:
-    pass
-
-
-@dataclass(frozen=True)
-class SendHeartbeatNow:
-    pass
-
-
-@dataclass(frozen=True)
-class Notify:
-    role: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class Log:
-    event: str
-    reason: str
-    level: str = "info"
-    fields: tuple[tuple[str, Any], ...] = ()
-
-
-Action = TakeVips | ReleaseVips | Announce | SendHeartbeatNow | Notify | Log
-
-
-@dataclass(frozen=True)
-class Transition:
-    at: float
-    from_role: Role
-    to_role: Role
-    reason: str
-
-
-@dataclass
-class PeerView:
-    name: str
-    role: Role
-    priority: int
-    effective_priority: int
-    blocked: bool
-    yielding: bool
-    healthy: int
-    last_heard: float
-    digest_match: bool
 
 
 @dataclass
@@ -355,11 +243,11 @@ class Machine:
             ev.digest_match,
         )
         was_alive = old is not None and ev.now - old.last_heard <= self.p.dead_interval
-        if self.role is Role.ACTIVE and ev.role not in (Role.ACTIVE, Role.STARTING):
-            if not was_alive or (old is not None and old.role is Role.ACTIVE):
-                # the peer may have held the VIPs while we could not hear it: re-announce
-                why = f"peer {ev.name} is back as {ev.role.name.lower()}"
-                acts += self._reassert(ev.now, Log("ha.peer_returned", why))
+        back = not was_alive or (old is not None and old.role is Role.ACTIVE)
+        if self.role is Role.ACTIVE and ev.role not in (Role.ACTIVE, Role.STARTING) and back:
+            # the peer may have held the VIPs while we could not hear it: re-announce
+            why = f"peer {ev.name} is back as {ev.role.name.lower()}"
+            acts += self._reassert(ev.now, Log("ha.peer_returned", why))
         if not (ev.handover and ev.role in (Role.ACTIVE, Role.STOPPING)):
             return acts
         # the peer hands over: take at once, without waiting for the dead interval

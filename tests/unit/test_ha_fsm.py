@@ -10,16 +10,16 @@ from collections.abc import Sequence
 import pytest
 
 from hacontrol.ha import fsm
-from hacontrol.ha.fsm import (
+from hacontrol.ha import fsm_types as ft
+from hacontrol.ha.fsm import Machine, Params
+from hacontrol.ha.fsm_types import (
     Announce,
     DrillFault,
     DrillHandover,
     LocalFault,
     LocalHealth,
     Log,
-    Machine,
     Notify,
-    Params,
     PeerHeard,
     ReleaseVips,
     Role,
@@ -52,8 +52,8 @@ def ticks(start: float, stop: float, step: float = 1.0) -> list[Tick]:
     return [Tick(start + i * step) for i in range(n + 1)]
 
 
-def feed(m: Machine, events: Sequence[fsm.Event]) -> list[fsm.Action]:
-    out: list[fsm.Action] = []
+def feed(m: Machine, events: Sequence[ft.Event]) -> list[ft.Action]:
+    out: list[ft.Action] = []
     for ev in events:
         out += m.step(ev)
     return out
@@ -65,7 +65,7 @@ def reached(m: Machine, role: Role) -> bool:
 
 # Each row: (from, to, events from a fresh machine at t=0, a word in the last transition's reason)
 S = Role
-TRANSITION_CASES: list[tuple[Role, Role, list[fsm.Event], str]] = [
+TRANSITION_CASES: list[tuple[Role, Role, list[ft.Event], str]] = [
     (S.STARTING, S.BACKUP, [heard(0.5, S.ACTIVE)], "is active"),
     (S.STARTING, S.ACTIVE, ticks(0, 3), "no peer heard"),
     (S.STARTING, S.ACTIVE, [heard(0.5, S.BACKUP, eff=50), *ticks(1, 3)], "won election"),
@@ -109,7 +109,7 @@ def test_cases_cover_every_transition_in_the_table() -> None:
     TRANSITION_CASES,
     ids=[f"{a.name}->{b.name}:{w}" for a, b, _, w in TRANSITION_CASES],
 )
-def test_transition(frm: Role, to: Role, events: list[fsm.Event], why: str) -> None:
+def test_transition(frm: Role, to: Role, events: list[ft.Event], why: str) -> None:
     m = new()
     acts = feed(m, events)
     last = m.history[-1]
@@ -316,11 +316,11 @@ class Pair:
         self.m = {"a": Machine(pa, 0.0), "b": Machine(pb, 0.0)}
         self.frozen: set[str] = set()
         self.link = True
-        self.log: list[tuple[float, str, fsm.Action]] = []
+        self.log: list[tuple[float, str, ft.Action]] = []
         for n, m in self.m.items():
             self._do(n, m.step(Start(0.0)))
 
-    def _do(self, n: str, acts: list[fsm.Action]) -> None:
+    def _do(self, n: str, acts: list[ft.Action]) -> None:
         self.log += [(self.t, n, a) for a in acts]
 
     def restart(self, n: str, params: Params) -> None:
@@ -347,9 +347,9 @@ class Pair:
                 if n not in self.frozen:
                     self._do(n, m.step(Tick(self.t)))
             for src, dst in (("a", "b"), ("b", "a")):
-                if self.link and src not in self.frozen and dst not in self.frozen:
-                    if not self.m[src].silent and not self.m[src].done:
-                        self._do(dst, self.m[dst].step(self.beat(src)))
+                up = self.link and src not in self.frozen and dst not in self.frozen
+                if up and not self.m[src].silent and not self.m[src].done:
+                    self._do(dst, self.m[dst].step(self.beat(src)))
 
     def roles(self) -> tuple[Role, Role]:
         return self.m["a"].role, self.m["b"].role

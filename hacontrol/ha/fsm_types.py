@@ -1,0 +1,143 @@
+"""The value types the HA state machine (hacontrol.ha.fsm) consumes and produces.
+
+Events carry ``now`` (monotonic seconds from the injected clock); actions are what the runner must
+do. All frozen, plain values: no I/O here. ``Role`` lives here too so the wire codec's role enum and
+the machine's stay one definition apart (their values are equal by construction).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Any
+
+
+class Role(enum.IntEnum):
+    STARTING = 0
+    BACKUP = 1
+    ACTIVE = 2
+    FAULT = 3
+    STOPPING = 4
+
+
+# -- events --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Start:
+    now: float
+    vips_present: bool = False
+
+
+@dataclass(frozen=True)
+class Tick:
+    now: float
+
+
+@dataclass(frozen=True)
+class PeerHeard:
+    now: float
+    name: str
+    role: Role
+    priority: int
+    effective_priority: int
+    blocked: bool = False
+    yielding: bool = False
+    handover: bool = False  # a HANDOVER message: take over now
+    healthy: int = 0
+    digest_match: bool = True
+
+
+@dataclass(frozen=True)
+class LocalFault:
+    now: float
+    name: str
+    failed: bool
+    blocking: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class LocalHealth:
+    now: float
+    healthy: int
+    total: int
+
+
+@dataclass(frozen=True)
+class DrillHandover:
+    now: float
+
+
+@dataclass(frozen=True)
+class DrillFault:
+    now: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Stop:
+    now: float
+
+
+Event = Start | Tick | PeerHeard | LocalFault | LocalHealth | DrillHandover | DrillFault | Stop
+
+# -- actions -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TakeVips:
+    adopt: bool = False
+
+
+@dataclass(frozen=True)
+class ReleaseVips:
+    pass
+
+
+@dataclass(frozen=True)
+class Announce:
+    pass
+
+
+@dataclass(frozen=True)
+class SendHeartbeatNow:
+    pass
+
+
+@dataclass(frozen=True)
+class Notify:
+    role: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class Log:
+    event: str
+    reason: str
+    level: str = "info"
+    fields: tuple[tuple[str, Any], ...] = ()
+
+
+Action = TakeVips | ReleaseVips | Announce | SendHeartbeatNow | Notify | Log
+
+
+@dataclass(frozen=True)
+class Transition:
+    at: float
+    from_role: Role
+    to_role: Role
+    reason: str
+
+
+@dataclass
+class PeerView:
+    name: str
+    role: Role
+    priority: int
+    effective_priority: int
+    blocked: bool
+    yielding: bool
+    healthy: int
+    last_heard: float
+    digest_match: bool
