@@ -67,8 +67,14 @@ CHECK_ONLY: dict[str, tuple[str, ...]] = {
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 NFT_TABLE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
+IFNAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,14}")  # IFNAMSIZ 16, no '/' or spaces
 HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 _DEFAULT_CHECK = CheckConfig()
+PATTERN_TEXT = {
+    NAME_RE.pattern: "1-63 letters, digits, '.', '_' or '-', starting with a letter or digit",
+    NFT_TABLE_RE.pattern: "1-64 letters, digits, '_' or '-', starting with a letter or '_'",
+    IFNAME_RE.pattern: "an interface name (1-15 characters, no '/' or space)",
+}
 
 
 @dataclass(frozen=True)
@@ -96,8 +102,8 @@ class ConfigError(Exception):
 
 _TAG = "tag:yaml.org,2002:"
 _CONSTRUCTOR = SafeConstructor()
-_DURATION_RE = re.compile(r"(-?)(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h)")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_RE = re.compile(r"(-?)(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h|)")
+_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "": 1.0}
 
 
 def join(path: str, key: str) -> str:
@@ -149,6 +155,7 @@ class Reader:
     def __init__(self, source: str) -> None:
         self.source = source
         self.issues: list[ConfigIssue] = []
+        self._key_line: dict[int, int] = {}  # id(value node) -> line of its key
 
     def error(self, where: Node | tuple[int, int] | int, path: str, reason: str) -> None:
         """Record an issue at a node, a (line, column) or a line (1-based)."""
@@ -189,6 +196,7 @@ class Reader:
                 self.error(knode, join(path, key), f"duplicate key (first at line {first})")
                 continue
             explicit[key] = (knode, vnode)
+            self._key_line[id(vnode)] = knode.start_mark.line + 1
         return {**merged, **explicit}
 
     def mapping(
@@ -206,12 +214,17 @@ class Reader:
             hint = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
             more = f"did you mean '{hint[0]}'?" if hint else "allowed: " + ", ".join(allowed)
             self.error(knode, join(path, key), f"unknown key ({more})")
-        for key in required:
+        for key in required:  # reported on the line naming the mapping ("ha:"), if it has one
             if key not in pairs:
-                self.error(node, join(path, key), "missing (required)")
+                line = self._key_line.get(id(node))
+                where = (line, 0) if line is not None else node
+                self.error(where, join(path, key), "missing (required)")
         return out
 
-    def sequence(self, node: Node, path: str) -> list[Node] | None:
+    def sequence(self, node: Node, path: str, *, optional: bool = False) -> list[Node] | None:
+        """The items of a list; with ``optional``, null (an empty ``key:``) is an empty list."""
+        if optional and scalar(node)[0] == "null":
+            return []
         if isinstance(node, SequenceNode):
             return list(node.value)
         self.error(node, path, f"must be a list, got {describe(node)}")
@@ -248,7 +261,8 @@ class Reader:
         if text == "":
             self.error(node, path, "must not be empty")
         elif pattern is not None and not pattern.fullmatch(text):
-            self.error(node, path, f"must match {pattern.pattern}, got {text!r}")
+            what = PATTERN_TEXT.get(pattern.pattern, f"match {pattern.pattern}")
+            self.error(node, path, f"must be {what}, got {text!r}")
         return text
 
     def text(self, node: Node, path: str, what: str) -> str | None:
@@ -286,7 +300,7 @@ class Reader:
         text = self.text(node, path, "one of " + ", ".join(choices))
         if text is None or text in choices:
             return text
-        hint = difflib.get_close_matches(text, choices, n=1, cutoff=0.5)
+        hint = difflib.get_close_matches(text, choices, n=1, cutoff=0.6)
         more = f" (did you mean '{hint[0]}'?)" if hint else ""
         self.error(node, path, f"must be one of {', '.join(choices)}, got {text!r}{more}")
         return None
@@ -484,7 +498,9 @@ def _compose(r: Reader, text: str) -> Node | None:
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark is not None else 1
-        reason = " ".join(x for x in (e.context, e.problem) if x) or "invalid YAML"
+        reason = e.problem or e.context or "invalid YAML"
+        if e.problem and e.context and e.context_mark is not None:
+            reason += f" ({e.context} started at line {e.context_mark.line + 1})"
         r.error(line, "<syntax>", reason)
         return None
     except yaml.YAMLError as e:  # reader errors (bad characters) carry a position, not a mark
@@ -501,13 +517,14 @@ def _compose(r: Reader, text: str) -> Node | None:
 def _parse_root(r: Reader, root: Node, check_files: bool) -> Config | None:
     from hacontrol import config_ha  # the ha section imports this module's Reader helpers
 
+    start = r.mark()
     m = r.mapping(root, "", TOP_KEYS, required=("node",))
     if m is None:
         return None
-    start = r.mark()
     kw: dict[str, Any] = {}
-    if "node" in m and (node := r.mapping(m["node"], "node", ("name",), ("name",))):
-        kw["node_name"] = r.string(node["name"], "node.name", pattern=NAME_RE) if node else None
+    node = r.mapping(m["node"], "node", ("name",), ("name",)) if "node" in m else None
+    if node and "name" in node:
+        kw["node_name"] = r.string(node["name"], "node.name", pattern=NAME_RE)
     if "api" in m:
         kw["api"] = _parse_api(r, m["api"], check_files)
     if "dataplane" in m:
@@ -522,8 +539,9 @@ def _parse_root(r: Reader, root: Node, check_files: bool) -> Config | None:
     defaults: dict[str, Setting] = {}
     d = r.mapping(m["defaults"], "defaults", ("check",)) if "defaults" in m else None
     if d and "check" in d:
-        defaults = _check_settings(r, d["check"], "defaults.check") or {}
-        _validate_check(r, {}, defaults, None, "defaults.check", service_level=False)
+        settings = _check_settings(r, d["check"], "defaults.check") or {}
+        _validate_check(r, {}, settings, None, "defaults.check", service_level=False)
+        defaults = {k: s for k, s in settings.items() if s.valid}
     if "services" in m:
         kw["services"] = _parse_services(r, m["services"], defaults)
     if "ha" in m:
@@ -606,6 +624,7 @@ class Setting:
     value: Any
     at: tuple[int, int]  # (line, column) where it is set
     path: str
+    valid: bool = True  # False: set but invalid (already reported); skips dependent checks
 
 
 def _check_settings(r: Reader, node: Node, path: str) -> dict[str, Setting] | None:
@@ -617,8 +636,8 @@ def _check_settings(r: Reader, node: Node, path: str) -> dict[str, Setting] | No
         p = join(path, key)
         start = r.mark()
         value = _CHECK_PARSERS[key](r, vn, p)
-        if r.clean_since(start):
-            out[key] = Setting(value, (vn.start_mark.line + 1, vn.start_mark.column), p)
+        at = (vn.start_mark.line + 1, vn.start_mark.column)
+        out[key] = Setting(value, at, p, valid=r.clean_since(start))
     return out
 
 
@@ -691,10 +710,12 @@ def _validate_check(
     values: dict[str, Any] = {}
     for key, s in merged.items():
         only = CHECK_ONLY.get(key)
-        if only is None or ctype in only:
+        if only is None or ctype in only or ctype is None:
             values[key] = s.value
         elif service_level and key in own:
             r.error(s.at, s.path, f"only applies to {'/'.join(only)} checks, not {ctype}")
+    if not all(s.valid for s in merged.values()):
+        return None  # the field errors are reported; combinations of invalid values are noise
     interval = values.get("interval", _DEFAULT_CHECK.interval)
     timeout = values.get("timeout", _DEFAULT_CHECK.timeout)
     ts, its = merged.get("timeout"), merged.get("interval")
@@ -730,7 +751,7 @@ def _validate_check(
 def _parse_services(
     r: Reader, node: Node, defaults: dict[str, Setting]
 ) -> tuple[ServiceConfig, ...] | None:
-    items = r.sequence(node, "services")
+    items = r.sequence(node, "services", optional=True)
     if items is None:
         return None
     out: list[ServiceConfig] = []
@@ -743,7 +764,7 @@ def _parse_services(
         p = f"services[{i}]"
         if svc.name in names:
             r.error(
-                item,
+                value_node(item, "name"),
                 join(p, "name"),
                 f"duplicate service name {svc.name!r} (services[{names[svc.name]}])",
             )
@@ -761,13 +782,22 @@ def _parse_services(
     return tuple(out)
 
 
+def value_node(node: Node, key: str) -> Node:
+    """The value node of ``key`` in a mapping node (for pointing errors at it), else ``node``."""
+    if isinstance(node, MappingNode):
+        for k, v in node.value:
+            if isinstance(k, ScalarNode) and k.value == key:
+                return v  # type: ignore[no-any-return]
+    return node
+
+
 def _parse_service(
     r: Reader, node: Node, p: str, defaults: dict[str, Setting]
 ) -> ServiceConfig | None:
+    start = r.mark()
     m = r.mapping(node, p, SERVICE_KEYS, required=("name", "vip", "port"))
     if m is None:
         return None
-    start = r.mark()
     kw: dict[str, Any] = {}
     if "name" in m:
         kw["name"] = r.string(m["name"], join(p, "name"), pattern=NAME_RE)
@@ -819,7 +849,7 @@ def _parse_real_servers(
 ) -> tuple[RealServer, ...]:
     if node is None:
         return ()
-    items = r.sequence(node, join(p, "real_servers"))
+    items = r.sequence(node, join(p, "real_servers"), optional=True)
     out: list[RealServer] = []
     seen: dict[tuple[str, int], int] = {}
     for j, item in enumerate(items or []):

@@ -7,12 +7,12 @@ here: the loader only checks that ``secret_file`` exists (skippable with ``check
 
 from __future__ import annotations
 
-import re
+from dataclasses import replace
 from typing import Any
 
 from yaml.nodes import Node
 
-from hacontrol.config import Reader, fmt_duration, join, scalar
+from hacontrol.config import IFNAME_RE, Reader, fmt_duration, join, scalar
 from hacontrol.model import AnnounceConfig, Endpoint, HAConfig, TrackConfig, VipConfig
 
 HA_KEYS = (
@@ -31,15 +31,14 @@ HA_KEYS = (
     "notify",
     "notify_timeout",
 )
-IFNAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,14}")  # IFNAMSIZ 16, no '/' or spaces
 
 
 def parse_ha(r: Reader, node: Node, *, check_files: bool) -> HAConfig | None:
     """Validate the ``ha:`` mapping; record issues in ``r`` and return None if any."""
+    start = r.mark()
     m = r.mapping(node, "ha", HA_KEYS, required=("bind", "peers", "secret_file"))
     if m is None:
         return None
-    start = r.mark()
     kw: dict[str, Any] = {}
     bind = r.endpoint(m["bind"], "ha.bind", unspecified=True) if "bind" in m else None
     kw["bind"] = bind
@@ -74,6 +73,9 @@ def parse_ha(r: Reader, node: Node, *, check_files: bool) -> HAConfig | None:
     if not r.clean_since(start):
         return None
     ha = HAConfig(**kw)
+    if "lease" not in m and ha.lease is not None:
+        # the model's 3s default is too short for a slow heartbeat (1s x 3 = 3s): derive it
+        ha = replace(ha, lease=max(ha.lease, 2 * ha.interval * ha.dead_after))
     if ha.lease is not None and ha.lease <= ha.interval * ha.dead_after:
         r.error(
             m["lease"],
@@ -113,7 +115,7 @@ def _peers(r: Reader, node: Node, bind: Endpoint | None) -> tuple[Endpoint, ...]
 
 
 def _vips(r: Reader, node: Node) -> tuple[VipConfig, ...]:
-    items = r.sequence(node, "ha.vips")
+    items = r.sequence(node, "ha.vips", optional=True)
     out: list[VipConfig] = []
     seen: dict[str, int] = {}
     for i, item in enumerate(items or []):
@@ -158,7 +160,9 @@ def _track(r: Reader, node: Node) -> TrackConfig | None:
     if m is None:
         return None
     kw: dict[str, Any] = {}
-    if "interfaces" in m and (items := r.sequence(m["interfaces"], "ha.track.interfaces")):
+    if "interfaces" in m and (
+        items := r.sequence(m["interfaces"], "ha.track.interfaces", optional=True)
+    ):
         names = [
             r.string(n, f"ha.track.interfaces[{i}]", pattern=IFNAME_RE) for i, n in enumerate(items)
         ]
