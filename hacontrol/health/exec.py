@@ -92,16 +92,20 @@ class ExecProbe:
                 lambda: _Child(self, gen), *self._argv, **kw
             )
         except OSError as e:
-            self._task = None
+            self._forget_task()
             self._finish(False, f"cannot run {self._argv[0]}: {(e.strerror or str(e)).lower()}")
             return
-        self._task = None
+        self._forget_task()
         if gen != self._gen or self._done is None:  # cancelled meanwhile
             _killpg(transport.get_pid())
             transport.close()
             return
         self._child = child
         self._pid = transport.get_pid()
+
+    def _forget_task(self) -> None:
+        if self._task is asyncio.current_task():
+            self._task = None
 
     def _exited(self, gen: int, rc: int | None, output: bytes) -> None:
         if gen != self._gen:
@@ -129,10 +133,9 @@ class ExecProbe:
     def cancel(self) -> str:
         self._done = None
         self._gen += 1
+        # a spawn in progress is not cancelled (its child could escape with the group): it sees
+        # the new generation when it completes and kills the group itself
         phase = "starting" if self._task is not None else ""
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
         if self._pid is not None:
             _killpg(self._pid)
             self._pid = None

@@ -58,7 +58,10 @@ class HttpSpec:
         self.expect = frozenset(check.expect_status)
         self.expect_text = ",".join(str(s) for s in check.expect_status)
         self.needle = check.expect_body.encode() if check.expect_body else None
-        self.regex = re.compile(check.expect_regex) if check.expect_regex else None
+        try:
+            self.regex = re.compile(check.expect_regex) if check.expect_regex else None
+        except re.error as e:
+            raise ValueError(f"http check: invalid expect_regex {check.expect_regex!r}: {e}") from e
         self.need_body = self.needle is not None or self.regex is not None
         self.cap = BODY_CAP
 
@@ -209,95 +212,100 @@ def tls_reason(exc: BaseException) -> str:
     return f"error: {_short(str(exc) or type(exc).__name__, 80)}"
 
 
-class _TlsClient(asyncio.Protocol):
-    def __init__(self, probe: HttpsProbe) -> None:
-        self.probe = probe
+class _TlsAttempt(asyncio.Protocol):
+    """One HTTPS attempt: the protocol of its connection, and its state."""
+
+    def __init__(self, spec: HttpSpec, done: Done) -> None:
+        self.spec = spec
+        self.done: Done | None = done
+        self.buf = b""
+        self.transport: asyncio.Transport | None = None
+        self.task: asyncio.Task[None] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport.write(self.probe._spec.request)  # type: ignore[attr-defined]
+        self.transport = transport  # type: ignore[assignment]
+        if self.done is None:  # cancelled while connecting
+            self.transport.abort()  # type: ignore[union-attr]
+        else:
+            self.transport.write(self.spec.request)  # type: ignore[union-attr]
 
     def data_received(self, data: bytes) -> None:
-        self.probe._feed(data, False)
+        self.feed(data, False)
 
     def eof_received(self) -> bool:
-        self.probe._feed(b"", True)
+        self.feed(b"", True)
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if exc is not None and not self.probe._buf:
-            self.probe._finish(False, tls_reason(exc))
+        if exc is not None and not self.buf:
+            self.finish(False, tls_reason(exc))
         else:
-            self.probe._feed(b"", True)
+            self.feed(b"", True)
+
+    def feed(self, data: bytes, eof: bool) -> None:
+        if self.done is None:
+            return
+        self.buf += data
+        verdict = self.spec.judge(self.buf, eof)
+        if verdict is not None:
+            self.finish(*verdict)
+
+    def finish(self, ok: bool, reason: str) -> None:
+        done, self.done = self.done, None
+        if self.transport is not None:
+            self.transport.abort()
+        if done is not None:
+            done(ok, reason)
+
+    def cancel(self) -> str:
+        if self.transport is None:
+            phase = "connecting"
+        else:
+            phase = "reading response" if self.buf else "no response"
+        self.done = None
+        if self.task is not None:
+            self.task.cancel()
+        if self.transport is not None:
+            self.transport.abort()  # also when the connect finished but its task did not resume
+        return phase
 
 
 class HttpsProbe:
     """HTTPS with TLS verification on or off (``server_hostname`` = the Host or the address)."""
 
     kind = "https"
-    __slots__ = ("_addr", "_buf", "_ctx", "_done", "_hostname", "_spec", "_task", "_transport")
+    __slots__ = ("_addr", "_attempt", "_ctx", "_hostname", "_spec")
 
     def __init__(self, spec: HttpSpec, check: CheckConfig, address: str, port: int) -> None:
         self._spec = spec
         self._addr = (str(ipaddress.ip_address(address)), port)
         self._ctx = tls_context(check.verify_tls)
         self._hostname = (check.host or self._addr[0]) if check.verify_tls else None
-        self._buf = b""
-        self._done: Done | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._transport: asyncio.Transport | None = None
+        self._attempt: _TlsAttempt | None = None
+
+    @property
+    def _task(self) -> asyncio.Task[None] | None:
+        return self._attempt.task if self._attempt is not None else None
 
     def start(self, loop: asyncio.AbstractEventLoop, done: Done) -> None:
-        self._done = done
-        self._buf = b""
-        self._task = loop.create_task(self._connect(loop))
+        attempt = self._attempt = _TlsAttempt(self._spec, done)
+        attempt.task = loop.create_task(self._connect(loop, attempt))
 
-    async def _connect(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def _connect(self, loop: asyncio.AbstractEventLoop, attempt: _TlsAttempt) -> None:
         try:
-            transport, _ = await loop.create_connection(
-                lambda: _TlsClient(self),
+            await loop.create_connection(
+                lambda: attempt,
                 self._addr[0],
                 self._addr[1],
                 ssl=self._ctx,
                 server_hostname=self._hostname,
-                ssl_handshake_timeout=60,
+                ssl_handshake_timeout=60,  # the scheduler's deadline sweep cancels far earlier
             )
         except (OSError, ssl.SSLError, ConnectionError, EOFError) as e:
-            self._finish(False, tls_reason(e))
-            return
+            attempt.finish(False, tls_reason(e))
         finally:
-            self._task = None
-        if self._done is None:  # finished (or cancelled) while connecting
-            transport.abort()
-        else:
-            self._transport = transport
-
-    def _feed(self, data: bytes, eof: bool) -> None:
-        if self._done is None:
-            return
-        self._buf = self._buf + data
-        verdict = self._spec.judge(self._buf, eof)
-        if verdict is not None:
-            self._finish(*verdict)
-
-    def _finish(self, ok: bool, reason: str) -> None:
-        done = self._done
-        self._done = None
-        if self._transport is not None:
-            self._transport.abort()
-            self._transport = None
-        if done is not None:
-            done(ok, reason)
+            attempt.task = None
 
     def cancel(self) -> str:
-        if self._task is not None:
-            phase = "connecting"
-        else:
-            phase = "reading response" if self._buf else "no response"
-        self._done = None
-        if self._task is not None:
-            self._task.cancel()
-            self._task = None
-        if self._transport is not None:
-            self._transport.abort()
-            self._transport = None
-        return phase
+        attempt, self._attempt = self._attempt, None
+        return attempt.cancel() if attempt is not None else ""
