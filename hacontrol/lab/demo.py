@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 import traceback
 from collections.abc import Iterator
@@ -144,21 +145,26 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def render(report: Report) -> str:
-    rows = [("STEP", "WHAT HAPPENED", "MEASURED")]
+def render(report: Report, width: int = 64) -> str:
+    """The report as a table: step, what happened, what was measured (wrapped)."""
+    rows: list[tuple[str, str, list[str]]] = [("STEP", "WHAT HAPPENED", ["MEASURED"])]
     for s in report.steps:
-        rows.append((s.step, s.what, ", ".join(f"{k}={_fmt(v)}" for k, v in s.measured.items())))
+        items = [f"{k}={_fmt(v)}" for k, v in s.measured.items()]
+        rows.append((s.step, s.what, textwrap.wrap(", ".join(items), width) or ["-"]))
     w0 = max(len(r[0]) for r in rows)
     w1 = max(len(r[1]) for r in rows)
     out = [f"hacontrol lab report ({report.form} form, data plane {report.dataplane or '?'})", ""]
-    out += [f"{r[0].ljust(w0)}  {r[1].ljust(w1)}  {r[2]}" for r in rows]
+    for step, what, measured in rows:
+        out.append(f"{step.ljust(w0)}  {what.ljust(w1)}  {measured[0]}")
+        out += [f"{'':{w0}}  {'':{w1}}  {more}" for more in measured[1:]]
     out.append("")
     if report.cleanup:
         out.append(f"cleanup: {_fmt(report.cleanup)}")
     if report.interrupted:
         out.append("result: INTERRUPTED")
     else:
-        out.append("result: OK" if report.ok else f"result: FAILED: {report.error}")
+        first = (report.error or "").splitlines()[:1]
+        out.append("result: OK" if report.ok else f"result: FAILED: {''.join(first)}")
     return "\n".join(out)
 
 
