@@ -1,0 +1,319 @@
+"""Local fault tracking: tracked interfaces' link state and the gateway's reachability.
+
+``LocalTracker`` implements ``hacontrol.ha.interfaces.Tracker``: ``await run(emit)`` watches until
+cancelled and calls ``emit(TrackEvent)`` with each item's first known state and every change.
+
+- Interfaces (``track.interfaces``): link state from rtnetlink link events (RTNLGRP_LINK, through
+  pyroute2), after an initial dump. A link is up when it is administratively up and running
+  (IFF_UP and IFF_RUNNING: carrier present); a missing interface counts as down. Events name
+  ``interface:<ifname>``, reasons "interface eth1 down" / "interface eth1 up" / "interface eth1
+  missing". A lost netlink event (socket overrun) triggers a fresh dump.
+- Gateway (``track.gateway``): one ICMP echo (raw socket; IPv4 or IPv6) every
+  ``gateway_interval``; ``gateway_fall`` consecutive misses -> "gateway 198.51.100.1 unreachable";
+  the first answer after that -> "gateway 198.51.100.1 reachable".
+
+The decisions (link flags -> up/down, miss counting) are the pure helpers ``link_up``,
+``LinkStates`` and ``FallCounter``; the rest is the I/O shell.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import os
+import socket
+import struct
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from pyroute2 import AsyncIPRoute
+from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_NEWLINK, RTMGRP_LINK
+
+from hacontrol import logs
+from hacontrol.clock import Clock, monotonic
+from hacontrol.ha.announce import inet_checksum
+from hacontrol.ha.interfaces import TrackEvent
+from hacontrol.model import IPAddress, TrackConfig
+
+log = logs.get("hacontrol.ha.track")
+
+IFF_UP = 0x1
+IFF_RUNNING = 0x40
+
+Emit = Callable[[TrackEvent], None]
+
+
+# -- pure decisions ------------------------------------------------------------------------------
+
+
+def link_up(flags: int) -> bool:
+    """Administratively up and running (carrier, operstate up/unknown)."""
+    return bool(flags & IFF_UP) and bool(flags & IFF_RUNNING)
+
+
+class LinkStates:
+    """Tracked interfaces' last known state -> TrackEvents on change (pure)."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.names = tuple(names)
+        self.state: dict[str, str] = {}  # name -> "up" | "down" | "missing"
+
+    def update(self, name: str, state: str) -> TrackEvent | None:
+        if name not in self.names or self.state.get(name) == state:
+            return None
+        self.state[name] = state
+        return TrackEvent(
+            name=f"interface:{name}",
+            failed=state != "up",
+            blocking=True,
+            reason=f"interface {name} {state}",
+        )
+
+    def snapshot(self, present: dict[str, int]) -> list[TrackEvent]:
+        """A full dump (name -> flags of every link): events for what changed, incl. missing."""
+        out = []
+        for name in self.names:
+            ev = self.update(
+                name,
+                "missing" if name not in present else "up" if link_up(present[name]) else "down",
+            )
+            if ev is not None:
+                out.append(ev)
+        return out
+
+
+class FallCounter:
+    """Consecutive probe misses -> failed after ``fall``; recovered on the first answer (pure)."""
+
+    def __init__(self, name: str, what: str, fall: int) -> None:
+        if fall < 1:
+            raise ValueError(f"gateway_fall must be >= 1, got {fall}")
+        self.name = name
+        self.what = what
+        self.fall = fall
+        self.misses = 0
+        self.failed: bool | None = None  # None until known
+
+    def observe(self, ok: bool) -> TrackEvent | None:
+        if ok:
+            self.misses = 0
+            if self.failed is not False:
+                self.failed = False
+                return TrackEvent(self.name, False, True, f"{self.what} reachable")
+            return None
+        self.misses += 1
+        if self.misses >= self.fall and self.failed is not True:
+            self.failed = True
+            return TrackEvent(self.name, True, True, f"{self.what} unreachable")
+        return None
+
+
+# -- ICMP echo -----------------------------------------------------------------------------------
+
+
+def echo_request(ident: int, seq: int, payload: bytes, v6: bool) -> bytes:
+    """An ICMP (type 8) or ICMPv6 (type 128) echo request; v6 checksum left to the kernel."""
+    if v6:
+        return struct.pack("!BBHHH", 128, 0, 0, ident, seq) + payload
+    head = struct.pack("!BBHHH", 8, 0, 0, ident, seq)
+    csum = inet_checksum(head + payload)
+    return struct.pack("!BBHHH", 8, 0, csum, ident, seq) + payload
+
+
+def is_echo_reply(data: bytes, ident: int, seq: int, v6: bool) -> bool:
+    """Whether a raw-socket read is the reply to (ident, seq). IPv4 reads carry the IP header."""
+    if not v6:
+        if len(data) < 20:
+            return False
+        data = data[(data[0] & 0x0F) * 4 :]
+    if len(data) < 8:
+        return False
+    typ, _code, _csum, rid, rseq = struct.unpack("!BBHHH", data[:8])
+    return bool(typ == (129 if v6 else 0) and rid == ident and rseq == seq)
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, fd: int, within: float) -> bool:
+    """Wait until ``fd`` is readable (True) or ``within`` seconds pass (False)."""
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(fd, wake)
+    try:
+        await asyncio.wait_for(ready, within)
+    except TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(fd)
+    return True
+
+
+class Pinger:
+    """One raw ICMP socket towards one address; ``await ping(timeout)`` -> answered or not."""
+
+    def __init__(self, target: IPAddress) -> None:
+        self.target = target
+        self.v6 = target.version == 6
+        self.ident = int.from_bytes(os.urandom(2), "big")
+        self.seq = 0
+        self._sock: socket.socket | None = None
+
+    def _socket(self) -> socket.socket:
+        if self._sock is None:
+            if self.v6:
+                s = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+            else:
+                s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+            s.setblocking(False)
+            self._sock = s
+        return self._sock
+
+    async def ping(self, within: float) -> bool:
+        """Send one echo request; True if its reply arrives within ``within`` seconds."""
+        loop = asyncio.get_running_loop()
+        self.seq = (self.seq + 1) & 0xFFFF
+        seq = self.seq
+        try:
+            s = self._socket()
+            s.sendto(echo_request(self.ident, seq, b"hacontrol-gw", self.v6), (str(self.target), 0))
+        except OSError as e:  # no route, network down, no CAP_NET_RAW...
+            log.debug(
+                "ha.track.ping_error", target=str(self.target), error=str(e), reason="send failed"
+            )
+            await asyncio.sleep(within)
+            return False
+        deadline = loop.time() + within
+        while (left := deadline - loop.time()) > 0:
+            if not await _readable(loop, s.fileno(), left):
+                return False
+            while True:
+                try:
+                    data, addr = s.recvfrom(2048)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    return False
+                source = ipaddress.ip_address(addr[0].split("%")[0])
+                if source == self.target and is_echo_reply(data, self.ident, seq, self.v6):
+                    return True
+        return False
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close()
+            self._sock = None
+
+
+# -- the tracker ---------------------------------------------------------------------------------
+
+
+class LocalTracker:
+    """Tracked interfaces + gateway for one node (``HAConfig.track``)."""
+
+    def __init__(self, config: TrackConfig, *, clock: Clock = monotonic) -> None:
+        self.config = config
+        self.clock = clock
+        self.links = LinkStates(config.interfaces)
+        self.gateway: FallCounter | None = None
+        if config.gateway is not None:
+            self.gateway = FallCounter(
+                f"gateway:{config.gateway}", f"gateway {config.gateway}", config.gateway_fall
+            )
+
+    def _emit(self, emit: Emit, event: TrackEvent | None) -> None:
+        if event is None:
+            return
+        log.info("ha.track", item=event.name, failed=event.failed, reason=event.reason)
+        emit(event)
+
+    async def run(self, emit: Emit) -> None:
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            if self.links.names:
+                tasks.append(asyncio.create_task(self._watch_links(emit), name="ha-track-links"))
+            if self.gateway is not None:
+                tasks.append(asyncio.create_task(self._watch_gateway(emit), name="ha-track-gw"))
+            if tasks:
+                await asyncio.gather(*tasks)
+            else:
+                await asyncio.Event().wait()  # nothing to track: idle until cancelled
+        finally:
+            for t in tasks:
+                t.cancel()
+            for t in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await t
+
+    # interfaces
+
+    async def _dump(self) -> dict[str, int]:
+        ipr = AsyncIPRoute()
+        try:
+            return {
+                msg.get("IFLA_IFNAME"): int(msg["flags"])
+                async for msg in await ipr.get_links()
+                if msg.get("IFLA_IFNAME")
+            }
+        finally:
+            ipr.close()
+
+    async def _watch_links(self, emit: Emit) -> None:
+        backoff = 0.1
+        while True:
+            events: Any = None
+            try:
+                events = AsyncIPRoute()
+                await events.bind(groups=RTMGRP_LINK)  # subscribe first, then dump: no gap
+                for ev in self.links.snapshot(await self._dump()):
+                    self._emit(emit, ev)
+                names: dict[int, str] = {}
+                while True:
+                    async for msg in events.get():
+                        self._on_link(msg, names, emit)
+                    backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:  # overrun (ENOBUFS) or a socket error: resubscribe + dump
+                log.warning("ha.track.resync", error=repr(e), reason="link event stream lost")
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                if events is not None:
+                    with contextlib.suppress(Exception):
+                        events.close()
+
+    def _on_link(self, msg: Any, names: dict[int, str], emit: Emit) -> None:
+        kind = msg["header"]["type"]
+        if kind not in (RTM_NEWLINK, RTM_DELLINK):
+            return
+        index = msg["index"]
+        name = msg.get("IFLA_IFNAME")
+        old = names.get(index)
+        if old is not None and old != name:  # renamed away: the old name is gone
+            self._emit(emit, self.links.update(old, "missing"))
+        if name is None:
+            return
+        if kind == RTM_DELLINK:
+            names.pop(index, None)
+            self._emit(emit, self.links.update(name, "missing"))
+            return
+        names[index] = name
+        self._emit(emit, self.links.update(name, "up" if link_up(msg["flags"]) else "down"))
+
+    # gateway
+
+    async def _watch_gateway(self, emit: Emit) -> None:
+        assert self.gateway is not None and self.config.gateway is not None
+        interval = self.config.gateway_interval
+        pinger = Pinger(self.config.gateway)
+        try:
+            while True:
+                started = self.clock()
+                ok = await pinger.ping(within=interval * 0.9)
+                self._emit(emit, self.gateway.observe(ok))
+                await asyncio.sleep(max(0.0, started + interval - self.clock()))
+        finally:
+            pinger.close()
