@@ -1,0 +1,191 @@
+"""The heartbeat transport: one UDP socket bound to ``ha.bind``, sending to every peer path.
+
+Each outgoing message is stamped with this daemon's boot epoch and a fresh sequence number per
+path, encoded and MAC'd (hacontrol.ha.packet). Each incoming datagram is decoded, replay-checked
+per peer node and handed to ``on_message(msg, path, now)``; a dropped one is counted in
+``hb_rejected{reason}`` and logged as ``ha.drop`` (at most once per reason per ``log_every``
+seconds, with the number suppressed). Also here: ``next_epoch``, the persistent boot epoch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import socket
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import cast
+
+from hacontrol import logs
+from hacontrol.clock import Clock
+from hacontrol.ha.packet import Message, PacketError, ReplayGuard, decode, encode
+from hacontrol.metrics import Metrics
+from hacontrol.model import Endpoint
+
+log = logs.get("hacontrol.ha.transport")
+
+DROP_REASONS = (
+    "truncated", "oversized", "bad_magic", "bad_version", "bad_mac", "malformed", "replayed", "self",
+)  # fmt: skip
+EPOCH_FILE = "ha-epoch"
+_TOS_NETWORK_CONTROL = 0xC0  # DSCP CS6, as routing protocols and VRRP use
+
+
+def next_epoch(state_dir: str | os.PathLike[str], wall_ms: int | None = None) -> int:
+    """This boot's epoch: greater than the one stored in ``state_dir`` and not below the wall
+    clock in ms (so it still grows if ``state_dir`` is a tmpfs lost at reboot). Stored back
+    atomically. If the directory is unusable the wall-clock value is used and a warning logged.
+    """
+    now_ms = wall_ms if wall_ms is not None else time.time_ns() // 1_000_000
+    path = Path(state_dir) / EPOCH_FILE
+    stored = 0
+    with contextlib.suppress(FileNotFoundError, ValueError):
+        stored = int(path.read_text().strip() or 0)
+    epoch = min(max(stored + 1, now_ms), 2**64 - 1)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        with open(tmp, "w") as f:
+            f.write(f"{epoch}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        log.warning("ha.epoch", reason=f"cannot store the boot epoch: {e}", path=str(path))
+    return epoch
+
+
+def _addr(ep: Endpoint) -> tuple[str, int]:
+    return (str(ep.address), ep.port)
+
+
+def _path(addr: tuple[str | int, ...]) -> str:
+    host, port = addr[0], addr[1]
+    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+
+
+class HaTransport(asyncio.DatagramProtocol):
+    def __init__(
+        self,
+        bind: Endpoint,
+        peers: Sequence[Endpoint],
+        key: bytes,
+        *,
+        node: str,
+        epoch: int,
+        metrics: Metrics,
+        clock: Clock,
+        on_message: Callable[[Message, str, float], None],
+        guard: ReplayGuard | None = None,
+        log_every: float = 5.0,
+    ) -> None:
+        if not key:
+            raise ValueError("the HA key is empty")
+        for p in peers:
+            if p.address.version != bind.address.version:
+                raise ValueError(f"peer {p} and bind {bind} are of different address families")
+        self.bind, self.peers, self.key, self.node = bind, tuple(peers), key, node
+        self.epoch, self.seq = epoch, 0
+        self.metrics, self.clock, self.on_message = metrics, clock, on_message
+        self.guard = guard or ReplayGuard()
+        self.log_every = log_every
+        self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
+        self.received: dict[str, int] = {}
+        self.sent: dict[str, int] = {}
+        self.send_errors = 0
+        self._transport: asyncio.DatagramTransport | None = None
+        self._last_log: dict[str, float] = {}
+        self._suppressed: dict[str, int] = {}
+
+    async def open(self, sock: socket.socket | None = None) -> None:
+        """Bind (or adopt ``sock``, already bound, e.g. made inside another namespace)."""
+        loop = asyncio.get_running_loop()
+        if sock is None:
+            fam = socket.AF_INET6 if self.bind.address.version == 6 else socket.AF_INET
+            sock = socket.socket(fam, socket.SOCK_DGRAM)
+            try:
+                sock.bind(_addr(self.bind))
+            except OSError:
+                sock.close()
+                raise
+        with contextlib.suppress(OSError):
+            if sock.family == socket.AF_INET:
+                sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, _TOS_NETWORK_CONTROL)
+            else:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, _TOS_NETWORK_CONTROL)
+        sock.setblocking(False)
+        await loop.create_datagram_endpoint(lambda: self, sock=sock)
+
+    @property
+    def local_address(self) -> tuple[str, int] | None:
+        if self._transport is None:
+            return None
+        addr = self._transport.get_extra_info("sockname")
+        return (addr[0], addr[1]) if addr else None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.DatagramTransport, transport)
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
+
+    def send(self, msg: Message) -> int:
+        """Send ``msg`` to every peer path, each copy with its own sequence number. Returns the
+        number of copies handed to the kernel (errors are logged and counted, never raised)."""
+        if self._transport is None:
+            return 0
+        n = 0
+        for peer in self.peers:
+            self.seq += 1
+            data = encode(dataclasses.replace(msg, epoch=self.epoch, seq=self.seq), self.key)
+            path = str(peer)
+            try:
+                self._transport.sendto(data, _addr(peer))
+            except OSError as e:  # pragma: no cover - asyncio reports most via error_received
+                self.error_received(e)
+                continue
+            n += 1
+            self.sent[path] = self.sent.get(path, 0) + 1
+            self.metrics.hb_sent.labels(path=path).inc()
+        return n
+
+    def error_received(self, exc: Exception) -> None:
+        self.send_errors += 1
+        self._ratelimited("send_error", "ha.send_error", reason=str(exc))
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        now = self.clock()
+        path = _path(addr)
+        try:
+            msg = decode(data, self.key)
+        except PacketError as e:
+            self._drop(e.reason, path, e.detail)
+            return
+        if msg.node == self.node:
+            self._drop("self", path, "a packet carrying this node's own name")
+            return
+        if self.guard.check(msg.node, msg.epoch, msg.seq) is not None:
+            self._drop("replayed", path, f"epoch {msg.epoch} seq {msg.seq}")
+            return
+        self.received[path] = self.received.get(path, 0) + 1
+        self.metrics.hb_received.labels(path=path).inc()
+        self.on_message(msg, path, now)
+
+    def _drop(self, reason: str, source: str, detail: str) -> None:
+        self.dropped[reason] = self.dropped.get(reason, 0) + 1
+        self.metrics.hb_rejected.labels(reason=reason).inc()
+        self._ratelimited(reason, "ha.drop", reason=reason, source=source, detail=detail)
+
+    def _ratelimited(self, key: str, event: str, **fields: object) -> None:
+        now = self.clock()
+        last = self._last_log.get(key)
+        if last is not None and now - last < self.log_every:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return
+        self._last_log[key] = now
+        log.warning(event, suppressed=self._suppressed.pop(key, 0), **fields)
