@@ -250,7 +250,8 @@ BAD: list[tuple[str, str, list[str]]] = [
         "api-listen-relative-unix",
         BASE + "api: {listen: 'unix:run/hacontrol.sock'}\n",
         [
-            "bad.yaml:8: api.listen: unix socket path must be absolute, got 'unix:run/hacontrol.sock'"
+            "bad.yaml:8: api.listen: unix socket path must be absolute, "
+            "got 'unix:run/hacontrol.sock'"
         ],
     ),
     (
