@@ -21,15 +21,13 @@ from typing import cast
 
 from hacontrol import logs
 from hacontrol.clock import Clock
-from hacontrol.ha.packet import Message, PacketError, ReplayGuard, decode, encode
+from hacontrol.ha.packet import DECODE_REASONS, Message, PacketError, ReplayGuard, decode, encode
 from hacontrol.metrics import Metrics
 from hacontrol.model import Endpoint
 
 log = logs.get("hacontrol.ha.transport")
 
-DROP_REASONS = (
-    "truncated", "oversized", "bad_magic", "bad_version", "bad_mac", "malformed", "replayed", "self",
-)  # fmt: skip
+DROP_REASONS = (*DECODE_REASONS, "replayed", "self")
 EPOCH_FILE = "ha-epoch"
 _TOS_NETWORK_CONTROL = 0xC0  # DSCP CS6, as routing protocols and VRRP use
 

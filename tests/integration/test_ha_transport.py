@@ -91,8 +91,8 @@ def hb(node: str) -> p.Message:
     )
 
 
-async def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + timeout
+async def wait_for(cond: Callable[[], bool], within: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
     while not cond():
         if asyncio.get_running_loop().time() > deadline:
             raise TimeoutError("condition not met")
