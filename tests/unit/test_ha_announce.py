@@ -143,3 +143,36 @@ async def test_missing_interface_is_an_error_value() -> None:
 async def test_refresh_zero_returns_at_once() -> None:
     a = Announcer(_vips(), AnnounceConfig(refresh=0))
     await a.refresh_forever()
+
+
+def test_vip_group_is_a_vip_manager_and_describes_without_io() -> None:
+    from hacontrol.ha.interfaces import VipManager
+    from hacontrol.ha.vip import VipGroup
+
+    group: VipManager = VipGroup(_vips(), AnnounceConfig())
+    assert group.describe() == [
+        {"address": "198.51.100.10/24", "interface": "eth0", "present": False, "lease_left": None},
+        {
+            "address": "2001:db8:100::10/64",
+            "interface": "eth0",
+            "present": False,
+            "lease_left": None,
+        },
+    ]
+
+
+@pytest.mark.parametrize(
+    ("lease", "life"), [(None, 0xFFFFFFFF), (3.0, 3), (2.5, 3), (0.2, 1), (1e12, 0xFFFFFFFE)]
+)
+def test_lease_to_kernel_lifetime(lease: float | None, life: int) -> None:
+    from hacontrol.ha.vip import lifetime
+
+    assert lifetime(lease) == life
+
+
+@pytest.mark.parametrize("lease", [0.0, -1.0, float("nan")])
+def test_bad_lease_is_refused(lease: float) -> None:
+    from hacontrol.ha.vip import lifetime
+
+    with pytest.raises(ValueError):
+        lifetime(lease)

@@ -122,3 +122,15 @@ def test_is_echo_reply() -> None:
     assert is_echo_reply(reply6, 0x1234, 7, v6=True)
     assert not is_echo_reply(reply6[:6], 0x1234, 7, v6=True)
     assert not is_echo_reply(echo_request(0x1234, 7, b"", True), 0x1234, 7, v6=True)
+
+
+def test_local_tracker_is_a_tracker() -> None:
+    import ipaddress
+
+    from hacontrol.ha.interfaces import Tracker
+    from hacontrol.ha.track import LocalTracker
+    from hacontrol.model import TrackConfig
+
+    cfg = TrackConfig(interfaces=("eth0",), gateway=ipaddress.ip_address("198.51.100.1"))
+    tracker: Tracker = LocalTracker(cfg)
+    assert tracker is not None
