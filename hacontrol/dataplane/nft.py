@@ -84,14 +84,17 @@ def smooth_slots(weights: dict[DestKey, int]) -> list[DestKey]:
     if total > MAX_SLOTS:
         red = {k: max(1, round(w * MAX_SLOTS / total)) for k, w in red.items()}
         total = sum(red.values())
-    current = dict.fromkeys(red, 0)
+    keys, weights_ = list(red), list(red.values())
+    current = [0] * len(keys)
     out: list[DestKey] = []
     for _ in range(total):
-        for k in current:
-            current[k] += red[k]
-        best = max(current, key=lambda k: (current[k], -list(red).index(k)))
+        best = 0
+        for i, w in enumerate(weights_):
+            current[i] += w
+            if current[i] > current[best]:  # ties: the first (lowest) key wins
+                best = i
         current[best] -= total
-        out.append(best)
+        out.append(keys[best])
     return out
 
 
@@ -326,11 +329,18 @@ class NftDataplane:
                 altered.add(key)
         own = self._keyed(self.global_rules(table))
         expected.update(own)
+        by_comment = {_comment(k, s.spec): k for k, s in table.items()}
+        unknown = False
+        for rule in live - expected:  # an extra or edited rule: whose is it?
+            if rule[1] in by_comment:
+                altered.add(by_comment[rule[1]])
+            else:
+                unknown = True
         if (
-            chains != want_chains
-            or not all(r in live for r in own)
+            unknown
+            or chains != want_chains
             or len(rules) != len(live)
-            or not live <= expected
+            or not all(r in live for r in own)
         ):
             altered = set(table)  # any other hand edit: re-render everything
         for key in altered:
@@ -403,20 +413,32 @@ class NftDataplane:
         """Nothing to release; the table stays (a restart must not drop traffic)."""
 
 
-def _norm(value: Any) -> str:
-    """Canonical text of a JSON value; anonymous set elements compared order-free."""
-
-    def walk(v: Any) -> Any:
-        if isinstance(v, dict):
-            out = {k: walk(x) for k, x in v.items()}
-            if isinstance(out.get("set"), list):
-                out["set"] = sorted(out["set"], key=json.dumps)
-            return out
-        if isinstance(v, list):
-            return [walk(x) for x in v]
-        return v
-
-    return json.dumps(walk(value), sort_keys=True)
+def _norm(expr: Any) -> str:
+    """Canonical text of a rule's expressions, anonymous set/map elements compared order-free
+    (the two shapes we render: a dnat map and a match against a set); anything else verbatim."""
+    if not isinstance(expr, list):
+        return json.dumps(expr, sort_keys=True)
+    parts: list[str] = []
+    for e in expr:
+        try:
+            if "dnat" in e:
+                m = e["dnat"]["addr"]["map"]
+                data = sorted((int(i), *v["concat"]) for i, v in m["data"]["set"])
+                parts.append(
+                    json.dumps(["dnat", e["dnat"]["family"], m["key"], data], sort_keys=True)
+                )
+                continue
+            right = e["match"]["right"] if "match" in e else None
+            if isinstance(right, dict) and isinstance(right.get("set"), list):
+                elems = sorted(right["set"], key=str)
+                parts.append(
+                    json.dumps([e["match"]["op"], e["match"]["left"], elems], sort_keys=True)
+                )
+                continue
+        except (KeyError, TypeError, ValueError):
+            pass
+        parts.append(json.dumps(e, sort_keys=True))
+    return "|".join(parts)
 
 
 def _safe_check(table: Table) -> bool:

@@ -1,4 +1,4 @@
-"""The nftables data plane against the real kernel, with real traffic, in namespaces (root).
+"""The nftables data plane: pure render/parse checks; the real kernel and real traffic (root).
 
 Topology (built once per module, removed afterwards even on failure):
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +23,7 @@ import pytest
 
 from hacontrol.dataplane.base import DataplaneError
 from hacontrol.dataplane.memory import MemoryDataplane
-from hacontrol.dataplane.nft import NftDataplane
+from hacontrol.dataplane.nft import MAX_SLOTS, NftDataplane, slots_for, smooth_slots
 from hacontrol.dataplane.reconciler import Reconciler
 from hacontrol.dataplane.table import (
     DestKey,
@@ -34,8 +34,6 @@ from hacontrol.dataplane.table import (
     TableService,
 )
 from hacontrol.lab.netns import NetnsLab, Ns, wait_tcp
-
-pytestmark = pytest.mark.root
 
 VIP4, VIP4_EMPTY, VIP6 = "198.51.100.10", "198.51.100.11", "2001:db8:1::10"
 RS4 = ["192.0.2.11", "192.0.2.12", "192.0.2.13"]
@@ -180,6 +178,7 @@ def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
     return {k: after[k] - before[k] for k in after}
 
 
+@pytest.mark.root
 async def test_roundtrip_drift_and_repair(lab: Lab) -> None:
     plane = lab.plane()
     await plane.open()
@@ -231,6 +230,7 @@ def _handle(ns: Ns, chain: str, needle: str) -> str:
     return line.rsplit("handle ", 1)[1].strip()
 
 
+@pytest.mark.root
 async def test_refuses_what_needs_ipvs(lab: Lab) -> None:
     plane = lab.plane()
     bad_fwd = {HTTP: TableService(ServiceSpec(), {DestKey(RS4[0], PORT): DestSpec(1, "dr")})}
@@ -241,6 +241,7 @@ async def test_refuses_what_needs_ipvs(lab: Lab) -> None:
     assert await plane.snapshot(set()) == {}  # nothing applied
 
 
+@pytest.mark.root
 async def test_traffic_rr_wrr_removal_ipv6_and_empty(lab: Lab) -> None:
     plane = lab.plane()
     names = ["rs1", "rs2", "rs3"]
@@ -286,6 +287,7 @@ async def test_traffic_rr_wrr_removal_ipv6_and_empty(lab: Lab) -> None:
         await plane.remove()
 
 
+@pytest.mark.root
 async def test_real_servers_outbound_is_masqueraded(lab: Lab) -> None:
     plane = lab.plane()
     try:
@@ -306,6 +308,11 @@ async def test_real_servers_outbound_is_masqueraded(lab: Lab) -> None:
         await plane.remove()
 
 
+def _const(table: Table) -> Callable[[Table], Table]:
+    return lambda actual: dict(table)
+
+
+@pytest.mark.root
 async def test_reconciler_drives_nft_like_memory(lab: Lab) -> None:
     """The same desired tables give the same snapshots on both planes."""
     nft, mem = lab.plane(), MemoryDataplane()
@@ -318,10 +325,66 @@ async def test_reconciler_drives_nft_like_memory(lab: Lab) -> None:
     try:
         r1, r2 = Reconciler(nft), Reconciler(mem)
         for t in tables:
-            r1.set_desired(lambda actual, t=t: dict(t))
-            r2.set_desired(lambda actual, t=t: dict(t))
+            r1.set_desired(_const(t))
+            r2.set_desired(_const(t))
             a, b = await r1.sync_now(), await r2.sync_now()
             assert a.ok and b.ok and a.actions == b.actions
             assert await nft.snapshot(set()) == mem.table == t
     finally:
         await nft.remove()
+
+
+# -- pure parts (no root): rendering, slot lists, reading back a listing -------------------------
+
+
+def _listing(plane: NftDataplane, table: Table) -> dict[str, object]:
+    """What ``nft -j list table`` would print for ``table`` (the rendered objects, no batch)."""
+    batch = plane.render(table)["nftables"][3:] if table else []
+    return {"nftables": [obj["add"] for obj in batch]}
+
+
+@pytest.mark.parametrize(
+    ("sched", "weights", "expect"),
+    [
+        ("wrr", [3, 1, 0], ["a", "a", "b", "a"]),  # smooth: spread, weight 0 absent
+        ("wrr", [2, 2, 2], ["a", "b", "c"]),  # divided by the gcd
+        ("rr", [5, 1, 0], ["a", "b"]),  # rr ignores weights, but not weight 0
+        ("fo", [1, 3, 3], ["b"]),  # highest weight, first on ties
+        ("wrr", [0, 0, 0], []),
+    ],
+)
+def test_slots(sched: str, weights: list[int], expect: list[str]) -> None:
+    names = dict(zip(RS4, "abc", strict=True))
+    kind, slots = slots_for(ServiceSpec(sched), svc(sched, RS4, weights).dests)
+    assert kind == "numgen"
+    assert [names[d.address] for d in slots] == expect
+
+
+def test_slots_are_capped() -> None:
+    slots = smooth_slots({DestKey(RS4[0], 1): 10_000, DestKey(RS4[1], 1): 1})
+    assert len(slots) <= MAX_SLOTS + 1 and DestKey(RS4[1], 1) in slots
+
+
+def test_render_parse_roundtrip_and_altered_rules() -> None:
+    plane = NftDataplane()
+    table: Table = {
+        HTTP: svc("wrr", RS4, [3, 1, 0]),
+        HTTP6: svc("mh", RS6, [1, 2, 1]),
+        EMPTY: TableService(ServiceSpec("rr"), {}),
+        ServiceKey("udp", VIP6, 53): svc("lc", RS6[:1], [0]),
+    }
+    listing = _listing(plane, table)
+    assert plane.parse(listing) == table
+    assert plane.parse(_listing(plane, {})) == {}
+    # a hand-edited dnat rule: that service reads back altered, the others do not
+    for obj in listing["nftables"]:  # type: ignore[attr-defined]
+        rule = obj.get("rule")
+        if rule and rule["chain"] == "dnat_out" and VIP4 in rule["comment"]:
+            rule["expr"][-1]["dnat"]["addr"]["map"]["data"]["set"].pop()
+    got = plane.parse(listing)
+    assert got[HTTP].spec.scheduler == "altered:wrr" and got[HTTP6] == table[HTTP6]
+
+
+def test_render_refuses_what_needs_ipvs_without_root() -> None:
+    with pytest.raises(DataplaneError, match="of another address family"):
+        NftDataplane().render({HTTP: svc("rr", RS6[:1], [1])})
