@@ -165,6 +165,10 @@ class Reader:
             line, col = where if isinstance(where, tuple) else (where, 0)
         self.issues.append(ConfigIssue(self.source, line, path or "<root>", reason, col))
 
+    def key_line(self, node: Node) -> int:
+        """The line of the key naming ``node`` ("check:"), or the node's own line."""
+        return self._key_line.get(id(node), node.start_mark.line + 1)
+
     def mark(self) -> int:
         return len(self.issues)
 
@@ -216,8 +220,7 @@ class Reader:
             self.error(knode, join(path, key), f"unknown key ({more})")
         for key in required:  # reported on the line naming the mapping ("ha:"), if it has one
             if key not in pairs:
-                line = self._key_line.get(id(node))
-                where = (line, 0) if line is not None else node
+                where = (self.key_line(node), 0) if id(node) in self._key_line else node
                 self.error(where, join(path, key), "missing (required)")
         return out
 
@@ -300,7 +303,8 @@ class Reader:
         text = self.text(node, path, "one of " + ", ".join(choices))
         if text is None or text in choices:
             return text
-        hint = difflib.get_close_matches(text, choices, n=1, cutoff=0.6)
+        folded = [c for c in choices if c.lower() == text.lower()]
+        hint = folded or difflib.get_close_matches(text, choices, n=1, cutoff=0.6)
         more = f" (did you mean '{hint[0]}'?)" if hint else ""
         self.error(node, path, f"must be one of {', '.join(choices)}, got {text!r}{more}")
         return None
@@ -429,8 +433,13 @@ class Reader:
             return None
         if not items:
             self.error(node, path, "must not be empty")
-        out = [self.string(n, f"{path}[{i}]") for i, n in enumerate(items)]
-        return tuple(s for s in out if s is not None)
+        out: list[str] = []
+        for i, item in enumerate(items):  # numbers are taken as written: [dig, -p, 53]
+            if scalar(item)[0] in ("integer", "float"):
+                out.append(str(item.value))
+            elif (arg := self.string(item, f"{path}[{i}]")) is not None:
+                out.append(arg)
+        return tuple(out)
 
 
 def load(path: str, *, check_files: bool = True) -> Config:
@@ -499,7 +508,9 @@ def _compose(r: Reader, text: str) -> Node | None:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark is not None else 1
         reason = e.problem or e.context or "invalid YAML"
-        if e.problem and e.context and e.context_mark is not None:
+        if e.problem and e.context and e.problem.startswith("but "):
+            reason = f"{e.context}, {e.problem}"
+        elif e.problem and e.context and e.context_mark is not None:
             reason += f" ({e.context} started at line {e.context_mark.line + 1})"
         r.error(line, "<syntax>", reason)
         return None
@@ -736,9 +747,8 @@ def _validate_check(
                 f"({fmt_duration(timeout)}), got {fmt_duration(interval)}",
             )
     if service_level and ctype == "exec" and not values.get("command"):
-        line = where.start_mark.line + 1 if where is not None else 0
         r.error(
-            line,
+            r.key_line(where) if where is not None else 0,
             join(path, "command"),
             "exec checks need a command: a list "
             "[program, args...]; {address} and {port} are substituted",
@@ -824,6 +834,8 @@ def _parse_service(
     if "sorry_server" in m:
         kw["sorry_server"] = r.endpoint(m["sorry_server"], join(p, "sorry_server"), optional=True)
     check_node = m.get("check")
+    if check_node is not None and scalar(check_node)[0] == "null":
+        check_node = None  # "check:" with nothing under it: the defaults
     own = _check_settings(r, check_node, join(p, "check")) if check_node is not None else {}
     if own is not None:
         kw["check"] = _validate_check(

@@ -356,6 +356,52 @@ BAD: list[tuple[str, str, list[str]]] = [
     ),
 ]
 
+BAD += [
+    (
+        "multiple-documents",
+        "node: {name: d1}\n---\nnode: {name: d2}\n",
+        [
+            "bad.yaml:2: <syntax>: expected a single document in the stream, "
+            "but found another document"
+        ],
+    ),
+    (
+        "exec-without-command-points-at-check-key",
+        BASE + "    check:\n      type: exec\n      interval: 2s\n",
+        [
+            "bad.yaml:8: services[0].check.command: exec checks need a command: a list "
+            "[program, args...]; {address} and {port} are substituted"
+        ],
+    ),
+    (
+        "empty-command",
+        BASE + "    check: {type: exec, command: []}\n",
+        ["bad.yaml:8: services[0].check.command: must not be empty"],
+    ),
+    (
+        "choice-case-hint",
+        BASE + "logging: {level: INFO}\n",
+        [
+            "bad.yaml:8: logging.level: must be one of debug, info, warning, error, critical, "
+            "got 'INFO' (did you mean 'info'?)"
+        ],
+    ),
+    (
+        "ha-empty-mapping",
+        "node: {name: d1}\nha: {}\n",
+        [
+            "bad.yaml:2: ha.bind: missing (required)",
+            "bad.yaml:2: ha.peers: missing (required)",
+            "bad.yaml:2: ha.secret_file: missing (required)",
+        ],
+    ),
+    (
+        "services-not-a-list",
+        "node: {name: d1}\nservices: {web: {}}\n",
+        ["bad.yaml:2: services: must be a list, got a mapping"],
+    ),
+]
+
 HA_BASE = """\
 node: {name: d1}
 ha:
@@ -605,8 +651,24 @@ def test_expect_status_single_int_and_list() -> None:
 
 
 def test_exec_command_list() -> None:
-    cfg = _ok(BASE + "    check: {type: exec, command: [/usr/lib/probe, '{address}', '{port}']}\n")
-    assert cfg.services[0].check.command == ("/usr/lib/probe", "{address}", "{port}")
+    cfg = _ok(BASE + "    check: {type: exec, command: [/usr/lib/probe, '{address}', -t, 1.5]}\n")
+    assert cfg.services[0].check.command == ("/usr/lib/probe", "{address}", "-t", "1.5")
+
+
+def test_null_check_and_lists_mean_defaults_and_empty() -> None:
+    cfg = _ok(
+        BASE.replace("    real_servers:\n      - {address: 198.51.100.2, port: 80}\n", "")
+        + "    check:\n    real_servers:\n"
+    )
+    assert cfg.services[0].check == CheckConfig() and cfg.services[0].real_servers == ()
+    assert _ok("node: {name: d1}\nservices:\n").services == ()
+
+
+def test_ha_lease_default_follows_slow_heartbeats() -> None:
+    fast = _ok(HA_BASE + "  interval: 200ms\n")
+    slow = _ok(HA_BASE + "  interval: 1s\n  dead_after: 4\n")
+    assert fast.ha is not None and fast.ha.lease == 3.0  # the model default
+    assert slow.ha is not None and slow.ha.lease == 8.0  # 2 x interval x dead_after
 
 
 def test_same_vip_port_different_protocol_is_allowed() -> None:
