@@ -176,3 +176,76 @@ def test_bad_lease_is_refused(lease: float) -> None:
 
     with pytest.raises(ValueError):
         lifetime(lease)
+
+
+async def test_refresh_repeats_one_round_per_period(monkeypatch: pytest.MonkeyPatch) -> None:
+    import asyncio
+
+    rounds: list[int] = []
+    sleeps: list[float] = []
+
+    def fake_send(self: Announcer, socks: object, vip: VipConfig) -> None:
+        rounds.append(len(sleeps))
+
+    async def fake_sleep(s: float) -> None:
+        sleeps.append(s)
+        if len(sleeps) > 3:
+            raise asyncio.CancelledError
+
+    monkeypatch.setattr(Announcer, "_send_one", fake_send)
+    a = Announcer(_vips(), AnnounceConfig(refresh=30), sleep=fake_sleep)
+    with pytest.raises(asyncio.CancelledError):
+        await a.refresh_forever()
+    assert sleeps == [30, 30, 30, 30]
+    assert rounds == [1, 1, 2, 2, 3, 3]  # both VIPs after each period
+
+
+async def test_vip_group_refresh_runs_while_held(monkeypatch: pytest.MonkeyPatch) -> None:
+    """take() starts the periodic refresh, release() stops it (netlink replaced by fakes)."""
+    import asyncio
+
+    from hacontrol.clock import FakeClock
+    from hacontrol.ha.vip import VipGroup
+
+    calls: list[str] = []
+    refreshing = asyncio.Event()
+
+    class FakeAnnouncer(Announcer):
+        async def refresh_forever(self) -> None:
+            refreshing.set()
+            try:
+                await asyncio.Event().wait()
+            finally:
+                calls.append("refresh stopped")
+
+    async def fake_replace(self: VipGroup, vip: VipConfig, life: int) -> None:
+        calls.append(f"replace {vip.address} {life}")
+
+    async def fake_delete(self: VipGroup, vip: VipConfig) -> bool:
+        calls.append(f"delete {vip.address}")
+        return True
+
+    monkeypatch.setattr(VipGroup, "_replace", fake_replace)
+    monkeypatch.setattr(VipGroup, "_delete", fake_delete)
+    clock = FakeClock()
+    g = VipGroup(_vips(), announcer=FakeAnnouncer(_vips()), clock=clock)
+    await g.renew(3)  # nothing held yet: no-op
+    assert calls == []
+    await g.take(3)
+    await asyncio.wait_for(refreshing.wait(), 5)
+    assert [d["lease_left"] for d in g.describe()] == [3.0, 3.0]
+    clock.advance(1)
+    assert [d["lease_left"] for d in g.describe()] == [2.0, 2.0]
+    await g.renew(2.5)
+    await g.release()
+    assert calls == [
+        "replace 198.51.100.10/24 3",
+        "replace 2001:db8:100::10/64 3",
+        "replace 198.51.100.10/24 3",
+        "replace 2001:db8:100::10/64 3",
+        "refresh stopped",
+        "delete 198.51.100.10/24",
+        "delete 2001:db8:100::10/64",
+    ]
+    assert [d["present"] for d in g.describe()] == [False, False]
+    await g.close()
