@@ -164,6 +164,7 @@ class NftDataplane:
 
     kind = "nftables"
     forwarding_in_place = True  # whole-table plane: actions are informative only
+    whole_table = True  # every service in our table is ours (the reconciler owns them all)
 
     def __init__(
         self, table_name: str = "hacontrol", *, netns: str | None = None, timeout: float = 10.0

@@ -209,6 +209,8 @@ class Reconciler:
     async def _reconcile(self, reason: str, started: float) -> ReconcileResult:
         owned = set(self._owned)
         actual = await self._dp.snapshot(owned)
+        if getattr(self._dp, "whole_table", False):
+            owned |= set(actual)  # a plane that owns its whole table (nftables) holds only ours
         drift = self._drift(actual, owned)
         if self._build is None:  # nothing desired yet: only observe
             self._kernel = actual

@@ -182,6 +182,21 @@ async def test_foreign_services_untouched() -> None:
     assert rec.owned == frozenset()
 
 
+async def test_whole_table_plane_owns_everything_it_reads() -> None:
+    """A plane holding only our own table (nftables): a service there that the owned file does
+    not know is still ours, deleted by an explicit action, never silently."""
+
+    class Whole(MemoryDataplane):
+        whole_table = True
+
+    dp = Whole({FOREIGN: FOREIGN_SVC})
+    rec = Reconciler(dp)
+    rec.set_desired(const(WANT))
+    res = await rec.sync_now()
+    assert res.ok and "del_service tcp/198.51.100.99:80" in res.actions
+    assert dp.table == WANT
+
+
 async def test_owned_survives_restart_so_a_removed_service_is_cleaned(tmp_path: Path) -> None:
     store = OwnedStore(tmp_path / "state")
     dp = MemoryDataplane({FOREIGN: FOREIGN_SVC})
