@@ -823,3 +823,16 @@ def test_digest_function_matches_config() -> None:
     cfg = _ok(PAIR)
     assert config.compute_digest(cfg.services, cfg.ha) == cfg.digest
     assert dataclasses.replace(cfg, node_name="other").digest == cfg.digest
+
+
+def test_docs_describe_every_key() -> None:
+    from hacontrol import config_ha
+
+    doc = (CONFIGS.parent / "docs" / "config.md").read_text()
+    keys = (
+        config.TOP_KEYS + config.SERVICE_KEYS + config.REAL_SERVER_KEYS + config.CHECK_KEYS
+        + config_ha.HA_KEYS + ("resync_interval", "nft_table", "keep_on_stop", "state_dir")
+        + ("gateway_interval", "gateway_fall", "priority_penalty", "refresh", "level", "format")
+    )  # fmt: skip
+    missing = [k for k in keys if f"`{k}`" not in doc and f".{k}`" not in doc]
+    assert missing == []
