@@ -96,6 +96,23 @@ def is_down(doc: dict[str, Any], address: str) -> bool:
     return rs is not None and rs.get("health") == "down"
 
 
+def summary(line: dict[str, Any]) -> str:
+    """One line about a watcher poll: role, data plane, each real server's health and weight."""
+    doc = line.get("status")
+    if not isinstance(doc, dict):
+        return str(line.get("error", "no answer yet"))
+    dp = doc.get("dataplane") or {}
+    parts = [f"role {doc.get('role')}", f"dataplane {dp.get('kind')} {dp.get('last_result')}"]
+    if dp.get("error"):
+        parts.append(f"error {dp['error']}")
+    for svc in doc.get("services", []):
+        for rs in svc.get("real_servers", []):
+            parts.append(f"{rs.get('address')} {rs.get('health')}/kernel {rs.get('kernel_weight')}")
+    if doc.get("ha"):
+        parts.append(f"ha {json.dumps(doc['ha'])[:300]}")
+    return "; ".join(parts)
+
+
 class Watch(traffic.Run):
     """The daemon's ``/v1/status`` polled every 0.1 s from inside a director's namespace."""
 
@@ -122,8 +139,8 @@ class Watch(traffic.Run):
                                + tail(self.cluster.log_path(self.director)))  # fmt: skip
             if time.monotonic() > deadline:
                 last = lines[-1] if lines else {}
-                raise LabError(f"{self.director}: no {what} within {timeout:.0f}s "
-                               f"(last poll: {json.dumps(last)[:300]})")  # fmt: skip
+                raise LabError(f"{self.director}: no {what} within {timeout:.0f}s; last status: "
+                               f"{summary(last)}")  # fmt: skip
             time.sleep(0.05)
 
 
