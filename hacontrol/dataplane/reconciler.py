@@ -3,10 +3,11 @@
 One pass: snapshot the kernel -> ``desired = build(actual)`` -> ``diff`` -> apply only the
 difference -> snapshot again to confirm. Passes run on a wake (``set_desired``; bursts in one
 event-loop tick coalesce into one pass), every ``resync_interval`` (repairs drift: hand edits,
-``ipvsadm -C``, ``nft flush ruleset``) and, after an error, on an exponential backoff. An error of
-the plane or of the builder is logged (``dataplane.error``), counted, shown in ``status()`` and
-retried; it never ends the loop. Log events: ``dataplane.apply``, ``dataplane.drift``,
-``dataplane.error``, ``dataplane.recovered``, ``dataplane.owned_error``.
+``ipvsadm -C``, ``nft flush ruleset``) and, after an error, on an exponential backoff (a change
+arriving during the backoff is tried after the shortest backoff: the new desired table may be the
+fix). An error of the plane or of the builder is logged (``dataplane.error``), counted, shown in
+``status()`` and retried; it never ends the loop. Log events: ``dataplane.apply``,
+``dataplane.drift``, ``dataplane.error``, ``dataplane.recovered``, ``dataplane.owned_error``.
 """
 
 from __future__ import annotations
@@ -173,9 +174,14 @@ class Reconciler:
 
     async def _wait_next(self) -> str:
         if self._retry_at is not None:
-            # a change during backoff waits for the retry, which builds from the latest desired
-            await asyncio.sleep(max(0.0, self._retry_at - self._clock()))
-            return "retry"
+            try:
+                async with asyncio.timeout(max(0.0, self._retry_at - self._clock())):
+                    await self._wake.wait()
+            except TimeoutError:
+                return "retry"
+            # a new desired table (e.g. a fixed config) may succeed: try it soon, not in a loop
+            await asyncio.sleep(self._backoff[0])
+            return "change"
         since = 0.0 if self._last_pass_at is None else self._clock() - self._last_pass_at
         try:
             async with asyncio.timeout(max(0.0, self._resync - since)):

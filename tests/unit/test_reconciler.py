@@ -145,6 +145,25 @@ async def test_loop_survives_errors_and_retries() -> None:
         await rec.stop()
 
 
+async def test_change_during_a_long_backoff_is_tried_soon() -> None:
+    dp = MemoryDataplane(fail_next=13)
+    rec = Reconciler(dp, resync_interval=60, backoff=(0.01, 60))
+    rec.set_desired(const(WANT))
+    for _ in range(12):
+        assert not (await rec.sync_now()).ok
+    await rec.start()  # the start pass fails too: the next retry is a minute away
+    try:
+        await eventually(lambda: rec.status().consecutive_errors == 13)
+        retry = rec.status().next_retry_in
+        assert retry is not None and retry > 30
+        other = {S2: TableService(ServiceSpec(), {D1: DestSpec(1)})}
+        rec.set_desired(const(other))  # e.g. the config was fixed
+        await eventually(lambda: dp.table == other, limit=5)
+        assert rec.status().ok and rec.status().last_reason == "change"
+    finally:
+        await rec.stop()
+
+
 async def test_builder_exception_is_an_error_not_a_crash() -> None:
     def broken(actual: Table) -> Table:
         raise ValueError("services a and b both use tcp/198.51.100.10:80")
