@@ -296,6 +296,7 @@ class NftDataplane:
         rules: list[tuple[str, str, str]] = []
         chains: set[str] = set()
         dests: dict[ServiceKey, dict[DestKey, DestSpec]] = {}
+        broken = False
         for item in items:
             if "rule" in item:
                 r = item["rule"]
@@ -310,10 +311,13 @@ class NftDataplane:
                 chains.add(_norm({k: c.get(k) for k in ("name", "type", "hook", "prio", "policy")}))
             elif "map" in item and item["map"]["name"] in ("weights4", "weights6"):
                 for elem in item["map"].get("elem", []):
-                    proto, vip, port, addr, dport = elem[0]["concat"]
-                    dests.setdefault(ServiceKey(proto, vip, int(port)), {})[
-                        DestKey(addr, int(dport))
-                    ] = DestSpec(int(elem[1]), "nat")
+                    try:
+                        proto, vip, port, addr, dport = elem[0]["concat"]
+                        dests.setdefault(ServiceKey(proto, vip, int(port)), {})[
+                            DestKey(addr, int(dport))
+                        ] = DestSpec(int(elem[1]), "nat")
+                    except (KeyError, TypeError, ValueError):
+                        broken = True  # a hand-made element: re-render everything
         table: Table = {k: TableService(s, dests.get(k, {})) for k, s in specs.items()}
         # verify: the live rules must be exactly what this table renders to
         want_chains = {
@@ -339,6 +343,7 @@ class NftDataplane:
                 unknown = True
         if (
             unknown
+            or broken
             or chains != want_chains
             or len(rules) != len(live)
             or not all(r in live for r in own)

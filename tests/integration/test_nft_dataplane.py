@@ -383,6 +383,17 @@ def test_render_parse_roundtrip_and_altered_rules() -> None:
             rule["expr"][-1]["dnat"]["addr"]["map"]["data"]["set"].pop()
     got = plane.parse(listing)
     assert got[HTTP].spec.scheduler == "altered:wrr" and got[HTTP6] == table[HTTP6]
+    # a hand-made element of an odd shape in our weights map: everything re-rendered, no crash
+    for obj in listing["nftables"]:  # type: ignore[attr-defined]
+        if obj.get("map", {}).get("name") == "weights6":
+            obj["map"]["elem"].append(["junk", 1])
+    got = plane.parse(listing)
+    assert {s.spec.scheduler for s in got.values()} == {
+        "altered:wrr",
+        "altered:mh",
+        "altered:rr",
+        "altered:lc",
+    }
 
 
 def test_render_refuses_what_needs_ipvs_without_root() -> None:
