@@ -42,18 +42,9 @@ __all__ = ["ConfigError", "ConfigIssue", "compute_digest", "format_errors", "loa
 
 TOP_KEYS = ("node", "api", "dataplane", "logging", "defaults", "services", "ha")
 SERVICE_KEYS = (
-    "name",
-    "vip",
-    "port",
-    "protocol",
-    "scheduler",
-    "forwarding",
-    "persistence",
-    "on_failure",
-    "sorry_server",
-    "check",
-    "real_servers",
-)
+    "name", "vip", "port", "protocol", "scheduler", "forwarding", "persistence", "on_failure",
+    "sorry_server", "check", "real_servers",
+)  # fmt: skip
 REAL_SERVER_KEYS = ("address", "port", "weight")
 CHECK_TYPES = ("tcp", "http", "https", "exec", "none")
 CHECK_KEYS = tuple(f.name for f in fields(CheckConfig))
@@ -178,15 +169,19 @@ class Reader:
     def sorted_issues(self) -> list[ConfigIssue]:
         return sorted(self.issues, key=lambda i: (i.line, i.column))
 
-    def _pairs(self, node: MappingNode, path: str) -> dict[str, tuple[Node, Node]]:
+    def _pairs(
+        self, node: MappingNode, path: str, seen: tuple[int, ...] = ()
+    ) -> dict[str, tuple[Node, Node]]:
         explicit: dict[str, tuple[Node, Node]] = {}
         merged: dict[str, tuple[Node, Node]] = {}
         for knode, vnode in node.value:
             if knode.tag == _TAG + "merge":  # YAML merge key "<<: *anchor"
                 sources = vnode.value if isinstance(vnode, SequenceNode) else [vnode]
                 for src in sources:
-                    if isinstance(src, MappingNode):
-                        for k, kv in self._pairs(src, path).items():
+                    if id(src) in (*seen, id(node)):
+                        self.error(src, path, "'<<' merges a mapping into itself")
+                    elif isinstance(src, MappingNode):
+                        for k, kv in self._pairs(src, path, (*seen, id(node))).items():
                             merged.setdefault(k, kv)
                     else:
                         self.error(src, path, "'<<' needs a mapping or a list of mappings")
@@ -215,6 +210,8 @@ class Reader:
             if key in allowed:
                 out[key] = vnode
                 continue
+            if not path and key.startswith("x-"):
+                continue  # top-level "x-..." keys are free: a place for YAML anchors
             hint = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
             more = f"did you mean '{hint[0]}'?" if hint else "allowed: " + ", ".join(allowed)
             self.error(knode, join(path, key), f"unknown key ({more})")

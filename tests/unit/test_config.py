@@ -749,7 +749,7 @@ def test_ha_lease_off(value: str) -> None:
     assert cfg.ha is not None and cfg.ha.lease is None
 
 
-def test_yaml_anchors_and_merge_keys() -> None:
+def test_yaml_anchors_merge_keys_and_x_keys() -> None:
     cfg = _ok(
         """\
         node: {name: d1}
@@ -759,11 +759,40 @@ def test_yaml_anchors_and_merge_keys() -> None:
             vip: 192.0.2.10
             port: 80
             check: {<<: *chk, path: /health}
-        """.replace("x-check: &chk", "defaults: {check: &chk").replace(
-            "path: /ping}", "path: /ping}}"
-        )
+          - {name: ssh, vip: 192.0.2.10, port: 22, check: *chk}
+        """
     )
-    assert cfg.services[0].check.type == "http" and cfg.services[0].check.path == "/health"
+    web, ssh = cfg.services
+    assert (web.check.type, web.check.path) == ("http", "/health")
+    assert (ssh.check.type, ssh.check.path) == ("http", "/ping")
+
+
+def test_recursive_merge_is_an_error_not_a_crash() -> None:
+    assert _errors("node: &x {<<: *x}\n") == [
+        "bad.yaml:1: node.name: missing (required)",
+        "bad.yaml:1: node: '<<' merges a mapping into itself",
+    ]
+
+
+def test_mutated_examples_never_crash() -> None:
+    """Random edits of the examples give a Config or a ConfigError with lines, nothing else."""
+    import random
+
+    rng = random.Random(7)
+    texts = [p.read_text() for p in sorted(CONFIGS.glob("*.yaml"))]
+    tokens = ["0", "-1", "1.5", "true", "null", "[]", "{}", "'x'", "1s", "a:b", "[1, 2]",
+              "{a: 1}", "''", "2001:db8::1", "192.0.2.1/24", '"[::1]:80"', ".inf", "0x1F",
+              "1:30", "*nope", "&a 1", "!!binary aGk=", "2001-12-14", "<<: {}"]  # fmt: skip
+    for _ in range(400):
+        lines = rng.choice(texts).splitlines()
+        for _ in range(rng.randint(1, 3)):
+            j = rng.randrange(len(lines))
+            head = lines[j].split(":", 1)[0] if ":" in lines[j] else lines[j]
+            lines[j] = f"{head}: {rng.choice(tokens)}" if rng.random() < 0.8 else " " + lines[j]
+        try:
+            loads("\n".join(lines), source="m.yaml", check_files=False)
+        except ConfigError as e:
+            assert e.errors and all(i.line >= 1 and i.file == "m.yaml" for i in e.errors)
 
 
 def _digest(text: str) -> str:
