@@ -163,7 +163,7 @@ class Machine:
         self.handover_until = None
         acts: list[Action] = []
         if to is Role.ACTIVE:
-            acts += [TakeVips(adopt=self.vips_present), SendHeartbeatNow(), Announce()]
+            acts += [TakeVips(adopt=self.vips_present), Announce(), SendHeartbeatNow()]
             self.vips_present = False
         elif to in (Role.BACKUP, Role.FAULT):
             acts.append(ReleaseVips())

@@ -40,8 +40,12 @@ def next_epoch(state_dir: str | os.PathLike[str], wall_ms: int | None = None) ->
     now_ms = wall_ms if wall_ms is not None else time.time_ns() // 1_000_000
     path = Path(state_dir) / EPOCH_FILE
     stored = 0
-    with contextlib.suppress(FileNotFoundError, ValueError):
+    try:
         stored = int(path.read_text().strip() or 0)
+    except FileNotFoundError:
+        pass
+    except (OSError, ValueError) as e:
+        log.warning("ha.epoch", reason=f"cannot read the stored boot epoch: {e}", path=str(path))
     epoch = min(max(stored + 1, now_ms), 2**64 - 1)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,503 @@
+"""The HA runner: the asyncio shell around the pure role machine (hacontrol.ha.fsm).
+
+It owns the timers (a tick every ``interval``, scheduled from the injected clock), the heartbeat
+transport, the tracker task and one action worker that executes the machine's actions in order
+(take/renew/release the VIPs, heartbeat now, announce, notify) through the Protocols in
+hacontrol.ha.interfaces. It keeps the VIP lease renewed while this node is active and healthy,
+measures drills, and serves ``status()``. Every transition is logged as ``ha.transition``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import socket
+import stat
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from hacontrol import logs
+from hacontrol.clock import Clock
+from hacontrol.ha import packet as pk
+from hacontrol.ha.fsm import Machine, Params
+from hacontrol.ha.fsm_types import (
+    Action,
+    Announce,
+    DrillFault,
+    DrillHandover,
+    Event,
+    LocalFault,
+    LocalHealth,
+    Log,
+    Notify,
+    PeerHeard,
+    ReleaseVips,
+    Role,
+    SendHeartbeatNow,
+    Start,
+    Stop,
+    TakeVips,
+    Tick,
+)
+from hacontrol.ha.interfaces import HaIoError, Notifier, Tracker, TrackEvent, VipManager
+from hacontrol.ha.transport import HaTransport, next_epoch
+from hacontrol.metrics import Metrics
+from hacontrol.model import HAConfig
+
+log = logs.get("hacontrol.ha")
+
+HealthSummary = Callable[[], Iterable[tuple[str, int, int]]]  # (service, healthy, total)
+
+
+class DrillError(Exception):
+    """A drill cannot run (this node is not active, no peer able to take over...)."""
+
+
+class _Renew:
+    """Internal action: push the lease forward."""
+
+
+def load_key(path: str) -> bytes:
+    """The shared HA key from ``secret_file`` (surrounding whitespace stripped, >= 16 bytes)."""
+    p = Path(path)
+    try:
+        key = p.read_bytes().strip()
+        mode = p.stat().st_mode
+    except OSError as e:
+        raise ValueError(f"ha.secret_file {path}: {e.strerror or e}") from e
+    if len(key) < 16:
+        raise ValueError(f"ha.secret_file {path}: the key must be at least 16 bytes")
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("ha.key", reason="secret file is readable by group/others", path=path)
+    return key
+
+
+def _digest_bytes(digest: str) -> bytes:
+    try:
+        raw = bytes.fromhex(digest)
+    except ValueError:
+        raw = b""
+    return raw if len(raw) == pk.DIGEST_LEN else hashlib.sha256(digest.encode()).digest()
+
+
+def _ms_ago(now: float, at: float | None) -> int:
+    if at is None:
+        return pk.NO_TIME
+    return min(max(0, int((now - at) * 1000)), pk.NO_TIME - 1)
+
+
+class HaRunner:
+    def __init__(
+        self,
+        cfg: HAConfig,
+        node_name: str,
+        key: bytes,
+        *,
+        clock: Clock,
+        metrics: Metrics,
+        vips: VipManager,
+        notifier: Notifier,
+        health_summary: HealthSummary,
+        digest: str,
+        state_dir: str,
+        tracker: Tracker | None = None,
+        sock: socket.socket | None = None,
+    ) -> None:
+        self.cfg, self.node, self.key, self.clock = cfg, node_name, key, clock
+        self.metrics, self.vips, self.notifier, self.tracker = metrics, vips, notifier, tracker
+        self.health_summary, self.state_dir, self._sock = health_summary, state_dir, sock
+        self.digest = _digest_bytes(digest)
+        self.params = Params(
+            node=node_name, priority=cfg.priority, interval=cfg.interval,
+            dead_after=cfg.dead_after, preempt=cfg.preempt, preempt_delay=cfg.preempt_delay,
+            penalty=cfg.track.priority_penalty,
+        )  # fmt: skip
+        self.fsm = Machine(self.params, clock())
+        self.transport: HaTransport | None = None
+        self.epoch = 0
+        self._queue: asyncio.Queue[Action | _Renew] = asyncio.Queue()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._side: set[asyncio.Task[None]] = set()  # announce bursts, notify runs
+        self._announce_task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+        self._held = self._taking = False
+        self._last_renew = float("-inf")
+        self._health: tuple[int, int] | None = None
+        self._paths: dict[str, float] = {}
+        self._peer_last: pk.Message | None = None
+        self._peer_last_at = 0.0
+        self._peer_active_at: float | None = None  # when a message from an active peer came
+        self._marks: dict[str, float] = {}  # detected, vip_added, announced, hb_active
+        self._announce_count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    @property
+    def role(self) -> str:
+        return self.fsm.role.name.lower()
+
+    async def start(self) -> None:
+        self.epoch = next_epoch(self.state_dir)
+        try:
+            present = await self.vips.present()
+        except HaIoError as e:
+            log.error("ha.vip_error", op="present", reason=str(e))
+            present = False
+        self.transport = HaTransport(
+            self.cfg.bind, self.cfg.peers, self.key, node=self.node, epoch=self.epoch,
+            metrics=self.metrics, clock=self.clock, on_message=self._on_message,
+        )  # fmt: skip
+        await self.transport.open(self._sock)
+        now = self.clock()
+        self.fsm = Machine(self.params, now)
+        self._set_role_gauge()
+        log.info("ha.start", epoch=self.epoch, vips_present=present, reason="listening first")
+        self._feed(Start(now, present))
+        self._tasks = [
+            asyncio.create_task(self._tick_loop(), name="ha-tick"),
+            asyncio.create_task(self._worker(), name="ha-actions"),
+        ]
+        if self.tracker is not None:
+            self._tasks.append(asyncio.create_task(self._track(self.tracker), name="ha-track"))
+
+    async def stop(self, graceful: bool = True) -> None:
+        """Graceful: hand over to a live peer (it takes the VIPs at once), wait until it is active
+        (bounded), then release the VIPs. Not graceful: stop at once and leave the VIPs to their
+        lease (a restarted daemon adopts them if it should be active)."""
+        if graceful and self._tasks:
+            self._feed(Stop(self.clock()))
+            bound = self.params.handover_wait + self.cfg.interval * 2 + 5.0
+            with contextlib.suppress(TimeoutError):
+                await self._wait(lambda: self.fsm.done, bound)
+            await self._drain(5.0)
+        for t in self._tasks:
+            t.cancel()
+        for t in [*self._tasks, *self._side]:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await t
+        self._tasks.clear()
+        if self.transport is not None:
+            self.transport.close()
+        log.info("ha.stop", graceful=graceful, reason="stopped")
+
+    # -- feeding the machine ---------------------------------------------------------------
+
+    def _feed(self, ev: Event) -> None:
+        acts = self.fsm.step(ev)
+        for a in acts:
+            if not isinstance(a, Log):
+                self._queue.put_nowait(a)
+                self._idle.clear()
+                continue
+            fields = dict(a.fields)
+            level = a.level if a.level in ("warning", "error") else "info"
+            getattr(log, level)(a.event, reason=a.reason, node=self.node, **fields)
+            if a.event == "ha.transition":
+                frm, to = str(fields["from_role"]), str(fields["to_role"])
+                self.metrics.ha_transitions.labels(from_role=frm, to_role=to).inc()
+                self._set_role_gauge()
+                if to == "active":
+                    self._marks, self._announce_count = {"detected": ev.now}, 0
+        self._changed.set()
+
+    def _on_message(self, msg: pk.Message, path: str, now: float) -> None:
+        pr = self.fsm.peer
+        if pr is not None and msg.node != pr.name and self.fsm.peer_alive(now):
+            log.warning("ha.unexpected_peer", peer=msg.node, path=path, reason="a third node")
+            return
+        self._paths[path] = now
+        self._peer_last, self._peer_last_at = msg, now
+        role = Role(int(msg.role))
+        if role is Role.ACTIVE and self._peer_active_at is None:
+            self._peer_active_at = now
+        elif role is not Role.ACTIVE:
+            self._peer_active_at = None
+        self._feed(
+            PeerHeard(
+                now, msg.node, role, msg.priority, msg.effective_priority,
+                blocked=bool(msg.flags & pk.FLAG_BLOCKED),
+                yielding=bool(msg.flags & pk.FLAG_YIELDING),
+                handover=msg.type is pk.MsgType.HANDOVER, healthy=msg.healthy_total,
+                digest_match=msg.digest == self.digest,
+            )
+        )  # fmt: skip
+
+    def _on_track(self, ev: TrackEvent) -> None:
+        self._feed(LocalFault(self.clock(), ev.name, ev.failed, ev.blocking, ev.reason))
+
+    async def _track(self, tracker: Tracker) -> None:
+        try:
+            await tracker.run(self._on_track)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.error("ha.track_error", reason=f"tracker stopped: {e!r}")
+
+    # -- timers ----------------------------------------------------------------------------
+
+    async def _tick_loop(self) -> None:
+        interval = self.cfg.interval
+        next_at = self.clock()
+        while True:
+            now = self.clock()
+            self._feed_health(now)
+            self._feed(Tick(now))
+            self._maybe_renew(now)
+            self._send_heartbeat(now)
+            next_at = max(next_at + interval, now + interval / 10)
+            await asyncio.sleep(max(0.0, next_at - self.clock()))
+
+    def _feed_health(self, now: float) -> None:
+        try:
+            summary = [(n, int(h), int(t)) for n, h, t in self.health_summary()]
+        except Exception as e:  # a bug elsewhere must not stop the heartbeats
+            log.error("ha.health_error", reason=repr(e))
+            return
+        totals = (sum(h for _, h, _ in summary), sum(t for _, _, t in summary))
+        if totals != self._health:
+            self._health = totals
+            self._feed(LocalHealth(now, *totals))
+
+    def _maybe_renew(self, now: float) -> None:
+        m, lease = self.fsm, self.cfg.lease
+        if m.role is not Role.ACTIVE or self._taking or m.stall_until is not None:
+            return
+        if not self._held:  # a failed take: try again every tick
+            self._queue.put_nowait(TakeVips(adopt=True))
+            self._taking = True
+        elif lease is not None and now - self._last_renew >= min(lease / 3, 1.0):
+            self._last_renew = now
+            self._queue.put_nowait(_Renew())
+
+    def _message(self, now: float) -> pk.Message:
+        m = self.fsm
+        flags = (
+            (pk.FLAG_BLOCKED if m.blocked else 0)
+            | (pk.FLAG_YIELDING if m.yielding else 0)
+            | (pk.FLAG_VIPS_HELD if self._held else 0)
+        )
+        summary = sorted(self.health_summary())[: pk.MAX_SERVICES]
+        mk = self._marks if m.role is Role.ACTIVE else {}
+        return pk.Message(
+            type=pk.MsgType.HANDOVER if m.handing_over else pk.MsgType.HEARTBEAT,
+            node=self.node, role=pk.WireRole(int(m.role)), priority=self.params.priority,
+            effective_priority=min(254, m.effective_priority(now)), epoch=0, seq=0,
+            digest=self.digest, flags=flags,
+            health=tuple(pk.ServiceHealth(n[:64], min(h, t, 65535), min(t, 65535))
+                         for n, h, t in summary),
+            takeover=pk.Takeover(
+                _ms_ago(now, mk.get("detected")), _ms_ago(now, mk.get("vip_added")),
+                _ms_ago(now, mk.get("announced")), self._announce_count if mk else 0,
+            ),
+        )  # fmt: skip
+
+    def _send_heartbeat(self, now: float) -> None:
+        m = self.fsm
+        if self.transport is None or m.silent or (m.done and not m.handing_over):
+            return
+        if self._taking and m.role is Role.ACTIVE:
+            return  # say "active" only once the VIPs are held (make before break)
+        self.transport.send(self._message(now))
+        if m.role is Role.ACTIVE and self._held and "hb_active" not in self._marks:
+            self._marks["hb_active"] = now
+
+    # -- the action worker -----------------------------------------------------------------
+
+    async def _worker(self) -> None:
+        while True:
+            act = await self._queue.get()
+            try:
+                await self._execute(act)
+            except HaIoError as e:
+                log.error("ha.vip_error", action=type(act).__name__, reason=str(e))
+            except Exception as e:  # a bug: keep the daemon running, loudly
+                log.exception("ha.action_error", action=type(act).__name__, reason=repr(e))
+            finally:
+                if isinstance(act, TakeVips):
+                    self._taking = False
+                if self._queue.empty():
+                    self._idle.set()
+
+    async def _execute(self, act: Action | _Renew) -> None:
+        if isinstance(act, TakeVips):
+            if self.fsm.role is not Role.ACTIVE:
+                return  # superseded: the machine moved on before this ran
+            self._taking = True
+            await self.vips.take(self.cfg.lease)
+            self._held, self._last_renew = True, self.clock()
+            self._marks.setdefault("vip_added", self._last_renew)
+        elif isinstance(act, _Renew):
+            if self._held and self.fsm.role in (Role.ACTIVE, Role.STOPPING):
+                await self.vips.renew(self.cfg.lease)
+        elif isinstance(act, ReleaseVips):
+            if self._announce_task is not None:
+                self._announce_task.cancel()
+            self._held = False
+            await self.vips.release()
+            self._marks["released"] = self.clock()
+        elif isinstance(act, SendHeartbeatNow):
+            self._send_heartbeat(self.clock())
+        elif isinstance(act, Announce):
+            if self._held and (self._announce_task is None or self._announce_task.done()):
+                self._announce_task = self._spawn(self._announce())
+                await asyncio.sleep(0)  # its first round goes out before the next heartbeat
+        elif isinstance(act, Notify):
+            self._spawn(self.notifier.notify(act.role, act.reason))
+
+    async def _announce(self) -> None:
+        self._marks.setdefault("announced", self.clock())
+        try:
+            self._announce_count += await self.vips.announce()
+        except HaIoError as e:
+            log.error("ha.announce_error", reason=str(e))
+
+    def _spawn(self, coro: Any) -> asyncio.Task[None]:
+        task: asyncio.Task[None] = asyncio.create_task(coro)
+        self._side.add(task)
+        task.add_done_callback(self._side.discard)
+        return task
+
+    async def _drain(self, within: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._idle.wait(), within)
+
+    async def _wait(self, cond: Callable[[], bool], within: float) -> None:
+        deadline = self.clock() + within
+        while not cond():
+            left = deadline - self.clock()
+            if left <= 0:
+                raise TimeoutError
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), min(left, self.cfg.interval))
+
+    def _set_role_gauge(self) -> None:
+        for r in Role:
+            self.metrics.ha_role.labels(role=r.name.lower()).set(1 if r is self.fsm.role else 0)
+
+    # -- status and drills -----------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        now, m = self.clock(), self.fsm
+        wall = time.time()
+
+        def ago(at: float | None) -> float | None:
+            return None if at is None else round(max(0.0, now - at), 3)
+
+        peer: dict[str, Any] | None = None
+        if m.peer is not None:
+            pr = m.peer
+            peer = {
+                "name": pr.name, "role": pr.role.name.lower(), "priority": pr.priority,
+                "effective_priority": pr.effective_priority, "alive": m.peer_alive(now),
+                "last_heard_ago": ago(pr.last_heard), "config_match": pr.digest_match,
+                "blocked": pr.blocked, "healthy": pr.healthy,
+                "paths": {p: {"last_heard_ago": ago(t)} for p, t in sorted(self._paths.items())},
+            }  # fmt: skip
+        t = self.transport
+        return {
+            "node": self.node, "role": self.role, "reason": m.reason,
+            "since_ago": ago(m.since), "since": time.strftime(
+                "%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall - (now - m.since))),
+            "priority": self.params.priority, "effective_priority": m.effective_priority(now),
+            "blocked": m.blocked, "handing_over": m.handing_over,
+            "faults": [{"name": n, "blocking": b, "reason": r} for n, (b, r) in m.faults.items()],
+            "peer": peer, "peers_configured": [str(p) for p in self.cfg.peers],
+            "vips": self.vips.describe(), "vips_held": self._held, "lease": self.cfg.lease,
+            "epoch": self.epoch,
+            "heartbeats": {
+                "sent": dict(t.sent) if t else {}, "received": dict(t.received) if t else {},
+                "rejected": {k: v for k, v in (t.dropped if t else {}).items() if v},
+            },
+            "transitions": [
+                {"ago": ago(x.at), "from": x.from_role.name.lower(),
+                 "to": x.to_role.name.lower(), "reason": x.reason}
+                for x in list(m.history)[-10:]
+            ],
+        }  # fmt: skip
+
+    def _peer_takeover(self, t0: float) -> dict[str, float | int | None]:
+        """The peer's takeover steps (from its heartbeat's takeover block) on our clock,
+        relative to ``t0``; one-way delay is neglected (sub-ms on a LAN)."""
+        msg, at = self._peer_last, self._peer_active_at
+        if msg is None or at is None or Role(int(msg.role)) is not Role.ACTIVE:
+            return {}
+        tk = msg.takeover
+        recv = self._peer_last_at
+
+        def when(ms: int) -> float | None:
+            return None if ms == pk.NO_TIME else round(recv - ms / 1000 - t0, 4)
+
+        return {
+            "detection": when(tk.detected_ago_ms), "vip_added": when(tk.vip_added_ago_ms),
+            "announcements_sent": when(tk.announced_ago_ms), "announce_count": tk.announce_count,
+            "first_heartbeat_as_active": round(at - t0, 4),
+        }  # fmt: skip
+
+    async def _peer_announced(self, within: float) -> None:
+        def seen() -> bool:
+            msg = self._peer_last
+            return msg is not None and msg.takeover.announced_ago_ms != pk.NO_TIME
+
+        with contextlib.suppress(TimeoutError):
+            await self._wait(lambda: self._peer_active_at is not None and seen(), within)
+
+    async def drill_handover(self) -> dict[str, Any]:
+        """Planned handover: this active node hands over (make before break). Returns the
+        timeline in seconds from the start; ``gap`` is the time no node held the VIPs (0 when
+        the peer added them before we removed ours; ``overlap`` says by how much)."""
+        if self.fsm.role is not Role.ACTIVE:
+            raise DrillError(f"this node is {self.role}, not active")
+        t0 = self.clock()
+        self._feed(DrillHandover(t0))
+        if not self.fsm.handing_over:
+            raise DrillError("no live backup peer able to take over")
+        self._peer_active_at = None
+        with contextlib.suppress(TimeoutError):
+            await self._wait(lambda: self.fsm.role is not Role.ACTIVE, self.params.handover_wait)
+        await self._drain(5.0)
+        ok = self.fsm.role is not Role.ACTIVE
+        if ok:  # let a heartbeat carrying the peer's first announcement arrive
+            await self._peer_announced(5 * self.cfg.interval + 0.5)
+        out: dict[str, Any] = {"drill": "handover", "ok": ok, "handover_sent": 0.0}
+        out.update(self._peer_takeover(t0))
+        released = self._marks.get("released") if ok else None
+        out["released_here"] = None if released is None else round(released - t0, 4)
+        if ok and out.get("vip_added") is not None and released is not None:
+            out["overlap"] = round(released - t0 - out["vip_added"], 4)
+            out["gap"] = max(0.0, -out["overlap"])
+        if not ok:
+            out["error"] = "the peer did not take over in time; this node kept the VIPs"
+        log.info("ha.drill", **{k: v for k, v in out.items() if k != "drill"}, kind="handover",
+                 reason="planned handover drill")  # fmt: skip
+        return out
+
+    async def drill_fault(self, seconds: float) -> dict[str, Any]:
+        """Unplanned-failover rehearsal: this active node drops its VIPs and goes silent for
+        ``seconds`` (it keeps listening, to time the peer's takeover). ``gap`` is the time from
+        the fault until the peer's first announcement of the VIPs."""
+        if not 0 < seconds <= 600:
+            raise DrillError("seconds must be in (0, 600]")
+        if self.fsm.role is not Role.ACTIVE:
+            raise DrillError(f"this node is {self.role}, not active")
+        t0 = self.clock()
+        self._peer_active_at = None
+        self._feed(DrillFault(t0, seconds))
+        await self._drain(5.0)
+        with contextlib.suppress(TimeoutError):
+            await self._wait(lambda: self._peer_active_at is not None, seconds)
+        await self._peer_announced(max(0.0, t0 + seconds - self.clock()))
+        out: dict[str, Any] = {"drill": "fault", "seconds": seconds, "fault": 0.0}
+        out.update(self._peer_takeover(t0))
+        out["ok"] = out.get("announcements_sent") is not None
+        out["gap"] = out.get("announcements_sent")
+        with contextlib.suppress(TimeoutError):
+            await self._wait(lambda: not self.fsm.silent, seconds + 2 * self.cfg.interval)
+        log.info("ha.drill", **{k: v for k, v in out.items() if k != "drill"}, kind="fault",
+                 reason="fault drill")  # fmt: skip
+        return out

@@ -1,0 +1,399 @@
+"""The HA runner with fake VIPs / notifier / tracker and real UDP heartbeats on loopback: election,
+crash takeover, graceful stop and planned handover (make before break), fault drill timeline,
+lease renewal, tracked faults, a stalled event loop, and the boot epoch / key helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import ipaddress
+import os
+import socket
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+import structlog
+
+from hacontrol.clock import monotonic
+from hacontrol.ha.interfaces import HaIoError, TrackEvent
+from hacontrol.ha.runner import DrillError, HaRunner, load_key
+from hacontrol.ha.transport import EPOCH_FILE, next_epoch
+from hacontrol.metrics import Metrics
+from hacontrol.model import Endpoint, HAConfig
+
+KEY = b"runner test key, 32 bytes long.."
+INTERVAL = 0.05
+
+
+class World:
+    """What both fake VIP managers did, in order, on one clock."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[float, str, str]] = []
+        self.holders: set[str] = set()
+
+    def index(self, node: str, op: str, after: int = 0) -> int:
+        return next(
+            i for i, (_, n, o) in enumerate(self.events) if i >= after and (n, o) == (node, op)
+        )
+
+
+class FakeVips:
+    def __init__(self, world: World, node: str, present: bool = False) -> None:
+        self.world, self.node = world, node
+        self.held = present
+        self.renews = 0
+        self.fail_takes = 0
+        self.announced = 0
+
+    def _note(self, op: str) -> None:
+        self.world.events.append((monotonic(), self.node, op))
+
+    async def take(self, lease: float | None) -> None:
+        await asyncio.sleep(0.002)  # a netlink round trip
+        if self.fail_takes:
+            self.fail_takes -= 1
+            raise HaIoError("interface eth0 not found")
+        self.held = True
+        self.world.holders.add(self.node)
+        self._note("take")
+
+    async def renew(self, lease: float | None) -> None:
+        self.renews += 1
+
+    async def release(self) -> None:
+        await asyncio.sleep(0.002)
+        self.held = False
+        self.world.holders.discard(self.node)
+        self._note("release")
+
+    async def present(self) -> bool:
+        return self.held
+
+    async def announce(self) -> int:
+        self._note("announce")
+        await asyncio.sleep(0.01)
+        self.announced += 3
+        return 3
+
+    def describe(self) -> list[dict[str, object]]:
+        return [
+            {
+                "address": "192.0.2.100/24",
+                "interface": "eth0",
+                "present": self.held,
+                "lease_left": None,
+            }
+        ]
+
+
+class FakeNotifier:
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    async def notify(self, role: str, reason: str) -> None:
+        self.calls.append((role, reason))
+
+
+class FakeTracker:
+    def __init__(self) -> None:
+        self.emit: Callable[[TrackEvent], None] | None = None
+
+    async def run(self, emit: Callable[[TrackEvent], None]) -> None:
+        self.emit = emit
+        await asyncio.Event().wait()
+
+
+def udp() -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("127.0.0.1", 0))
+    return s
+
+
+def ep(s: socket.socket) -> Endpoint:
+    host, port = s.getsockname()
+    return Endpoint(ipaddress.ip_address(host), port)
+
+
+class Node:
+    def __init__(
+        self,
+        name: str,
+        runner: HaRunner,
+        vips: FakeVips,
+        notifier: FakeNotifier,
+        tracker: FakeTracker,
+        health: list[tuple[str, int, int]],
+    ) -> None:
+        self.name, self.r, self.vips, self.notifier = name, runner, vips, notifier
+        self.tracker, self.health = tracker, health
+
+    @property
+    def role(self) -> str:
+        return self.r.role
+
+
+async def wait_until(cond: Callable[[], bool], within: float = 5.0) -> float:
+    """Poll ``cond`` until true; returns the time it took. Fails after ``within`` seconds."""
+    t0 = monotonic()
+    while not cond():
+        if monotonic() - t0 > within:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.005)
+    return monotonic() - t0
+
+
+def make_pair(tmp_path: Path, world: World, **over: object) -> tuple[Node, Node]:
+    sa, sb = udp(), udp()
+    base = HAConfig(
+        bind=ep(sa),
+        peers=(ep(sb),),
+        secret_file="-",
+        priority=150,
+        preempt=True,
+        preempt_delay=30.0,
+        interval=INTERVAL,
+        dead_after=3,
+        lease=0.6,
+    )
+    cfgs = {
+        "a": dataclasses.replace(base, **over),  # type: ignore[arg-type]
+        "b": dataclasses.replace(base, bind=ep(sb), peers=(ep(sa),), priority=100, **over),  # type: ignore[arg-type]
+    }
+    nodes = []
+    for name, sock in (("a", sa), ("b", sb)):
+        vips, notifier, tracker = FakeVips(world, name), FakeNotifier(), FakeTracker()
+        health = [("web", 2, 2)]
+        r = HaRunner(
+            cfgs[name],
+            name,
+            KEY,
+            clock=monotonic,
+            metrics=Metrics(),
+            vips=vips,
+            notifier=notifier,
+            health_summary=lambda h=health: list(h),
+            digest="ab" * 32,
+            state_dir=str(tmp_path / name),
+            tracker=tracker,
+            sock=sock,
+        )
+        nodes.append(Node(name, r, vips, notifier, tracker, health))
+    return nodes[0], nodes[1]
+
+
+@pytest.fixture
+def world() -> World:
+    return World()
+
+
+@pytest.fixture
+async def pair(tmp_path: Path, world: World) -> AsyncIterator[tuple[Node, Node]]:
+    a, b = make_pair(tmp_path, world)
+    await a.r.start()
+    await b.r.start()
+    try:
+        await wait_until(lambda: (a.role, b.role) == ("active", "backup"))
+        await wait_until(lambda: a.vips.held)
+        yield a, b
+    finally:
+        for n in (a, b):
+            await n.r.stop(graceful=False)
+
+
+async def test_pair_elects_and_holds(pair: tuple[Node, Node], world: World) -> None:
+    a, b = pair
+    await asyncio.sleep(20 * INTERVAL)
+    assert (a.role, b.role) == ("active", "backup")
+    assert world.holders == {"a"} and a.vips.announced > 0
+    assert a.notifier.calls[-1][0] == "active" and b.notifier.calls[-1][0] == "backup"
+    st = a.r.status()
+    assert st["role"] == "active" and st["vips_held"] and st["peer"]["name"] == "b"
+    assert st["peer"]["role"] == "backup" and st["peer"]["config_match"]
+    assert st["peer"]["last_heard_ago"] < 4 * INTERVAL
+    assert list(st["peer"]["paths"]) == [str(b.r.cfg.bind)]
+    assert st["transitions"][-1]["to"] == "active" and st["transitions"][-1]["reason"]
+    assert st["heartbeats"]["received"] and not st["heartbeats"]["rejected"]
+    m = a.r.metrics.registry.get_sample_value
+    assert m("hacontrol_ha_role", {"role": "active"}) == 1
+    assert m("hacontrol_ha_transitions_total", {"from_role": "starting", "to_role": "active"}) == 1
+
+
+async def test_lease_is_renewed_while_active(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    before = a.vips.renews
+    await wait_until(lambda: a.vips.renews >= before + 3, within=2.0)
+    assert b.vips.renews == 0
+
+
+async def test_crash_of_active_backup_takes_over(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    await a.r.stop(graceful=False)  # silent, VIPs left to the lease
+    took = await wait_until(lambda: b.role == "active" and b.vips.held)
+    dead = INTERVAL * 3
+    assert dead * 0.9 <= took <= dead + 6 * INTERVAL
+    assert "silent" in b.r.status()["reason"]
+
+
+async def test_graceful_stop_hands_over_make_before_break(
+    pair: tuple[Node, Node], world: World
+) -> None:
+    a, b = pair
+    n = len(world.events)
+    t0 = monotonic()
+    await a.r.stop(graceful=True)
+    took = monotonic() - t0
+    assert b.role == "active" and not a.vips.held
+    assert world.index("b", "take", n) < world.index("a", "release", n)
+    assert took < INTERVAL * 3 + 0.5  # faster than failure detection would have been
+    assert "handed over" in b.r.status()["reason"]
+
+
+async def test_drill_handover_timeline(pair: tuple[Node, Node], world: World) -> None:
+    a, b = pair
+    n = len(world.events)
+    tl = await a.r.drill_handover()
+    assert tl["ok"] and tl["drill"] == "handover"
+    assert (a.role, b.role) == ("backup", "active")
+    assert world.index("b", "take", n) < world.index("a", "release", n)
+    assert tl["gap"] == 0.0 and tl["overlap"] >= 0
+    ms = 0.002  # the peer reports its steps in whole milliseconds
+    assert 0 <= tl["vip_added"] <= tl["announcements_sent"] + ms
+    assert tl["announcements_sent"] <= tl["first_heartbeat_as_active"] + ms
+    assert tl["first_heartbeat_as_active"] <= tl["released_here"]
+    assert tl["announce_count"] >= 0 and tl["announcements_sent"] is not None
+    with pytest.raises(DrillError, match="not active"):
+        await a.r.drill_handover()
+
+
+async def test_drill_handover_refused_without_peer(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    await b.r.stop(graceful=False)
+    await wait_until(lambda: not a.r.fsm.peer_alive(monotonic()))
+    with pytest.raises(DrillError, match="no live backup"):
+        await a.r.drill_handover()
+    assert a.role == "active" and a.vips.held
+
+
+async def test_drill_fault_timeline(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    tl = await a.r.drill_fault(0.6)
+    assert tl["ok"] and tl["drill"] == "fault"
+    dead = 3 * INTERVAL
+    assert dead * 0.9 <= tl["detection"] <= dead + 6 * INTERVAL
+    ms = 0.002
+    assert tl["detection"] <= tl["vip_added"] + ms
+    assert tl["vip_added"] <= tl["announcements_sent"] + ms
+    assert tl["announcements_sent"] <= tl["first_heartbeat_as_active"] + ms
+    assert tl["gap"] == tl["announcements_sent"]
+    assert b.role == "active"
+    await wait_until(lambda: a.role == "backup")  # the drill is over: back, as backup
+    assert not a.vips.held
+    with pytest.raises(DrillError):
+        await a.r.drill_fault(0.5)
+
+
+async def test_blocking_fault_hands_over_and_recovers(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    assert a.tracker.emit is not None
+    a.tracker.emit(TrackEvent("gateway:192.0.2.1", True, True, "gateway 192.0.2.1 lost"))
+    await wait_until(lambda: (a.role, b.role) == ("fault", "active"))
+    st = a.r.status()
+    assert st["blocked"] and st["faults"][0]["reason"] == "gateway 192.0.2.1 lost"
+    a.tracker.emit(TrackEvent("gateway:192.0.2.1", False, True, "gateway 192.0.2.1 answers"))
+    await wait_until(lambda: a.role == "backup")
+    assert b.role == "active"  # preempt_delay is 30 s: no flip back yet
+
+
+async def test_no_healthy_servers_hands_over(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    a.health[0] = ("web", 0, 2)
+    await wait_until(lambda: (a.role, b.role) == ("backup", "active"))
+    assert a.r.status()["effective_priority"] == 100
+
+
+async def test_take_failure_is_retried(tmp_path: Path, world: World) -> None:
+    a, b = make_pair(tmp_path, world)
+    a.vips.fail_takes = 2
+    await a.r.start()
+    await b.r.start()
+    try:
+        await wait_until(lambda: a.role == "active" and a.vips.held)
+        assert b.role == "backup"
+    finally:
+        await a.r.stop(graceful=False)
+        await b.r.stop(graceful=False)
+
+
+async def test_start_adopts_or_releases_present_vips(tmp_path: Path, world: World) -> None:
+    a, b = make_pair(tmp_path, world)
+    a.vips.held = b.vips.held = True  # both find the VIPs configured (e.g. after a crash)
+    world.holders = {"a", "b"}
+    await a.r.start()
+    await b.r.start()
+    try:
+        await wait_until(lambda: (a.role, b.role) == ("active", "backup"))
+        await wait_until(lambda: world.holders == {"a"})
+        assert ("b", "release") in [(n, o) for _, n, o in world.events]
+    finally:
+        await a.r.stop(graceful=False)
+        await b.r.stop(graceful=False)
+
+
+async def test_stalled_loop_does_not_fail_over(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    with structlog.testing.capture_logs() as logs:
+        time.sleep(10 * INTERVAL)  # noqa: ASYNC251 - freezing the loop (both nodes) is the test
+        await asyncio.sleep(10 * INTERVAL)
+    assert (a.role, b.role) == ("active", "backup")
+    assert any(e["event"] == "ha.stall" for e in logs)
+    assert not [e for e in logs if e["event"] == "ha.transition"]
+
+
+async def test_wrong_key_peer_is_rejected(tmp_path: Path, world: World) -> None:
+    a, b = make_pair(tmp_path, world)
+    b.r.key = b"another key entirely, 32 bytes.."
+    await a.r.start()
+    await b.r.start()
+    try:
+        await wait_until(lambda: a.r.status()["heartbeats"]["rejected"].get("bad_mac", 0) >= 3)
+        assert a.r.fsm.peer is None and b.r.fsm.peer is None
+    finally:
+        await a.r.stop(graceful=False)
+        await b.r.stop(graceful=False)
+
+
+# -- helpers ----------------------------------------------------------------------------------
+
+
+def test_next_epoch_grows_and_persists(tmp_path: Path) -> None:
+    e1 = next_epoch(tmp_path, wall_ms=1000)
+    e2 = next_epoch(tmp_path, wall_ms=1000)  # wall clock went nowhere (or back)
+    e3 = next_epoch(tmp_path, wall_ms=5000)
+    assert (e1, e2, e3) == (1000, 1001, 5000)
+    assert (tmp_path / EPOCH_FILE).read_text().strip() == "5000"
+
+
+def test_next_epoch_survives_unwritable_dir(tmp_path: Path) -> None:
+    f = tmp_path / "file"
+    f.write_text("x")
+    assert next_epoch(f / "sub", wall_ms=42) == 42  # cannot store: wall clock used
+
+
+@pytest.fixture
+def keyfile(tmp_path: Path) -> Iterator[Path]:
+    p = tmp_path / "ha.key"
+    yield p
+
+
+def test_load_key(keyfile: Path) -> None:
+    keyfile.write_bytes(b"  0123456789abcdef0123\n")
+    os.chmod(keyfile, 0o600)
+    assert load_key(str(keyfile)) == b"0123456789abcdef0123"
+    keyfile.write_bytes(b"short\n")
+    with pytest.raises(ValueError, match="at least 16"):
+        load_key(str(keyfile))
+    with pytest.raises(ValueError, match="No such file"):
+        load_key(str(keyfile) + ".missing")
