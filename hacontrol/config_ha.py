@@ -16,21 +16,9 @@ from hacontrol.config import IFNAME_RE, Reader, fmt_duration, join, scalar
 from hacontrol.model import AnnounceConfig, Endpoint, HAConfig, TrackConfig, VipConfig
 
 HA_KEYS = (
-    "bind",
-    "peers",
-    "priority",
-    "preempt",
-    "preempt_delay",
-    "interval",
-    "dead_after",
-    "secret_file",
-    "vips",
-    "announce",
-    "lease",
-    "track",
-    "notify",
-    "notify_timeout",
-)
+    "bind", "peers", "priority", "preempt", "preempt_delay", "interval", "dead_after",
+    "secret_file", "vips", "announce", "lease", "track", "notify", "notify_timeout",
+)  # fmt: skip
 
 
 def parse_ha(r: Reader, node: Node, *, check_files: bool) -> HAConfig | None:
