@@ -8,10 +8,12 @@ file; ``status`` and ``reload`` talk to a running daemon's API over TCP or its u
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import importlib
 import importlib.util
 import json
+import os
 import socket
 import sys
 from collections.abc import Sequence
@@ -152,7 +154,15 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     from hacontrol.daemon import run_daemon
 
     logs.configure(cfg.logging.level, cfg.logging.format)
-    return run_daemon(cfg, dry_run=args.dry_run, out=out)
+    rc = run_daemon(cfg, dry_run=args.dry_run, out=out)
+    if args.fast_exit:
+        # Everything is stopped and logged: skip the interpreter's teardown of ~400 modules
+        # (0.1-0.5 s on a busy host) so that a SIGTERM stop ends well within a second.
+        for stream in (out, err, sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(rc)
+    return rc
 
 
 def _ago(v: Any) -> str:
@@ -285,7 +295,7 @@ def parser() -> argparse.ArgumentParser:
         action="store_true",
         help="in-memory data plane; print every change instead of applying it",
     )
-    sp.set_defaults(func=cmd_run)
+    sp.set_defaults(func=cmd_run, fast_exit=True)
 
     sp = sub.add_parser("check", help="validate a config file")
     sp.add_argument("-c", "--config", required=True)

@@ -31,7 +31,7 @@ from hacontrol.dataplane.base import Dataplane, DataplaneError
 from hacontrol.dataplane.desired import desired_table
 from hacontrol.dataplane.owned import OwnedStore
 from hacontrol.dataplane.reconciler import Reconciler
-from hacontrol.dataplane.select import open_dataplane
+from hacontrol.dataplane.select import open_dataplane, resolve_kind
 from hacontrol.dataplane.table import Table
 from hacontrol.health.scheduler import CheckKey, HealthChecker, check_key
 from hacontrol.health.state import Health, TargetStatus
@@ -143,6 +143,7 @@ class Daemon:
         self._running = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = asyncio.Event()
+        self.loop_reason = "set by run_daemon"  # which event loop runs and why (daemon.start)
 
     # -- composition -------------------------------------------------------------------------
 
@@ -253,6 +254,7 @@ class Daemon:
             dataplane=getattr(dp, "kind", type(dp).__name__),
             api=self.api.bound if self.api else None,
             dry_run=self.dry_run,
+            loop=self.loop_reason,
             reason=reason,
         )
         sd_notify("READY=1\nSTATUS=running")
@@ -455,11 +457,30 @@ class Daemon:
         return build_status(cfg, node, self._dataplane_view(now), health, kernel, now, ha=ha)
 
 
+def choose_loop(
+    config: Config, dry_run: bool
+) -> tuple[Callable[[], asyncio.AbstractEventLoop] | None, str]:
+    """The event loop factory (None: the stock asyncio loop) and why.
+
+    uvloop when importable, EXCEPT for the nftables plane: it feeds its batch to ``nft -f -`` on
+    stdin, and uvloop's subprocess pipes are socketpairs, which nft cannot open as /dev/stdin
+    (ENXIO: every apply fails). The stock loop gives real pipes."""
+    try:
+        import uvloop
+    except ImportError:
+        return None, "asyncio: uvloop is not installed"
+    if not dry_run and resolve_kind(config.dataplane) == "nftables":
+        return None, "asyncio: the nftables plane needs real pipes for nft -f - (uvloop: sockets)"
+    return uvloop.new_event_loop, "uvloop"
+
+
 def run_daemon(config: Config, *, dry_run: bool = False, out: TextIO | None = None) -> int:
-    """Run a daemon to completion on uvloop when importable; the process exit code."""
+    """Run a daemon to completion (see ``choose_loop``); the process exit code."""
+    loop_factory, loop_reason = choose_loop(config, dry_run)
 
     async def main() -> int:
         daemon = Daemon(config, dry_run=dry_run, out=out)
+        daemon.loop_reason = loop_reason
         try:
             await daemon.run()
         except StartError as exc:
@@ -467,12 +488,5 @@ def run_daemon(config: Config, *, dry_run: bool = False, out: TextIO | None = No
             return 1
         return 0
 
-    loop_factory: Callable[[], asyncio.AbstractEventLoop] | None = None
-    try:
-        import uvloop
-
-        loop_factory = uvloop.new_event_loop
-    except ImportError:
-        pass
     with asyncio.Runner(loop_factory=loop_factory) as runner:
         return runner.run(main())
