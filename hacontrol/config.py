@@ -498,6 +498,15 @@ def _plain(o: Any) -> Any:
 
 
 def _compose(r: Reader, text: str) -> Node | None:
+    fast = getattr(yaml, "CSafeLoader", None)  # libyaml: ~6x faster on big files
+    if fast is not None:
+        cloader = fast(text)
+        try:
+            return _nonempty(r, cloader.get_single_node())
+        except yaml.YAMLError:
+            pass  # compose again in Python: its messages are the documented ones
+        finally:
+            cloader.dispose()
     loader = yaml.SafeLoader(text)
     try:
         node = loader.get_single_node()
@@ -517,6 +526,10 @@ def _compose(r: Reader, text: str) -> Node | None:
         return None
     finally:
         loader.dispose()
+    return _nonempty(r, node)
+
+
+def _nonempty(r: Reader, node: Node | None) -> Node | None:
     if node is None:
         r.error(1, "<root>", "the config is empty; expected a mapping with at least 'node'")
     return node
