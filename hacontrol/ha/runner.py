@@ -11,39 +11,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import socket
-import stat
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
 from hacontrol import logs
 from hacontrol.clock import Clock
+from hacontrol.ha import fsm_types as ft
 from hacontrol.ha import packet as pk
 from hacontrol.ha.fsm import Machine, Params
-from hacontrol.ha.fsm_types import (
-    Action,
-    Announce,
-    DrillFault,
-    DrillHandover,
-    Event,
-    LocalFault,
-    LocalHealth,
-    Log,
-    Notify,
-    PeerHeard,
-    ReleaseVips,
-    Role,
-    SendHeartbeatNow,
-    Start,
-    Stop,
-    TakeVips,
-    Tick,
-)
+from hacontrol.ha.fsm_types import Role
 from hacontrol.ha.interfaces import HaIoError, Notifier, Tracker, TrackEvent, VipManager
-from hacontrol.ha.transport import HaTransport, next_epoch
+from hacontrol.ha.transport import HaTransport, digest_bytes, next_epoch
 from hacontrol.metrics import Metrics
 from hacontrol.model import HAConfig
 
@@ -58,29 +38,6 @@ class DrillError(Exception):
 
 class _Renew:
     """Internal action: push the lease forward."""
-
-
-def load_key(path: str) -> bytes:
-    """The shared HA key from ``secret_file`` (surrounding whitespace stripped, >= 16 bytes)."""
-    p = Path(path)
-    try:
-        key = p.read_bytes().strip()
-        mode = p.stat().st_mode
-    except OSError as e:
-        raise ValueError(f"ha.secret_file {path}: {e.strerror or e}") from e
-    if len(key) < 16:
-        raise ValueError(f"ha.secret_file {path}: the key must be at least 16 bytes")
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        log.warning("ha.key", reason="secret file is readable by group/others", path=path)
-    return key
-
-
-def _digest_bytes(digest: str) -> bytes:
-    try:
-        raw = bytes.fromhex(digest)
-    except ValueError:
-        raw = b""
-    return raw if len(raw) == pk.DIGEST_LEN else hashlib.sha256(digest.encode()).digest()
 
 
 def _ms_ago(now: float, at: float | None) -> int:
@@ -109,7 +66,7 @@ class HaRunner:
         self.cfg, self.node, self.key, self.clock = cfg, node_name, key, clock
         self.metrics, self.vips, self.notifier, self.tracker = metrics, vips, notifier, tracker
         self.health_summary, self.state_dir, self._sock = health_summary, state_dir, sock
-        self.digest = _digest_bytes(digest)
+        self.digest = digest_bytes(digest)
         self.params = Params(
             node=node_name, priority=cfg.priority, interval=cfg.interval,
             dead_after=cfg.dead_after, preempt=cfg.preempt, preempt_delay=cfg.preempt_delay,
@@ -118,7 +75,7 @@ class HaRunner:
         self.fsm = Machine(self.params, clock())
         self.transport: HaTransport | None = None
         self.epoch = 0
-        self._queue: asyncio.Queue[Action | _Renew] = asyncio.Queue()
+        self._queue: asyncio.Queue[ft.Action | _Renew] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._side: set[asyncio.Task[None]] = set()  # announce bursts, notify runs
         self._announce_task: asyncio.Task[None] | None = None
@@ -157,7 +114,7 @@ class HaRunner:
         self.fsm = Machine(self.params, now)
         self._set_role_gauge()
         log.info("ha.start", epoch=self.epoch, vips_present=present, reason="listening first")
-        self._feed(Start(now, present))
+        self._feed(ft.Start(now, present))
         self._tasks = [
             asyncio.create_task(self._tick_loop(), name="ha-tick"),
             asyncio.create_task(self._worker(), name="ha-actions"),
@@ -170,7 +127,7 @@ class HaRunner:
         (bounded), then release the VIPs. Not graceful: stop at once and leave the VIPs to their
         lease (a restarted daemon adopts them if it should be active)."""
         if graceful and self._tasks:
-            self._feed(Stop(self.clock()))
+            self._feed(ft.Stop(self.clock()))
             bound = self.params.handover_wait + self.cfg.interval * 2 + 5.0
             with contextlib.suppress(TimeoutError):
                 await self._wait(lambda: self.fsm.done, bound)
@@ -187,10 +144,11 @@ class HaRunner:
 
     # -- feeding the machine ---------------------------------------------------------------
 
-    def _feed(self, ev: Event) -> None:
+    def _feed(self, ev: ft.Event) -> None:
         acts = self.fsm.step(ev)
         for a in acts:
-            if not isinstance(a, Log):
+            if not isinstance(a, ft.Log):
+                self._taking |= isinstance(a, ft.TakeVips)  # no "active" heartbeat until done
                 self._queue.put_nowait(a)
                 self._idle.clear()
                 continue
@@ -218,7 +176,7 @@ class HaRunner:
         elif role is not Role.ACTIVE:
             self._peer_active_at = None
         self._feed(
-            PeerHeard(
+            ft.PeerHeard(
                 now, msg.node, role, msg.priority, msg.effective_priority,
                 blocked=bool(msg.flags & pk.FLAG_BLOCKED),
                 yielding=bool(msg.flags & pk.FLAG_YIELDING),
@@ -228,7 +186,7 @@ class HaRunner:
         )  # fmt: skip
 
     def _on_track(self, ev: TrackEvent) -> None:
-        self._feed(LocalFault(self.clock(), ev.name, ev.failed, ev.blocking, ev.reason))
+        self._feed(ft.LocalFault(self.clock(), ev.name, ev.failed, ev.blocking, ev.reason))
 
     async def _track(self, tracker: Tracker) -> None:
         try:
@@ -246,7 +204,7 @@ class HaRunner:
         while True:
             now = self.clock()
             self._feed_health(now)
-            self._feed(Tick(now))
+            self._feed(ft.Tick(now))
             self._maybe_renew(now)
             self._send_heartbeat(now)
             next_at = max(next_at + interval, now + interval / 10)
@@ -261,16 +219,16 @@ class HaRunner:
         totals = (sum(h for _, h, _ in summary), sum(t for _, _, t in summary))
         if totals != self._health:
             self._health = totals
-            self._feed(LocalHealth(now, *totals))
+            self._feed(ft.LocalHealth(now, *totals))
 
     def _maybe_renew(self, now: float) -> None:
         m, lease = self.fsm, self.cfg.lease
-        if m.role is not Role.ACTIVE or self._taking or m.stall_until is not None:
+        if m.role not in (Role.ACTIVE, Role.STOPPING) or self._taking or m.stall_until is not None:
             return
-        if not self._held:  # a failed take: try again every tick
-            self._queue.put_nowait(TakeVips(adopt=True))
+        if not self._held and m.role is Role.ACTIVE:  # a failed take: try again every tick
+            self._queue.put_nowait(ft.TakeVips(adopt=True))
             self._taking = True
-        elif lease is not None and now - self._last_renew >= min(lease / 3, 1.0):
+        elif self._held and lease is not None and now - self._last_renew >= min(lease / 3, 1.0):
             self._last_renew = now
             self._queue.put_nowait(_Renew())
 
@@ -318,13 +276,13 @@ class HaRunner:
             except Exception as e:  # a bug: keep the daemon running, loudly
                 log.exception("ha.action_error", action=type(act).__name__, reason=repr(e))
             finally:
-                if isinstance(act, TakeVips):
+                if isinstance(act, ft.TakeVips):
                     self._taking = False
                 if self._queue.empty():
                     self._idle.set()
 
-    async def _execute(self, act: Action | _Renew) -> None:
-        if isinstance(act, TakeVips):
+    async def _execute(self, act: ft.Action | _Renew) -> None:
+        if isinstance(act, ft.TakeVips):
             if self.fsm.role is not Role.ACTIVE:
                 return  # superseded: the machine moved on before this ran
             self._taking = True
@@ -334,19 +292,19 @@ class HaRunner:
         elif isinstance(act, _Renew):
             if self._held and self.fsm.role in (Role.ACTIVE, Role.STOPPING):
                 await self.vips.renew(self.cfg.lease)
-        elif isinstance(act, ReleaseVips):
+        elif isinstance(act, ft.ReleaseVips):
             if self._announce_task is not None:
                 self._announce_task.cancel()
             self._held = False
             await self.vips.release()
             self._marks["released"] = self.clock()
-        elif isinstance(act, SendHeartbeatNow):
+        elif isinstance(act, ft.SendHeartbeatNow):
             self._send_heartbeat(self.clock())
-        elif isinstance(act, Announce):
+        elif isinstance(act, ft.Announce):
             if self._held and (self._announce_task is None or self._announce_task.done()):
                 self._announce_task = self._spawn(self._announce())
                 await asyncio.sleep(0)  # its first round goes out before the next heartbeat
-        elif isinstance(act, Notify):
+        elif isinstance(act, ft.Notify):
             self._spawn(self.notifier.notify(act.role, act.reason))
 
     async def _announce(self) -> None:
@@ -454,7 +412,7 @@ class HaRunner:
         if self.fsm.role is not Role.ACTIVE:
             raise DrillError(f"this node is {self.role}, not active")
         t0 = self.clock()
-        self._feed(DrillHandover(t0))
+        self._feed(ft.DrillHandover(t0))
         if not self.fsm.handing_over:
             raise DrillError("no live backup peer able to take over")
         self._peer_active_at = None
@@ -487,7 +445,7 @@ class HaRunner:
             raise DrillError(f"this node is {self.role}, not active")
         t0 = self.clock()
         self._peer_active_at = None
-        self._feed(DrillFault(t0, seconds))
+        self._feed(ft.DrillFault(t0, seconds))
         await self._drain(5.0)
         with contextlib.suppress(TimeoutError):
             await self._wait(lambda: self._peer_active_at is not None, seconds)

@@ -4,7 +4,8 @@ Each outgoing message is stamped with this daemon's boot epoch and a fresh seque
 path, encoded and MAC'd (hacontrol.ha.packet). Each incoming datagram is decoded, replay-checked
 per peer node and handed to ``on_message(msg, path, now)``; a dropped one is counted in
 ``hb_rejected{reason}`` and logged as ``ha.drop`` (at most once per reason per ``log_every``
-seconds, with the number suppressed). Also here: ``next_epoch``, the persistent boot epoch.
+seconds, with the number suppressed). Also here: ``next_epoch`` (the persistent boot epoch),
+``load_key`` (the shared secret) and ``digest_bytes`` (the config digest as sent).
 """
 
 from __future__ import annotations
@@ -12,8 +13,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import hashlib
 import os
 import socket
+import stat
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -21,7 +24,15 @@ from typing import cast
 
 from hacontrol import logs
 from hacontrol.clock import Clock
-from hacontrol.ha.packet import DECODE_REASONS, Message, PacketError, ReplayGuard, decode, encode
+from hacontrol.ha.packet import (
+    DECODE_REASONS,
+    DIGEST_LEN,
+    Message,
+    PacketError,
+    ReplayGuard,
+    decode,
+    encode,
+)
 from hacontrol.metrics import Metrics
 from hacontrol.model import Endpoint
 
@@ -58,6 +69,30 @@ def next_epoch(state_dir: str | os.PathLike[str], wall_ms: int | None = None) ->
     except OSError as e:
         log.warning("ha.epoch", reason=f"cannot store the boot epoch: {e}", path=str(path))
     return epoch
+
+
+def load_key(path: str) -> bytes:
+    """The shared HA key from ``secret_file`` (surrounding whitespace stripped, >= 16 bytes)."""
+    p = Path(path)
+    try:
+        key = p.read_bytes().strip()
+        mode = p.stat().st_mode
+    except OSError as e:
+        raise ValueError(f"ha.secret_file {path}: {e.strerror or e}") from e
+    if len(key) < 16:
+        raise ValueError(f"ha.secret_file {path}: the key must be at least 16 bytes")
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("ha.key", reason="secret file is readable by group/others", path=path)
+    return key
+
+
+def digest_bytes(digest: str) -> bytes:
+    """The 32-byte config digest for the wire: the hex sha256 itself, else its sha256."""
+    try:
+        raw = bytes.fromhex(digest)
+    except ValueError:
+        raw = b""
+    return raw if len(raw) == DIGEST_LEN else hashlib.sha256(digest.encode()).digest()
 
 
 def _addr(ep: Endpoint) -> tuple[str, int]:

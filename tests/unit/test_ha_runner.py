@@ -18,8 +18,8 @@ import structlog
 
 from hacontrol.clock import monotonic
 from hacontrol.ha.interfaces import HaIoError, TrackEvent
-from hacontrol.ha.runner import DrillError, HaRunner, load_key
-from hacontrol.ha.transport import EPOCH_FILE, next_epoch
+from hacontrol.ha.runner import DrillError, HaRunner
+from hacontrol.ha.transport import EPOCH_FILE, load_key, next_epoch
 from hacontrol.metrics import Metrics
 from hacontrol.model import Endpoint, HAConfig
 
