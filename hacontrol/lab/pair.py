@@ -110,8 +110,10 @@ def run_pair(c: Cluster, report: Report, say: Say, n: int) -> None:
         p.start(d)
     _, doc = p.watch[A].until(lambda d: True, t, 60, "an answer from director-a's API")
     if doc.get("role") == "standalone":
-        raise LabError("the HA pieces are not ready: the daemon runs standalone although its "
-                       "config has an ha: section (no HA runner wired into the daemon)")  # fmt: skip
+        raise LabError(
+            "the HA pieces are not ready: the daemon runs standalone although its config has "
+            "an ha: section (no HA runner wired into the daemon)"
+        )
     t_a, doc = p.watch[A].until(serving, t, 60, "director-a active with three servers up")
     p.watch[B].until(role("backup"), t, 60, "director-b backup")
     report.dataplane = doc.get("dataplane", {}).get("kind")
