@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import os
 import signal
-import socket
 import sys
 import time
 from collections.abc import Callable
-from operator import attrgetter
 from typing import Any, TextIO
+
+from aiohttp import web
 
 from hacontrol import __version__, logs
 from hacontrol.api.app import ApiServer, create_app
@@ -31,78 +29,23 @@ from hacontrol.dataplane.base import Dataplane, DataplaneError
 from hacontrol.dataplane.desired import desired_table
 from hacontrol.dataplane.owned import OwnedStore
 from hacontrol.dataplane.reconciler import Reconciler
-from hacontrol.dataplane.select import open_dataplane, resolve_kind
+from hacontrol.dataplane.select import open_dataplane
 from hacontrol.dataplane.table import Table
 from hacontrol.health.scheduler import CheckKey, HealthChecker, check_key
 from hacontrol.health.state import Health, TargetStatus
 from hacontrol.metrics import Metrics
 from hacontrol.model import Config, RealServer, ServiceConfig
+from hacontrol.process import (
+    StartError,
+    choose_loop,
+    keep_restart_only,
+    read_token,
+    restart_only_changes,
+    sd_notify,
+)
 from hacontrol.status import DataplaneView, NodeView, build_status
 
 log = logs.get("hacontrol.daemon")
-
-# fields that need a restart to change; a reload keeps the running values and says so
-RESTART_ONLY = (
-    "api.listen",
-    "dataplane.kind",
-    "dataplane.nft_table",
-    "dataplane.state_dir",
-    "dataplane.resync_interval",
-    "node_name",
-)
-
-
-class StartError(Exception):
-    """The daemon cannot start (bad token file, data plane unavailable, API address in use)."""
-
-
-def read_token(path: str | None) -> str | None:
-    """The API token from ``api.token_file``; raises StartError when unreadable or empty."""
-    if path is None:
-        return None
-    try:
-        with open(path) as f:
-            token = f.read().strip()
-    except OSError as exc:
-        raise StartError(f"api.token_file {path}: {exc.strerror or exc}") from None
-    if not token:
-        raise StartError(f"api.token_file {path}: the file is empty")
-    return token
-
-
-def sd_notify(message: str) -> bool:
-    """Tell systemd (Type=notify) about READY/RELOADING/STOPPING; no-op without NOTIFY_SOCKET."""
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return False
-    if addr.startswith("@"):
-        addr = "\0" + addr[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.sendto(message.encode(), addr)
-    except OSError:
-        return False
-    return True
-
-
-def _restart_only_changes(old: Config, new: Config) -> list[str]:
-    return [f for f in RESTART_ONLY if attrgetter(f)(old) != attrgetter(f)(new)]
-
-
-def _keep_restart_only(old: Config, new: Config) -> Config:
-    """``new`` with the running values of the fields a reload cannot change."""
-    return dataclasses.replace(
-        new,
-        node_name=old.node_name,
-        api=dataclasses.replace(new.api, listen=old.api.listen),
-        dataplane=dataclasses.replace(
-            new.dataplane,
-            kind=old.dataplane.kind,
-            nft_table=old.dataplane.nft_table,
-            state_dir=old.dataplane.state_dir,
-            resync_interval=old.dataplane.resync_interval,
-        ),
-    )
 
 
 class Daemon:
@@ -131,7 +74,10 @@ class Daemon:
         self.dataplane: Dataplane | None = None
         self.reconciler: Reconciler | None = None
         self.api: ApiServer | None = None
-        self.ha: Any = None  # issue 3: an HA component with .role and .status()
+        # issue 3: an HA component with .role, .status(), start() and stop(); its drill routes
+        # go in extra_routes (each must be described in openapi.yaml too)
+        self.ha: Any = None
+        self.extra_routes: list[web.RouteDef] = []
         self._token: str | None = None
         self._targets: dict[CheckKey, list[tuple[ServiceConfig, RealServer]]] = {}
         self._last_state: dict[CheckKey, Health] = {}  # for the "from" of health.change
@@ -233,7 +179,7 @@ class Daemon:
         await self.reconciler.start()
         await self.health.start()
         if self.serve_api:
-            self.api = ApiServer(create_app(self), cfg.api.listen)
+            self.api = ApiServer(create_app(self, self.extra_routes), cfg.api.listen)
             try:
                 await self.api.start()
             except OSError as exc:
@@ -364,8 +310,8 @@ class Daemon:
                 return self._refused(reason, [str(exc)], old)
             except OSError as exc:
                 return self._refused(reason, [f"{old.source}: {exc.strerror or exc}"], old)
-            restart_only = _restart_only_changes(old, new)
-            new = _keep_restart_only(old, new)
+            restart_only = restart_only_changes(old, new)
+            new = keep_restart_only(old, new)
             changed = new.digest != old.digest
             self.config = new
             self._token = token
@@ -413,6 +359,14 @@ class Daemon:
     def metrics_text(self) -> bytes:
         return self.metrics.render()
 
+    def health_summary(self) -> list[tuple[str, int, int]]:
+        """(service, real servers up, real servers) for every service: what HA advertises."""
+        out = []
+        for svc in self.config.services:
+            up = sum(1 for rs in svc.real_servers if self._health_of(svc, rs) is Health.UP)
+            out.append((svc.name, up, len(svc.real_servers)))
+        return out
+
     def role(self) -> str:
         return str(getattr(self.ha, "role", "standalone")) if self.ha is not None else "standalone"
 
@@ -455,23 +409,6 @@ class Daemon:
 
         ha = self.ha.status() if self.ha is not None else None
         return build_status(cfg, node, self._dataplane_view(now), health, kernel, now, ha=ha)
-
-
-def choose_loop(
-    config: Config, dry_run: bool
-) -> tuple[Callable[[], asyncio.AbstractEventLoop] | None, str]:
-    """The event loop factory (None: the stock asyncio loop) and why.
-
-    uvloop when importable, EXCEPT for the nftables plane: it feeds its batch to ``nft -f -`` on
-    stdin, and uvloop's subprocess pipes are socketpairs, which nft cannot open as /dev/stdin
-    (ENXIO: every apply fails). The stock loop gives real pipes."""
-    try:
-        import uvloop
-    except ImportError:
-        return None, "asyncio: uvloop is not installed"
-    if not dry_run and resolve_kind(config.dataplane) == "nftables":
-        return None, "asyncio: the nftables plane needs real pipes for nft -f - (uvloop: sockets)"
-    return uvloop.new_event_loop, "uvloop"
 
 
 def run_daemon(config: Config, *, dry_run: bool = False, out: TextIO | None = None) -> int:
