@@ -85,8 +85,8 @@ def run_single(c: Cluster, report: Report, say: Say, n: int) -> None:
     # rs2 dies under continuous load
     load = traffic.Load(c.runs, c.client, TARGET, 100_000, interval=0.02, timeout=1.0, duration=90)
     wait_answers(load, 10, 0.0, 30)
+    c.stop_backend("rs2")  # returns once the process is gone: nothing started later reaches it
     t_kill = time.monotonic()
-    c.stop_backend("rs2")
     say("rs2 killed (SIGKILL) under continuous client requests")
     t_down, _ = watch.until(lambda d: is_down(d, rs2), t_kill, 30, "rs2 marked down")
     t_out, doc = watch.until(lambda d: out_of_table(d, rs2), t_kill, 30, "rs2 out of the table")
