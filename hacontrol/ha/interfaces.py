@@ -29,7 +29,9 @@ class VipManager(Protocol):
     async def take(self, lease: float | None) -> None:
         """Add every VIP to its interface. ``lease`` seconds become the address' kernel
         ``valid_lft``/``preferred_lft`` (``None`` = forever). An address already present gets its
-        lifetime set to ``lease`` (this is how a VIP found at start is adopted)."""
+        lifetime set to ``lease`` (this is how a VIP found at start is adopted). While the group
+        is held, the implementation repeats one announce round every ``announce.refresh``
+        seconds (the runner itself only asks for the burst after a takeover or split brain)."""
 
     async def renew(self, lease: float | None) -> None:
         """Push the lifetime of every held VIP to ``lease`` seconds from now (no-op for None).
