@@ -80,10 +80,10 @@ def test_first_form_report() -> None:
     killed = steps["rs2 killed"]
     assert killed["removed"] is True
     assert 0 < killed["health_down_s"] <= killed["detection_s"] < 15
-    assert killed["answers_from_rs2_after_removal"] == 0
+    assert killed["failed_after_removal"] == 0  # it has left the traffic too
     assert "rs2" not in killed["responses"]  # a killed server answers nothing
     assert {"rs1", "rs3"} <= set(killed["responses"])  # the others carry the traffic
-    assert killed["failed"] >= 0
+    assert killed["failed"] > 0  # requests sent to rs2 before the daemon saw it fail
 
     back = steps["rs2 restarted"]
     assert back["back"] is True
