@@ -183,8 +183,13 @@ class Daemon:
             try:
                 await self.api.start()
             except OSError as exc:
-                await self._teardown(keep=True)
-                raise StartError(f"api.listen {cfg.api.listen}: {exc.strerror or exc}") from None
+                reason = f"api.listen {cfg.api.listen}: {exc.strerror or exc}"
+                if not self.dry_run:
+                    await self._teardown(keep=True)
+                    raise StartError(reason) from None
+                # a dry run next to the real daemon: preview without an API rather than fail
+                log.warning("api.disabled", reason=f"{reason} (dry run goes on without an API)")
+                self.api = None
         self._running = True
         self._started.set()
         n_rs = sum(len(s.real_servers) for s in cfg.services)

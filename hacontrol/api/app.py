@@ -10,9 +10,11 @@ step.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hmac
 import json
 import os
+import socket
 from collections.abc import Awaitable, Callable, Iterable
 from importlib import resources
 from pathlib import Path
@@ -211,6 +213,20 @@ def parse_listen(listen: str) -> tuple[str, str | int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+def _refuse_live_socket(path: str) -> None:
+    """Raise EADDRINUSE when another process serves ``path`` (a second daemon, a dry run next
+    to the real one); a stale socket file is left for the bind to replace."""
+    if not Path(path).is_socket():
+        return
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(path)
+        except OSError:
+            return  # nobody listens: stale
+    raise OSError(errno.EADDRINUSE, f"another process serves {path}")
+
+
 class ApiServer:
     """Serves an app on TCP host:port or a unix socket (mode 0660, parent dir created)."""
 
@@ -240,6 +256,7 @@ class ApiServer:
             if host == "unix":
                 path = str(port)
                 Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o750)
+                _refuse_live_socket(path)
                 old_umask = os.umask(0o117)
                 try:
                     site = web.UnixSite(runner, path)

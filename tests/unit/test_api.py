@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import stat
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -253,3 +254,27 @@ async def test_tcp_server_port_zero() -> None:
 
 def test_app_is_an_aiohttp_application() -> None:
     assert isinstance(create_app(FakeController()), web.Application)
+
+
+async def test_unix_socket_in_use_is_refused_stale_is_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "api.sock"
+    first = ApiServer(create_app(FakeController()), f"unix:{path}")
+    await first.start()
+    try:
+        second = ApiServer(create_app(FakeController()), f"unix:{path}")
+        with pytest.raises(OSError, match="another process serves"):
+            await second.start()
+        # the first still answers on its path
+        conn = aiohttp.UnixConnector(path=str(path))
+        async with aiohttp.ClientSession(connector=conn) as s, s.get("http://x/healthz") as r:
+            assert r.status == 200
+    finally:
+        await first.stop()
+    # a stale socket file (nobody listening) is replaced
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.close()
+    assert path.is_socket()
+    third = ApiServer(create_app(FakeController()), f"unix:{path}")
+    await third.start()
+    await third.stop()

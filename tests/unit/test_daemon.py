@@ -5,6 +5,7 @@ keeps the old config; stop keeps or removes the table; signals; sd_notify; the s
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import signal
 import socket
@@ -16,6 +17,7 @@ import aiohttp
 import pytest
 from structlog.testing import capture_logs
 
+from hacontrol.api.app import ApiServer, create_app
 from hacontrol.config import load
 from hacontrol.daemon import Daemon, StartError, sd_notify
 from hacontrol.dataplane.memory import MemoryDataplane
@@ -313,3 +315,35 @@ def test_sd_notify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv("NOTIFY_SOCKET", path)
         assert sd_notify("READY=1") is True
         assert s.recv(100) == b"READY=1"
+
+
+async def test_dry_run_prints_and_survives_a_busy_api(
+    tmp_path: Path, backends: list[Backend]
+) -> None:
+    sock = tmp_path / "api.sock"
+    real = Daemon(load(str(_write(tmp_path, backends, sock))), dataplane=MemoryDataplane())
+    busy = ApiServer(create_app(real), f"unix:{sock}")  # "the real daemon" holds the socket
+    await busy.start()
+    out = io.StringIO()
+    d = Daemon(load(str(_write(tmp_path, backends, sock))), dry_run=True, out=out)
+    try:
+        with capture_logs() as logs:
+            await d.start()
+        assert d.api is None
+        assert any(e["event"] == "api.disabled" for e in logs)
+        await wait_for(lambda: out.getvalue().count("would apply: add_dest") == 2, "printed")
+        assert "would apply: add_service tcp/192.0.2.10:80" in out.getvalue()
+        assert d.status()["dry_run"] is True
+        assert not (tmp_path / "state").exists()  # a dry run writes no ownership file
+    finally:
+        await d.stop("test")
+        await busy.stop()
+
+
+def _write(tmp: Path, backends: list[Backend], sock: Path) -> Path:
+    path = tmp / "dry.yaml"
+    text = config_text(
+        tmp, [b.port for b in backends], [1, 1], api=f'api: {{listen: "unix:{sock}"}}'
+    )
+    path.write_text(text)
+    return path
