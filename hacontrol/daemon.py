@@ -89,6 +89,7 @@ class Daemon:
         self._running = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = asyncio.Event()
+        self.configure_logging = False  # run_daemon: a reload applies a new logging section
         self.loop_reason = "set by run_daemon"  # which event loop runs and why (daemon.start)
 
     # -- composition -------------------------------------------------------------------------
@@ -208,6 +209,8 @@ class Daemon:
             loop=self.loop_reason,
             reason=reason,
         )
+        if cfg.ha is not None and self.ha is None:
+            log.warning("ha.disabled", reason="this build does not run HA yet: role standalone")
         sd_notify("READY=1\nSTATUS=running")
 
     async def _teardown(self, keep: bool) -> None:
@@ -322,6 +325,8 @@ class Daemon:
             self._token = token
             self._config_loaded_at = self.clock()
             added, removed, kept = self._apply_config(new)
+            if new.logging != old.logging and self.configure_logging:
+                logs.configure(new.logging.level, new.logging.format)
             self.metrics.reloads.labels(result="ok").inc()
             result = {
                 "result": "ok",
@@ -423,6 +428,7 @@ def run_daemon(config: Config, *, dry_run: bool = False, out: TextIO | None = No
     async def main() -> int:
         daemon = Daemon(config, dry_run=dry_run, out=out)
         daemon.loop_reason = loop_reason
+        daemon.configure_logging = True
         try:
             await daemon.run()
         except StartError as exc:
