@@ -121,8 +121,8 @@ class Daemon:
         targets = self._targets_of(config)
         old = set(self._targets)
         new = set(targets)
+        self.health.set_targets(list(targets))  # validates everything before changing anything
         self._targets = targets
-        self.health.set_targets(list(targets))
         self._last_state = {k: self.health.state(k) for k in targets}
         if self.reconciler is not None:
             self.reconciler.set_desired(self._builder(config))
@@ -184,12 +184,12 @@ class Daemon:
             try:
                 await self.api.start()
             except OSError as exc:
-                reason = f"api.listen {cfg.api.listen}: {exc.strerror or exc}"
+                why = f"api.listen {cfg.api.listen}: {exc.strerror or exc}"
                 if not self.dry_run:
                     await self._teardown(keep=True)
-                    raise StartError(reason) from None
+                    raise StartError(why) from None
                 # a dry run next to the real daemon: preview without an API rather than fail
-                log.warning("api.disabled", reason=f"{reason} (dry run goes on without an API)")
+                log.warning("api.disabled", reason=f"{why} (dry run goes on without an API)")
                 self.api = None
         self._running = True
         self._started.set()
@@ -310,7 +310,7 @@ class Daemon:
         sd_notify("RELOADING=1")
         try:
             try:
-                new = self.loader(old.source)
+                new = await asyncio.to_thread(self.loader, old.source)  # big files: off the loop
                 token = read_token(new.api.token_file)
             except ConfigError as exc:
                 return self._refused(reason, str(exc).splitlines(), old)
@@ -321,10 +321,13 @@ class Daemon:
             restart_only = restart_only_changes(old, new)
             new = keep_restart_only(old, new)
             changed = new.digest != old.digest
+            try:
+                added, removed, kept = self._apply_config(new)
+            except (ValueError, TypeError) as exc:  # a check the health checker cannot run
+                return self._refused(reason, [f"{old.source}: {exc}"], old)
             self.config = new
             self._token = token
             self._config_loaded_at = self.clock()
-            added, removed, kept = self._apply_config(new)
             if new.logging != old.logging and self.configure_logging:
                 logs.configure(new.logging.level, new.logging.format)
             self.metrics.reloads.labels(result="ok").inc()
@@ -415,7 +418,10 @@ class Daemon:
         kernel = self.reconciler.kernel if self.reconciler is not None else None
 
         def health(svc: ServiceConfig, rs: RealServer) -> TargetStatus | None:
-            return self.health.status(check_key(svc, rs))
+            try:
+                return self.health.status(check_key(svc, rs))
+            except KeyError:
+                return None
 
         ha = self.ha.status() if self.ha is not None else None
         return build_status(cfg, node, self._dataplane_view(now), health, kernel, now, ha=ha)
