@@ -3,8 +3,10 @@
 ``LocalTracker`` implements ``hacontrol.ha.interfaces.Tracker``: ``await run(emit)`` watches until
 cancelled and calls ``emit(TrackEvent)`` with each item's first known state and every change.
 
-- Interfaces (``track.interfaces``): link state from rtnetlink link events (RTNLGRP_LINK, through
-  pyroute2), after an initial dump. A link is up when it is administratively up and running
+- Interfaces (``track.interfaces``): link state from rtnetlink link events (RTNLGRP_LINK: a
+  netlink socket read from the event loop, messages decoded by pyroute2's marshal), after an
+  initial dump (pyroute2 ``IPRoute`` on a worker thread: any event loop, uvloop included).
+  A link is up when it is administratively up and running
   (IFF_UP and IFF_RUNNING: carrier present); a missing interface counts as down. Events name
   ``interface:<ifname>``, reasons "interface eth1 down" / "interface eth1 up" / "interface eth1
   missing". A lost netlink event (socket overrun) triggers a fresh dump.
@@ -27,8 +29,10 @@ import struct
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from pyroute2 import AsyncIPRoute
+from pyroute2 import IPRoute
+from pyroute2.netlink import NETLINK_ROUTE
 from pyroute2.netlink.rtnl import RTM_DELLINK, RTM_NEWLINK, RTMGRP_LINK
+from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 
 from hacontrol import logs
 from hacontrol.clock import Clock, monotonic
@@ -133,8 +137,21 @@ def is_echo_reply(data: bytes, ident: int, seq: int, v6: bool) -> bool:
     return bool(typ == (129 if v6 else 0) and rid == ident and rseq == seq)
 
 
-async def _readable(loop: asyncio.AbstractEventLoop, fd: int, within: float) -> bool:
-    """Wait until ``fd`` is readable (True) or ``within`` seconds pass (False)."""
+def link_event_socket() -> socket.socket:
+    """A non-blocking rtnetlink socket subscribed to link events (RTNLGRP_LINK)."""
+    s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        s.bind((0, RTMGRP_LINK))
+        s.setblocking(False)
+    except OSError:
+        s.close()
+        raise
+    return s
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, fd: int, within: float | None) -> bool:
+    """Wait until ``fd`` is readable (True) or ``within`` seconds pass (False; None = forever)."""
     ready: asyncio.Future[None] = loop.create_future()
 
     def wake() -> None:
@@ -249,30 +266,35 @@ class LocalTracker:
 
     # interfaces
 
-    async def _dump(self) -> dict[str, int]:
-        ipr = AsyncIPRoute()
-        try:
+    @staticmethod
+    def _dump_sync() -> dict[str, int]:
+        with IPRoute() as ipr:
             return {
-                msg.get("IFLA_IFNAME"): int(msg["flags"])
-                async for msg in await ipr.get_links()
+                str(msg.get("IFLA_IFNAME")): int(msg["flags"])
+                for msg in ipr.get_links()
                 if msg.get("IFLA_IFNAME")
             }
-        finally:
-            ipr.close()
 
     async def _watch_links(self, emit: Emit) -> None:
         backoff = 0.1
+        loop = asyncio.get_running_loop()
         while True:
-            events: Any = None
+            sock: socket.socket | None = None
             try:
-                events = AsyncIPRoute()
-                await events.bind(groups=RTMGRP_LINK)  # subscribe first, then dump: no gap
-                for ev in self.links.snapshot(await self._dump()):
+                sock = link_event_socket()  # subscribe first, then dump: no gap
+                for ev in self.links.snapshot(await asyncio.to_thread(self._dump_sync)):
                     self._emit(emit, ev)
                 names: dict[int, str] = {}
+                marshal = MarshalRtnl()
                 while True:
-                    async for msg in events.get():
-                        self._on_link(msg, names, emit)
+                    await _readable(loop, sock.fileno(), None)
+                    while True:
+                        try:
+                            data = sock.recv(1 << 20)
+                        except (BlockingIOError, InterruptedError):
+                            break
+                        for msg in marshal.parse(data):
+                            self._on_link(msg, names, emit)
                     backoff = 0.1
             except asyncio.CancelledError:
                 raise
@@ -281,9 +303,8 @@ class LocalTracker:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 5.0)
             finally:
-                if events is not None:
-                    with contextlib.suppress(Exception):
-                        events.close()
+                if sock is not None:
+                    sock.close()
 
     def _on_link(self, msg: Any, names: dict[int, str], emit: Emit) -> None:
         kind = msg["header"]["type"]

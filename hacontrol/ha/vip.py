@@ -5,8 +5,9 @@ together. ``take(lease)`` adds (or adopts) each address with ``valid_lft = prefe
 ceil(lease)`` seconds; ``renew(lease)`` pushes that lifetime forward while this node is healthy, so
 the kernel itself removes the VIPs of a daemon killed with -9 or hung; ``release()`` removes them;
 ``present()`` reads the kernel. IPv6 VIPs are added with ``nodad`` (no DAD delay: usable and
-announceable at once). Every change goes through one ``AsyncIPRoute`` in the current network
-namespace (the daemon runs inside its director's namespace), never through ``ip``.
+announceable at once). Every change goes through pyroute2 (one ``IPRoute`` on a worker thread, see
+``Rtnl``) in the current network namespace (the daemon runs inside its director's namespace),
+never through ``ip``.
 
 After ``take`` the group keeps a periodic announce refresh running (``announce.refresh``) until
 ``release``; ``announce()`` sends one burst (see ``hacontrol.ha.announce``). Errors are raised
@@ -21,11 +22,12 @@ import errno
 import ipaddress
 import math
 import socket
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
-from pyroute2 import AsyncIPRoute
+from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 from pyroute2.netlink.rtnl.ifaddrmsg import IFA_F_NODAD
 
@@ -38,6 +40,8 @@ from hacontrol.model import AnnounceConfig, VipConfig
 
 log = logs.get("hacontrol.ha.vip")
 
+T = TypeVar("T")
+
 FOREVER = 0xFFFFFFFF  # the kernel's infinite address lifetime
 MAX_LEASE = FOREVER - 1
 
@@ -49,6 +53,49 @@ def lifetime(lease: float | None) -> int:
     if not lease > 0:
         raise ValueError(f"lease must be > 0 seconds or None, got {lease}")
     return min(math.ceil(lease), MAX_LEASE)
+
+
+class Rtnl:
+    """pyroute2's ``IPRoute`` on one worker thread, usable from any event loop.
+
+    (``AsyncIPRoute`` needs the stock asyncio loop: uvloop refuses its AF_NETLINK endpoint, and
+    the daemon runs on uvloop.) One socket, reused; calls run one at a time, in order. Each call
+    is a quick netlink request/response, so the thread never blocks for long.
+    """
+
+    def __init__(self) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hacontrol-rtnl")
+        self._ipr: Any = None
+        self._stale = False
+
+    def _run(self, fn: Callable[[Any], T]) -> T:
+        if self._stale and self._ipr is not None:
+            with contextlib.suppress(Exception):
+                self._ipr.close()
+            self._ipr = None
+        self._stale = False
+        if self._ipr is None:
+            self._ipr = IPRoute()
+        return fn(self._ipr)
+
+    async def call(self, fn: Callable[[Any], T]) -> T:
+        """Run ``fn(ipr)`` on the worker thread."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._run, fn)
+
+    def reset(self) -> None:
+        """Open a fresh socket on the next call (after an error)."""
+        self._stale = True
+
+    def close(self) -> None:
+        def close() -> None:
+            if self._ipr is not None:
+                with contextlib.suppress(Exception):
+                    self._ipr.close()
+                self._ipr = None
+
+        with contextlib.suppress(RuntimeError):  # already shut down
+            self._pool.submit(close)
+        self._pool.shutdown(wait=False)
 
 
 @dataclass
@@ -74,36 +121,23 @@ class VipGroup:
         self.vips = tuple(vips)
         self.clock = clock
         self.announcer = announcer or Announcer(self.vips, announce, metrics)
-        self._ipr: Any = None
+        self._rtnl = Rtnl()
         self._lock = asyncio.Lock()
         self._seen = {v: _Seen() for v in self.vips}
         self._held = False
         self._refresh: asyncio.Task[None] | None = None
 
-    # -- netlink ---------------------------------------------------------------------------------
+    # -- netlink (on the Rtnl worker thread) --------------------------------------------------
 
-    async def _ip(self) -> Any:
-        if self._ipr is None:
-            self._ipr = AsyncIPRoute()
-        return self._ipr
-
-    def _drop_socket(self) -> None:
-        if self._ipr is not None:
-            with contextlib.suppress(Exception):
-                self._ipr.close()
-            self._ipr = None
-
-    async def _index(self, ifname: str) -> int:
+    @staticmethod
+    def _index(ifname: str) -> int:
         try:
             return socket.if_nametoindex(ifname)
         except OSError as e:
             raise HaIoError(f"interface {ifname} not found") from e
 
     async def _replace(self, vip: VipConfig, life: int) -> None:
-        ipr = await self._ip()
-        index = await self._index(vip.interface)
         kw: dict[str, Any] = {
-            "index": index,
             "address": str(vip.address.ip),
             "prefixlen": vip.address.network.prefixlen,
             "valid_lft": life,
@@ -111,50 +145,60 @@ class VipGroup:
         }
         if vip.address.version == 6:
             kw["flags"] = IFA_F_NODAD
-        await ipr.addr("replace", **kw)
+
+        def replace(ipr: Any) -> None:
+            ipr.addr("replace", index=self._index(vip.interface), **kw)
+
+        await self._rtnl.call(replace)
 
     async def _delete(self, vip: VipConfig) -> bool:
         """Remove one VIP; False if it was not there."""
-        ipr = await self._ip()
-        try:
-            index = await self._index(vip.interface)
-        except HaIoError:
-            return False  # no interface, no address
-        try:
-            await ipr.addr(
-                "del",
-                index=index,
-                address=str(vip.address.ip),
-                prefixlen=vip.address.network.prefixlen,
-            )
-        except NetlinkError as e:
-            if e.code in (errno.EADDRNOTAVAIL, errno.ENOENT, errno.ENODEV):
-                return False
-            raise
-        return True
+
+        def delete(ipr: Any) -> bool:
+            try:
+                index = self._index(vip.interface)
+            except HaIoError:
+                return False  # no interface, no address
+            try:
+                ipr.addr(
+                    "del",
+                    index=index,
+                    address=str(vip.address.ip),
+                    prefixlen=vip.address.network.prefixlen,
+                )
+            except NetlinkError as e:
+                if e.code in (errno.EADDRNOTAVAIL, errno.ENOENT, errno.ENODEV):
+                    return False
+                raise
+            return True
+
+        return await self._rtnl.call(delete)
 
     async def _configured(self) -> dict[VipConfig, int | None]:
         """The VIPs configured in the kernel now, with their remaining valid lifetime."""
-        ipr = await self._ip()
-        found: dict[tuple[int, str, int], int | None] = {}
-        async for msg in await ipr.addr("dump"):
-            addr = msg.get("IFA_ADDRESS")
-            if addr is None:
-                continue
-            info = msg.get("IFA_CACHEINFO")
-            valid = info["ifa_valid"] if info is not None else FOREVER
-            key = (msg["index"], ipaddress.ip_address(addr).compressed, msg["prefixlen"])
-            found[key] = None if valid == FOREVER else int(valid)
-        out: dict[VipConfig, int | None] = {}
-        for vip in self.vips:
-            try:
-                index = socket.if_nametoindex(vip.interface)
-            except OSError:
-                continue
-            key = (index, vip.address.ip.compressed, vip.address.network.prefixlen)
-            if key in found:
-                out[vip] = found[key]
-        return out
+
+        def dump(ipr: Any) -> dict[VipConfig, int | None]:
+            found: dict[tuple[int, str, int], int | None] = {}
+            for msg in ipr.addr("dump"):
+                addr = msg.get("IFA_ADDRESS")
+                if addr is None:
+                    continue
+                info = msg.get("IFA_CACHEINFO")
+                valid = info["ifa_valid"] if info is not None else FOREVER
+                key = (msg["index"], ipaddress.ip_address(addr).compressed, msg["prefixlen"])
+                found[key] = None if valid == FOREVER else int(valid)
+            out: dict[VipConfig, int | None] = {}
+            for vip in self.vips:
+                try:
+                    index = socket.if_nametoindex(vip.interface)
+                except OSError:
+                    continue
+                key = (index, vip.address.ip.compressed, vip.address.network.prefixlen)
+                if key in found:
+                    out[vip] = found[key]
+            return out
+
+        return await self._rtnl.call(dump)
 
     async def _each(self, what: str, op: Any) -> None:
         """Run ``op(vip)`` for every VIP; raise one HaIoError naming every failure."""
@@ -166,7 +210,7 @@ class VipGroup:
                 errors[str(vip.address)] = str(e)
             except (NetlinkError, OSError) as e:
                 errors[str(vip.address)] = f"{vip.interface}: {e}"
-                self._drop_socket()
+                self._rtnl.reset()
         if errors:
             log.error("ha.vip.error", op=what, errors=errors, reason=f"{what} failed")
             raise HaIoError(f"{what} failed: " + "; ".join(f"{a}: {m}" for a, m in errors.items()))
@@ -227,7 +271,7 @@ class VipGroup:
         try:
             found = await self._configured()
         except (NetlinkError, OSError) as e:
-            self._drop_socket()
+            self._rtnl.reset()
             raise HaIoError(f"address dump failed: {e}") from e
         now = self.clock()
         for vip, seen in self._seen.items():
@@ -274,4 +318,4 @@ class VipGroup:
     async def close(self) -> None:
         """Stop the refresh and close the netlink socket (leaves the VIPs as they are)."""
         await self._stop_refresh()
-        self._drop_socket()
+        self._rtnl.close()

@@ -49,7 +49,11 @@ async def main():
     except TimeoutError:
         pass
 
-asyncio.run(main())
+if opt.get("uvloop"):  # the daemon's loop
+    import uvloop
+    uvloop.run(main())
+else:
+    asyncio.run(main())
 """
 
 
@@ -141,8 +145,9 @@ def net(netns_lab: NetnsLab) -> Iterator[Net]:
     yield Net(d, peer, gw)
 
 
-def test_interface_down_up_missing(net: Net) -> None:
-    ev = Events(net.d, interfaces=["eth1", "eth0"], seconds=60)
+@pytest.mark.parametrize("uvloop", [False, True], ids=["asyncio", "uvloop"])
+def test_interface_down_up_missing(net: Net, uvloop: bool) -> None:
+    ev = Events(net.d, interfaces=["eth1", "eth0"], seconds=60, uvloop=uvloop)
     try:
         first = ev.expect(reason("interface eth1 up"), 10, "initial eth1 state")
         assert first["name"] == "interface:eth1" and first["failed"] is False
@@ -186,10 +191,13 @@ def test_a_missing_interface_at_start_is_a_fault(net: Net) -> None:
         ev.stop()
 
 
-@pytest.mark.parametrize("gateway", ["198.51.100.1", "2001:db8:100::1"])
-def test_gateway_reachability(net: Net, gateway: str) -> None:
+@pytest.mark.parametrize(
+    ("gateway", "uvloop"),
+    [("198.51.100.1", False), ("2001:db8:100::1", False), ("198.51.100.1", True)],
+)
+def test_gateway_reachability(net: Net, gateway: str, uvloop: bool) -> None:
     interval, fall = 0.2, 3
-    ev = Events(net.d, gateway=gateway, interval=interval, fall=fall, seconds=90)
+    ev = Events(net.d, gateway=gateway, interval=interval, fall=fall, seconds=90, uvloop=uvloop)
     up, down = f"gateway {gateway} reachable", f"gateway {gateway} unreachable"
     cidr = f"{gateway}/{64 if ':' in gateway else 24}"
     try:

@@ -61,7 +61,11 @@ async def main():
         await g.close()
     print(json.dumps(out))
 
-asyncio.run(main())
+if opt.get("uvloop"):  # the daemon's loop: pyroute2's AsyncIPRoute would not run there
+    import uvloop
+    uvloop.run(main())
+else:
+    asyncio.run(main())
 """
 
 NEIGH = r"""
@@ -188,11 +192,12 @@ def test_renewed_lease_keeps_the_vip(lan: Pair, cidr: str) -> None:
     wait_until(lambda: not has_addr(lan.a, "eth0", cidr), 10, f"{cidr} to expire")
 
 
-def test_take_release_present_idempotent(lan: Pair) -> None:
+@pytest.mark.parametrize("uvloop", [False, True], ids=["asyncio", "uvloop"])
+def test_take_release_present_idempotent(lan: Pair, uvloop: bool) -> None:
     vips = [(V4, "eth0"), (V6, "eth0")]
-    assert drive(lan.a, "present", vips)["present"] is False
-    assert drive(lan.a, "take", vips, lease=None)["present"] is True
-    assert drive(lan.a, "take", vips, lease=None)["present"] is True  # twice = once
+    assert drive(lan.a, "present", vips, uvloop=uvloop)["present"] is False
+    assert drive(lan.a, "take", vips, lease=None, uvloop=uvloop)["present"] is True
+    assert drive(lan.a, "take", vips, lease=None, uvloop=uvloop)["present"] is True  # idempotent
     assert addr_info(lan.a, "eth0", V4)["valid_life_time"] == 4294967295
     out = drive(lan.a, "present", vips)
     assert out["configured"] == {V4: None, V6: None}
@@ -200,7 +205,7 @@ def test_take_release_present_idempotent(lan: Pair) -> None:
     # adopting: take with a lease turns the forever address into a leased one
     drive(lan.a, "take", vips, lease=30)
     assert 0 < int(str(addr_info(lan.a, "eth0", V4)["valid_life_time"])) <= 30
-    out = drive(lan.a, "release", vips)
+    out = drive(lan.a, "release", vips, uvloop=uvloop)
     assert out["present"] is False
     assert not has_addr(lan.a, "eth0", V4) and not has_addr(lan.a, "eth0", V6)
     assert drive(lan.a, "release", vips)["present"] is False  # nothing held: no-op
@@ -222,8 +227,9 @@ def neighbour(client: Ns, ip: str) -> list[dict[str, object]]:
     return out
 
 
+@pytest.mark.parametrize("uvloop", [False, True], ids=["asyncio", "uvloop"])
 @pytest.mark.parametrize("cidr", [V4, V6])
-def test_announce_moves_the_clients_neighbour_entry(lan: Pair, cidr: str) -> None:
+def test_announce_moves_the_clients_neighbour_entry(lan: Pair, cidr: str, uvloop: bool) -> None:
     ip = cidr.split("/")[0]
     mac_a, mac_b = mac_of(lan.a, "eth0"), mac_of(lan.b, "eth0")
     assert mac_a != mac_b
@@ -237,7 +243,7 @@ def test_announce_moves_the_clients_neighbour_entry(lan: Pair, cidr: str) -> Non
     )
     # A dies silently (its VIP gone, nothing sent); B takes the VIP and announces
     drive(lan.a, "release", [(cidr, "eth0")])
-    out = drive(lan.b, "take", [(cidr, "eth0")], lease=None, announce=True, count=3)
+    out = drive(lan.b, "take", [(cidr, "eth0")], lease=None, announce=True, count=3, uvloop=uvloop)
     fam = "ipv6" if ":" in cidr else "ipv4"
     assert out["sent"] == 3
     assert out["metric"] == {
