@@ -1,0 +1,101 @@
+"""Host-side helpers for the IPVS test VM: build (or reuse) it, boot it once for one command.
+
+The guest is described in docs/testing.md: Debian's stock kernel under qemu, the host's / shared
+read-only (so the guest runs the very interpreter and venv of the caller, ``sys.executable``).
+Used by tests/integration/test_ipvs_vm.py and bench/ipvs_apply_bench.py. No pytest import here.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import xml.etree.ElementTree as ET
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parents[1]
+BUILD = HERE / "build.sh"
+VM_RUN = HERE / "vm-run"
+# the modules the in-guest suite needs, loaded before anything else runs
+MODULES = ("ip_vs", "ip_vs_rr", "ip_vs_wrr", "ip_vs_sh", "ip_vs_mh", "veth", "dummy")
+
+
+class VmUnavailable(Exception):
+    """qemu cannot run the guest here; the message says precisely why."""
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("HACONTROL_VM_DIR", "/var/cache/hacontrol-vm"))
+
+
+def ensure_built(timeout: float = 900) -> str:
+    """Build or reuse the VM; return build.sh's log. VmUnavailable when it cannot be done."""
+    if os.geteuid() != 0 and not (cache_dir() / "vm.conf").exists():
+        raise VmUnavailable("building the IPVS VM needs root (apt-get); run tests/vm/build.sh")
+    try:
+        r = subprocess.run(
+            ["bash", str(BUILD)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
+    except subprocess.TimeoutExpired as e:
+        raise VmUnavailable(f"tests/vm/build.sh did not finish in {timeout:.0f}s") from e
+    if r.returncode != 0:
+        tail = (r.stderr or r.stdout).strip().splitlines()[-5:]
+        raise VmUnavailable(f"tests/vm/build.sh failed (exit {r.returncode}): {' | '.join(tail)}")
+    if shutil.which("qemu-system-x86_64") is None:
+        raise VmUnavailable("qemu-system-x86_64 is not installed")
+    return r.stderr
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    rw: Sequence[Path | str] = (),
+    timeout: float = 600,
+    cwd: Path | str = REPO,
+) -> subprocess.CompletedProcess[str]:
+    """One boot running ``argv`` (after loading MODULES); stdout+stderr combined in .stdout."""
+    args = [str(VM_RUN), "--timeout", str(int(timeout))]
+    for d in rw:
+        args += ["--rw", str(d)]
+    script = f'modprobe -a {" ".join(MODULES)} || exit 120\nexec "$@"'
+    args += ["--", "bash", "-c", script, "vm", *map(str, argv)]
+    return subprocess.run(
+        args,
+        cwd=cwd,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        timeout=timeout + 60,
+    )
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    name: str  # classname::name
+    outcome: str  # passed | failed | error | skipped
+    seconds: float
+    message: str
+
+
+def junit_results(path: Path) -> list[CaseResult]:
+    """Every test case of a pytest junit XML file."""
+    out: list[CaseResult] = []
+    for case in ET.parse(path).getroot().iter("testcase"):
+        outcome, message = "passed", ""
+        for tag in ("failure", "error", "skipped"):
+            child = case.find(tag)
+            if child is not None:
+                outcome = "failed" if tag == "failure" else tag
+                message = (child.get("message") or child.text or "").strip()
+                break
+        name = f"{case.get('classname', '')}::{case.get('name', '')}"
+        out.append(CaseResult(name, outcome, float(case.get("time") or 0), message))
+    return out
