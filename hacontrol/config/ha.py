@@ -1,0 +1,178 @@
+"""The ``ha:`` section of the config file: the HA pair's peering, VIPs, tracking and notify hook.
+
+Parsed with the ``Reader`` of ``hacontrol.config.reader`` (so errors share its
+``FILE:LINE: FIELD: reason`` format); produces ``hacontrol.model.HAConfig``. The secret's content is
+read by the HA code, not here: the loader only checks that ``secret_file`` exists (skippable with
+``check_files=False``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from yaml.nodes import Node
+
+from hacontrol.config.reader import IFNAME_RE, Reader, fmt_duration, join, scalar
+from hacontrol.model import AnnounceConfig, Endpoint, HAConfig, TrackConfig, VipConfig
+
+HA_KEYS = (
+    "bind", "peers", "priority", "preempt", "preempt_delay", "interval", "dead_after",
+    "secret_file", "vips", "announce", "lease", "track", "notify", "notify_timeout",
+)  # fmt: skip
+
+
+def parse_ha(r: Reader, node: Node, *, check_files: bool) -> HAConfig | None:
+    """Validate the ``ha:`` mapping; record issues in ``r`` and return None if any."""
+    start = r.mark()
+    m = r.mapping(node, "ha", HA_KEYS, required=("bind", "peers", "secret_file"))
+    if m is None:
+        return None
+    kw: dict[str, Any] = {}
+    bind = r.endpoint(m["bind"], "ha.bind", unspecified=True) if "bind" in m else None
+    kw["bind"] = bind
+    if "peers" in m:
+        kw["peers"] = _peers(r, m["peers"], bind)
+    if "priority" in m:
+        kw["priority"] = r.integer(m["priority"], "ha.priority", 1, 254)
+    if "preempt" in m:
+        kw["preempt"] = r.boolean(m["preempt"], "ha.preempt")
+    for key in ("preempt_delay",):
+        if key in m:
+            kw[key] = r.duration(m[key], join("ha", key), zero=True)
+    for key in ("interval", "notify_timeout"):
+        if key in m:
+            kw[key] = r.duration(m[key], join("ha", key))
+    if "dead_after" in m:
+        kw["dead_after"] = r.integer(m["dead_after"], "ha.dead_after", 2, 1000)
+    if "secret_file" in m:
+        path_ok = r.mark()
+        kw["secret_file"] = r.abs_path(m["secret_file"], "ha.secret_file")
+        if check_files and kw["secret_file"] and r.clean_since(path_ok):
+            r.check_file(m["secret_file"], "ha.secret_file", kw["secret_file"])
+    if "vips" in m:
+        kw["vips"] = _vips(r, m["vips"])
+    if "announce" in m:
+        kw["announce"] = _announce(r, m["announce"])
+    if "track" in m:
+        kw["track"] = _track(r, m["track"])
+    if "notify" in m:
+        kw["notify"] = r.argv(m["notify"], "ha.notify") if scalar(m["notify"])[0] != "null" else ()
+    if "lease" in m:
+        kw["lease"] = _lease(r, m["lease"])
+    if not r.clean_since(start):
+        return None
+    ha = HAConfig(**kw)
+    if "lease" not in m and ha.lease is not None:
+        # the model's 3s default is too short for a slow heartbeat (1s x 3 = 3s): derive it
+        ha = replace(ha, lease=max(ha.lease, 2 * ha.interval * ha.dead_after))
+    if ha.lease is not None and ha.lease <= ha.interval * ha.dead_after:
+        r.error(
+            m["lease"],
+            "ha.lease",
+            f"must be greater than interval * dead_after "
+            f"({fmt_duration(ha.interval * ha.dead_after)}), got {fmt_duration(ha.lease)}",
+        )
+        return None
+    return ha
+
+
+def _peers(r: Reader, node: Node, bind: Endpoint | None) -> tuple[Endpoint, ...]:
+    items = r.sequence(node, "ha.peers")
+    if items is None:
+        return ()
+    if not items:
+        r.error(node, "ha.peers", "must list at least one address of the peer")
+    out: list[Endpoint] = []
+    for i, item in enumerate(items):
+        p = f"ha.peers[{i}]"
+        ep = r.endpoint(item, p)
+        if ep is None:
+            continue
+        if bind is not None and ep.address.version != bind.address.version:
+            r.error(
+                item,
+                p,
+                f"IPv{ep.address.version} peer for an IPv{bind.address.version} bind {bind}",
+            )
+        elif bind is not None and ep == bind:
+            r.error(item, p, f"is this node's own bind address {bind}")
+        elif ep in out:
+            r.error(item, p, f"duplicate peer {ep}")
+        else:
+            out.append(ep)
+    return tuple(out)
+
+
+def _vips(r: Reader, node: Node) -> tuple[VipConfig, ...]:
+    items = r.sequence(node, "ha.vips", optional=True)
+    out: list[VipConfig] = []
+    seen: dict[str, int] = {}
+    for i, item in enumerate(items or []):
+        p = f"ha.vips[{i}]"
+        m = r.mapping(item, p, ("address", "interface"), required=("address", "interface"))
+        if not m or "address" not in m or "interface" not in m:
+            continue
+        iface = r.string(m["interface"], join(p, "interface"), pattern=IFNAME_RE)
+        addr = r.interface(m["address"], join(p, "address"))
+        if addr is None or iface is None:
+            continue
+        key = str(addr.ip)
+        if key in seen:
+            r.error(
+                m["address"],
+                join(p, "address"),
+                f"duplicate vip {addr.ip} (also ha.vips[{seen[key]}])",
+            )
+            continue
+        seen[key] = i
+        out.append(VipConfig(addr, iface))
+    return tuple(out)
+
+
+def _announce(r: Reader, node: Node) -> AnnounceConfig | None:
+    m = r.mapping(node, "ha.announce", ("count", "interval", "refresh"))
+    if m is None:
+        return None
+    kw: dict[str, Any] = {}
+    if "count" in m:
+        kw["count"] = r.integer(m["count"], "ha.announce.count", 0, 100)
+    if "interval" in m:
+        kw["interval"] = r.duration(m["interval"], "ha.announce.interval")
+    if "refresh" in m:
+        kw["refresh"] = r.duration(m["refresh"], "ha.announce.refresh", zero=True)
+    return AnnounceConfig(**kw)
+
+
+def _track(r: Reader, node: Node) -> TrackConfig | None:
+    keys = ("interfaces", "gateway", "gateway_interval", "gateway_fall", "priority_penalty")
+    m = r.mapping(node, "ha.track", keys)
+    if m is None:
+        return None
+    kw: dict[str, Any] = {}
+    if "interfaces" in m and (
+        items := r.sequence(m["interfaces"], "ha.track.interfaces", optional=True)
+    ):
+        names = [
+            r.string(n, f"ha.track.interfaces[{i}]", pattern=IFNAME_RE) for i, n in enumerate(items)
+        ]
+        kw["interfaces"] = tuple(dict.fromkeys(n for n in names if n is not None))
+    if "gateway" in m and scalar(m["gateway"])[0] != "null":
+        kw["gateway"] = r.address(m["gateway"], "ha.track.gateway")
+    if "gateway_interval" in m:
+        kw["gateway_interval"] = r.duration(m["gateway_interval"], "ha.track.gateway_interval")
+    if "gateway_fall" in m:
+        kw["gateway_fall"] = r.integer(m["gateway_fall"], "ha.track.gateway_fall", 1, 1000)
+    if "priority_penalty" in m:
+        kw["priority_penalty"] = r.integer(
+            m["priority_penalty"], "ha.track.priority_penalty", 0, 254
+        )
+    return TrackConfig(**kw)
+
+
+def _lease(r: Reader, node: Node) -> float | None:
+    """A duration, or off (``off``/``false``/``null``) -> None."""
+    kind, value = scalar(node)
+    if kind == "null" or (kind == "boolean" and value is False) or value == "off":
+        return None
+    return r.duration(node, "ha.lease")
