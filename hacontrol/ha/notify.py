@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from hacontrol import logs
+from hacontrol.model import HAConfig
 
 log = logs.get("hacontrol.ha.notify")
 
@@ -79,6 +80,11 @@ class CommandNotifier:
         self.kill_grace = kill_grace
         self._lock = asyncio.Lock()
         self.last: NotifyResult | None = None
+
+    @classmethod
+    def from_config(cls, ha: HAConfig, node: str) -> CommandNotifier:
+        """``ha.notify`` argv with ``ha.notify_timeout`` (an empty argv runs nothing)."""
+        return cls(ha.notify, node=node, timeout=ha.notify_timeout)
 
     async def notify(self, role: str, reason: str) -> None:
         """The ``Notifier`` protocol: run the program for one transition; never raises."""

@@ -38,7 +38,7 @@ from hacontrol import logs
 from hacontrol.clock import Clock, monotonic
 from hacontrol.ha.announce import inet_checksum
 from hacontrol.ha.interfaces import TrackEvent
-from hacontrol.model import IPAddress, TrackConfig
+from hacontrol.model import HAConfig, IPAddress, TrackConfig
 
 log = logs.get("hacontrol.ha.track")
 
@@ -239,6 +239,12 @@ class LocalTracker:
             self.gateway = FallCounter(
                 f"gateway:{config.gateway}", f"gateway {config.gateway}", config.gateway_fall
             )
+
+    @classmethod
+    def from_config(cls, ha: HAConfig) -> LocalTracker | None:
+        """A tracker for ``ha.track``, or None when nothing is tracked."""
+        t = ha.track
+        return cls(t) if t.interfaces or t.gateway is not None else None
 
     def _emit(self, emit: Emit, event: TrackEvent | None) -> None:
         if event is None:

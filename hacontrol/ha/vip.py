@@ -36,7 +36,7 @@ from hacontrol.clock import Clock, monotonic
 from hacontrol.ha.announce import Announcer
 from hacontrol.ha.interfaces import HaIoError
 from hacontrol.metrics import Metrics
-from hacontrol.model import AnnounceConfig, VipConfig
+from hacontrol.model import AnnounceConfig, HAConfig, VipConfig
 
 log = logs.get("hacontrol.ha.vip")
 
@@ -126,6 +126,13 @@ class VipGroup:
         self._seen = {v: _Seen() for v in self.vips}
         self._held = False
         self._refresh: asyncio.Task[None] | None = None
+
+    @classmethod
+    def from_config(
+        cls, ha: HAConfig, metrics: Metrics | None = None, *, clock: Clock = monotonic
+    ) -> VipGroup:
+        """The group of ``ha.vips`` announced per ``ha.announce``."""
+        return cls(ha.vips, ha.announce, metrics, clock=clock)
 
     # -- netlink (on the Rtnl worker thread) --------------------------------------------------
 

@@ -249,3 +249,18 @@ async def test_vip_group_refresh_runs_while_held(monkeypatch: pytest.MonkeyPatch
     ]
     assert [d["present"] for d in g.describe()] == [False, False]
     await g.close()
+
+
+def test_vip_group_from_config() -> None:
+    from hacontrol.ha.vip import VipGroup
+    from hacontrol.model import Endpoint, HAConfig
+
+    ha = HAConfig(
+        bind=Endpoint(ipaddress.ip_address("192.0.2.11"), 5405),
+        peers=(),
+        secret_file="/k",
+        vips=tuple(_vips()),
+        announce=AnnounceConfig(count=2, interval=0.1, refresh=5),
+    )
+    g = VipGroup.from_config(ha, Metrics())
+    assert g.vips == tuple(_vips()) and g.announcer.config.count == 2

@@ -129,3 +129,19 @@ async def test_runs_are_serialised_in_call_order(tmp_path: Path) -> None:
     n = CommandNotifier([sys.executable, "-c", script, str(out), "{reason}"], node="n", timeout=10)
     await asyncio.gather(n.notify("backup", "first"), n.notify("active", "second"))
     assert out.read_text().split() == ["first", "second"]
+
+
+def test_from_config() -> None:
+    import ipaddress
+
+    from hacontrol.model import Endpoint, HAConfig
+
+    ha = HAConfig(
+        bind=Endpoint(ipaddress.ip_address("192.0.2.11"), 5405),
+        peers=(),
+        secret_file="/k",
+        notify=("/bin/n", "{role}"),
+        notify_timeout=2.5,
+    )
+    n = CommandNotifier.from_config(ha, "lb1")
+    assert (n.argv, n.node, n.timeout) == (("/bin/n", "{role}"), "lb1", 2.5)

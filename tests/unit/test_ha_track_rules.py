@@ -134,3 +134,21 @@ def test_local_tracker_is_a_tracker() -> None:
     cfg = TrackConfig(interfaces=("eth0",), gateway=ipaddress.ip_address("198.51.100.1"))
     tracker: Tracker = LocalTracker(cfg)
     assert tracker is not None
+
+
+def test_from_config_none_when_nothing_tracked() -> None:
+    import ipaddress
+
+    from hacontrol.ha.track import LocalTracker
+    from hacontrol.model import Endpoint, HAConfig, TrackConfig
+
+    base = {
+        "bind": Endpoint(ipaddress.ip_address("192.0.2.11"), 5405),
+        "peers": (),
+        "secret_file": "/k",
+    }
+    assert LocalTracker.from_config(HAConfig(**base)) is None  # type: ignore[arg-type]
+    t = LocalTracker.from_config(
+        HAConfig(**base, track=TrackConfig(interfaces=("eth0",)))  # type: ignore[arg-type]
+    )
+    assert t is not None and t.links.names == ("eth0",) and t.gateway is None
