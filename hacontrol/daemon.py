@@ -81,6 +81,7 @@ class Daemon:
         self._token: str | None = None
         self._targets: dict[CheckKey, list[tuple[ServiceConfig, RealServer]]] = {}
         self._last_state: dict[CheckKey, Health] = {}  # for the "from" of health.change
+        self._keys: dict[tuple[str, RealServer], CheckKey] = {}
         self._started_at = clock()
         self._config_loaded_at = clock()
         self._stop_event: asyncio.Event | None = None
@@ -94,9 +95,17 @@ class Daemon:
 
     # -- composition -------------------------------------------------------------------------
 
+    def _key(self, svc: ServiceConfig, rs: RealServer) -> CheckKey:
+        """check_key, memoised per (service name, real server) for the current config: the
+        desired builder and the status ask for every real server on every pass."""
+        key = self._keys.get((svc.name, rs))
+        if key is None or key.check is not svc.check:
+            key = check_key(svc, rs)
+        return key
+
     def _health_of(self, svc: ServiceConfig, rs: RealServer) -> Health:
         try:
-            return self.health.state(check_key(svc, rs))
+            return self.health.state(self._key(svc, rs))
         except KeyError:  # not (or no longer) a target: never put it in the table
             return Health.UNKNOWN
 
@@ -123,6 +132,7 @@ class Daemon:
         new = set(targets)
         self.health.set_targets(list(targets))  # validates everything before changing anything
         self._targets = targets
+        self._keys = {(svc.name, rs): k for k, users in targets.items() for svc, rs in users}
         self._last_state = {k: self.health.state(k) for k in targets}
         if self.reconciler is not None:
             self.reconciler.set_desired(self._builder(config))
@@ -419,7 +429,7 @@ class Daemon:
 
         def health(svc: ServiceConfig, rs: RealServer) -> TargetStatus | None:
             try:
-                return self.health.status(check_key(svc, rs))
+                return self.health.status(self._key(svc, rs))
             except KeyError:
                 return None
 

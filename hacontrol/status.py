@@ -7,13 +7,14 @@ the inputs; the API only serialises the result. No I/O, no asyncio here.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from hacontrol.dataplane.table import DestKey, ServiceKey, Table
 from hacontrol.health.state import Health, TargetStatus
-from hacontrol.model import Config, Endpoint, RealServer, ServiceConfig
+from hacontrol.model import Config, Endpoint, IPAddress, RealServer, ServiceConfig
 
 # (service, real server) -> its health status, None when it is not checked (yet)
 HealthLookup = Callable[[ServiceConfig, RealServer], TargetStatus | None]
@@ -45,12 +46,19 @@ class NodeView:
     dry_run: bool = False
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _text(addr: IPAddress) -> str:
+    """Canonical text of an address; cached: ipaddress re-formats on every str() (costly at
+    thousands of real servers per status call)."""
+    return str(addr)
+
+
 def service_key(svc: ServiceConfig) -> ServiceKey:
-    return ServiceKey(svc.protocol, str(svc.vip), svc.port)
+    return ServiceKey(svc.protocol, _text(svc.vip), svc.port)
 
 
 def dest_key(ep: Endpoint | RealServer) -> DestKey:
-    return DestKey(str(ep.address), ep.port)
+    return DestKey(_text(ep.address), ep.port)
 
 
 def _age(now: float, at: float | None) -> float | None:
@@ -67,7 +75,7 @@ def real_server_status(
     if st is None:
         st = TargetStatus(state=Health.UNKNOWN, since=now)
     return {
-        "address": str(rs.address),
+        "address": _text(rs.address),
         "port": rs.port,
         "weight": rs.weight,
         "kernel_weight": kernel_weight,
@@ -111,7 +119,7 @@ def service_status(
     return {
         "name": svc.name,
         "key": str(service_key(svc)),
-        "vip": str(svc.vip),
+        "vip": _text(svc.vip),
         "port": svc.port,
         "protocol": svc.protocol,
         "scheduler": svc.scheduler,
