@@ -278,3 +278,8 @@ async def test_unix_socket_in_use_is_refused_stale_is_replaced(tmp_path: Path) -
     third = ApiServer(create_app(FakeController()), f"unix:{path}")
     await third.start()
     await third.stop()
+
+
+def test_spec_is_valid_openapi_3_1() -> None:
+    validator = pytest.importorskip("openapi_spec_validator")
+    validator.validate(yaml.safe_load(openapi_text()))

@@ -15,9 +15,10 @@ from typing import Any
 
 import aiohttp
 import pytest
+import yaml
 from structlog.testing import capture_logs
 
-from hacontrol.api.app import ApiServer, create_app
+from hacontrol.api.app import ApiServer, create_app, openapi_text
 from hacontrol.config import load
 from hacontrol.daemon import Daemon, StartError, sd_notify
 from hacontrol.dataplane.memory import MemoryDataplane
@@ -130,6 +131,11 @@ async def test_start_health_up_table_applied(
     )
     assert [r["health"] for r in rss] == ["up", "up"]
     assert doc["dataplane"]["kind"] == "memory" and doc["dataplane"]["last_result"] == "ok"
+    # the document matches the Status schema of the OpenAPI description
+    jsonschema = pytest.importorskip("jsonschema")
+    spec = yaml.safe_load(openapi_text())
+    schema = {"$ref": "#/components/schemas/Status", "components": spec["components"]}
+    jsonschema.Draft202012Validator(schema).validate(d.status())
 
 
 async def test_server_down_is_removed_and_logged(
