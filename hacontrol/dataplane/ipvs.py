@@ -2,10 +2,11 @@
 
 ``IpvsDataplane`` implements the ``Dataplane`` protocol for Linux Virtual Server. pyroute2's
 ``AsyncIPVS`` opens the "IPVS" generic-netlink family (``setup_endpoint`` resolves its id and
-proves the kernel has IPVS). The table itself is read and written through a netlink socket of
-this module's own, with a small struct codec for the IPVS attributes: pyroute2's generic message
-classes cost ~6 ms per request under emulation (20x ``ipvsadm -R``), and a full load of 10,000
-destinations must stay within 1.5x of ``ipvsadm -R``. Requests are pipelined: up to ``batch``
+proves the kernel has IPVS; under uvloop, which refuses AsyncIPVS's endpoint, pyroute2's sync
+``IPVS`` does it on a worker thread). The table itself is read and written through a netlink
+socket of this module's own, with a small struct codec for the IPVS attributes: pyroute2's generic
+message classes cost ~6 ms per request under emulation (20x ``ipvsadm -R``), and a full load of
+10,000 destinations must stay within 1.5x of ``ipvsadm -R``. Requests are pipelined: up to ``batch``
 requests go to the kernel in one send; only the last of each batch asks for an ack (the kernel
 always reports errors), so a batch costs one send and one or two receives.
 
@@ -175,6 +176,30 @@ def decode_dest(a: dict[int, Any], svc_family: int) -> tuple[DestKey, int, int]:
     return key, fwd, struct.unpack("=i", a[DEST_WEIGHT])[0]
 
 
+async def _family_id() -> int:
+    """The IPVS generic-netlink family id, resolved by pyroute2 (lazy import: it costs seconds
+    under emulation). ``AsyncIPVS`` needs the stock asyncio loop (uvloop, the daemon's loop,
+    refuses its AF_NETLINK endpoint); on any other loop pyroute2's sync ``IPVS`` resolves it on a
+    worker thread."""
+    if isinstance(asyncio.get_running_loop(), asyncio.BaseEventLoop):
+        from pyroute2.ipvs import AsyncIPVS
+
+        ipvs = AsyncIPVS()
+        try:
+            await ipvs.setup_endpoint()
+            return int(ipvs.prid)
+        finally:
+            ipvs.close()
+
+    def resolve() -> int:
+        from pyroute2 import IPVS
+
+        with IPVS() as ipvs:
+            return int(ipvs.prid)
+
+    return await asyncio.to_thread(resolve)
+
+
 class IpvsDataplane:
     """The kernel IPVS table of the current network namespace, as a Dataplane."""
 
@@ -183,7 +208,6 @@ class IpvsDataplane:
     def __init__(self, *, batch: int = 512, proc: str = IPVS_PROC) -> None:
         self.batch = max(1, batch)
         self.proc = proc
-        self._ipvs: Any = None
         self._sock: socket.socket | None = None
         self._family = 0
         self._seq = 0
@@ -196,16 +220,11 @@ class IpvsDataplane:
                 f"ipvs: this kernel has no IPVS ({self.proc} missing): modprobe ip_vs, "
                 "or use the nftables data plane"
             )
-        from pyroute2.ipvs import AsyncIPVS  # lazy: costs seconds under emulation
-
-        ipvs = AsyncIPVS()
         try:
-            await ipvs.setup_endpoint()
-            family = int(ipvs.prid)
+            family = await _family_id()
         except Exception as e:
-            ipvs.close()
             raise DataplaneError(f"ipvs: cannot open the IPVS generic netlink family: {e}") from e
-        self._ipvs, self._family = ipvs, family
+        self._family = family
         sock = socket.socket(
             socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_GENERIC
         )
@@ -227,9 +246,6 @@ class IpvsDataplane:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
-        if self._ipvs is not None:
-            self._ipvs.close()
-            self._ipvs = None
 
     # ------------------------------------------------------------------ netlink plumbing
     def _header(self, cmd: int, flags: int, body: bytes) -> tuple[int, bytes]:

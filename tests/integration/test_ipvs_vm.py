@@ -38,15 +38,18 @@ def test_ipvs_suite_in_guest(tmp_path: Path) -> None:
         vm.ensure_built()
     except vm.VmUnavailable as e:
         pytest.skip(f"IPVS VM unavailable: {e}")
-    xml = tmp_path / "ipvs.xml"
+    xml = tmp_path / "out" / "ipvs.xml"
+    xml.parent.mkdir()
+    tree = vm.snapshot_tree(tmp_path / "src")  # host edits during the boot cannot tear files
     started = time.monotonic()
     r = vm.run(
         [
             sys.executable, "-m", "pytest", "tests/ipvs", "-m", "ipvs", "-p", "no:cacheprovider",
             "-v", "-rA", f"--junitxml={xml}", "-o", "junit_family=xunit1",
         ],
-        rw=[tmp_path],
+        rw=[xml.parent],
         timeout=GUEST_TIMEOUT,
+        cwd=tree,
     )  # fmt: skip
     wall = time.monotonic() - started
     print(r.stdout)

@@ -53,6 +53,18 @@ def ensure_built(timeout: float = 900) -> str:
     return r.stderr
 
 
+def snapshot_tree(dest: Path, src: Path = REPO) -> Path:
+    """Copy the working tree (no .git, no caches) to ``dest`` and return it. The guest reads the
+    host's files through a caching 9p mount: a file edited on the host DURING a boot can read
+    back torn in the guest, so a long in-guest run works on a snapshot taken before the boot."""
+    junk = shutil.ignore_patterns(
+        ".git", "__pycache__", "*.pyc", ".mypy_cache", ".ruff_cache", ".pytest_cache",
+        ".hypothesis", "*.egg-info", ".venv", "results",
+    )  # fmt: skip
+    shutil.copytree(src, dest, ignore=junk, symlinks=True)
+    return dest
+
+
 def run(
     argv: Sequence[str],
     *,

@@ -1,0 +1,39 @@
+"""pytest glue for the in-guest IPVS suite (tests/ipvs), run by tests/integration/test_ipvs_vm.py.
+
+These tests need a kernel with IPVS: on a host without ``/proc/net/ip_vs`` every test collected
+from this folder is skipped with that reason (the vm-marked host test boots the qemu guest and
+runs them there). ``clean_ipvs`` empties the kernel table before and after a test.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from ipvslab import ipvsadm
+
+IPVS_PROC = "/proc/net/ip_vs"
+HERE = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.path.exists(IPVS_PROC):
+        return
+    skip = pytest.mark.skip(
+        reason=f"no IPVS in this kernel ({IPVS_PROC} missing): runs inside the qemu guest via "
+        "tests/integration/test_ipvs_vm.py"
+    )
+    for item in items:
+        if HERE in Path(str(item.path)).resolve().parents:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def clean_ipvs() -> Iterator[None]:
+    ipvsadm("-C")
+    try:
+        yield
+    finally:
+        ipvsadm("-C")
