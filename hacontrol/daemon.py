@@ -45,6 +45,8 @@ from hacontrol.process import (
 )
 from hacontrol.status import DataplaneView, NodeView, build_status
 
+__all__ = ["Daemon", "StartError", "run_daemon"]
+
 log = logs.get("hacontrol.daemon")
 
 

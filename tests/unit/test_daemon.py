@@ -20,10 +20,11 @@ from structlog.testing import capture_logs
 
 from hacontrol.api.app import ApiServer, create_app, openapi_text
 from hacontrol.config import load
-from hacontrol.daemon import Daemon, StartError, sd_notify
+from hacontrol.daemon import Daemon
 from hacontrol.dataplane.memory import MemoryDataplane
 from hacontrol.dataplane.table import ServiceKey
 from hacontrol.health.state import Health
+from hacontrol.process import StartError, sd_notify
 
 WEB = ServiceKey("tcp", "192.0.2.10", 80)
 TIMEOUT = 10.0  # generous: the machine is shared

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 import pytest
 
@@ -16,7 +17,13 @@ from hacontrol.dataplane.table import (
 )
 from hacontrol.health.state import Health, TargetStatus
 from hacontrol.model import Config, Endpoint, RealServer, ServiceConfig
-from hacontrol.status import DataplaneView, NodeView, build_status, filter_service
+from hacontrol.status import (
+    DataplaneView,
+    HealthLookup,
+    NodeView,
+    build_status,
+    filter_service,
+)
 
 A = ipaddress.ip_address
 RS1 = RealServer(A("198.51.100.1"), 80, weight=3)
@@ -42,7 +49,7 @@ NODE = NodeView(
 WEB_KEY = ServiceKey("tcp", "192.0.2.10", 80)
 
 
-def health_of(table: dict[str, TargetStatus]) -> object:
+def health_of(table: dict[str, TargetStatus]) -> HealthLookup:
     def lookup(svc: ServiceConfig, rs: RealServer) -> TargetStatus | None:
         return table.get(str(rs.endpoint))
 
@@ -75,12 +82,12 @@ def kernel(dests: dict[DestKey, DestSpec]) -> Table:
     return {WEB_KEY: TableService(ServiceSpec("wrr"), dests)}
 
 
-def build(kern: Table | None, dp: DataplaneView | None = None) -> dict[str, object]:
+def build(kern: Table | None, dp: DataplaneView | None = None) -> dict[str, Any]:
     return build_status(
         CFG,
         NODE,
         dp or DataplaneView(kind="memory"),
-        health_of(STATUSES),  # type: ignore[arg-type]
+        health_of(STATUSES),
         kern,
         NOW,
     )
@@ -118,7 +125,7 @@ def test_document_top_level() -> None:
     assert doc["ha"] is None
 
 
-def _web(doc: dict[str, object]) -> dict[str, object]:
+def _web(doc: dict[str, Any]) -> dict[str, Any]:
     services = doc["services"]
     assert isinstance(services, list)
     return next(s for s in services if s["name"] == "web")
@@ -163,7 +170,7 @@ def test_kernel_weights_and_sorry(
 
 def test_real_server_fields() -> None:
     web = _web(build(kernel({DestKey("198.51.100.1", 80): DestSpec(3)})))
-    rs1, rs2 = web["real_servers"]  # type: ignore[misc]
+    rs1, rs2 = web["real_servers"]
     assert rs1 == {
         "address": "198.51.100.1",
         "port": 80,
@@ -183,7 +190,7 @@ def test_real_server_fields() -> None:
 
 def test_unchecked_target_is_unknown() -> None:
     doc = build(None)
-    dns = next(s for s in doc["services"] if s["name"] == "dns")  # type: ignore[attr-defined]
+    dns = next(s for s in doc["services"] if s["name"] == "dns")
     rs = dns["real_servers"][0]
     assert rs["health"] == "unknown" and rs["last_check"]["ok"] is None
     assert rs["last_check"]["age"] is None and rs["kernel_weight"] is None
