@@ -354,3 +354,28 @@ def _write(tmp: Path, backends: list[Backend], sock: Path) -> Path:
     )
     path.write_text(text)
     return path
+
+
+async def test_shared_target_checked_once_logged_per_services(
+    tmp_path: Path, backends: list[Backend], make_daemon: DaemonFactory
+) -> None:
+    port = backends[0].port
+    text = config_text(tmp_path, [port], [1])
+    second = (
+        text[text.index("  - name: web") :]
+        .replace("name: web", "name: api")
+        .replace("port: 80", "port: 81")
+    )
+    d, dp, _ = await make_daemon(text + second)
+    api_key = ServiceKey("tcp", "192.0.2.10", 81)
+    await wait_for(
+        lambda: api_key in dp.table and len(dp.table[api_key].dests) == 1 and len(weights(dp)) == 1,
+        "both services have the shared server",
+    )
+    assert len(d.health.keys()) == 1  # one probe for both services
+    with capture_logs() as logs:
+        await backends[0].close()
+        await wait_for(lambda: not weights(dp) and not dp.table[api_key].dests, "removed twice")
+    ev = [e for e in logs if e["event"] == "health.change" and "services" in e]
+    assert len(ev) == 1 and ev[0]["services"] == ["api", "web"]
+    assert d.health_summary() == [("web", 0, 1), ("api", 0, 1)]
