@@ -351,6 +351,8 @@ class Machine:
         if self.yielding and not pr.yielding:
             lose = True
             why = f"peer {pr.name} is active and this node is handing over"
+            if self.stall_until is not None:
+                why = f"peer {pr.name} took over while this node was stalled"
         elif pr.yielding and not self.yielding:
             lose, why = False, f"split brain with {pr.name}: the peer is yielding"
         else:

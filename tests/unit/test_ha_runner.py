@@ -12,11 +12,13 @@ import socket
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
 
 from hacontrol.clock import monotonic
+from hacontrol.ha.fsm_types import Role
 from hacontrol.ha.interfaces import HaIoError, TrackEvent
 from hacontrol.ha.runner import DrillError, HaRunner
 from hacontrol.ha.transport import EPOCH_FILE, load_key, next_epoch
@@ -397,3 +399,70 @@ def test_load_key(keyfile: Path) -> None:
         load_key(str(keyfile))
     with pytest.raises(ValueError, match="No such file"):
         load_key(str(keyfile) + ".missing")
+
+
+# -- one node per thread: stall one event loop while the other keeps running ------------------
+
+
+SLOW = 0.1
+
+
+class LoopThread:
+    """An event loop in its own thread (a second "process" whose loop can be frozen alone)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Any, within: float = 10.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(within)
+
+    def freeze(self, seconds: float) -> None:
+        """Like SIGSTOP + SIGCONT: the loop does nothing for ``seconds``."""
+        self.loop.call_soon_threadsafe(time.sleep, seconds)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+@pytest.fixture
+async def threaded(tmp_path: Path, world: World) -> AsyncIterator[tuple[Node, Node, LoopThread]]:
+    a, b = make_pair(tmp_path, world, interval=SLOW)  # two threads share the GIL: more slack
+    th = LoopThread()
+
+    await a.r.start()
+    th.run(b.r.start())
+    try:
+        await wait_until(lambda: (a.role, b.role) == ("active", "backup") and a.vips.held)
+        yield a, b, th
+    finally:
+        await a.r.stop(graceful=False)
+        th.run(b.r.stop(graceful=False))
+        th.close()
+
+
+async def test_frozen_backup_does_not_seize(threaded: tuple[Node, Node, LoopThread]) -> None:
+    a, b, th = threaded
+    th.freeze(1.5)  # 5 dead intervals
+    await asyncio.sleep(1.5 + 10 * SLOW)
+    assert (a.role, b.role) == ("active", "backup")
+    assert not b.vips.held and not [t for t in b.r.fsm.history if t.to_role is Role.ACTIVE]
+
+
+async def test_frozen_active_yields_to_the_peer_that_took_over(
+    threaded: tuple[Node, Node, LoopThread],
+) -> None:
+    a, b, _ = threaded
+    asyncio.get_running_loop().call_soon(time.sleep, 1.5)
+    await asyncio.sleep(0)  # a's loop (this one) is frozen now; b takes over meanwhile
+    await wait_until(lambda: a.role == "backup")
+    assert b.role == "active" and b.vips.held
+    assert "while this node was stalled" in a.r.fsm.history[-1].reason
+    await asyncio.sleep(20 * SLOW)
+    assert (a.role, b.role) == ("backup", "active")  # no flap back before preempt_delay (30 s)
+    assert len([t for t in b.r.fsm.history if t.to_role is Role.ACTIVE]) == 1
