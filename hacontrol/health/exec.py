@@ -16,7 +16,7 @@ import signal
 import subprocess
 from typing import Any
 
-from hacontrol.health.tcp import Done
+from hacontrol.health.tcp import Done, Poller
 
 __all__ = ["OUTPUT_CAP", "ExecProbe", "build_argv"]
 
@@ -75,10 +75,10 @@ class ExecProbe:
     def argv(self) -> tuple[str, ...]:
         return self._argv
 
-    def start(self, loop: asyncio.AbstractEventLoop, done: Done) -> None:
+    def start(self, poller: Poller, done: Done) -> None:
         self._done = done
         self._gen += 1
-        self._task = loop.create_task(self._spawn(loop, self._gen))
+        self._task = poller.loop.create_task(self._spawn(poller.loop, self._gen))
 
     async def _spawn(self, loop: asyncio.AbstractEventLoop, gen: int) -> None:
         kw: dict[str, Any] = {

@@ -13,13 +13,15 @@ import asyncio
 import contextlib
 import ipaddress
 import re
+import select
 import ssl
 
-from hacontrol.health.tcp import Done, TcpProbe, errno_reason
+from hacontrol.health.tcp import Done, Poller, TcpProbe, errno_reason
 from hacontrol.model import CheckConfig
 
 __all__ = ["BODY_CAP", "HttpProbe", "HttpSpec", "HttpsProbe", "tls_context"]
 
+_EPOLLIN, _EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
 BODY_CAP = 64 * 1024  # bytes of response read at most (headers + body)
 _HEAD_CAP = 8 * 1024  # a status line longer than this is not HTTP
 
@@ -143,16 +145,19 @@ class HttpProbe(TcpProbe):
             self._finish(False, errno_reason(e.errno or 0))
             return
         self._out = self._out[n:]
-        loop = self._loop
+        poller = self._poller
         if self._out:  # rare: the socket buffer was full
             if self._watch != 1:
                 self._watch = 1
-                loop.add_writer(self._fd, self._send)  # type: ignore[union-attr]
+                poller.watch(self._fd, _EPOLLOUT, self._send)  # type: ignore[union-attr]
+            else:
+                poller.rewatch(self._fd, _EPOLLOUT, self._send)  # type: ignore[union-attr]
             return
-        if self._watch == 1:
-            loop.remove_writer(self._fd)  # type: ignore[union-attr]
+        if self._watch:
+            poller.rewatch(self._fd, _EPOLLIN, self._on_read)  # type: ignore[union-attr]
+        else:
+            poller.watch(self._fd, _EPOLLIN, self._on_read)  # type: ignore[union-attr]
         self._watch = 2
-        loop.add_reader(self._fd, self._on_read)  # type: ignore[union-attr]
 
     def _on_read(self) -> None:
         sock = self._sock
@@ -287,9 +292,9 @@ class HttpsProbe:
     def _task(self) -> asyncio.Task[None] | None:
         return self._attempt.task if self._attempt is not None else None
 
-    def start(self, loop: asyncio.AbstractEventLoop, done: Done) -> None:
+    def start(self, poller: Poller, done: Done) -> None:
         attempt = self._attempt = _TlsAttempt(self._spec, done)
-        attempt.task = loop.create_task(self._connect(loop, attempt))
+        attempt.task = poller.loop.create_task(self._connect(poller.loop, attempt))
 
     async def _connect(self, loop: asyncio.AbstractEventLoop, attempt: _TlsAttempt) -> None:
         try:

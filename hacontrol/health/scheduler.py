@@ -33,7 +33,7 @@ from hacontrol.clock import Clock, monotonic
 from hacontrol.health.exec import ExecProbe
 from hacontrol.health.http import HttpProbe, HttpSpec, HttpsProbe
 from hacontrol.health.state import Health, TargetStatus
-from hacontrol.health.tcp import Probe, TcpProbe
+from hacontrol.health.tcp import Poller, Probe, TcpProbe
 from hacontrol.health.tracker import Tracker
 from hacontrol.metrics import Metrics
 from hacontrol.model import CheckConfig, RealServer, ServiceConfig
@@ -160,6 +160,7 @@ class HealthChecker:
         self._deadlines: dict[float, deque[tuple[float, _Target, int]]] = {}
         self._seq = itertools.count()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._poller: Poller | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._wake_at = math.inf
         self._last_tick = -math.inf
@@ -243,6 +244,7 @@ class HealthChecker:
         if self._loop is not None:
             return
         self._loop = asyncio.get_running_loop()
+        self._poller = Poller(self._loop)
         now = self._clock()
         self._last_tick = -math.inf
         for t in self._targets.values():
@@ -269,6 +271,9 @@ class HealthChecker:
                 t.probe.cancel()
         self._heap.clear()
         self._deadlines.clear()
+        if self._poller is not None:
+            self._poller.close()
+            self._poller = None
         if tasks:  # let cancelled https/exec tasks unwind (exec: reap the killed child)
             await asyncio.wait(tasks, timeout=0.5)
 
@@ -299,7 +304,7 @@ class HealthChecker:
                     self._timeout(t, now)
         heap = self._heap
         launched = 0
-        loop = self._loop
+        poller = self._poller
         while heap and heap[0][0] <= now and launched < MAX_LAUNCH_PER_TICK:
             due, _, t = heapq.heappop(heap)
             if not t.alive or t.inflight or t.due != due:
@@ -314,7 +319,7 @@ class HealthChecker:
                 line = self._deadlines[t.timeout] = deque()
             line.append((now + t.timeout, t, t.gen))
             try:
-                t.probe.start(loop, t.done)  # type: ignore[union-attr,arg-type]
+                t.probe.start(poller, t.done)  # type: ignore[union-attr,arg-type]
             except Exception as e:  # a probe bug must not stop the scheduler
                 self._log.error(
                     "health.probe_error",

@@ -3,33 +3,43 @@
 A probe is one attempt, with no hysteresis (that is the tracker's job). The scheduler owns one
 probe object per target and drives it through two calls:
 
-* ``start(loop, done)``: begin one attempt; later (or even before returning) call
-  ``done(ok, reason)`` exactly once, unless ``cancel()`` came first.
+* ``start(poller, done)``: begin one attempt (``poller.loop`` is the running loop); later (or
+  even before returning) call ``done(ok, reason)`` exactly once, unless ``cancel()`` came first.
 * ``cancel() -> str``: abort the attempt in flight (the scheduler's timeout or stop), release
   sockets/processes, never call ``done`` for it; returns the phase it was in (``"connecting"``),
   or ``""``, for the timeout reason.
 
 Probes never raise out of ``start``: every failure is a ``done(False, reason)`` with a short,
 operator-readable reason. To be cheap at 10,000 checks a second there is no Task, no
-``wait_for`` and no transport: a non-blocking socket, ``connect_ex`` and one
-``add_writer``/``add_reader`` callback per step (see docs/benchmarks.md).
+``wait_for``, no transport and no loop handle per check: a non-blocking socket (the C
+``_socket.socket``, skipping the Python wrapper), ``connect_ex``, and a callback per step from
+one shared epoll set (``Poller``), as in the C baseline (see docs/benchmarks.md). Sockets are
+closed with RST (SO_LINGER 0).
 """
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import errno
 import ipaddress
 import os
+import select
 import socket
+import struct
 from collections.abc import Callable
 from typing import Protocol
 
-__all__ = ["Done", "Probe", "TcpProbe", "errno_reason"]
+__all__ = ["Done", "Poller", "Probe", "TcpProbe", "errno_reason"]
 
 Done = Callable[[bool, str], None]
 
 _SOCK_TYPE = socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC
+# close with RST, not FIN: no TIME_WAIT left on the director (10,000 checks/s would otherwise
+# hold ~600,000 of them) and less kernel work per check; HAProxy's checks do the same
+_LINGER_RST = struct.pack("ii", 1, 0)
+_SOL_SOCKET, _SO_LINGER, _SO_ERROR = socket.SOL_SOCKET, socket.SO_LINGER, socket.SO_ERROR
+_EPOLLOUT, _EPOLLIN = select.EPOLLOUT, select.EPOLLIN
 
 _REASONS = {
     errno.ECONNREFUSED: "connection refused",
@@ -49,10 +59,52 @@ def errno_reason(err: int) -> str:
     return _REASONS.get(err) or os.strerror(err).lower()
 
 
+class Poller:
+    """One epoll set for every probe socket; the event loop watches only its one fd.
+
+    Registering each short-lived socket with the loop itself (``add_writer``) costs a loop handle
+    per check (uvloop allocates and frees a libuv poll handle); here a check costs one
+    ``epoll_ctl`` like the C baseline. A socket is forgotten by closing it (the kernel drops it
+    from the set); its handler is dropped from the table first, so a stale event is ignored.
+    Sockets are only created by the scheduler tick, never while events are dispatched.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self._ep = select.epoll()
+        self._handlers: dict[int, Callable[[], None]] = {}
+        loop.add_reader(self._ep.fileno(), self._dispatch)
+
+    def watch(self, fd: int, events: int, handler: Callable[[], None]) -> None:
+        self._ep.register(fd, events)
+        self._handlers[fd] = handler
+
+    def rewatch(self, fd: int, events: int, handler: Callable[[], None]) -> None:
+        self._ep.modify(fd, events)
+        self._handlers[fd] = handler
+
+    def forget(self, fd: int) -> None:
+        """Drop the handler of a socket about to be closed (closing removes it from the set)."""
+        self._handlers.pop(fd, None)
+
+    def _dispatch(self) -> None:
+        handlers = self._handlers
+        for fd, _ in self._ep.poll(0, 1024):
+            h = handlers.get(fd)
+            if h is not None:
+                h()
+
+    def close(self) -> None:
+        if not self._ep.closed:
+            self.loop.remove_reader(self._ep.fileno())
+            self._ep.close()
+        self._handlers.clear()
+
+
 class Probe(Protocol):
     kind: str
 
-    def start(self, loop: asyncio.AbstractEventLoop, done: Done) -> None: ...
+    def start(self, poller: Poller, done: Done) -> None: ...
 
     def cancel(self) -> str: ...
 
@@ -71,21 +123,22 @@ class TcpProbe:
     """Passes when a TCP connection is established; the socket is closed at once."""
 
     kind = "tcp"
-    __slots__ = ("_addr", "_done", "_family", "_fd", "_loop", "_sock", "_watch")
+    __slots__ = ("_addr", "_done", "_family", "_fd", "_poller", "_sock", "_watch")
 
     def __init__(self, address: str, port: int) -> None:
         self._family, self._addr = sockaddr(address, port)
-        self._sock: socket.socket | None = None
+        self._sock: _socket.socket | None = None
         self._fd = -1
-        self._watch = 0  # 0 none, 1 writer, 2 reader registered on the loop
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watch = 0  # 0 not in the poller, 1 waiting to write, 2 waiting to read
+        self._poller: Poller | None = None
         self._done: Done | None = None
 
-    def start(self, loop: asyncio.AbstractEventLoop, done: Done) -> None:
-        self._loop = loop
+    def start(self, poller: Poller, done: Done) -> None:
+        self._poller = poller
         self._done = done
         try:
-            sock = socket.socket(self._family, _SOCK_TYPE)
+            sock = _socket.socket(self._family, _SOCK_TYPE)
+            sock.setsockopt(_SOL_SOCKET, _SO_LINGER, _LINGER_RST)
         except OSError as e:
             done(False, errno_reason(e.errno or 0))
             return
@@ -94,7 +147,7 @@ class TcpProbe:
         err = sock.connect_ex(self._addr)
         if err == errno.EINPROGRESS:
             self._watch = 1
-            loop.add_writer(fd, self._on_connect)
+            poller.watch(fd, _EPOLLOUT, self._on_connect)
         elif err == 0:
             self._connected()
         else:
@@ -104,9 +157,7 @@ class TcpProbe:
         sock = self._sock
         if sock is None:
             return
-        self._loop.remove_writer(self._fd)  # type: ignore[union-attr]
-        self._watch = 0
-        err = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        err = sock.getsockopt(_SOL_SOCKET, _SO_ERROR)
         if err:
             self._finish(False, errno_reason(err))
         else:
@@ -120,11 +171,9 @@ class TcpProbe:
         sock = self._sock
         if sock is None:
             return
-        if self._watch == 1:
-            self._loop.remove_writer(self._fd)  # type: ignore[union-attr]
-        elif self._watch == 2:
-            self._loop.remove_reader(self._fd)  # type: ignore[union-attr]
-        self._watch = 0
+        if self._watch:
+            self._poller.forget(self._fd)  # type: ignore[union-attr]
+            self._watch = 0
         self._sock = None
         sock.close()
 

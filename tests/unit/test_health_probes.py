@@ -21,7 +21,7 @@ import uvloop
 
 from hacontrol.health.exec import ExecProbe, build_argv
 from hacontrol.health.http import HttpProbe, HttpSpec, HttpsProbe
-from hacontrol.health.tcp import Probe, TcpProbe
+from hacontrol.health.tcp import Poller, Probe, TcpProbe
 from hacontrol.model import CheckConfig
 
 # Both loops: the daemon runs on uvloop when available, stock asyncio otherwise. (Overriding
@@ -43,8 +43,12 @@ def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLo
 async def attempt(probe: Probe, limit: float = 5.0) -> tuple[bool, str]:
     loop = asyncio.get_running_loop()
     fut: asyncio.Future[tuple[bool, str]] = loop.create_future()
-    probe.start(loop, lambda ok, reason: fut.set_result((ok, reason)))
-    return await asyncio.wait_for(fut, limit)
+    poller = Poller(loop)
+    try:
+        probe.start(poller, lambda ok, reason: fut.set_result((ok, reason)))
+        return await asyncio.wait_for(fut, limit)
+    finally:
+        poller.close()
 
 
 async def eventually(pred: Callable[[], bool], limit: float) -> bool:
@@ -110,12 +114,14 @@ async def test_tcp_connected_and_refused() -> None:
 
 async def test_tcp_cancel_releases_socket() -> None:
     p = TcpProbe("127.0.0.1", free_port())
+    poller = Poller(asyncio.get_running_loop())
     fds = len(os.listdir("/proc/self/fd"))
     called: list[object] = []
-    p.start(asyncio.get_running_loop(), lambda ok, r: called.append(r))
+    p.start(poller, lambda ok, r: called.append(r))
     p.cancel()
     await asyncio.sleep(0.05)
     assert len(os.listdir("/proc/self/fd")) <= fds
+    poller.close()
     assert called in ([], ["connection refused"])  # refused synchronously, or never reported
 
 
@@ -244,11 +250,13 @@ async def test_http_no_answer_then_cancel() -> None:
     async with serve(hang) as srv:
         p = HttpProbe(spec(), "127.0.0.1", srv.port)
         got: list[object] = []
-        p.start(asyncio.get_running_loop(), lambda ok, r: got.append(r))
+        poller = Poller(asyncio.get_running_loop())
+        p.start(poller, lambda ok, r: got.append(r))
         assert await eventually(lambda: bool(srv0.stuck), 5)
         await asyncio.sleep(0.05)
         assert p.cancel() == "no response"
         assert got == []
+        poller.close()
 
 
 def make_cert(tmp: Path) -> tuple[Path, Path]:
@@ -363,10 +371,12 @@ async def test_exec_cancel_kills_process_group(tmp_path: Path) -> None:
     script = f"sleep 30 & echo $! > {pidfile}; wait"
     p = ExecProbe(("sh", "-c", script), "127.0.0.1", 1)
     got: list[object] = []
-    p.start(asyncio.get_running_loop(), lambda ok, r: got.append(r))
+    poller = Poller(asyncio.get_running_loop())
+    p.start(poller, lambda ok, r: got.append(r))
     assert await eventually(lambda: _pid_written(pidfile), 10)
     grandchild = int(pidfile.read_text())
     assert not _gone(grandchild)
     p.cancel()
     assert await eventually(lambda: _gone(grandchild), 5)
     assert got == []
+    poller.close()

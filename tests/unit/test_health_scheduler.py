@@ -20,7 +20,7 @@ from structlog.testing import capture_logs
 from hacontrol.health import scheduler as sched
 from hacontrol.health.scheduler import CheckKey, HealthChecker, check_key
 from hacontrol.health.state import Health, TargetStatus
-from hacontrol.health.tcp import Done
+from hacontrol.health.tcp import Done, Poller
 from hacontrol.metrics import Metrics
 from hacontrol.model import CheckConfig, RealServer, ServiceConfig
 
@@ -43,11 +43,11 @@ class FakeProbe:
         self.starts: list[float] = []
         self.cancels = 0
 
-    def start(self, loop: asyncio.AbstractEventLoop, done: Done) -> None:
+    def start(self, poller: Poller, done: Done) -> None:
         r = self.results[len(self.starts) % len(self.results)]
         self.starts.append(time.monotonic())
         if r is not None:
-            loop.call_soon(done, r, "connected" if r else "connection refused")
+            poller.loop.call_soon(done, r, "connected" if r else "connection refused")
 
     def cancel(self) -> str:
         self.cancels += 1
