@@ -147,6 +147,10 @@ async def wait_until(cond: Callable[[], bool], within: float = 5.0) -> float:
     return monotonic() - t0
 
 
+def summary_of(health: list[tuple[str, int, int]]) -> Callable[[], list[tuple[str, int, int]]]:
+    return lambda: list(health)
+
+
 def make_pair(tmp_path: Path, world: World, **over: object) -> tuple[Node, Node]:
     sa, sb = udp(), udp()
     base = HAConfig(
@@ -176,7 +180,7 @@ def make_pair(tmp_path: Path, world: World, **over: object) -> tuple[Node, Node]
             metrics=Metrics(),
             vips=vips,
             notifier=notifier,
-            health_summary=lambda h=health: list(h),
+            health_summary=summary_of(health),
             digest="ab" * 32,
             state_dir=str(tmp_path / name),
             tracker=tracker,
