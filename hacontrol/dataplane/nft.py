@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import json
 import math
+import os
 from collections.abc import Sequence
 from functools import reduce
 from typing import Any
@@ -361,21 +362,30 @@ class NftDataplane:
     # -- the Dataplane protocol -----------------------------------------------------------------
 
     async def _nft(self, *args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
+        """Run nft. A batch goes in through a memfd, not a pipe: nft opens ``-f -`` as
+        /dev/stdin, which fails on the socketpairs uvloop uses for subprocess pipes."""
         argv = ["nft", *args]
         if self.netns:
             argv = ["ip", "netns", "exec", self.netns, *argv]
+        fd = os.memfd_create("hacontrol-nft")
         try:
-            proc = await asyncio.create_subprocess_exec(
-                *argv,
-                stdin=asyncio.subprocess.PIPE,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-        except OSError as e:
-            raise DataplaneError(f"nftables: cannot run nft: {e}") from e
+            if stdin:
+                os.write(fd, stdin)
+                os.lseek(fd, 0, os.SEEK_SET)
+            try:
+                proc = await asyncio.create_subprocess_exec(
+                    *argv,
+                    stdin=fd,
+                    stdout=asyncio.subprocess.PIPE,
+                    stderr=asyncio.subprocess.PIPE,
+                )
+            except OSError as e:
+                raise DataplaneError(f"nftables: cannot run nft: {e}") from e
+        finally:
+            os.close(fd)
         try:
             async with asyncio.timeout(self.timeout):
-                out, err = await proc.communicate(stdin)
+                out, err = await proc.communicate()
         except TimeoutError:
             proc.kill()
             await proc.wait()
