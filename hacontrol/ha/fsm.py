@@ -23,27 +23,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from hacontrol.ha.fsm_types import (  # the machine's vocabulary
-    Action,
-    Announce,
-    DrillFault,
-    DrillHandover,
-    Event,
-    LocalFault,
-    LocalHealth,
-    Log,
-    Notify,
-    PeerHeard,
-    PeerView,
-    ReleaseVips,
-    Role,
-    SendHeartbeatNow,
-    Start,
-    Stop,
-    TakeVips,
-    Tick,
-    Transition,
-)
+from hacontrol.ha import fsm_types as ft
+from hacontrol.ha.fsm_types import PeerView, Role, Transition
 
 R = Role
 TRANSITIONS: dict[Role, frozenset[Role]] = {
@@ -154,63 +135,64 @@ class Machine:
 
     # -- the guarded setter ----------------------------------------------------------------
 
-    def move(self, now: float, to: Role, reason: str) -> list[Action]:
+    def move(self, now: float, to: Role, reason: str) -> list[ft.Action]:
         if to not in TRANSITIONS[self.role]:
             raise IllegalTransition(f"{self.role.name} -> {to.name} ({reason})")
         old, self.role, self.since, self.reason = self.role, to, now, reason
         self.history.append(Transition(now, old, to, reason))
         self.preempt_since = None
         self.handover_until = None
-        acts: list[Action] = []
+        acts: list[ft.Action] = []
         if to is Role.ACTIVE:
-            acts += [TakeVips(adopt=self.vips_present), Announce(), SendHeartbeatNow()]
+            acts += [ft.TakeVips(adopt=self.vips_present), ft.Announce(), ft.SendHeartbeatNow()]
             self.vips_present = False
         elif to in (Role.BACKUP, Role.FAULT):
-            acts.append(ReleaseVips())
+            acts.append(ft.ReleaseVips())
             self.vips_present = False
             self.stall_until = None
         fields = (("from_role", old.name.lower()), ("to_role", to.name.lower()))
-        return [*acts, Log("ha.transition", reason, fields=fields), Notify(to.name.lower(), reason)]
+        acts.append(ft.Log("ha.transition", reason, fields=fields))
+        return [*acts, ft.Notify(to.name.lower(), reason)]
 
     # -- events ----------------------------------------------------------------------------
 
-    def step(self, ev: Event) -> list[Action]:
+    def step(self, ev: ft.Event) -> list[ft.Action]:
         now = ev.now
         acts = self._watch_stall(now)
         if self.role is Role.STOPPING:
             return acts + self._stopping(ev)
         match ev:
-            case Start(vips_present=present):
+            case ft.Start(vips_present=present):
                 self.vips_present = present
                 self.listen_until = now + self.p.dead_interval
-            case PeerHeard():
+            case ft.PeerHeard():
                 acts += self._heard(ev)
-            case LocalFault(name=name, failed=failed, blocking=blocking, reason=why):
+            case ft.LocalFault(name=name, failed=failed, blocking=blocking, reason=why):
                 if failed:
                     self.faults[name] = (blocking, why)
                 else:
                     self.faults.pop(name, None)
-                acts.append(Log("ha.track", why, fields=(("item", name), ("failed", failed))))
-            case LocalHealth(healthy=h, total=t):
+                acts.append(ft.Log("ha.track", why, fields=(("item", name), ("failed", failed))))
+            case ft.LocalHealth(healthy=h, total=t):
                 self.local_healthy, self.local_total = h, t
-            case DrillHandover():
+            case ft.DrillHandover():
                 acts += self._begin_handover(now, "drill: planned handover")
-            case DrillFault(seconds=secs):
+            case ft.DrillFault(seconds=secs):
                 if self.role is not Role.ACTIVE:
-                    acts.append(Log("ha.drill_refused", "fault drill: this node is not active"))
+                    acts.append(ft.Log("ha.drill_refused", "fault drill: this node is not active"))
                 else:
                     self.drill_until = now + secs
                     acts += self.move(now, Role.FAULT, f"drill: behave as dead for {secs:g}s")
-            case Stop():
+            case ft.Stop():
                 return acts + self._stop(now)
-            case Tick():
+            case ft.Tick():
                 if self.drill_until is not None and now >= self.drill_until:
                     self.drill_until = None
                     self.listen_until = max(self.listen_until, now + self.p.dead_interval)
-                    acts.append(Log("ha.drill_end", "fault drill over"))
+                    acts.append(ft.Log("ha.drill_end", "fault drill over"))
         return acts + self._evaluate(now)
 
-    def _watch_stall(self, now: float) -> list[Action]:
+    def _watch_stall(self, now: float) -> list[ft.Action]:
         last, self._last_event = self._last_event, now
         if last is None or now - last <= self.p.stall_factor * self.p.interval:
             return []
@@ -220,34 +202,27 @@ class Machine:
             self.stall_until = self.listen_until
         gap = round(now - last, 3)
         why = f"event loop stalled {gap}s; listening a fresh dead interval"
-        return [Log("ha.stall", why, level="warning", fields=(("gap", gap),))]
+        return [ft.Log("ha.stall", why, level="warning", fields=(("gap", gap),))]
 
-    def _heard(self, ev: PeerHeard) -> list[Action]:
-        acts: list[Action] = []
+    def _heard(self, ev: ft.PeerHeard) -> list[ft.Action]:
+        acts: list[ft.Action] = []
         old = self.peer
         if old is None or old.digest_match != ev.digest_match:
             if not ev.digest_match:
                 why = f"peer {ev.name} runs a different config (digest mismatch)"
-                acts.append(Log("ha.config_mismatch", why, level="error"))
+                acts.append(ft.Log("ha.config_mismatch", why, level="error"))
             elif old is not None:
-                acts.append(Log("ha.config_match", f"peer {ev.name} config digest matches again"))
-        self.peer = PeerView(
-            ev.name,
-            ev.role,
-            ev.priority,
-            ev.effective_priority,
-            ev.blocked,
-            ev.yielding,
-            ev.healthy,
-            ev.now,
-            ev.digest_match,
-        )
+                why = f"peer {ev.name} config digest matches again"
+                acts.append(ft.Log("ha.config_match", why))
+        e = ev
+        self.peer = PeerView(e.name, e.role, e.priority, e.effective_priority, e.blocked,
+                             e.yielding, e.healthy, e.now, e.digest_match)  # fmt: skip
         was_alive = old is not None and ev.now - old.last_heard <= self.p.dead_interval
         back = not was_alive or (old is not None and old.role is Role.ACTIVE)
         if self.role is Role.ACTIVE and ev.role not in (Role.ACTIVE, Role.STARTING) and back:
             # the peer may have held the VIPs while we could not hear it: re-announce
             why = f"peer {ev.name} is back as {ev.role.name.lower()}"
-            acts += self._reassert(ev.now, Log("ha.peer_returned", why))
+            acts += self._reassert(ev.now, ft.Log("ha.peer_returned", why))
         if not (ev.handover and ev.role in (Role.ACTIVE, Role.STOPPING)):
             return acts
         # the peer hands over: take at once, without waiting for the dead interval
@@ -255,26 +230,26 @@ class Machine:
         if self.role in (Role.STARTING, Role.BACKUP) and not self.blocked:
             acts += self.move(ev.now, Role.ACTIVE, why)
         elif self.role is Role.ACTIVE and self.handover_until is None:
-            acts += self._reassert(ev.now, Log("ha.handover_received", why))
+            acts += self._reassert(ev.now, ft.Log("ha.handover_received", why))
         return acts
 
-    def _reassert(self, now: float, log: Log) -> list[Action]:
+    def _reassert(self, now: float, log: ft.Log) -> list[ft.Action]:
         """Re-announce the VIPs (at most once per dead interval) after a peer let them go."""
         if now - self._last_split_announce < self.p.dead_interval:
             return []
         self._last_split_announce = now
-        return [log, Announce(), SendHeartbeatNow()]
+        return [log, ft.Announce(), ft.SendHeartbeatNow()]
 
-    def _evaluate(self, now: float) -> list[Action]:
-        acts: list[Action] = []
+    def _evaluate(self, now: float) -> list[ft.Action]:
+        acts: list[ft.Action] = []
         for _ in range(3):  # FAULT -> BACKUP -> ACTIVE may chain within one event
             more = self._evaluate_once(now)
             acts += more
-            if not any(isinstance(a, Log) and a.event == "ha.transition" for a in more):
+            if not any(isinstance(a, ft.Log) and a.event == "ha.transition" for a in more):
                 break
         return acts
 
-    def _evaluate_once(self, now: float) -> list[Action]:
+    def _evaluate_once(self, now: float) -> list[ft.Action]:
         pr, alive = self.peer, self.peer_alive(now)
         if self.role is Role.FAULT:
             if not self.blocked:
@@ -296,7 +271,7 @@ class Machine:
             return self._evaluate_backup(now)
         return self._evaluate_active(now)
 
-    def _evaluate_backup(self, now: float) -> list[Action]:
+    def _evaluate_backup(self, now: float) -> list[ft.Action]:
         pr, alive = self.peer, self.peer_alive(now)
         if self.blocked:
             return self.move(now, Role.FAULT, self._fault_reason())
@@ -324,16 +299,17 @@ class Machine:
             return self.move(now, Role.ACTIVE, why + f" for {self.p.preempt_delay:g}s")
         return []
 
-    def _evaluate_active(self, now: float) -> list[Action]:
+    def _evaluate_active(self, now: float) -> list[ft.Action]:
         pr, alive = self.peer, self.peer_alive(now)
-        acts: list[Action] = []
+        acts: list[ft.Action] = []
         if self.stall_until is not None and now >= self.stall_until:
             self.stall_until = None  # nobody took over while we stalled: reassert the VIPs
-            acts += [TakeVips(adopt=True), Announce(), Log("ha.stall_over", "no active peer")]
+            over = ft.Log("ha.stall_over", "no active peer")
+            acts += [ft.TakeVips(adopt=True), ft.Announce(), over]
         if self.handover_until is not None and now >= self.handover_until:
             self.handover_until = None
             why = f"handover timed out ({self.handover_reason}); keeping the VIPs"
-            acts.append(Log("ha.handover_failed", why, level="warning"))
+            acts.append(ft.Log("ha.handover_failed", why, level="warning"))
         if pr is None or not alive:
             return acts
         if pr.role is Role.ACTIVE:
@@ -347,7 +323,7 @@ class Machine:
                 acts += self._begin_handover(now, f"{why}); peer {self._peer_desc()} is better")
         return acts
 
-    def _split_brain(self, now: float, pr: PeerView) -> list[Action]:
+    def _split_brain(self, now: float, pr: PeerView) -> list[ft.Action]:
         if self.yielding and not pr.yielding:
             lose = True
             why = f"peer {pr.name} is active and this node is handing over"
@@ -361,32 +337,32 @@ class Machine:
         if lose:
             target = Role.FAULT if self.blocked else Role.BACKUP
             return self.move(now, target, why)
-        return self._reassert(now, Log("ha.split_brain", why, level="warning"))
+        return self._reassert(now, ft.Log("ha.split_brain", why, level="warning"))
 
-    def _begin_handover(self, now: float, why: str) -> list[Action]:
+    def _begin_handover(self, now: float, why: str) -> list[ft.Action]:
         pr = self.peer
         if self.role is not Role.ACTIVE:
-            return [Log("ha.handover_refused", f"{why}: this node is not active")]
+            return [ft.Log("ha.handover_refused", f"{why}: this node is not active")]
         if pr is None or not self.peer_alive(now) or pr.blocked or pr.role is not Role.BACKUP:
-            return [Log("ha.handover_refused", f"{why}: no backup peer able to take over")]
+            return [ft.Log("ha.handover_refused", f"{why}: no backup peer able to take over")]
         self.handover_until, self.handover_reason = now + self.p.handover_wait, why
-        return [Log("ha.handover", why), SendHeartbeatNow()]
+        return [ft.Log("ha.handover", why), ft.SendHeartbeatNow()]
 
-    def _stop(self, now: float) -> list[Action]:
+    def _stop(self, now: float) -> list[ft.Action]:
         active = self.role is Role.ACTIVE
         pr = self.peer
         able = pr is not None and self.peer_alive(now) and not pr.blocked
         acts = self.move(now, Role.STOPPING, "stop requested")
         if active and able:
             self.handover_until, self.handover_reason = now + self.p.handover_wait, "stopping"
-            return [*acts, SendHeartbeatNow()]
+            return [*acts, ft.SendHeartbeatNow()]
         self.done = True
-        return [*acts, ReleaseVips()]
+        return [*acts, ft.ReleaseVips()]
 
-    def _stopping(self, ev: Event) -> list[Action]:
+    def _stopping(self, ev: ft.Event) -> list[ft.Action]:
         if self.done:
             return []
-        if isinstance(ev, PeerHeard):
+        if isinstance(ev, ft.PeerHeard):
             self._heard(ev)
         pr = self.peer
         taken = pr is not None and pr.role is Role.ACTIVE and self.peer_alive(ev.now)
@@ -395,7 +371,7 @@ class Machine:
             return []
         self.done, self.handover_until = True, None
         why = "peer took over" if taken else "handover timed out; releasing anyway"
-        return [ReleaseVips(), Log("ha.stopped", why)]
+        return [ft.ReleaseVips(), ft.Log("ha.stopped", why)]
 
     # -- helpers ---------------------------------------------------------------------------
 
