@@ -24,6 +24,7 @@ import platform
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -195,7 +196,10 @@ def in_vm(argv: list[str]) -> int:
         argv[argv.index("--json") + 1] = str(out)
         rw.append(out.parent)
     print(f"[bench] no IPVS on this host: running in the qemu guest ({vm.cache_dir()})", flush=True)
-    r = vm.run([sys.executable, str(Path(__file__).resolve()), *argv], rw=rw, timeout=1800)
+    with tempfile.TemporaryDirectory(prefix="hacontrol-bench-") as tmp:
+        tree = vm.snapshot_tree(Path(tmp) / "src")  # edits during the boot cannot tear files
+        script = tree / "bench" / Path(__file__).name
+        r = vm.run([sys.executable, str(script), *argv], rw=rw, timeout=1800, cwd=tree)
     print(r.stdout, end="")
     return int(r.returncode)
 

@@ -24,12 +24,13 @@ the actions are still applied (the reconciler retries against a fresh snapshot).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import ipaddress
 import os
 import socket
 import struct
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from hacontrol import logs
@@ -176,6 +177,23 @@ def decode_dest(a: dict[int, Any], svc_family: int) -> tuple[DestKey, int, int]:
     return key, fwd, struct.unpack("=i", a[DEST_WEIGHT])[0]
 
 
+def _netlink_socket() -> socket.socket:
+    """A non-blocking generic-netlink socket with short acks and a large receive buffer."""
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_GENERIC)
+    try:
+        sock.setblocking(False)
+        sock.bind((0, 0))
+        sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)  # acks without the request echoed
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 << 20)
+        except OSError:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
+    except OSError as e:
+        sock.close()
+        raise DataplaneError(f"ipvs: netlink socket: {e}") from e
+    return sock
+
+
 async def _family_id() -> int:
     """The IPVS generic-netlink family id, resolved by pyroute2 (lazy import: it costs seconds
     under emulation). ``AsyncIPVS`` needs the stock asyncio loop (uvloop, the daemon's loop,
@@ -225,21 +243,7 @@ class IpvsDataplane:
         except Exception as e:
             raise DataplaneError(f"ipvs: cannot open the IPVS generic netlink family: {e}") from e
         self._family = family
-        sock = socket.socket(
-            socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC, NETLINK_GENERIC
-        )
-        try:
-            sock.setblocking(False)
-            sock.bind((0, 0))
-            sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)  # acks without the request
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 8 << 20)
-            except OSError:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-        except OSError as e:
-            sock.close()
-            raise DataplaneError(f"ipvs: netlink socket: {e}") from e
-        self._sock = sock
+        self._sock = _netlink_socket()
         log.info("ipvs.open", family_id=family, reason="kernel has IPVS")
 
     async def close(self) -> None:
@@ -332,8 +336,22 @@ class IpvsDataplane:
                 off += max(16, (n + 3) & ~3)
 
     # ------------------------------------------------------------------ Dataplane protocol
-    async def snapshot(self, owned: set[ServiceKey]) -> Table:
+    @contextlib.asynccontextmanager
+    async def _exchange(self) -> AsyncIterator[None]:
+        """One request/response exchange at a time; if it is interrupted (error, cancellation,
+        timeout) the socket may hold half a dump or stale acks: start over with a fresh one."""
         async with self._lock:
+            self._need()
+            try:
+                yield
+            except BaseException:
+                if self._sock is not None:
+                    self._sock.close()
+                    self._sock = _netlink_socket()
+                raise
+
+    async def snapshot(self, owned: set[ServiceKey]) -> Table:
+        async with self._exchange():
             table: Table = {}
             for attrs in await self._dump(CMD["get_service"], b""):
                 decoded = decode_service(attrs)
@@ -377,7 +395,7 @@ class IpvsDataplane:
         """Apply ``actions`` in order (``desired`` is not needed by an incremental plane)."""
         if not actions:
             return
-        async with self._lock:
+        async with self._exchange():
             cache: dict[ServiceKey, bytes] = {}
             errors: list[tuple[Action, int]] = []
             retries: list[tuple[Action, int, bytes]] = []
