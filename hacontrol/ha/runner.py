@@ -40,6 +40,11 @@ class _Renew:
     """Internal action: push the lease forward."""
 
 
+def _fit(name: str) -> str:
+    """A service name cut to the wire's 64 UTF-8 bytes (never empty)."""
+    return name.encode()[: pk.MAX_NAME].decode("utf-8", "ignore") or "-"
+
+
 def _ms_ago(now: float, at: float | None) -> int:
     if at is None:
         return pk.NO_TIME
@@ -203,10 +208,13 @@ class HaRunner:
         next_at = self.clock()
         while True:
             now = self.clock()
-            self._feed_health(now)
-            self._feed(ft.Tick(now))
-            self._maybe_renew(now)
-            self._send_heartbeat(now)
+            try:
+                self._feed_health(now)
+                self._feed(ft.Tick(now))
+                self._maybe_renew(now)
+                self._send_heartbeat(now)
+            except Exception as e:  # a bug: keep ticking (and heartbeating), loudly
+                log.exception("ha.tick_error", reason=repr(e))
             next_at = max(next_at + interval, now + interval / 10)
             await asyncio.sleep(max(0.0, next_at - self.clock()))
 
@@ -246,7 +254,7 @@ class HaRunner:
             node=self.node, role=pk.WireRole(int(m.role)), priority=self.params.priority,
             effective_priority=min(254, m.effective_priority(now)), epoch=0, seq=0,
             digest=self.digest, flags=flags,
-            health=tuple(pk.ServiceHealth(n[:64], min(h, t, 65535), min(t, 65535))
+            health=tuple(pk.ServiceHealth(_fit(n), min(h, t, 65535), min(t, 65535))
                          for n, h, t in summary),
             takeover=pk.Takeover(
                 _ms_ago(now, mk.get("detected")), _ms_ago(now, mk.get("vip_added")),
@@ -368,6 +376,7 @@ class HaRunner:
             "peer": peer, "peers_configured": [str(p) for p in self.cfg.peers],
             "vips": self.vips.describe(), "vips_held": self._held, "lease": self.cfg.lease,
             "epoch": self.epoch,
+            "last_takeover": {k: ago(v) for k, v in self._marks.items()},
             "heartbeats": {
                 "sent": dict(t.sent) if t else {}, "received": dict(t.received) if t else {},
                 "rejected": {k: v for k, v in (t.dropped if t else {}).items() if v},

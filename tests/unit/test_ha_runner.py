@@ -313,6 +313,16 @@ async def test_blocking_fault_hands_over_and_recovers(pair: tuple[Node, Node]) -
     assert b.role == "active"  # preempt_delay is 30 s: no flip back yet
 
 
+async def test_odd_health_summaries_do_not_stop_heartbeats(pair: tuple[Node, Node]) -> None:
+    a, b = pair
+    a.health[:] = [("é" * 40, 1, 1)] + [(f"svc{i}", 1, 1) for i in range(40)]  # 80 bytes, 41
+    before = a.r.transport.sent if a.r.transport else {}
+    n = sum(before.values())
+    await wait_until(lambda: a.r.transport is not None and sum(a.r.transport.sent.values()) > n + 3)
+    assert b.r.fsm.peer is not None and b.r.fsm.peer.healthy == 16  # the first 16, sorted
+    a.health[:] = [("web", 2, 2)]
+
+
 async def test_no_healthy_servers_hands_over(pair: tuple[Node, Node]) -> None:
     a, b = pair
     a.health[0] = ("web", 0, 2)
