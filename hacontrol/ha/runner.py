@@ -96,6 +96,7 @@ class HaRunner:
         self._announce_count = 0
         self._idle = asyncio.Event()
         self._idle.set()
+        self._deadline: asyncio.TimerHandle | None = None
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -120,6 +121,7 @@ class HaRunner:
         self._set_role_gauge()
         log.info("ha.start", epoch=self.epoch, vips_present=present, reason="listening first")
         self._feed(ft.Start(now, present))
+        self._arm_deadline()
         self._tasks = [
             asyncio.create_task(self._tick_loop(), name="ha-tick"),
             asyncio.create_task(self._worker(), name="ha-actions"),
@@ -137,6 +139,8 @@ class HaRunner:
             with contextlib.suppress(TimeoutError):
                 await self._wait(lambda: self.fsm.done, bound)
             await self._drain(5.0)
+        if self._deadline is not None:
+            self._deadline.cancel()
         for t in self._tasks:
             t.cancel()
         for t in [*self._tasks, *self._side]:
@@ -175,6 +179,7 @@ class HaRunner:
             return
         self._paths[path] = now
         self._peer_last, self._peer_last_at = msg, now
+        self._arm_deadline()
         role = Role(int(msg.role))
         if role is Role.ACTIVE and self._peer_active_at is None:
             self._peer_active_at = now
@@ -202,6 +207,21 @@ class HaRunner:
             log.error("ha.track_error", reason=f"tracker stopped: {e!r}")
 
     # -- timers ----------------------------------------------------------------------------
+
+    def _arm_deadline(self) -> None:
+        """An extra tick just after the peer's dead interval would end (or this node's start-up
+        listen): failure is then detected at the dead interval, not up to one tick later."""
+        if self._deadline is not None:
+            self._deadline.cancel()
+        delay = self.params.dead_interval + min(0.002, self.cfg.interval / 10)
+        self._deadline = asyncio.get_running_loop().call_later(delay, self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        self._deadline = None
+        try:
+            self._feed(ft.Tick(self.clock()))
+        except Exception as e:
+            log.exception("ha.tick_error", reason=repr(e))
 
     async def _tick_loop(self) -> None:
         interval = self.cfg.interval
