@@ -4,10 +4,10 @@ Roles and the only legal moves are in ``TRANSITIONS``; ``Machine.move`` refuses 
 The runner (hacontrol.ha.runner) feeds it timer ticks, heartbeats heard, local faults, drills and
 stop, and executes the returned actions. Rules (docs/ha-wire.md has the prose):
 
-- Election: higher effective priority wins; on a tie the lexicographically LOWER node name wins.
-  A node with a blocking fault (gateway lost, tracked interface down) never wins against one
-  without. Effective priority = priority - penalty x (failed tracked items, + 1 if this node has
-  no healthy real server while the live peer has some), floored at 0.
+- Election, in order: no blocking fault (gateway lost, tracked interface down) beats one; having
+  healthy real servers beats having none while the peer has some; higher effective priority; on
+  a tie the lexicographically LOWER node name. Effective priority = priority - penalty x (failed
+  tracked items, + 1 if no healthy real server here while the live peer has some), floor 0.
 - The peer is dead after ``interval x dead_after`` of silence, but never before ``listen_until``:
   the end of the start-up listen, or a fresh dead interval after this node's own loop stalled.
 - Preemption (``preempt``): a backup whose effective priority is strictly higher than the active
