@@ -343,7 +343,8 @@ class Machine:
         pr = self.peer
         if self.role is not Role.ACTIVE:
             return [ft.Log("ha.handover_refused", f"{why}: this node is not active")]
-        if pr is None or not self.peer_alive(now) or pr.blocked or pr.role is not Role.BACKUP:
+        able = pr is not None and pr.role in (Role.BACKUP, Role.STARTING) and not pr.blocked
+        if pr is None or not able or not self.peer_alive(now):
             return [ft.Log("ha.handover_refused", f"{why}: no backup peer able to take over")]
         self.handover_until, self.handover_reason = now + self.p.handover_wait, why
         return [ft.Log("ha.handover", why), ft.SendHeartbeatNow()]

@@ -429,7 +429,7 @@ class HaRunner:
     async def _peer_announced(self, within: float) -> None:
         def seen() -> bool:
             msg = self._peer_last
-            return msg is not None and msg.takeover.announced_ago_ms != pk.NO_TIME
+            return msg is not None and msg.takeover.announce_count > 0
 
         with contextlib.suppress(TimeoutError):
             await self._wait(lambda: self._peer_active_at is not None and seen(), within)
@@ -468,8 +468,9 @@ class HaRunner:
         """Unplanned-failover rehearsal: this active node drops its VIPs and goes silent for
         ``seconds`` (it keeps listening, to time the peer's takeover). ``gap`` is the time from
         the fault until the peer's first announcement of the VIPs."""
-        if not 0 < seconds <= 600:
-            raise DrillError("seconds must be in (0, 600]")
+        if not self.params.dead_interval < seconds <= 600:
+            dead = f"{self.params.dead_interval:g}"
+            raise DrillError(f"seconds must exceed the dead interval ({dead}s) and be <= 600")
         if self.fsm.role is not Role.ACTIVE:
             raise DrillError(f"this node is {self.role}, not active")
         t0 = self.clock()

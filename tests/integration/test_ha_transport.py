@@ -5,13 +5,16 @@ UDP socket are dropped and counted by reason, and never reach the receiver's cal
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import dataclasses
 import ipaddress
 import os
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -235,3 +238,171 @@ async def test_two_paths_reordered_are_all_accepted(lab: NetnsLab) -> None:
     finally:
         for t in (ta, tb1, tb2):
             t.close()
+
+
+# -- the runner over this transport and the real VIP group, one namespace per director ---------
+
+
+class NsLoop:
+    """An event loop in a thread that lives in ``ns``: every socket the code running on it opens
+    (UDP, netlink, AF_PACKET) belongs to that namespace, as in a daemon started there."""
+
+    def __init__(self, ns: Ns) -> None:
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                in_netns_here(ns)
+            except BaseException as e:
+                errors.append(e)
+                ready.set()
+                return
+            ready.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        ready.wait(10)
+        if errors:
+            raise errors[0]
+
+    def run(self, coro: Any, within: float = 30.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(within)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+def in_netns_here(ns: Ns) -> None:
+    libc = ctypes.CDLL(None, use_errno=True)
+    fd = os.open(f"/run/netns/{ns.name}", os.O_RDONLY)
+    try:
+        if libc.setns(fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns")
+    finally:
+        os.close(fd)
+
+
+VIP = "192.0.2.100"
+
+
+def vip_holders(lab: NetnsLab) -> set[str]:
+    return {n for n in ("a", "b") if f"{VIP}/24" in lab[n].ip("-4", "addr", "show", "eth0").stdout}
+
+
+def mac_of(ns: Ns) -> str:
+    return ns.ip("-br", "link", "show", "eth0").stdout.split()[2]
+
+
+def client_neigh(ns: Ns) -> str | None:
+    """The client's neighbour entry for the VIP, read with pyroute2 inside its namespace."""
+    from pyroute2 import IPRoute
+
+    def read() -> str | None:
+        with IPRoute() as ipr:
+            for n in ipr.get_neighbours(dst=VIP):
+                mac = n.get_attr("NDA_LLADDR")
+                if mac:
+                    return str(mac)
+        return None
+
+    found: str | None = in_netns(ns, read)
+    return found
+
+
+def touch_vip(ns: Ns) -> None:
+    """One UDP datagram to the VIP from ``ns``: makes its kernel resolve the VIP's MAC."""
+
+    def send() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(b"hello", (VIP, 9))
+
+    in_netns(ns, send)
+
+
+def wait_sync(cond: Callable[[], bool], within: float = 15.0) -> None:
+    deadline = time.monotonic() + within
+    while not cond():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met")
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def cluster() -> Iterator[NetnsLab]:
+    with NetnsLab() as lab:
+        sw = lab.add("sw")
+        lab.bridge(sw, "br0")
+        for n, ip in (("a", A_IP), ("b", B_IP), ("c", "192.0.2.50")):
+            ns = lab.add(n)
+            lab.attach(sw, "br0", ns, "eth0", f"p{n}")
+            ns.addr("eth0", f"{ip}/24")
+        yield lab
+
+
+def test_runner_pair_moves_the_vip_and_the_clients_neighbour(
+    cluster: NetnsLab, tmp_path: Path
+) -> None:
+    from hacontrol.ha.notify import CommandNotifier
+    from hacontrol.ha.runner import HaRunner
+    from hacontrol.ha.vip import VipGroup
+    from hacontrol.model import AnnounceConfig, HAConfig, VipConfig
+
+    lab = cluster
+    vips = (VipConfig(ipaddress.ip_interface(f"{VIP}/24"), "eth0"),)
+    announce = AnnounceConfig(count=3, interval=0.02, refresh=0)
+    loops = {n: NsLoop(lab[n]) for n in ("a", "b")}
+    runners: dict[str, HaRunner] = {}
+    ips = {"a": A_IP, "b": B_IP}
+    for n, prio in (("a", 150), ("b", 100)):
+        cfg = HAConfig(
+            bind=ep(ips[n]), peers=(ep(ips["b" if n == "a" else "a"]),), secret_file="-",
+            priority=prio, preempt=False, interval=0.1, dead_after=3, vips=vips,
+            announce=announce, lease=1.0,
+        )  # fmt: skip
+
+        async def make(cfg: HAConfig = cfg, n: str = n) -> HaRunner:
+            r = HaRunner(
+                cfg, f"dir-{n}", KEY, clock=monotonic, metrics=Metrics(),
+                vips=VipGroup(vips, announce, Metrics()), notifier=CommandNotifier((), node=n),
+                health_summary=lambda: [("web", 1, 1)], digest="cd" * 32,
+                state_dir=str(tmp_path / n),
+            )  # fmt: skip
+            await r.start()
+            return r
+
+        runners[n] = loops[n].run(make())
+    try:
+        a, b = runners["a"], runners["b"]
+        wait_sync(lambda: (a.role, b.role) == ("active", "backup") and vip_holders(lab) == {"a"})
+        touch_vip(lab["c"])  # the client resolves the VIP's MAC
+        wait_sync(lambda: client_neigh(lab["c"]) == mac_of(lab["a"]), within=5)
+
+        tl = loops["a"].run(a.drill_handover())  # planned: make before break
+        assert tl["ok"] and tl["gap"] == 0.0, tl
+        assert (a.role, b.role) == ("backup", "active") and vip_holders(lab) == {"b"}
+        wait_sync(lambda: client_neigh(lab["c"]) == mac_of(lab["b"]))
+
+        tl = loops["b"].run(b.drill_fault(1.0))  # unplanned: b goes dark, a detects and takes
+        assert tl["ok"] and 0.2 <= tl["detection"] <= 0.6 and tl["gap"] < 0.7, tl
+        assert a.role == "active" and "a" in vip_holders(lab)
+        wait_sync(lambda: client_neigh(lab["c"]) == mac_of(lab["a"]))
+        wait_sync(lambda: b.role == "backup" and vip_holders(lab) == {"a"})
+
+        loops["a"].run(a.stop(graceful=False))  # like kill -9: the lease removes a's VIP
+        t0 = time.monotonic()
+        wait_sync(lambda: vip_holders(lab) == {"b"}, within=5)
+        assert b.role == "active"
+        wait_sync(lambda: "a" not in vip_holders(lab), within=5)
+        assert time.monotonic() - t0 < 3.0
+        wait_sync(lambda: client_neigh(lab["c"]) == mac_of(lab["b"]))
+    finally:
+        for n, r in runners.items():
+            with contextlib.suppress(Exception):
+                loops[n].run(r.stop(graceful=False))
+        for lp in loops.values():
+            lp.close()

@@ -297,8 +297,10 @@ async def test_drill_fault_timeline(pair: tuple[Node, Node]) -> None:
     assert b.role == "active"
     await wait_until(lambda: a.role == "backup")  # the drill is over: back, as backup
     assert not a.vips.held
-    with pytest.raises(DrillError):
+    with pytest.raises(DrillError, match="not active"):
         await a.r.drill_fault(0.5)
+    with pytest.raises(DrillError, match="dead interval"):
+        await b.r.drill_fault(0.1)
 
 
 async def test_blocking_fault_hands_over_and_recovers(pair: tuple[Node, Node]) -> None:
