@@ -61,25 +61,46 @@ def child(mode: str, n_addrs: int, warmup: float, seconds: float) -> None:
         hc.set_targets(keys)
         await hc.start()
         await asyncio.sleep(warmup)
-        fails0 = metrics.registry.get_sample_value(
-            "hacontrol_health_checks_total", {"type": mode, "result": "fail"}) or 0.0
+        fails0 = (
+            metrics.registry.get_sample_value(
+                "hacontrol_health_checks_total", {"type": mode, "result": "fail"}
+            )
+            or 0.0
+        )
         c0, n0, t0 = cpu(), hc.checks_run, time.monotonic()
         await asyncio.sleep(seconds)
         c1, n1, t1 = cpu(), hc.checks_run, time.monotonic()
-        fails1 = metrics.registry.get_sample_value(
-            "hacontrol_health_checks_total", {"type": mode, "result": "fail"}) or 0.0
-        lat = sorted(s.last_latency for s in hc.snapshot().values() if s.last_latency is not None)
-        up = sum(1 for s in hc.snapshot().values() if s.state.value == "up")
+        fails1 = (
+            metrics.registry.get_sample_value(
+                "hacontrol_health_checks_total", {"type": mode, "result": "fail"}
+            )
+            or 0.0
+        )
+        snap = hc.snapshot().values()
+        lat = sorted(s.last_latency for s in snap if s.last_latency is not None)
+        up = sum(1 for s in snap if s.state.value == "up")
+        reasons: dict[str, int] = {}
+        for s in snap:
+            if not s.last_ok:
+                reasons[s.last_reason] = reasons.get(s.last_reason, 0) + 1
         await hc.stop()
         rss_kb = 0
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 rss_kb = int(line.split()[1])
         return {
-            "impl": "hacontrol-uvloop", "mode": mode, "targets": len(keys), "wall_s": t1 - t0,
-            "checks": n1 - n0, "failed": int(fails1 - fails0), "cpu_s": c1 - c0,
+            "impl": "hacontrol-uvloop",
+            "mode": mode,
+            "targets": len(keys),
+            "wall_s": t1 - t0,
+            "checks": n1 - n0,
+            "failed": int(fails1 - fails0),
+            "cpu_s": c1 - c0,
             "p50_s": lat[len(lat) // 2] if lat else 0.0,
-            "p99_s": lat[int(len(lat) * 0.99)] if lat else 0.0, "rss_kb": rss_kb, "up": up,
+            "p99_s": lat[int(len(lat) * 0.99)] if lat else 0.0,
+            "rss_kb": rss_kb,
+            "up": up,
+            "last_fail_reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])[:3]),
         }
 
     print(json.dumps(uvloop.run(run())), flush=True)
@@ -117,8 +138,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", default="tcp,http")
     p.add_argument("--seconds", type=float, default=20.0, help="measured window per run")
     p.add_argument("--warmup", type=float, default=3.0)
-    p.add_argument("--child", nargs=4, metavar=("MODE", "N_ADDRS", "WARMUP", "SECONDS"),
-                   help=argparse.SUPPRESS)
+    p.add_argument(
+        "--child", nargs=4, metavar=("MODE", "N_ADDRS", "WARMUP", "SECONDS"), help=argparse.SUPPRESS
+    )
     args = p.parse_args(argv)
     if args.child:
         mode, n_addrs, warmup, seconds = args.child
@@ -127,7 +149,9 @@ def main(argv: list[str] | None = None) -> int:
     counts = [int(x) for x in args.targets.split(",")]
     modes = args.modes.split(",")
     if any(n % PORTS or not 0 < n <= 250 * PORTS * 4 for n in counts) or not set(modes) <= {
-        "tcp", "http"}:
+        "tcp",
+        "http",
+    }:
         p.error("targets: multiples of 100 up to 100000; modes: tcp,http")
     per_run = args.warmup + args.seconds
     budget = len(counts) * len(modes) * 2 * (per_run + 15) + 30
@@ -139,7 +163,9 @@ def main(argv: list[str] | None = None) -> int:
         n_addrs = max(counts) // PORTS
         resp = subprocess.Popen(
             [str(responder_exe), str(n_addrs), str(PORT_BASE), str(PORTS), str(int(budget))],
-            stdout=subprocess.PIPE, text=True)
+            stdout=subprocess.PIPE,
+            text=True,
+        )
         try:
             line = resp.stdout.readline() if resp.stdout else ""
             if not line.startswith("ready"):
@@ -147,41 +173,80 @@ def main(argv: list[str] | None = None) -> int:
             for n in counts:
                 for mode in modes:
                     a = n // PORTS
-                    ours = derive(run_json(
-                        [sys.executable, str(Path(__file__).resolve()), "--child", mode, str(a),
-                         str(args.warmup), str(args.seconds)], per_run + 60))
-                    c = derive(run_json(
-                        [str(checker_exe), mode, str(a), str(PORT_BASE), str(PORTS), "1", "0.5",
-                         str(args.warmup), str(args.seconds)], per_run + 60))
+                    ours = derive(
+                        run_json(
+                            [
+                                sys.executable,
+                                str(Path(__file__).resolve()),
+                                "--child",
+                                mode,
+                                str(a),
+                                str(args.warmup),
+                                str(args.seconds),
+                            ],
+                            per_run + 60,
+                        )
+                    )
+                    c = derive(
+                        run_json(
+                            [
+                                str(checker_exe),
+                                mode,
+                                str(a),
+                                str(PORT_BASE),
+                                str(PORTS),
+                                "1",
+                                "0.5",
+                                str(args.warmup),
+                                str(args.seconds),
+                            ],
+                            per_run + 60,
+                        )
+                    )
                     results += [ours, c]
                     report(ours, c)
         finally:
             resp.terminate()
             resp.wait(timeout=10)
     print()
-    print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cpus, "
-          f"{_cpu_model()}, kernel {platform.release()}, python {platform.python_version()}")
+    print(
+        f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cpus, "
+        f"{_cpu_model()}, kernel {platform.release()}, python {platform.python_version()}"
+    )
     print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
-    print("| targets | check | impl | checks/s | µs CPU/check | core | p50 ms | p99 ms | RSS MB |"
-          " failed |")
+    print(
+        "| targets | check | impl | checks/s | µs CPU/check | core | p50 ms | p99 ms | RSS MB |"
+        " failed |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in results:
-        print(f"| {r['targets']} | {r['mode']} | {r['impl']} | {r['rate']:.0f} | "
-              f"{r['us_per_check']:.1f} | {r['core']:.3f} | {r['p50_s'] * 1e3:.2f} | "
-              f"{r['p99_s'] * 1e3:.2f} | {r['rss_kb'] / 1024:.1f} | {r['failed']} |")
+        print(
+            f"| {r['targets']} | {r['mode']} | {r['impl']} | {r['rate']:.0f} | "
+            f"{r['us_per_check']:.1f} | {r['core']:.3f} | {r['p50_s'] * 1e3:.2f} | "
+            f"{r['p99_s'] * 1e3:.2f} | {r['rss_kb'] / 1024:.1f} | {r['failed']} |"
+        )
     return 0
 
 
 def report(ours: dict[str, Any], c: dict[str, Any]) -> None:
-    print(f"{ours['targets']:>6} {ours['mode']:<4}  ours: {ours['rate']:7.0f}/s "
-          f"{ours['us_per_check']:6.1f} µs/check core {ours['core']:.3f} "
-          f"p50 {ours['p50_s'] * 1e3:.2f} ms p99 {ours['p99_s'] * 1e3:.2f} ms "
-          f"rss {ours['rss_kb'] / 1024:.0f} MB failed {ours['failed']}", flush=True)
-    print(f"{'':>6} {'':<4}  C:    {c['rate']:7.0f}/s {c['us_per_check']:6.1f} µs/check "
-          f"core {c['core']:.3f} p50 {c['p50_s'] * 1e3:.2f} ms p99 {c['p99_s'] * 1e3:.2f} ms "
-          f"failed {c['failed']}", flush=True)
-    print(f"{'':>6} {'':<4}  ratio ours/C: CPU per check {ours['us_per_check'] / max(c['us_per_check'], 1e-9):.2f}x",
-          flush=True)
+    print(
+        f"{ours['targets']:>6} {ours['mode']:<4}  ours: {ours['rate']:7.0f}/s "
+        f"{ours['us_per_check']:6.1f} µs/check core {ours['core']:.3f} "
+        f"p50 {ours['p50_s'] * 1e3:.2f} ms p99 {ours['p99_s'] * 1e3:.2f} ms "
+        f"rss {ours['rss_kb'] / 1024:.0f} MB failed {ours['failed']}"
+        f" {ours['last_fail_reasons'] or ''}",
+        flush=True,
+    )
+    print(
+        f"{'':>6} {'':<4}  C:    {c['rate']:7.0f}/s {c['us_per_check']:6.1f} µs/check "
+        f"core {c['core']:.3f} p50 {c['p50_s'] * 1e3:.2f} ms p99 {c['p99_s'] * 1e3:.2f} ms "
+        f"failed {c['failed']}",
+        flush=True,
+    )
+    print(
+        f"{'':>6} {'':<4}  ratio ours/C: CPU per check {ours['us_per_check'] / max(c['us_per_check'], 1e-9):.2f}x",
+        flush=True,
+    )
 
 
 def _cpu_model() -> str:
