@@ -13,7 +13,9 @@ stop, and executes the returned actions. Rules (docs/ha-wire.md has the prose):
 - Preemption (``preempt``): a backup whose effective priority is strictly higher than the active
   peer's takes over once that has held for ``preempt_delay``. Ties never preempt.
 - An active node that is blocked, or degraded below a better peer, hands over (make before
-  break): it sends HANDOVER, keeps the VIPs until it hears the peer active, then releases.
+  break): it sends HANDOVER, keeps the VIPs until it hears the peer active, then releases. A
+  blocked active node that hears no peer at all releases (FAULT); out of FAULT, a node listens
+  a fresh dead interval before it may take over (so it returns by preemption, not at once).
 - Split brain (active hears an active peer): a node handing over or recovering from a stall
   loses; otherwise the election decides. The loser releases at once, the winner re-announces.
 """
@@ -252,7 +254,8 @@ class Machine:
     def _evaluate_once(self, now: float) -> list[ft.Action]:
         pr, alive = self.peer, self.peer_alive(now)
         if self.role is Role.FAULT:
-            if not self.blocked:
+            if not self.blocked:  # back from a fault: hear the peer out before taking over
+                self.listen_until = max(self.listen_until, now + self.p.dead_interval)
                 return self.move(now, Role.BACKUP, "recovered: no blocking fault left")
             return []
         if self.role is Role.STARTING:
@@ -311,6 +314,9 @@ class Machine:
             why = f"handover timed out ({self.handover_reason}); keeping the VIPs"
             acts.append(ft.Log("ha.handover_failed", why, level="warning"))
         if pr is None or not alive:
+            if self.blocked:  # cut off (link down, gateway lost) and nobody heard: let go
+                why = f"{self._fault_reason()}; no peer heard"
+                return acts + self.move(now, Role.FAULT, why)
             return acts
         if pr.role is Role.ACTIVE:
             return acts + self._split_brain(now, pr)

@@ -174,7 +174,23 @@ def test_lost_gateway_never_takes_over() -> None:
     feed(m, [heard(0.5, Role.ACTIVE), fault(1), *ticks(2, 30)])
     assert role_of(m) is Role.FAULT and not reached(m, Role.ACTIVE)
     feed(m, [fault(31, failed=False), Tick(32)])
-    assert role_of(m) is Role.ACTIVE  # recovered, peer long dead: FAULT -> BACKUP -> ACTIVE
+    assert role_of(m) is Role.BACKUP  # recovered: listens a fresh dead interval first
+    feed(m, ticks(33, 35))
+    assert role_of(m) is Role.ACTIVE
+
+
+def test_blocked_active_without_peer_lets_go() -> None:
+    m = new()
+    feed(m, [*ticks(0, 3)])
+    acts = feed(m, [fault(3.5)])
+    assert role_of(m) is Role.FAULT and ReleaseVips() in acts
+    assert "no peer heard" in m.history[-1].reason
+
+
+def test_blocked_active_keeps_vips_when_peer_is_blocked_too() -> None:
+    m = new()
+    feed(m, [*ticks(0, 3), heard(3.2, Role.BACKUP, blocked=True), fault(3.5), Tick(4)])
+    assert role_of(m) is Role.ACTIVE and not m.handing_over
 
 
 def test_nonblocking_fault_lowers_priority_only() -> None:
@@ -485,6 +501,23 @@ def test_no_healthy_servers_hands_over_to_healthy_peer() -> None:
         a for _, n, a in s.log if n == "a" and isinstance(a, Log) and a.event == "ha.handover"
     ]
     assert "no healthy real server" in handover[0].reason
+
+
+def test_active_links_down_then_back_returns_by_preemption_only() -> None:
+    s = Pair(PA, PB)
+    s.run(3)
+    s.link = False  # the active's links go down: its tracker reports it, heartbeats stop
+    s._do("a", s.m["a"].step(LocalFault(s.t, "interface:eth0", True, True, "eth0 down")))
+    s.run(2)
+    assert s.roles() == (Role.FAULT, Role.ACTIVE)
+    back = s.t
+    s._do("a", s.m["a"].step(LocalFault(s.t, "interface:eth0", False, True, "eth0 up")))
+    s.link = True
+    s.run(1)
+    assert s.roles() == (Role.BACKUP, Role.ACTIVE)  # no flap back at once
+    s.run(PA.preempt_delay + 0.5)
+    assert s.roles() == (Role.ACTIVE, Role.BACKUP)
+    assert s.first("a", TakeVips, back) >= back + PA.preempt_delay
 
 
 def test_partition_with_lost_gateway_backup_stays_out() -> None:
