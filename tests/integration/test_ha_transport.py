@@ -188,6 +188,67 @@ async def test_heartbeats_both_ways_and_drops_by_reason(lab: NetnsLab) -> None:
         tb.close()
 
 
+async def test_ipv6_heartbeats(lab: NetnsLab) -> None:
+    a6, b6 = "2001:db8::11", "2001:db8::12"
+    lab["a"].addr("eth0", f"{a6}/64")
+    lab["b"].addr("eth0", f"{b6}/64")
+
+    def udp6(ns: Ns, ip: str) -> socket.socket:
+        def make() -> socket.socket:
+            s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+            s.bind((ip, PORT))
+            return s
+
+        sock: socket.socket = in_netns(ns, make)
+        return sock
+
+    got: list[str] = []
+    ta = HaTransport(
+        ep(a6),
+        [ep(b6)],
+        KEY,
+        node="dir-a",
+        epoch=1,
+        metrics=Metrics(),
+        clock=monotonic,
+        on_message=lambda m, path, now: None,
+    )
+    tb = HaTransport(
+        ep(b6),
+        [ep(a6)],
+        KEY,
+        node="dir-b",
+        epoch=1,
+        metrics=Metrics(),
+        clock=monotonic,
+        on_message=lambda m, path, now: got.append(path),
+    )
+    await ta.open(udp6(lab["a"], a6))
+    await tb.open(udp6(lab["b"], b6))
+    try:
+        for _ in range(3):
+            ta.send(hb("dir-a"))
+        await wait_for(lambda: len(got) == 3)
+        assert set(got) == {f"[{a6}]:{PORT}"}
+    finally:
+        ta.close()
+        tb.close()
+
+
+def test_mixed_families_refused() -> None:
+    with pytest.raises(ValueError, match="address families"):
+        HaTransport(
+            ep(A_IP),
+            [ep("2001:db8::12")],
+            KEY,
+            node="a",
+            epoch=1,
+            metrics=Metrics(),
+            clock=monotonic,
+            on_message=lambda m, path, now: None,
+        )
+
+
 async def test_two_paths_reordered_are_all_accepted(lab: NetnsLab) -> None:
     """Copies sent to two paths (here: two ports of the peer) each carry their own sequence
     number, so neither is taken for a replay."""

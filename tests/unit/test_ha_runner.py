@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ipaddress
+import json
 import os
 import socket
 import time
@@ -216,6 +217,7 @@ async def test_pair_elects_and_holds(pair: tuple[Node, Node], world: World) -> N
     assert world.holders == {"a"} and a.vips.announced > 0
     assert a.notifier.calls[-1][0] == "active" and b.notifier.calls[-1][0] == "backup"
     st = a.r.status()
+    json.dumps(st)  # served as is by the API
     assert st["role"] == "active" and st["vips_held"] and st["peer"]["name"] == "b"
     assert st["peer"]["role"] == "backup" and st["peer"]["config_match"]
     assert st["peer"]["last_heard_ago"] < 4 * INTERVAL
