@@ -51,9 +51,9 @@ def child(mode: str, n_addrs: int, warmup: float, seconds: float) -> None:
         for p in range(PORTS)
     ]
 
-    def cpu() -> float:
+    def cpu() -> tuple[float, float]:
         ru = resource.getrusage(resource.RUSAGE_SELF)
-        return ru.ru_utime + ru.ru_stime
+        return ru.ru_utime, ru.ru_stime
 
     async def run() -> dict[str, Any]:
         metrics = Metrics()
@@ -84,10 +84,6 @@ def child(mode: str, n_addrs: int, warmup: float, seconds: float) -> None:
             if not s.last_ok:
                 reasons[s.last_reason] = reasons.get(s.last_reason, 0) + 1
         await hc.stop()
-        rss_kb = 0
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                rss_kb = int(line.split()[1])
         return {
             "impl": "hacontrol-uvloop",
             "mode": mode,
@@ -95,15 +91,24 @@ def child(mode: str, n_addrs: int, warmup: float, seconds: float) -> None:
             "wall_s": t1 - t0,
             "checks": n1 - n0,
             "failed": int(fails1 - fails0),
-            "cpu_s": c1 - c0,
+            "usr_s": c1[0] - c0[0],
+            "sys_s": c1[1] - c0[1],
+            "cpu_s": sum(c1) - sum(c0),
             "p50_s": lat[len(lat) // 2] if lat else 0.0,
             "p99_s": lat[int(len(lat) * 0.99)] if lat else 0.0,
-            "rss_kb": rss_kb,
+            "rss_kb": _rss_kb(),
             "up": up,
             "last_fail_reasons": dict(sorted(reasons.items(), key=lambda kv: -kv[1])[:3]),
         }
 
     print(json.dumps(uvloop.run(run())), flush=True)
+
+
+def _rss_kb() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
 
 
 def build(tmp: Path) -> tuple[Path, Path]:
@@ -127,6 +132,8 @@ def run_json(argv: list[str], limit: float) -> dict[str, Any]:
 def derive(r: dict[str, Any]) -> dict[str, Any]:
     n = max(r["checks"], 1)
     r["us_per_check"] = r["cpu_s"] / n * 1e6
+    r["us_usr"] = r["usr_s"] / n * 1e6
+    r["us_sys"] = r["sys_s"] / n * 1e6
     r["core"] = r["cpu_s"] / r["wall_s"]
     r["rate"] = r["checks"] / r["wall_s"]
     return r
@@ -155,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         p.error("targets: multiples of 100 up to 100000; modes: tcp,http")
     per_run = args.warmup + args.seconds
     budget = len(counts) * len(modes) * 2 * (per_run + 15) + 30
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     results: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="hc-bench-") as tmpdir:
@@ -215,38 +222,35 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"date: {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(
-        "| targets | check | impl | checks/s | µs CPU/check | core | p50 ms | p99 ms | RSS MB |"
-        " failed |"
+        "| targets | check | impl | checks/s | µs CPU/check (usr+sys) | core | ours/C |"
+        " p50 ms | p99 ms | RSS MB | failed |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for r in results:
-        print(
-            f"| {r['targets']} | {r['mode']} | {r['impl']} | {r['rate']:.0f} | "
-            f"{r['us_per_check']:.1f} | {r['core']:.3f} | {r['p50_s'] * 1e3:.2f} | "
-            f"{r['p99_s'] * 1e3:.2f} | {r['rss_kb'] / 1024:.1f} | {r['failed']} |"
-        )
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for ours, c in zip(results[::2], results[1::2], strict=True):
+        ratio = ours["us_per_check"] / max(c["us_per_check"], 1e-9)
+        for r in (ours, c):
+            print(
+                f"| {r['targets']} | {r['mode']} | {r['impl']} | {r['rate']:.0f} | "
+                f"{r['us_per_check']:.1f} ({r['us_usr']:.1f}+{r['us_sys']:.1f}) | "
+                f"{r['core']:.3f} | {f'{ratio:.2f}x' if r is ours else ''} | "
+                f"{r['p50_s'] * 1e3:.2f} | {r['p99_s'] * 1e3:.2f} | {r['rss_kb'] / 1024:.1f} | "
+                f"{r['failed']} |"
+            )
     return 0
 
 
 def report(ours: dict[str, Any], c: dict[str, Any]) -> None:
-    print(
-        f"{ours['targets']:>6} {ours['mode']:<4}  ours: {ours['rate']:7.0f}/s "
-        f"{ours['us_per_check']:6.1f} µs/check core {ours['core']:.3f} "
-        f"p50 {ours['p50_s'] * 1e3:.2f} ms p99 {ours['p99_s'] * 1e3:.2f} ms "
-        f"rss {ours['rss_kb'] / 1024:.0f} MB failed {ours['failed']}"
-        f" {ours['last_fail_reasons'] or ''}",
-        flush=True,
-    )
-    print(
-        f"{'':>6} {'':<4}  C:    {c['rate']:7.0f}/s {c['us_per_check']:6.1f} µs/check "
-        f"core {c['core']:.3f} p50 {c['p50_s'] * 1e3:.2f} ms p99 {c['p99_s'] * 1e3:.2f} ms "
-        f"failed {c['failed']}",
-        flush=True,
-    )
-    print(
-        f"{'':>6} {'':<4}  ratio ours/C: CPU per check {ours['us_per_check'] / max(c['us_per_check'], 1e-9):.2f}x",
-        flush=True,
-    )
+    for label, r in (("ours", ours), ("C", c)):
+        print(
+            f"{r['targets']:>6} {r['mode']:<4} {label:<4}: {r['rate']:7.0f}/s "
+            f"{r['us_per_check']:6.1f} µs/check (usr {r['us_usr']:.1f} sys {r['us_sys']:.1f}) "
+            f"core {r['core']:.3f} p50 {r['p50_s'] * 1e3:.2f} ms p99 {r['p99_s'] * 1e3:.2f} ms "
+            f"rss {r['rss_kb'] / 1024:.0f} MB failed {r['failed']} "
+            f"{r.get('last_fail_reasons') or ''}",
+            flush=True,
+        )
+    ratio = ours["us_per_check"] / max(c["us_per_check"], 1e-9)
+    print(f"{'':>6} {'':<4} ratio ours/C CPU per check: {ratio:.2f}x", flush=True)
 
 
 def _cpu_model() -> str:
