@@ -97,6 +97,7 @@ class HaRunner:
         self._idle = asyncio.Event()
         self._idle.set()
         self._deadline: asyncio.TimerHandle | None = None
+        self._strangers: set[str] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -175,7 +176,10 @@ class HaRunner:
     def _on_message(self, msg: pk.Message, path: str, now: float) -> None:
         pr = self.fsm.peer
         if pr is not None and msg.node != pr.name and self.fsm.peer_alive(now):
-            log.warning("ha.unexpected_peer", peer=msg.node, path=path, reason="a third node")
+            if msg.node not in self._strangers:  # once per name: this is a config error
+                self._strangers.add(msg.node)
+                why = f"a third node speaks with our key while {pr.name} is the peer; ignored"
+                log.error("ha.unexpected_peer", peer=msg.node, path=path, reason=why)
             return
         self._paths[path] = now
         self._peer_last, self._peer_last_at = msg, now
@@ -254,8 +258,10 @@ class HaRunner:
         if m.role not in (Role.ACTIVE, Role.STOPPING) or self._taking or m.stall_until is not None:
             return
         if not self._held and m.role is Role.ACTIVE:  # a failed take: try again every tick
-            self._queue.put_nowait(ft.TakeVips(adopt=True))
+            for act in (ft.TakeVips(adopt=True), ft.Announce(), ft.SendHeartbeatNow()):
+                self._queue.put_nowait(act)
             self._taking = True
+            self._idle.clear()
         elif self._held and lease is not None and now - self._last_renew >= min(lease / 3, 1.0):
             self._last_renew = now
             self._queue.put_nowait(_Renew())

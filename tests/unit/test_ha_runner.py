@@ -342,6 +342,7 @@ async def test_take_failure_is_retried(tmp_path: Path, world: World) -> None:
     try:
         await wait_until(lambda: a.role == "active" and a.vips.held)
         assert b.role == "backup"
+        await wait_until(lambda: a.vips.announced > 0)  # announced once the take worked
     finally:
         await a.r.stop(graceful=False)
         await b.r.stop(graceful=False)
