@@ -19,13 +19,14 @@ import secrets
 import signal
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from hacontrol.lab.netns import NetnsLab, Ns, wait_tcp
+from hacontrol.lab.netns import NetnsLab, Ns
 from hacontrol.lab.traffic import Run
 
 VIP = "198.51.100.10"
@@ -81,6 +82,7 @@ class Cluster:
         self.timing = timing
         self.directors = {d.name: d for d in (PAIR if ha else SINGLE)}
         self.backends: dict[str, subprocess.Popen[Any]] = {}
+        self._log_offset: dict[str, int] = {}
         self.daemons: dict[str, subprocess.Popen[Any]] = {}
         self.runs: list[Run] = []  # client loads and status watchers (hacontrol.lab.traffic)
 
@@ -112,8 +114,8 @@ class Cluster:
             ns.addr("eth0", f"{address}/24")
             ns.ip("route", "add", "default", "via", GATEWAY)
             self.start_backend(rs)
-        for address in REAL_SERVERS.values():
-            wait_tcp(self.ns(next(iter(self.directors))), address, PORT)
+        for rs in REAL_SERVERS:
+            self.wait_backend(rs)
 
     def ns(self, short: str) -> Ns:
         return self.lab[short]
@@ -130,11 +132,22 @@ class Cluster:
     def start_backend(self, rs: str) -> None:
         log = open(self.workdir / f"{rs}.log", "a")  # noqa: SIM115 - handed to the child
         with log:
+            self._log_offset[rs] = log.tell()
             self.backends[rs] = self.ns(rs).popen(
                 sys.executable, "-m", "hacontrol.lab.backend", "--listen",
                 f"{REAL_SERVERS[rs]}:{PORT}", "--name", rs, "--count-file",
                 str(self.count_file(rs)), stdout=log, stderr=subprocess.STDOUT,
             )  # fmt: skip
+
+    def wait_backend(self, rs: str, timeout: float = 60.0) -> None:
+        """Wait until ``rs``'s server says it listens (its log line; no extra process)."""
+        log, p = self.workdir / f"{rs}.log", self.backends[rs]
+        deadline = time.monotonic() + timeout
+        start = self._log_offset.get(rs, 0)  # the log is appended to by every start
+        while f"{rs}: listening on" not in log.read_text(errors="replace")[start:]:
+            if p.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"{rs}'s server did not start: {log.read_text()[-500:]}")
+            time.sleep(0.05)
 
     def stop_backend(self, rs: str, sig: int = signal.SIGKILL) -> None:
         p = self.backends.pop(rs)
