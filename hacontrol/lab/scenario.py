@@ -2,9 +2,9 @@
 
 ``Report``/``Step`` hold what a scenario measured (the JSON report is ``Report.as_dict()``);
 ``Watch`` polls a daemon's ``/v1/status`` from inside its namespace and waits for a condition on
-it; ``wait_answers``/``wait_server`` wait on the client's recorded requests; ``round_robin`` is the
-step both forms use to show the spread. Every wait has a
-deadline and fails with a ``LabError`` that says what was expected.
+it; ``wait_answers``/``wait_server`` wait on the client's recorded requests; ``round_robin`` is
+the step both forms use to show the spread. Every wait has a deadline and fails with a
+``LabError`` that says what was expected.
 """
 
 from __future__ import annotations

@@ -273,17 +273,6 @@ class Cluster:
         return self.ns(name).run(sys.executable, "-m", "hacontrol", *args, check=False,
                                  timeout=timeout)  # fmt: skip
 
-    def status(self, name: str) -> dict[str, Any] | None:
-        """``hacontrol status --json`` inside the director, or None if it does not answer."""
-        r = self.hacontrol(name, "status", "--json", "--api", API)
-        if r.returncode != 0:
-            return None
-        try:
-            doc = json.loads(r.stdout)
-        except ValueError:
-            return None
-        return doc if isinstance(doc, dict) else None
-
     def status_text(self, name: str) -> str:
         r = self.hacontrol(name, "status", "--api", API)
         return (r.stdout if r.returncode == 0 else r.stderr).rstrip()
