@@ -183,6 +183,7 @@ def in_vm(argv: list[str]) -> int:
     spec = importlib.util.spec_from_file_location("hacontrol_vmharness", path)
     assert spec is not None and spec.loader is not None
     vm = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = vm  # dataclasses look their module up there
     spec.loader.exec_module(vm)
     try:
         vm.ensure_built()
@@ -219,6 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     ):
         return in_vm(argv)
     subprocess.run(["modprobe", "-a", "ip_vs", "ip_vs_wrr"], capture_output=True)
+    from hacontrol import logs
+
+    logs.configure("warning", "console")  # keep the report readable
     started = time.time()
     result = asyncio.run(bench(args))
     result["date"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started))
