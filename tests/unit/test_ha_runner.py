@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 import structlog
+import uvloop
 
 from hacontrol.clock import monotonic
 from hacontrol.ha.fsm_types import Role
@@ -26,7 +27,21 @@ from hacontrol.ha.transport import EPOCH_FILE, load_key, next_epoch
 from hacontrol.metrics import Metrics
 from hacontrol.model import Endpoint, HAConfig
 
+# Both loops: the daemon runs on uvloop when available, stock asyncio otherwise (the same
+# module-local override as tests/unit/test_health_probes.py).
+pytestmark = pytest.mark.filterwarnings('ignore:Overriding the "event_loop_policy"')
+
 KEY = b"runner test key, 32 bytes long.."
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
+    if request.param == "uvloop":
+        policy: asyncio.AbstractEventLoopPolicy = uvloop.EventLoopPolicy()
+        return policy
+    return asyncio.DefaultEventLoopPolicy()
+
+
 INTERVAL = 0.05
 
 
