@@ -192,7 +192,15 @@ def test_restart_adopts_table_nothing_removed(setup: Setup) -> None:
     try:
         assert setup.stop_daemon() == 0
         setup.start_daemon()
-        wait_for(lambda: len(setup.events("health.change")) >= 3, 90, "the new daemon's verdicts")
+
+        def verdicts() -> set[str]:
+            return {
+                e["real_server"]
+                for e in setup.events("health.change")
+                if e.get("logger") == "hacontrol.daemon" and e.get("to") == "up"
+            }
+
+        wait_for(lambda: len(verdicts()) == 3, 90, "the new daemon's three 'up' verdicts")
         # a full resync by the new daemon: hand-edit a weight, wait for the repair
         ipvsadm("-e", "-t", f"{Director.VIP}:80", "-r", f"{setup.director.addresses[2]}:8080",
                 "-m", "-w", "5")  # fmt: skip
