@@ -24,6 +24,7 @@ __all__ = ["BODY_CAP", "HttpProbe", "HttpSpec", "HttpsProbe", "tls_context"]
 _EPOLLIN, _EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
 BODY_CAP = 64 * 1024  # bytes of response read at most (headers + body)
 _HEAD_CAP = 8 * 1024  # a status line longer than this is not HTTP
+_READ_SIZE = 8 * 1024  # per recv: a status line needs one small read; a body takes a few
 
 
 def _clean(what: str, value: str) -> str:
@@ -164,7 +165,7 @@ class HttpProbe(TcpProbe):
         if sock is None:
             return
         try:
-            data = sock.recv(65536)
+            data = sock.recv(_READ_SIZE)
         except BlockingIOError:
             return
         except OSError as e:
