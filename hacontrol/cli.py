@@ -1,8 +1,9 @@
-"""The ``hacontrol`` command line: run the daemon, check a config, show status, reload, version.
+"""The ``hacontrol`` command line: run the daemon, check a config, status, reload, drills, version.
 
 ``hacontrol run -c FILE [--dry-run]`` starts the daemon (hacontrol.daemon); ``check`` validates a
-file; ``status`` and ``reload`` talk to a running daemon's API over TCP or its unix socket (plain
-``http.client``, no event loop); ``lab`` hands over to ``hacontrol.lab.demo:main`` when present.
+file; ``status``, ``reload`` and ``drill handover|fault`` talk to a running daemon's API over TCP
+or its unix socket (plain ``http.client``, no event loop); ``lab`` hands over to
+``hacontrol.lab.demo:main`` when present.
 """
 
 from __future__ import annotations
@@ -171,8 +172,62 @@ def _ago(v: Any) -> str:
     return f"{v:.1f}s ago" if v < 120 else f"{v / 60:.0f}m ago"
 
 
+def _s(v: Any) -> str:
+    return "-" if v is None else f"{v:.3f}s"
+
+
+def render_ha(ha: dict[str, Any]) -> list[str]:
+    """The HA block of ``hacontrol status``: role since/why, peer, VIPs, last transitions."""
+    lines = [
+        f"ha role {str(ha['role']).upper()} since {ha.get('since', '-')} "
+        f"({_ago(ha.get('since_ago'))}): {ha.get('reason', '-')}",
+        f"   priority {ha.get('priority')} (effective {ha.get('effective_priority')})"
+        + ("  BLOCKED" if ha.get("blocked") else "")
+        + ("  handing over" if ha.get("handing_over") else ""),
+    ]
+    for f in ha.get("faults") or []:
+        lines.append(
+            f"   fault {f['name']}: {f['reason']}" + (" (blocking)" if f["blocking"] else "")
+        )
+    cfg = ha.get("config") or {}
+    if cfg.get("peer_match") is False:
+        lines.append(f"   !!! {cfg.get('warning', 'CONFIG DIGEST MISMATCH with the peer')} !!!")
+    peer = ha.get("peer")
+    if peer is None:
+        configured = ", ".join(ha.get("peers_configured") or []) or "-"
+        lines.append(f"   peer: never heard (configured: {configured})")
+    else:
+        paths = ", ".join(
+            f"{p} {_ago(v.get('last_heard_ago'))}" for p, v in (peer.get("paths") or {}).items()
+        )
+        lines.append(
+            f"   peer {peer['name']} {peer['role']} priority {peer['priority']} "
+            f"(effective {peer.get('effective_priority')}) "
+            f"{'alive' if peer.get('alive') else 'DEAD'}, last heard "
+            f"{_ago(peer.get('last_heard_ago'))}; paths: {paths or '-'}"
+        )
+    lease = ha.get("lease")
+    lines.append(
+        f"   VIPs {'held here' if ha.get('vips_held') else 'not held here'}, lease "
+        + ("off" if lease is None else f"{lease:g}s")
+    )
+    for v in ha.get("vips") or []:
+        left = v.get("lease_left")
+        lines.append(
+            f"     {v['address']} on {v['interface']}: "
+            + ("present" if v.get("present") else "absent")
+            + ("" if left is None else f", {left:.1f}s left")
+        )
+    trans = ha.get("transitions") or []
+    if trans:
+        lines.append("   last transitions:")
+        for t in trans[-5:]:
+            lines.append(f"     {_ago(t.get('ago'))}: {t['from']} -> {t['to']}: {t['reason']}")
+    return lines
+
+
 def render_status(doc: dict[str, Any]) -> str:
-    """The status document as a readable table."""
+    """The status document as a readable table (the HA block above the services)."""
     dp = doc["dataplane"]
     lines = [
         f"node {doc['node']}  role {doc['role']}  version {doc['version']}  "
@@ -184,6 +239,8 @@ def render_status(doc: dict[str, Any]) -> str:
     ]
     if dp.get("error"):
         lines.append(f"  error: {dp['error']}")
+    if doc.get("ha"):
+        lines += render_ha(doc["ha"])
     for svc in doc["services"]:
         total = len(svc["real_servers"])
         lines.append("")
@@ -262,6 +319,63 @@ def cmd_reload(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_ERROR
 
 
+TIMELINE = (
+    ("handover_sent", "handover sent to the peer"),
+    ("fault", "fault: this node drops its VIPs and goes silent"),
+    ("detection", "peer detected it (became active)"),
+    ("vip_added", "peer added the VIPs"),
+    ("announcements_sent", "peer sent its first announcements"),
+    ("first_heartbeat_as_active", "first heartbeat from the peer as active"),
+    ("released_here", "this node released its VIPs"),
+)
+
+
+def render_drill(doc: dict[str, Any]) -> str:
+    """A drill result as a readable timeline."""
+    kind = doc.get("drill", "?")
+    head = f"drill {kind}" + (f" ({doc['seconds']:g}s)" if doc.get("seconds") else "")
+    lines = [head + (": ok" if doc.get("ok") else ": FAILED")]
+    steps = [(doc[k], what) for k, what in TIMELINE if isinstance(doc.get(k), int | float)]
+    for at, what in sorted(steps, key=lambda x: x[0]):
+        lines.append(f"  {at * 1000:+9.1f} ms  {what}")
+    if doc.get("announce_count"):
+        lines.append(f"  announcements sent by the peer: {doc['announce_count']}")
+    if "overlap" in doc:
+        lines.append(f"  overlap (both held the VIPs): {_s(doc['overlap'])}")
+    lines.append(f"  gap: {_s(doc.get('gap'))}")
+    if doc.get("error"):
+        lines.append(f"  error: {doc['error']}")
+    return "\n".join(lines)
+
+
+def cmd_drill(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    api = _api_address(args, err)
+    if api is None:
+        return EXIT_ERROR
+    ok, token = _token(args, err)
+    if not ok:
+        return EXIT_ERROR
+    body: dict[str, Any] = {}
+    timeout = args.timeout
+    if args.kind == "fault":
+        body["seconds"] = args.seconds
+        timeout = max(timeout, args.seconds + 30.0)  # the call answers when the fault ends
+    else:
+        timeout = max(timeout, 60.0)
+    try:
+        status, doc = api_call(
+            api, "POST", f"/v1/drill/{args.kind}", body=body, token=token, timeout=timeout
+        )
+    except ApiError as exc:
+        print(f"error: {exc}", file=err)
+        return EXIT_UNREACHABLE
+    if status != 200:
+        print(f"error: HTTP {status}: {doc.get('error', doc)}", file=err)
+        return EXIT_ERROR
+    print(json.dumps(doc, indent=2) if args.json else render_drill(doc), file=out)
+    return EXIT_OK if doc.get("ok") else EXIT_ERROR
+
+
 def cmd_version(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     print(f"hacontrol {__version__}", file=out)
     return EXIT_OK
@@ -311,6 +425,20 @@ def parser() -> argparse.ArgumentParser:
     api_opts(sp)
     sp.add_argument("--token-file", help="API token (default: the config's api.token_file)")
     sp.set_defaults(func=cmd_reload)
+
+    sp = sub.add_parser("drill", help="HA drills on a running active daemon")
+    dsub = sp.add_subparsers(dest="kind", required=True, metavar="KIND")
+    for kind, what in (
+        ("handover", "planned handover to the peer (make before break)"),
+        ("fault", "behave as dead for --seconds (unplanned-failover rehearsal)"),
+    ):
+        dp = dsub.add_parser(kind, help=what)
+        api_opts(dp)
+        dp.add_argument("--token-file", help="API token (default: the config's api.token_file)")
+        dp.add_argument("--json", action="store_true", help="print the raw timeline")
+        if kind == "fault":
+            dp.add_argument("--seconds", type=float, required=True, help="fault length")
+        dp.set_defaults(func=cmd_drill)
 
     sp = sub.add_parser("version", help="print the version")
     sp.set_defaults(func=cmd_version)

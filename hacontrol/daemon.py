@@ -6,7 +6,12 @@ again; an invalid one is refused and the old config keeps running; a valid one i
 diff: unchanged health targets keep their state) and stop (leave the kernel table in place when
 ``dataplane.keep_on_stop``, else remove the owned services). Health changes recompute the desired
 table. It gathers the status view the API serves. Logic lives in the parts it wires, not here.
-An HA component (issue 3) plugs in through ``self.ha`` (role "standalone" while it is None).
+
+With an ``ha:`` section it also builds the HA pair member (``hacontrol.ha.runner.HaRunner`` over
+a ``VipGroup``, a ``LocalTracker`` and a ``CommandNotifier``) and starts it last: the kernel table
+is programmed on both directors, only the VIPs move. A stop hands over first (the peer takes the
+VIPs at once), then releases the VIPs, then stops the rest. The role comes from the runner
+("standalone" without ``ha:``); drills are forwarded to it.
 """
 
 from __future__ import annotations
@@ -31,23 +36,35 @@ from hacontrol.dataplane.owned import OwnedStore
 from hacontrol.dataplane.reconciler import Reconciler
 from hacontrol.dataplane.select import open_dataplane
 from hacontrol.dataplane.table import Table
+from hacontrol.ha.notify import CommandNotifier
+from hacontrol.ha.runner import DrillError, HaRunner
+from hacontrol.ha.track import LocalTracker
+from hacontrol.ha.transport import digest_bytes, load_key
+from hacontrol.ha.vip import VipGroup
 from hacontrol.health.scheduler import CheckKey, HealthChecker, check_key
 from hacontrol.health.state import Health, TargetStatus
 from hacontrol.metrics import Metrics
 from hacontrol.model import Config, RealServer, ServiceConfig
 from hacontrol.process import (
+    HaComponent,
     StartError,
     choose_loop,
     keep_restart_only,
+    live_ha_changes,
+    local_listener,
     read_token,
     restart_only_changes,
     sd_notify,
 )
 from hacontrol.status import DataplaneView, NodeView, build_status
 
-__all__ = ["Daemon", "StartError", "run_daemon"]
+__all__ = ["Daemon", "DrillError", "DrillUnavailable", "StartError", "run_daemon"]
 
 log = logs.get("hacontrol.daemon")
+
+
+class DrillUnavailable(DrillError):
+    """A drill was asked of a daemon that runs no HA pair (no ``ha:`` section, or a dry run)."""
 
 
 class Daemon:
@@ -63,6 +80,7 @@ class Daemon:
         loader: Callable[[str], Config] = load,
         out: TextIO | None = None,
         serve_api: bool = True,
+        ha: HaComponent | None = None,
     ) -> None:
         self.config = config
         self.dry_run = dry_run
@@ -76,10 +94,11 @@ class Daemon:
         self.dataplane: Dataplane | None = None
         self.reconciler: Reconciler | None = None
         self.api: ApiServer | None = None
-        # issue 3: an HA component with .role, .status(), start() and stop(); its drill routes
-        # go in extra_routes (each must be described in openapi.yaml too)
-        self.ha: Any = None
-        self.extra_routes: list[web.RouteDef] = []
+        # the HA pair member: built from config.ha at start (tests pass a fake); None = standalone
+        self.ha: HaComponent | None = ha
+        self._ha_given = ha is not None
+        self._vips: VipGroup | None = None  # closed after the runner stops
+        self.extra_routes: list[web.RouteDef] = []  # more routes (each described in openapi.yaml)
         self._token: str | None = None
         self._targets: dict[CheckKey, list[tuple[ServiceConfig, RealServer]]] = {}
         self._last_state: dict[CheckKey, Health] = {}  # for the "from" of health.change
@@ -176,6 +195,8 @@ class Daemon:
         self._reload_lock = asyncio.Lock()
         self._token = read_token(cfg.api.token_file)
         self._started_at = self._config_loaded_at = self.clock()
+        if not self._ha_given:
+            self.ha = self._build_ha(cfg)  # a bad key fails here, before the kernel is touched
         try:
             dp = await self._open_dataplane()
         except DataplaneError as exc:
@@ -203,6 +224,13 @@ class Daemon:
                 # a dry run next to the real daemon: preview without an API rather than fail
                 log.warning("api.disabled", reason=f"{why} (dry run goes on without an API)")
                 self.api = None
+        if self.ha is not None:  # last: the table is programmed on both nodes, the VIPs move
+            try:
+                await self.ha.start()
+            except (OSError, ValueError) as exc:
+                await self._teardown(keep=True)
+                detail = getattr(exc, "strerror", None) or str(exc)
+                raise StartError(f"ha.bind {cfg.ha.bind if cfg.ha else '-'}: {detail}") from None
         self._running = True
         self._started.set()
         n_rs = sum(len(s.real_servers) for s in cfg.services)
@@ -221,12 +249,68 @@ class Daemon:
             loop=self.loop_reason,
             reason=reason,
         )
-        if cfg.ha is not None and self.ha is None:
-            log.warning("ha.disabled", reason="this build does not run HA yet: role standalone")
+        self._warn_open_api()
         sd_notify("READY=1\nSTATUS=running")
 
+    def _build_ha(self, cfg: Config) -> HaComponent | None:
+        """The HA runner for ``cfg.ha`` (None without one, or in a dry run: no VIPs, no
+        heartbeats). Reads the key; StartError when it is unusable."""
+        ha = cfg.ha
+        if ha is None:
+            return None
+        if self.dry_run:
+            log.warning("ha.disabled", reason="dry run: no heartbeats, no VIPs; role standalone")
+            return None
+        try:
+            key = load_key(ha.secret_file)
+        except ValueError as exc:
+            raise StartError(str(exc)) from None
+        self._vips = VipGroup.from_config(ha, self.metrics, clock=self.clock)
+        return HaRunner(
+            ha,
+            cfg.node_name,
+            key,
+            clock=self.clock,
+            metrics=self.metrics,
+            vips=self._vips,
+            notifier=CommandNotifier.from_config(ha, cfg.node_name),
+            health_summary=self.health_summary,
+            digest=cfg.digest,
+            state_dir=cfg.dataplane.state_dir,
+            tracker=LocalTracker.from_config(ha),
+        )
+
+    def _warn_open_api(self) -> None:
+        if self._token is None and self.api is not None and not local_listener(self.api.bound):
+            log.warning(
+                "api.open",
+                listen=self.api.bound,
+                reason="no api.token_file on a non-loopback listener: mutating calls are refused",
+            )
+
+    async def _stop_ha(self, graceful: bool) -> None:
+        """Hand over (graceful) and release the VIPs, then close the VIP group's sockets."""
+        if self.ha is None:
+            return
+        t0 = time.monotonic()
+        try:
+            await self.ha.stop(graceful)
+        except Exception as exc:  # a bug there must not keep the daemon from stopping
+            log.error("ha.stop", result="error", reason=repr(exc))
+        if self._vips is not None:
+            with contextlib.suppress(Exception):
+                await self._vips.close()
+        log.info(
+            "ha.stopped",
+            graceful=graceful,
+            duration_ms=round((time.monotonic() - t0) * 1000, 1),
+            reason="handed over and released the VIPs" if graceful else "VIPs left to the lease",
+        )
+
     async def _teardown(self, keep: bool) -> None:
-        """Stop everything; ``keep``: leave the kernel table, else remove the owned services."""
+        """Stop everything; ``keep``: leave the kernel table, else remove the owned services.
+        HA goes first: the peer takes the VIPs while this node still forwards."""
+        await self._stop_ha(graceful=True)
         if self.api is not None:
             await self.api.stop()
         await self.health.stop()
@@ -331,6 +415,7 @@ class Daemon:
             except OSError as exc:
                 return self._refused(reason, [f"{old.source}: {exc.strerror or exc}"], old)
             restart_only = restart_only_changes(old, new)
+            live_ha = live_ha_changes(old, new)
             new = keep_restart_only(old, new)
             changed = new.digest != old.digest
             try:
@@ -339,6 +424,7 @@ class Daemon:
                 return self._refused(reason, [f"{old.source}: {exc}"], old)
             self.config = new
             self._token = token
+            self._apply_ha_live(old, new, live_ha)
             self._config_loaded_at = self.clock()
             if new.logging != old.logging and self.configure_logging:
                 logs.configure(new.logging.level, new.logging.format)
@@ -353,17 +439,23 @@ class Daemon:
                 "targets_removed": removed,
                 "targets_kept": kept,
                 "duration_ms": round((time.monotonic() - t0) * 1000, 2),
+                "needs_restart": restart_only,
+                "applied_live": live_ha,
             }
-            log.info(
-                "config.reload",
-                **result,
-                old_digest=old.digest,
-                needs_restart=restart_only or None,
-                reason=reason,
-            )
+            log.info("config.reload", **result, old_digest=old.digest, reason=reason)
             return result
         finally:
             sd_notify("READY=1")
+
+    def _apply_ha_live(self, old: Config, new: Config, live: list[str]) -> None:
+        """Hand the running pair member what a reload may change: the notify command and the
+        config digest it advertises. Never touches the VIPs."""
+        if self.ha is None or new.ha is None:
+            return
+        if live:
+            self.ha.notifier = CommandNotifier.from_config(new.ha, new.node_name)
+        if new.digest != old.digest:
+            self.ha.digest = digest_bytes(new.digest)
 
     def _refused(self, reason: str, errors: list[str], old: Config) -> dict[str, Any]:
         self.metrics.reloads.labels(result="error").inc()
@@ -393,7 +485,39 @@ class Daemon:
         return out
 
     def role(self) -> str:
-        return str(getattr(self.ha, "role", "standalone")) if self.ha is not None else "standalone"
+        return str(self.ha.role) if self.ha is not None else "standalone"
+
+    def _ha_status(self) -> dict[str, Any] | None:
+        """The runner's status plus the config digest comparison (a mismatch is loud)."""
+        if self.ha is None:
+            return None
+        doc = dict(self.ha.status())
+        peer = doc.get("peer")
+        match = peer.get("config_match") if isinstance(peer, dict) else None
+        doc["config"] = {"digest": self.config.digest, "peer_match": match}
+        if match is False:
+            doc["config"]["warning"] = (
+                "CONFIG DIGEST MISMATCH: the peer runs different services or VIPs"
+            )
+        return doc
+
+    async def drill(self, kind: str, seconds: float | None = None) -> dict[str, Any]:
+        """Run a drill on the HA runner: "handover" or "fault" (``seconds``). Raises
+        DrillUnavailable without HA, DrillError when the runner refuses (not active, no peer),
+        ValueError for bad ``seconds``."""
+        if self.ha is None or not self._running:
+            why = "no ha: section" if self.config.ha is None else "HA is not running"
+            raise DrillUnavailable(f"{why} on this daemon: nothing to drill")
+        if kind == "handover":
+            return await self.ha.drill_handover()
+        if kind != "fault":
+            raise ValueError(f"unknown drill {kind!r}")
+        ha = self.config.ha
+        assert ha is not None
+        dead = ha.interval * ha.dead_after
+        if seconds is None or not dead < seconds <= 600:
+            raise ValueError(f"seconds must exceed the dead interval ({dead:g}s) and be <= 600")
+        return await self.ha.drill_fault(seconds)
 
     def _dataplane_view(self, now: float) -> DataplaneView:
         if self.reconciler is None:
@@ -435,7 +559,7 @@ class Daemon:
             except KeyError:
                 return None
 
-        ha = self.ha.status() if self.ha is not None else None
+        ha = self._ha_status()
         return build_status(cfg, node, self._dataplane_view(now), health, kernel, now, ha=ha)
 
 

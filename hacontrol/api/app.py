@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import hmac
+import ipaddress
 import json
+import math
 import os
 import socket
 from collections.abc import Awaitable, Callable, Iterable
@@ -23,6 +25,7 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from hacontrol import logs
+from hacontrol.ha.runner import DrillError
 
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -44,6 +47,10 @@ class Controller(Protocol):
 
     async def reload(self, reason: str) -> dict[str, Any]:
         """Reload the config file. Returns {"result": "ok"|"error", ...}; "errors" on error."""
+
+    async def drill(self, kind: str, seconds: float | None = None) -> dict[str, Any]:
+        """Run an HA drill ("handover", or "fault" for ``seconds``): the runner's timeline.
+        Raises DrillError (409: no HA, not active, no peer) or ValueError (400: bad seconds)."""
 
 
 CONTROLLER = web.AppKey("controller", Controller)
@@ -83,9 +90,27 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return json_error(500, "internal error")
 
 
+def _local_transport(request: web.Request) -> bool:
+    """True when the request came in on a unix socket or a loopback TCP listener."""
+    sockname = request.transport.get_extra_info("sockname") if request.transport else None
+    if isinstance(sockname, str | bytes):  # AF_UNIX
+        return True
+    if isinstance(sockname, tuple) and sockname:
+        with contextlib.suppress(ValueError):
+            return ipaddress.ip_address(str(sockname[0]).split("%")[0]).is_loopback
+    return False
+
+
 def _check_token(request: web.Request) -> None:
+    """Mutating calls need the bearer token of api.token_file; without a token file they are
+    accepted only on a unix socket or a loopback listener (403 elsewhere)."""
     expected = request.app[CONTROLLER].token()
     if expected is None:
+        if not _local_transport(request):
+            raise web.HTTPForbidden(
+                text="no api.token_file is configured: mutating calls are accepted only on a "
+                "unix socket or a loopback listener"
+            )
         return
     header = request.headers.get("Authorization", "")
     scheme, _, given = header.partition(" ")
@@ -159,6 +184,43 @@ async def post_reload(request: web.Request) -> web.Response:
     return web.json_response(outcome)
 
 
+async def _drill(request: web.Request, kind: str, seconds: float | None) -> web.Response:
+    try:
+        outcome = await request.app[CONTROLLER].drill(kind, seconds)
+    except DrillError as exc:
+        raise web.HTTPConflict(text=str(exc)) from None
+    except ValueError as exc:
+        raise web.HTTPBadRequest(text=str(exc)) from None
+    return web.json_response(outcome)
+
+
+async def post_drill_handover(request: web.Request) -> web.Response:
+    _only_params(request, ())
+    _check_token(request)
+    body = await _json_body(request)
+    if body:
+        raise web.HTTPBadRequest(text=f"unknown field(s): {', '.join(sorted(body))}")
+    return await _drill(request, "handover", None)
+
+
+async def post_drill_fault(request: web.Request) -> web.Response:
+    _only_params(request, ())
+    _check_token(request)
+    body = await _json_body(request)
+    unknown = sorted(set(body) - {"seconds"})
+    if unknown:
+        raise web.HTTPBadRequest(text=f"unknown field(s): {', '.join(unknown)}")
+    seconds = body.get("seconds")
+    if (
+        isinstance(seconds, bool)
+        or not isinstance(seconds, int | float)
+        or not math.isfinite(seconds)
+        or not 0 < seconds <= 600
+    ):
+        raise web.HTTPBadRequest(text="seconds: a number > 0 and <= 600 is required")
+    return await _drill(request, "fault", float(seconds))
+
+
 def openapi_text() -> str:
     return resources.files("hacontrol.api").joinpath("openapi.yaml").read_text()
 
@@ -173,6 +235,8 @@ ROUTES: tuple[web.RouteDef, ...] = (
     web.get("/v1/status", get_status, allow_head=False),
     web.get("/metrics", get_metrics, allow_head=False),
     web.post("/v1/reload", post_reload),
+    web.post("/v1/drill/handover", post_drill_handover),
+    web.post("/v1/drill/fault", post_drill_fault),
     web.get("/v1/openapi.yaml", get_openapi, allow_head=False),
 )
 
