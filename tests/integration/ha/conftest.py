@@ -1,0 +1,39 @@
+"""Fixtures of the HA pair tests: ``make_pair(spec)`` builds the namespaces of tests/integration/ha
+(pairlab.HaPair) and, pass or fail, stops every client load, kills both daemons (continuing a
+SIGSTOPped one first) and removes every namespace; on failure the daemons' last log lines are
+printed (pytest shows them with the failure)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from pairlab import HaPair, Spec
+
+from hacontrol.lab.netns import NetnsLab
+
+MakePair = Callable[..., HaPair]
+
+
+@pytest.fixture
+def make_pair(tmp_path: Path) -> Iterator[MakePair]:
+    made: list[tuple[NetnsLab, HaPair]] = []
+
+    def make(**spec: object) -> HaPair:
+        lab = NetnsLab()
+        pair = HaPair(lab, tmp_path, Spec(**spec))  # type: ignore[arg-type]
+        made.append((lab, pair))
+        pair.build()
+        return pair
+
+    try:
+        yield make
+    finally:
+        for lab, pair in made:
+            try:
+                pair.close()
+                for name in pair.daemons:
+                    print(pair.tail(name, 60))
+            finally:
+                lab.close()

@@ -1,0 +1,490 @@
+"""The HA pair under test: two real ``hacontrol run`` daemons in two director namespaces.
+
+``HaPair`` builds the topology on a ``NetnsLab`` (a switch namespace with a public bridge
+198.51.100.0/24 and an inside bridge 192.0.2.0/24; director-a 198.51.100.2 / 192.0.2.11 with
+priority 150, director-b 198.51.100.3 / 192.0.2.12 with priority 100; a client 198.51.100.100;
+optionally a gateway 198.51.100.1 and one HTTP real server 192.0.2.2 routed via the gateway VIP),
+writes each daemon's config (docs/config.md), starts and signals the daemons, and observes them:
+the status document and /metrics over each daemon's unix API socket, the JSON log lines, the VIPs
+in each namespace (``ip -j addr``), the client's neighbour entry for the VIP (pyroute2 inside the
+client namespace) and the MAC of each director. Every wait polls a condition with a deadline.
+
+Heartbeats go to both of the peer's addresses (two paths: inside and public). A heartbeat
+partition is an nftables table ``hctest`` in one director namespace dropping UDP port 5405 both
+ways; losing the gateway is the same table dropping ICMP to and from it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import http.client
+import json
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from hacontrol.lab import traffic
+from hacontrol.lab.netns import NetnsLab, Ns
+
+T = TypeVar("T")
+
+A, B = "director-a", "director-b"
+VIP, GW_VIP, PREFIX = "198.51.100.10", "192.0.2.1", 24
+VIPS = (f"{VIP}/{PREFIX}", f"{GW_VIP}/{PREFIX}")
+CLIENT, GATEWAY, RS = "198.51.100.100", "198.51.100.1", "192.0.2.2"
+HB_PORT, HTTP_PORT = 5405, 80
+PUB, INSIDE = "eth0", "eth1"
+ADDRS = {A: ("198.51.100.2", "192.0.2.11"), B: ("198.51.100.3", "192.0.2.12")}
+PRIORITY = {A: 150, B: 100}
+CLONE_NEWNET = 0x40000000
+
+
+def _ms(seconds: float) -> str:
+    return f"{round(seconds * 1000)}ms"
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What a test wants of the pair (HA timers short: 100 ms x 3)."""
+
+    interval: float = 0.1
+    dead_after: int = 3
+    preempt: bool = False  # most scenarios must not flap back by preemption
+    preempt_delay: float = 0.0
+    lease: float = 3.0
+    announce_count: int = 5
+    gateway: bool = False  # a gateway namespace, tracked by both directors
+    real_server: bool = False  # an HTTP real server behind the VIP (nftables data plane)
+
+    @property
+    def dead(self) -> float:
+        return self.interval * self.dead_after
+
+
+@dataclass(frozen=True)
+class Transition:
+    # monotonic seconds (this process's clock = the daemons' clock: no time namespace); derived
+    # from the status' "ago" at the time of the request, so not part of equality
+    at: float = field(compare=False)
+    frm: str
+    to: str
+    reason: str
+
+
+def in_netns(ns: Ns, fn: Callable[[], T]) -> T:
+    """Run ``fn`` on a thread that entered ``ns``'s network namespace (its sockets live there)."""
+    out: dict[str, Any] = {}
+
+    def run() -> None:
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(f"/run/netns/{ns.name}", os.O_RDONLY)
+        try:
+            if libc.setns(fd, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns")
+            out["v"] = fn()
+        except BaseException as e:  # re-raised in the caller
+            out["e"] = e
+        finally:
+            os.close(fd)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join()
+    if "e" in out:
+        raise out["e"]
+    value: T = out["v"]
+    return value
+
+
+class _Unix(http.client.HTTPConnection):
+    def __init__(self, path: Path, timeout: float) -> None:
+        super().__init__("localhost", timeout=timeout)
+        self._path = str(path)
+
+    def connect(self) -> None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(self.timeout)
+        try:
+            s.connect(self._path)
+        except OSError:
+            s.close()
+            raise
+        self.sock = s
+
+
+def wait_for(cond: Callable[[], T | None], timeout: float, what: str,
+             explain: Callable[[], str] = lambda: "") -> T:  # fmt: skip
+    """Poll ``cond`` until it returns something truthy; fail with ``what`` after ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = cond()
+        if v:
+            return v
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}\n{explain()}")
+        time.sleep(0.05)
+
+
+@dataclass
+class HaPair:
+    lab: NetnsLab
+    workdir: Path
+    spec: Spec = Spec()
+    daemons: dict[str, subprocess.Popen[Any]] = field(default_factory=dict)
+    runs: list[traffic.Run] = field(default_factory=list)
+    _macs: dict[str, str] = field(default_factory=dict)
+
+    # -- building --------------------------------------------------------------------------
+
+    def build(self) -> None:
+        lab, sp = self.lab, self.spec
+        sw = lab.add("sw")
+        lab.bridge(sw, "br-pub")
+        lab.bridge(sw, "br-in")
+        client = lab.add("client")
+        lab.attach(sw, "br-pub", client, PUB, "p-client")
+        client.addr(PUB, f"{CLIENT}/{PREFIX}")
+        for name, (pub, inside) in ADDRS.items():
+            ns = lab.add(name, forward=True)
+            tag = name[-1]
+            lab.attach(sw, "br-pub", ns, PUB, f"p-{tag}")
+            lab.attach(sw, "br-in", ns, INSIDE, f"i-{tag}")
+            ns.addr(PUB, f"{pub}/{PREFIX}")
+            ns.addr(INSIDE, f"{inside}/{PREFIX}")
+        if sp.gateway:
+            gw = lab.add("gw")
+            lab.attach(sw, "br-pub", gw, PUB, "p-gw")
+            gw.addr(PUB, f"{GATEWAY}/{PREFIX}")
+        (self.workdir / "ha.key").write_text(secrets.token_hex(32) + "\n")
+        (self.workdir / "api.token").write_text(secrets.token_hex(16) + "\n")
+        for p in ("ha.key", "api.token"):
+            (self.workdir / p).chmod(0o600)
+        if sp.real_server:
+            self._start_real_server()
+
+    def _start_real_server(self) -> None:
+        rs = self.lab.add("rs")
+        self.lab.attach(self.lab["sw"], "br-in", rs, "eth0", "i-rs")
+        rs.addr("eth0", f"{RS}/{PREFIX}")
+        rs.ip("route", "add", "default", "via", GW_VIP)
+        log = self.workdir / "rs.log"
+        with open(log, "w") as f:
+            p = rs.popen(sys.executable, "-m", "hacontrol.lab.backend", "--listen",
+                         f"{RS}:{HTTP_PORT}", "--name", "rs1", stdout=f,
+                         stderr=subprocess.STDOUT)  # fmt: skip
+        wait_for(lambda: "listening on" in log.read_text() or p.poll() is not None, 60,
+                 "the real server to listen")  # fmt: skip
+        assert p.poll() is None, log.read_text()
+
+    def config(self, name: str) -> dict[str, Any]:
+        sp = self.spec
+        peer = B if name == A else A
+        services: list[dict[str, Any]] = []
+        if sp.real_server:
+            check = {"type": "tcp", "interval": "200ms", "timeout": "100ms", "rise": 1, "fall": 2}
+            services = [{"name": "web", "vip": VIP, "port": HTTP_PORT, "scheduler": "rr",
+                         "forwarding": "nat", "check": check,
+                         "real_servers": [{"address": RS, "port": HTTP_PORT}]}]  # fmt: skip
+        track: dict[str, Any] = {"interfaces": [PUB, INSIDE]}
+        if sp.gateway:
+            track.update(gateway=GATEWAY, gateway_interval="100ms", gateway_fall=3)
+        return {
+            "node": {"name": name},
+            "api": {"listen": f"unix:{self.sock(name)}",
+                    "token_file": str(self.workdir / "api.token")},
+            "dataplane": {"kind": "nftables" if sp.real_server else "memory",
+                          "state_dir": str(self.workdir / name)},
+            "logging": {"level": "info", "format": "json"},
+            "services": services,
+            "ha": {
+                "bind": f"0.0.0.0:{HB_PORT}",
+                "peers": [f"{ADDRS[peer][1]}:{HB_PORT}", f"{ADDRS[peer][0]}:{HB_PORT}"],
+                "priority": PRIORITY[name],
+                "preempt": sp.preempt,
+                "preempt_delay": _ms(sp.preempt_delay),
+                "interval": _ms(sp.interval),
+                "dead_after": sp.dead_after,
+                "secret_file": str(self.workdir / "ha.key"),
+                "vips": [{"address": VIPS[0], "interface": PUB},
+                         {"address": VIPS[1], "interface": INSIDE}],
+                "announce": {"count": sp.announce_count, "interval": "50ms", "refresh": "30s"},
+                "lease": _ms(sp.lease),
+                "track": track,
+            },
+        }  # fmt: skip
+
+    def sock(self, name: str) -> Path:
+        return self.workdir / f"{name[-1]}.sock"
+
+    def config_path(self, name: str) -> Path:
+        return self.workdir / f"{name}.yaml"
+
+    def log_path(self, name: str) -> Path:
+        return self.workdir / f"{name}.log"
+
+    # -- processes -------------------------------------------------------------------------
+
+    def start(self, name: str) -> subprocess.Popen[Any]:
+        path = self.config_path(name)
+        path.write_text(yaml.safe_dump(self.config(name), sort_keys=False))
+        with open(self.log_path(name), "a") as log:
+            p = self.lab[name].popen(sys.executable, "-m", "hacontrol", "run", "-c", str(path),
+                                     stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+        self.daemons[name] = p
+        return p
+
+    def start_pair(self) -> None:
+        """director-a first (it becomes active alone), then director-b (backup)."""
+        self.start(A)
+        self.wait_role(A, "active", 60)
+        self.start(B)
+        self.wait_role(B, "backup", 60)
+        self.wait_vips({A}, 10)
+
+    def signal(self, name: str, sig: int) -> None:
+        os.killpg(self.daemons[name].pid, sig)
+
+    def kill(self, name: str) -> None:
+        p = self.daemons[name]
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(p.pid, signal.SIGKILL)
+        p.wait(timeout=10)
+
+    def exit_code(self, name: str, timeout: float) -> int:
+        return self.daemons[name].wait(timeout=timeout)
+
+    def close(self) -> None:
+        for r in self.runs:
+            with contextlib.suppress(Exception):
+                r.stop()
+        for p in self.daemons.values():
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(p.pid, signal.SIGCONT)  # a SIGSTOPped daemon must die too
+
+    def cli(self, name: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """The ``hacontrol`` CLI inside ``name``'s namespace, pointed at its config."""
+        return self.lab[name].run(sys.executable, "-m", "hacontrol", *args, "-c",
+                                  str(self.config_path(name)), check=False,
+                                  timeout=timeout)  # fmt: skip
+
+    # -- the API -----------------------------------------------------------------------------
+
+    def get(self, name: str, path: str, timeout: float = 5.0) -> tuple[int, bytes] | None:
+        conn = _Unix(self.sock(name), timeout)
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        except OSError:
+            return None
+        finally:
+            conn.close()
+
+    def status(self, name: str) -> dict[str, Any] | None:
+        got = self.get(name, "/v1/status")
+        if got is None or got[0] != 200:
+            return None
+        doc: dict[str, Any] = json.loads(got[1])
+        return doc
+
+    def ha(self, name: str) -> dict[str, Any]:
+        doc = self.status(name)
+        assert doc is not None, f"{name} does not answer"
+        assert doc.get("ha") is not None, f"{name} runs without HA: role {doc.get('role')}"
+        ha: dict[str, Any] = doc["ha"]
+        return ha
+
+    def role(self, name: str) -> str | None:
+        doc = self.status(name)
+        return None if doc is None else str(doc.get("role"))
+
+    def transitions(self, name: str) -> list[Transition]:
+        """The last transitions (status), on this process's monotonic clock."""
+        before = time.monotonic()
+        ha = self.ha(name)
+        t0 = (before + time.monotonic()) / 2  # the daemon's "now" lies within the request
+        return [Transition(t0 - x["ago"], x["from"], x["to"], x["reason"])
+                for x in ha["transitions"]]  # fmt: skip
+
+    def last(self, name: str) -> Transition:
+        trs = self.transitions(name)
+        assert trs, f"{name} has no transition"
+        return trs[-1]
+
+    def metric(self, name: str, metric: str, **labels: str) -> float:
+        """One sample of ``name``'s /metrics (0 when the series does not exist yet)."""
+        got = self.get(name, "/metrics")
+        assert got is not None and got[0] == 200, f"{name}: /metrics unavailable"
+        total = 0.0
+        for fam in text_string_to_metric_families(got[1].decode()):
+            for s in fam.samples:
+                if s.name == metric and all(s.labels.get(k) == v for k, v in labels.items()):
+                    total += s.value
+        return total
+
+    def wait_role(self, name: str, role: str, timeout: float = 20.0) -> dict[str, Any]:
+        def ready() -> dict[str, Any] | None:
+            doc = self.status(name)
+            if doc is not None and doc.get("role") == role:
+                return doc
+            p = self.daemons.get(name)
+            if p is not None and p.poll() is not None:
+                raise AssertionError(f"{name} exited ({p.returncode}):\n{self.tail(name)}")
+            return None
+
+        return wait_for(ready, timeout, f"{name} {role}", self.explain)
+
+    # -- logs --------------------------------------------------------------------------------
+
+    def events(self, name: str, event: str | None = None) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_path(name).read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                d = json.loads(line)
+                if isinstance(d, dict) and (event is None or d.get("event") == event):
+                    out.append(d)
+        return out
+
+    def tail(self, name: str, n: int = 40) -> str:
+        try:
+            lines = self.log_path(name).read_text(errors="replace").splitlines()
+        except FileNotFoundError:
+            return f"({name}: no log)"
+        return "\n".join(f"{name}| {x}" for x in lines[-n:])
+
+    def explain(self) -> str:
+        parts = []
+        for name in self.daemons:
+            doc = self.status(name)
+            vips = self.vips(name)
+            parts.append(f"{name}: role {doc and doc.get('role')}, vips {sorted(vips)}")
+        return "\n".join(parts + [self.tail(n, 15) for n in self.daemons])
+
+    # -- the kernel: VIPs, MACs, the client's neighbour ----------------------------------------
+
+    def vips(self, name: str) -> dict[str, int | None]:
+        """The VIPs configured in ``name``'s namespace -> valid lifetime left (None: forever)."""
+        out: dict[str, int | None] = {}
+        r = self.lab[name].ip("-j", "addr", "show", check=False)
+        with contextlib.suppress(ValueError):
+            for link in json.loads(r.stdout or "[]"):
+                for a in link.get("addr_info", []):
+                    cidr = f"{a.get('local')}/{a.get('prefixlen')}"
+                    if cidr in VIPS:
+                        left = a.get("valid_life_time")
+                        out[cidr] = None if left in (None, 4294967295) else int(left)
+        return out
+
+    def holders(self) -> set[str]:
+        return {n for n in ADDRS if self.vips(n)}
+
+    def wait_vips(self, holders: set[str], timeout: float = 10.0) -> None:
+        """Wait until exactly ``holders`` hold the VIPs (all of them)."""
+
+        def ok() -> bool:
+            got = {n: set(self.vips(n)) for n in ADDRS}
+            return all(got[n] == (set(VIPS) if n in holders else set()) for n in ADDRS)
+
+        wait_for(ok, timeout, f"the VIPs on exactly {sorted(holders)}", self.explain)
+
+    def mac(self, name: str) -> str:
+        if name not in self._macs:
+            r = self.lab[name].ip("-j", "link", "show", "dev", PUB)
+            self._macs[name] = str(json.loads(r.stdout)[0]["address"])
+        return self._macs[name]
+
+    def client_neighbour(self) -> str | None:
+        """The MAC the client's neighbour entry for the VIP holds (pyroute2, in the client ns)."""
+        from pyroute2 import IPRoute
+
+        def read() -> str | None:
+            with IPRoute() as ipr:
+                for n in ipr.get_neighbours(dst=VIP):
+                    mac = n.get_attr("NDA_LLADDR")
+                    if mac:
+                        return str(mac)
+            return None
+
+        return in_netns(self.lab["client"], read)
+
+    def touch_vip(self) -> None:
+        """One UDP datagram from the client to the VIP: the client resolves the VIP's MAC."""
+
+        def send() -> None:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.sendto(b"x", (VIP, 9))
+
+        in_netns(self.lab["client"], send)
+
+    def client_learns(self, name: str, timeout: float = 10.0) -> None:
+        """Wait until the client's neighbour entry for the VIP holds ``name``'s MAC (never
+        touches the VIP meanwhile: the entry must change by the new active's announcement)."""
+        mac = self.mac(name)
+        wait_for(lambda: self.client_neighbour() == mac, timeout,
+                 f"the client's neighbour entry for {VIP} = {name}'s MAC {mac} "
+                 f"(it holds {self.client_neighbour()})", self.explain)  # fmt: skip
+
+    def client_sees_active(self, name: str) -> None:
+        """Make the client resolve the VIP now and check it reaches ``name``."""
+        self.touch_vip()
+        self.client_learns(name)
+
+    # -- faults ------------------------------------------------------------------------------
+
+    def _nft(self, name: str, rules: str) -> None:
+        r = subprocess.run(self.lab[name].argv("nft", "-f", "-"), input=rules, capture_output=True,
+                           text=True, timeout=30)  # fmt: skip
+        assert r.returncode == 0, r.stderr
+
+    def block(self, name: str, *, heartbeats: bool = False, gateway: bool = False) -> None:
+        """Replace ``name``'s test filter: drop heartbeats and/or ICMP with the gateway."""
+        match = []
+        if heartbeats:
+            match += [f"udp dport {HB_PORT} drop", f"udp sport {HB_PORT} drop"]
+        if gateway:
+            match += [f"ip daddr {GATEWAY} icmp type echo-request drop",
+                      f"ip saddr {GATEWAY} icmp type echo-reply drop"]  # fmt: skip
+        body = "\n".join(f"    {m}" for m in match)
+        self._nft(
+            name,
+            f"""
+table inet hctest {{}}
+delete table inet hctest
+table inet hctest {{
+  chain in {{ type filter hook input priority -10; policy accept;
+{body}
+  }}
+  chain out {{ type filter hook output priority -10; policy accept;
+{body}
+  }}
+}}
+""",
+        )
+
+    def unblock(self, name: str) -> None:
+        self._nft(name, "table inet hctest {}\ndelete table inet hctest\n")
+
+    def links(self, name: str, up: bool) -> None:
+        """``name``'s switch ports down (its links lose carrier) or up again."""
+        sw = self.lab["sw"]
+        for port in (f"p-{name[-1]}", f"i-{name[-1]}"):
+            (sw.up if up else sw.down)(port)
+
+    # -- client load -------------------------------------------------------------------------
+
+    def load(self, count: int = 3000, interval: float = 0.02, duration: float = 90) -> traffic.Load:
+        return traffic.Load(self.runs, self.lab["client"], f"{VIP}:{HTTP_PORT}", count,
+                            interval=interval, timeout=1.0, duration=duration)  # fmt: skip
