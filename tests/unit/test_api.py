@@ -13,16 +13,19 @@ import aiohttp
 import pytest
 import yaml
 from aiohttp import web
-from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.test_utils import TestClient, TestServer, make_mocked_request
 
 from hacontrol.api.app import (
+    CONTROLLER,
     METRICS_CONTENT_TYPE,
     ApiServer,
+    _check_token,
     create_app,
     openapi_text,
     parse_listen,
     route_table,
 )
+from hacontrol.ha.runner import DrillError
 from hacontrol.metrics import Metrics
 
 
@@ -34,6 +37,8 @@ class FakeController:
         self.metrics = Metrics()
         self.metrics.reloads.labels(result="ok").inc()
         self.fail = False
+        self.drills: list[tuple[str, float | None]] = []
+        self.drill_error: Exception | None = None
 
     def status(self) -> dict[str, Any]:
         if self.fail:
@@ -53,6 +58,14 @@ class FakeController:
     async def reload(self, reason: str) -> dict[str, Any]:
         self.reloads.append(reason)
         return self.reload_result
+
+    async def drill(self, kind: str, seconds: float | None = None) -> dict[str, Any]:
+        self.drills.append((kind, seconds))
+        if self.drill_error is not None:
+            raise self.drill_error
+        if kind == "fault" and seconds is not None and seconds <= 0.6:
+            raise ValueError("seconds must exceed the dead interval (0.6s) and be <= 600")
+        return {"drill": kind, "ok": True, "gap": 0.0, "vip_added": 0.003}
 
 
 @pytest.fixture
@@ -283,3 +296,91 @@ async def test_unix_socket_in_use_is_refused_stale_is_replaced(tmp_path: Path) -
 def test_spec_is_valid_openapi_3_1() -> None:
     validator = pytest.importorskip("openapi_spec_validator")
     validator.validate(yaml.safe_load(openapi_text()))
+
+
+AUTH = {"Authorization": "Bearer s3cret"}
+
+
+async def test_drill_routes_need_the_token(
+    ctl_client: tuple[FakeController, TestClient[Any, Any]],
+) -> None:
+    ctl, client = ctl_client
+    for path, body in (("/v1/drill/handover", None), ("/v1/drill/fault", {"seconds": 2})):
+        r = await client.post(path, json=body)
+        await _error(r, 401)
+        assert r.headers["WWW-Authenticate"] == "Bearer"
+        await _error(await client.post(path, json=body, headers={"Authorization": "Bearer x"}), 401)
+        await _error(await client.get(path), 405)
+    assert ctl.drills == []
+
+
+async def test_drill_handover_returns_the_timeline(
+    ctl_client: tuple[FakeController, TestClient[Any, Any]],
+) -> None:
+    ctl, client = ctl_client
+    r = await client.post("/v1/drill/handover", headers=AUTH)
+    assert r.status == 200 and (await r.json()) == {
+        "drill": "handover", "ok": True, "gap": 0.0, "vip_added": 0.003
+    }  # fmt: skip
+    await _error(await client.post("/v1/drill/handover", json={"x": 1}, headers=AUTH), 400)
+    await _error(await client.post("/v1/drill/handover", data=b"{", headers=AUTH), 400)
+    await _error(await client.post("/v1/drill/handover?now=1", headers=AUTH), 400)
+    assert ctl.drills == [("handover", None)]
+    ctl.drill_error = DrillError("this node is backup, not active")
+    body = await _error(await client.post("/v1/drill/handover", headers=AUTH), 409)
+    assert body["error"] == "this node is backup, not active"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [None, {}, {"seconds": "2"}, {"seconds": True}, {"seconds": 0}, {"seconds": -1},
+     {"seconds": 601}, {"seconds": 2, "extra": 1}, [2]],
+)  # fmt: skip
+async def test_drill_fault_validates_seconds(
+    ctl_client: tuple[FakeController, TestClient[Any, Any]], body: Any
+) -> None:
+    ctl, client = ctl_client
+    await _error(await client.post("/v1/drill/fault", json=body, headers=AUTH), 400)
+    assert ctl.drills == []
+
+
+async def test_drill_fault_forwards_seconds(
+    ctl_client: tuple[FakeController, TestClient[Any, Any]],
+) -> None:
+    ctl, client = ctl_client
+    r = await client.post("/v1/drill/fault", json={"seconds": 1.5}, headers=AUTH)
+    assert r.status == 200 and (await r.json())["drill"] == "fault"
+    # the daemon's own check (seconds vs the dead interval) is a 400 too
+    body = await _error(
+        await client.post("/v1/drill/fault", json={"seconds": 0.5}, headers=AUTH), 400
+    )
+    assert "dead interval" in body["error"]
+    assert ctl.drills == [("fault", 1.5), ("fault", 0.5)]
+
+
+def _request_on(sockname: Any, token: str | None) -> web.Request:
+    class Transport:
+        def get_extra_info(self, name: str, default: Any = None) -> Any:
+            return sockname if name == "sockname" else default
+
+    app = web.Application()
+    app[CONTROLLER] = FakeController(token=token)
+    return make_mocked_request("POST", "/v1/reload", app=app, transport=Transport())
+
+
+@pytest.mark.parametrize(
+    ("sockname", "allowed"),
+    [("/run/hacontrol/api.sock", True), (("127.0.0.1", 9480), True), (("::1", 9480, 0, 0), True),
+     (("192.0.2.1", 9480), False), (("2001:db8::1", 9480, 0, 0), False), (None, False)],
+)  # fmt: skip
+def test_without_a_token_file_only_local_listeners_mutate(sockname: Any, allowed: bool) -> None:
+    req = _request_on(sockname, token=None)
+    if allowed:
+        _check_token(req)
+    else:
+        with pytest.raises(web.HTTPForbidden) as info:
+            _check_token(req)
+        assert "unix socket or a loopback" in info.value.text
+    # with a token file the listener does not matter, the token does
+    with pytest.raises(web.HTTPUnauthorized):
+        _check_token(_request_on(sockname, token="s3cret"))

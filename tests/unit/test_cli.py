@@ -185,3 +185,140 @@ async def test_reload_refused_prints_errors(daemon: tuple[Daemon, Path, str]) ->
     )
     assert rc == 1 and "422" in err and "services[0].port" in err
     assert d.config.services[0].port == 80
+
+
+# -- HA: drills and the status block (a fake runner inside a real daemon) ------------------------
+
+
+class FakeRunner:
+    def __init__(self) -> None:
+        self.role = "active"
+        self.notifier: Any = None
+        self.digest = b""
+        self.drills: list[str] = []
+
+    async def start(self) -> None:
+        pass
+
+    async def stop(self, graceful: bool = True) -> None:
+        pass
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "node": "clitest", "role": self.role, "reason": "peer lb2 is backup; we win",
+            "since": "2026-01-01T10:00:00Z", "since_ago": 42.0, "priority": 150,
+            "effective_priority": 150, "blocked": False, "handing_over": False,
+            "faults": [{"name": "gateway:192.0.2.254", "blocking": False, "reason": "3 lost"}],
+            "peer": {"name": "lb2", "role": "backup", "priority": 100, "effective_priority": 100,
+                     "alive": True, "last_heard_ago": 0.1, "config_match": False,
+                     "blocked": False, "healthy": 1,
+                     "paths": {"192.0.2.12:5405": {"last_heard_ago": 0.1}}},
+            "peers_configured": ["192.0.2.12:5405"],
+            "vips": [{"address": "198.51.100.10/24", "interface": "eth0", "present": True,
+                      "lease_left": 2.5}],
+            "vips_held": True, "lease": 3.0,
+            "transitions": [{"ago": 42.0, "from": "starting", "to": "active",
+                             "reason": "no peer heard in the start-up listen"}],
+        }  # fmt: skip
+
+    async def drill_handover(self) -> dict[str, Any]:
+        self.drills.append("handover")
+        self.role = "backup"
+        return {"drill": "handover", "ok": True, "handover_sent": 0.0, "detection": 0.0012,
+                "vip_added": 0.0031, "announcements_sent": 0.0033, "announce_count": 5,
+                "first_heartbeat_as_active": 0.0042, "released_here": 0.0051,
+                "overlap": 0.002, "gap": 0.0}  # fmt: skip
+
+    async def drill_fault(self, seconds: float) -> dict[str, Any]:
+        self.drills.append(f"fault {seconds:g}")
+        return {"drill": "fault", "ok": True, "seconds": seconds, "fault": 0.0,
+                "detection": 0.61, "vip_added": 0.613, "announcements_sent": 0.614,
+                "announce_count": 5, "first_heartbeat_as_active": 0.62, "gap": 0.614}  # fmt: skip
+
+
+HA = """
+ha:
+  bind: 192.0.2.11:5405
+  peers: [192.0.2.12:5405]
+  interval: 100ms
+  secret_file: KEY
+  vips: [{address: 198.51.100.10/24, interface: eth0}]
+"""
+
+
+@pytest.fixture
+async def ha_daemon(tmp_path: Path) -> AsyncIterator[tuple[FakeRunner, Path, str]]:
+    token = tmp_path / "token"
+    token.write_text("abc123\n")
+    key = tmp_path / "ha.key"
+    key.write_text("k" * 32)
+    sock = f"unix:{tmp_path}/run/api.sock"
+    text = GOOD + HA.replace("KEY", str(key))
+    path = write(tmp_path, text, 19, api=f'api: {{listen: "{sock}", token_file: {token}}}')
+    runner = FakeRunner()
+    d = Daemon(load(str(path)), dataplane=MemoryDataplane(), ha=runner)
+    await d.start()
+    try:
+        yield runner, path, sock
+    finally:
+        await d.stop("test")
+
+
+async def test_status_shows_the_ha_block_above_the_services(
+    ha_daemon: tuple[FakeRunner, Path, str],
+) -> None:
+    _, _, sock = ha_daemon
+    rc, out, err = await arun(["status", "--api", sock])
+    assert rc == 0, err
+    assert "role active" in out.splitlines()[0]
+    assert "ha role ACTIVE since 2026-01-01T10:00:00Z (42.0s ago): peer lb2 is backup" in out
+    assert "peer lb2 backup priority 100 (effective 100) alive" in out
+    assert "192.0.2.12:5405 0.1s ago" in out
+    assert "CONFIG DIGEST MISMATCH" in out
+    assert "198.51.100.10/24 on eth0: present, 2.5s left" in out
+    assert "starting -> active: no peer heard in the start-up listen" in out
+    assert "fault gateway:192.0.2.254: 3 lost" in out
+    assert out.index("ha role") < out.index("\nweb ")
+
+
+async def test_drill_handover_prints_the_timeline(ha_daemon: tuple[FakeRunner, Path, str]) -> None:
+    runner, path, sock = ha_daemon
+    rc, _, err = await arun(["drill", "handover", "--api", sock])  # no token
+    assert rc == 1 and "401" in err and runner.drills == []
+    rc, out, err = await arun(["drill", "handover", "-c", str(path)])  # token from the config
+    assert rc == 0, err
+    lines = out.splitlines()
+    assert lines[0] == "drill handover: ok"
+    assert re.search(r"\+0\.0 ms\s+handover sent to the peer", out)
+    assert re.search(r"\+3\.1 ms\s+peer added the VIPs", out)
+    assert re.search(r"\+5\.1 ms\s+this node released its VIPs", out)
+    assert "gap: 0.000s" in out and "announcements sent by the peer: 5" in out
+    steps = [float(m) for m in re.findall(r"^\s+\+([\d.]+) ms", out, re.M)]
+    assert steps == sorted(steps) and len(steps) == 6
+    rc, out, err = await arun(["drill", "handover", "-c", str(path), "--json"])
+    assert rc == 0 and json.loads(out)["gap"] == 0.0
+
+
+async def test_drill_fault_seconds(ha_daemon: tuple[FakeRunner, Path, str]) -> None:
+    runner, path, _ = ha_daemon
+    rc, out, err = await arun(["drill", "fault", "-c", str(path), "--seconds", "2"])
+    assert rc == 0, err
+    assert out.startswith("drill fault (2s): ok") and "gap: 0.614s" in out
+    rc, _, err = await arun(["drill", "fault", "-c", str(path), "--seconds", "0.1"])
+    assert rc == 1 and "400" in err and "dead interval" in err
+    assert runner.drills == ["fault 2"]
+
+
+def test_drill_needs_a_kind_and_seconds() -> None:
+    with pytest.raises(SystemExit) as e:
+        run(["drill"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        run(["drill", "fault"])
+    assert e.value.code == 2
+
+
+async def test_drill_on_a_standalone_daemon_is_refused(daemon: tuple[Daemon, Path, str]) -> None:
+    _, path, _ = daemon
+    rc, _, err = await arun(["drill", "handover", "-c", str(path)])
+    assert rc == 1 and "409" in err and "no ha: section" in err

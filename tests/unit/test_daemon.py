@@ -20,11 +20,12 @@ from structlog.testing import capture_logs
 
 from hacontrol.api.app import ApiServer, create_app, openapi_text
 from hacontrol.config import load
-from hacontrol.daemon import Daemon
+from hacontrol.config.digest import compute_digest
+from hacontrol.daemon import Daemon, DrillError, DrillUnavailable
 from hacontrol.dataplane.memory import MemoryDataplane
 from hacontrol.dataplane.table import ServiceKey
 from hacontrol.health.state import Health
-from hacontrol.process import StartError, sd_notify
+from hacontrol.process import StartError, choose_loop, local_listener, sd_notify
 
 WEB = ServiceKey("tcp", "192.0.2.10", 80)
 TIMEOUT = 10.0  # generous: the machine is shared
@@ -379,3 +380,206 @@ async def test_shared_target_checked_once_logged_per_services(
     ev = [e for e in logs if e["event"] == "health.change" and "services" in e]
     assert len(ev) == 1 and ev[0]["services"] == ["api", "web"]
     assert d.health_summary() == [("web", 0, 1), ("api", 0, 1)]
+
+
+# -- HA wiring (a fake runner: the real one is tested in test_ha_runner / integration) ----------
+
+
+class FakeRunner:
+    """Stands in for hacontrol.ha.runner.HaRunner: records calls, serves a realistic status."""
+
+    def __init__(self, role: str = "active", peer_match: bool = True) -> None:
+        self.role = role
+        self.peer_match = peer_match
+        self.notifier: Any = None
+        self.digest = b""
+        self.calls: list[str] = []
+
+    async def start(self) -> None:
+        self.calls.append("start")
+
+    async def stop(self, graceful: bool = True) -> None:
+        self.calls.append(f"stop graceful={graceful}")
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "node": "unit", "role": self.role, "reason": "peer b is backup; we win",
+            "since": "2026-01-01T00:00:00Z", "since_ago": 5.0, "priority": 150,
+            "effective_priority": 150, "blocked": False, "handing_over": False, "faults": [],
+            "peer": {"name": "b", "role": "backup", "priority": 100, "effective_priority": 100,
+                     "alive": True, "last_heard_ago": 0.1, "config_match": self.peer_match,
+                     "blocked": False, "healthy": 2,
+                     "paths": {"192.0.2.12:5405": {"last_heard_ago": 0.1}}},
+            "peers_configured": ["192.0.2.12:5405"],
+            "vips": [{"address": "198.51.100.10/24", "interface": "eth0", "present": True,
+                      "lease_left": 2.5}],
+            "vips_held": True, "lease": 3.0, "epoch": 7, "last_takeover": {"detected": 5.0},
+            "heartbeats": {"sent": {"192.0.2.12:5405": 3}, "received": {}, "rejected": {}},
+            "transitions": [{"ago": 5.0, "from": "starting", "to": "active",
+                             "reason": "no peer heard"}],
+        }  # fmt: skip
+
+    async def drill_handover(self) -> dict[str, Any]:
+        self.calls.append("handover")
+        if self.role != "active":
+            raise DrillError(f"this node is {self.role}, not active")
+        return {"drill": "handover", "ok": True, "handover_sent": 0.0, "vip_added": 0.004,
+                "released_here": 0.006, "overlap": 0.002, "gap": 0.0}  # fmt: skip
+
+    async def drill_fault(self, seconds: float) -> dict[str, Any]:
+        self.calls.append(f"fault {seconds}")
+        return {"drill": "fault", "ok": True, "seconds": seconds, "fault": 0.0, "gap": 0.61}
+
+
+def ha_text(tmp: Path, priority: int = 150, notify: str = '["/bin/echo", "{role}"]') -> str:
+    key = tmp / "ha.key"
+    key.write_text("k" * 32)
+    key.chmod(0o600)
+    return f"""
+ha:
+  bind: 192.0.2.11:5405
+  peers: [192.0.2.12:5405]
+  priority: {priority}
+  interval: 100ms
+  secret_file: {key}
+  vips: [{{address: 198.51.100.10/24, interface: eth0}}]
+  notify: {notify}
+"""
+
+
+async def ha_daemon(tmp: Path, ports: list[int], runner: FakeRunner) -> tuple[Daemon, Path]:
+    path = tmp / "ha.yaml"
+    path.write_text(config_text(tmp, ports, [1, 1]) + ha_text(tmp))
+    d = Daemon(load(str(path)), dataplane=MemoryDataplane(), serve_api=False, ha=runner)
+    await d.start()
+    return d, path
+
+
+async def test_ha_runner_started_last_stopped_first_and_in_status(
+    tmp_path: Path, backends: list[Backend]
+) -> None:
+    runner = FakeRunner()
+    d, _ = await ha_daemon(tmp_path, [b.port for b in backends], runner)
+    try:
+        assert runner.calls == ["start"] and d.reconciler is not None
+        doc = d.status()
+        assert doc["role"] == "active"
+        assert doc["ha"]["peer"]["name"] == "b"
+        assert doc["ha"]["config"] == {"digest": d.config.digest, "peer_match": True}
+        jsonschema = pytest.importorskip("jsonschema")
+        spec = yaml.safe_load(openapi_text())
+        schema = {"$ref": "#/components/schemas/Status", "components": spec["components"]}
+        jsonschema.Draft202012Validator(schema).validate(doc)
+        # what the runner advertises in heartbeats: healthy real servers per service
+        await wait_for(lambda: d.health_summary() == [("web", 2, 2)], "both up in the summary")
+    finally:
+        with capture_logs() as logs:
+            await d.stop("test")
+    assert runner.calls == ["start", "stop graceful=True"]
+    events = [e["event"] for e in logs]
+    assert events.index("ha.stopped") < events.index("daemon.stop")
+
+
+async def test_ha_digest_mismatch_is_loud_in_status(
+    tmp_path: Path, backends: list[Backend]
+) -> None:
+    d, _ = await ha_daemon(tmp_path, [b.port for b in backends], FakeRunner(peer_match=False))
+    try:
+        cfg = d.status()["ha"]["config"]
+        assert cfg["peer_match"] is False and "MISMATCH" in cfg["warning"]
+    finally:
+        await d.stop("test")
+
+
+async def test_drills_forwarded_and_validated(tmp_path: Path, backends: list[Backend]) -> None:
+    runner = FakeRunner()
+    d, _ = await ha_daemon(tmp_path, [b.port for b in backends], runner)
+    try:
+        assert (await d.drill("handover"))["gap"] == 0.0
+        assert (await d.drill("fault", 1.5))["seconds"] == 1.5
+        with pytest.raises(ValueError, match="dead interval"):
+            await d.drill("fault", 0.2)  # 100ms x 3 = 0.3 s
+        runner.role = "backup"
+        with pytest.raises(DrillError, match="not active"):
+            await d.drill("handover")
+        assert runner.calls[1:] == ["handover", "fault 1.5", "handover"]
+    finally:
+        await d.stop("test")
+
+
+async def test_drill_without_ha_is_unavailable(
+    tmp_path: Path, backends: list[Backend], make_daemon: DaemonFactory
+) -> None:
+    d, _, _ = await make_daemon(config_text(tmp_path, [b.port for b in backends], [1, 1]))
+    assert d.ha is None and d.status()["ha"] is None and d.role() == "standalone"
+    with pytest.raises(DrillUnavailable, match="no ha: section"):
+        await d.drill("handover")
+
+
+async def test_reload_ha_priority_needs_restart_notify_live(
+    tmp_path: Path, backends: list[Backend]
+) -> None:
+    ports = [b.port for b in backends]
+    runner = FakeRunner()
+    d, path = await ha_daemon(tmp_path, ports, runner)
+    try:
+        old_ha = d.config.ha
+        text = config_text(tmp_path, ports, [4, 1]) + ha_text(
+            tmp_path, priority=10, notify='["/bin/true", "{role}"]'
+        )
+        path.write_text(text)
+        result = await d.reload("test")
+        assert result["result"] == "ok"
+        assert result["needs_restart"] == ["ha.priority"]
+        assert result["applied_live"] == ["ha.notify"]
+        assert d.config.ha is not None and old_ha is not None
+        assert d.config.ha.priority == old_ha.priority == 150  # kept until a restart
+        assert d.config.ha.notify == ("/bin/true", "{role}")
+        assert runner.notifier is not None and runner.notifier.argv == ("/bin/true", "{role}")
+        # the services changed: the advertised digest follows; the runner was not restarted
+        assert runner.digest == bytes.fromhex(d.config.digest)
+        assert runner.calls == ["start"]
+        assert d.config.digest == compute_digest(d.config.services, d.config.ha)
+    finally:
+        await d.stop("test")
+
+
+async def test_reload_adding_ha_needs_restart(
+    tmp_path: Path, backends: list[Backend], make_daemon: DaemonFactory
+) -> None:
+    ports = [b.port for b in backends]
+    d, _, path = await make_daemon(config_text(tmp_path, ports, [1, 1]))
+    path.write_text(config_text(tmp_path, ports, [1, 1]) + ha_text(tmp_path))
+    result = await d.reload("test")
+    assert result["needs_restart"] == ["ha"] and d.config.ha is None and d.ha is None
+    assert d.config.digest == compute_digest(d.config.services, None)
+
+
+async def test_start_refuses_a_bad_ha_key(tmp_path: Path, backends: list[Backend]) -> None:
+    path = tmp_path / "ha.yaml"
+    path.write_text(config_text(tmp_path, [backends[0].port], [1]) + ha_text(tmp_path))
+    (tmp_path / "ha.key").write_text("short")
+    dp = MemoryDataplane()
+    d = Daemon(load(str(path)), dataplane=dp, serve_api=False)
+    with pytest.raises(StartError, match="at least 16 bytes"):
+        await d.start()
+    assert not dp.table  # refused before the kernel was touched
+
+
+def test_choose_loop_is_uvloop_for_every_plane(tmp_path: Path) -> None:
+    pytest.importorskip("uvloop")
+    for kind in ("nftables", "memory"):
+        text = config_text(tmp_path, [1], [1]).replace("kind: memory", f"kind: {kind}")
+        path = tmp_path / f"{kind}.yaml"
+        path.write_text(text)
+        factory, reason = choose_loop(load(str(path)), dry_run=False)
+        assert factory is not None and reason.startswith("uvloop")
+
+
+@pytest.mark.parametrize(
+    ("bound", "local"),
+    [("unix:/run/x.sock", True), ("127.0.0.1:9480", True), ("[::1]:9480", True),
+     ("0.0.0.0:9480", False), ("192.0.2.1:9480", False), ("[2001:db8::1]:1", False)],
+)  # fmt: skip
+def test_local_listener(bound: str, local: bool) -> None:
+    assert local_listener(bound) is local

@@ -204,3 +204,12 @@ def test_filter_service() -> None:
     only = filter_service(doc, "dns")
     assert only is not None and [s["name"] for s in only["services"]] == ["dns"]
     assert filter_service(doc, "nope") is None
+
+
+def test_ha_block_and_role_pass_through() -> None:
+    ha = {"role": "backup", "peer": {"name": "d2", "role": "active"}, "transitions": []}
+    node = NodeView(node="d1", role="backup", version="0.1.0", uptime=1.0, config_loaded_ago=1.0)
+    doc = build_status(CFG, node, DataplaneView(kind="memory"), health_of(STATUSES), None, NOW, ha)
+    assert doc["role"] == "backup" and doc["ha"] == ha
+    assert doc["ha"] is not ha  # a copy: the caller's dict is not served by reference
+    assert list(doc).index("ha") < list(doc).index("services")
