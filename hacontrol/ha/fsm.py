@@ -358,7 +358,10 @@ class Machine:
     def _stop(self, now: float) -> list[ft.Action]:
         active = self.role is Role.ACTIVE
         pr = self.peer
-        able = pr is not None and self.peer_alive(now) and not pr.blocked
+        able = (  # as _begin_handover: a stopping or faulty peer will not take the VIPs
+            pr is not None and pr.role in (Role.BACKUP, Role.STARTING) and not pr.blocked
+            and self.peer_alive(now)
+        )  # fmt: skip
         acts = self.move(now, Role.STOPPING, "stop requested")
         if active and able:
             self.handover_until, self.handover_reason = now + self.p.handover_wait, "stopping"

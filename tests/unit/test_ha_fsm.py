@@ -318,6 +318,17 @@ def test_stop_active_releases_after_timeout_without_peer_taking() -> None:
     assert m.done and ReleaseVips() in acts
 
 
+@pytest.mark.parametrize("peer_role", [Role.STOPPING, Role.FAULT, Role.ACTIVE])
+def test_stop_active_does_not_wait_for_a_peer_that_cannot_take(peer_role: Role) -> None:
+    m = new()
+    feed(m, [*ticks(0, 3)])
+    assert role_of(m) is Role.ACTIVE
+    m.step(heard(3.5, peer_role, blocked=peer_role is Role.FAULT))
+    assert role_of(m) is Role.ACTIVE  # an active peer (priority 50) lost the split brain
+    acts = m.step(Stop(3.6))
+    assert m.done and not m.handing_over and ReleaseVips() in acts
+
+
 def test_config_digest_mismatch_is_logged_once() -> None:
     m = new()
     acts = feed(m, [heard(t / 2, Role.ACTIVE, digest_match=False) for t in range(4)])
