@@ -312,6 +312,11 @@ def cmd_reload(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
             + ("" if doc.get("changed", True) else " (no change)"),
             file=out,
         )
+        if doc.get("applied_live"):
+            print(f"applied live: {', '.join(doc['applied_live'])}", file=out)
+        if doc.get("needs_restart"):
+            print(f"needs a restart (running values kept): {', '.join(doc['needs_restart'])}",
+                  file=out)  # fmt: skip
         return EXIT_OK
     print(f"error: HTTP {status}: {doc.get('error', doc)}", file=err)
     for line in doc.get("errors", []):
