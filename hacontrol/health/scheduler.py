@@ -4,9 +4,10 @@ The daemon's API (``CheckKey``, ``check_key``, ``HealthChecker``). Targets are d
 ``CheckKey``: identical checks of the same address and port run once, whatever the number of
 services sharing them. Cheap at scale by construction (docs/benchmarks.md):
 
-* one timer: each tick launches the slice of targets that are due (a heap ordered by due time)
-  and sweeps deadlines once (one launch-ordered deque per timeout value, so each is also
-  deadline-ordered); no Task, no ``wait_for`` and no timer per check;
+* one timer: each tick (at most every ``TICK``) launches the slice of targets that are due (a
+  timer wheel of ``TICK``-wide slots) and sweeps deadlines once (one launch-ordered deque per
+  timeout value, so each is also deadline-ordered); no Task, no ``wait_for``, no timer and no
+  loop handle per check (probe sockets share one epoll set, ``tcp.Poller``);
 * first probes are spread uniformly over the interval, and every period gets +/- jitter;
 * results go straight into the pure ``Tracker`` (hysteresis lives there only);
 * a state change is logged (``health.change``), counted, and passed to ``on_change``.
@@ -57,11 +58,10 @@ class CheckKey:
 
     @property
     def target(self) -> str:
-        return (
-            f"[{self.address}]:{self.port}"
-            if ":" in self.address
-            else (f"{self.address}:{self.port}")
-        )
+        """``address:port`` as logged (``[v6]:port``)."""
+        if ":" in self.address:
+            return f"[{self.address}]:{self.port}"
+        return f"{self.address}:{self.port}"
 
 
 def check_key(svc: ServiceConfig, rs: RealServer) -> CheckKey:
@@ -343,6 +343,8 @@ class HealthChecker:
                 heapq.heappop(keys)
         if self._loop is None:
             return
+        if launched and poller is not None:
+            poller.dispatch()
         nxt = keys[0] * TICK if keys else math.inf
         for dq in self._deadlines.values():
             if dq and dq[0][0] < nxt:

@@ -73,7 +73,7 @@ class Poller:
         self.loop = loop
         self._ep = select.epoll()
         self._handlers: dict[int, Callable[[], None]] = {}
-        loop.add_reader(self._ep.fileno(), self._dispatch)
+        loop.add_reader(self._ep.fileno(), self.dispatch)
 
     def watch(self, fd: int, events: int, handler: Callable[[], None]) -> None:
         self._ep.register(fd, events)
@@ -87,7 +87,10 @@ class Poller:
         """Drop the handler of a socket about to be closed (closing removes it from the set)."""
         self._handlers.pop(fd, None)
 
-    def _dispatch(self) -> None:
+    def dispatch(self) -> None:
+        """Run the handlers of every ready socket (also called by the scheduler right after a
+        launch slice, like a C loop's epoll_wait after its connects: sockets that are already
+        connected are served in the same wakeup)."""
         handlers = self._handlers
         for fd, _ in self._ep.poll(0, 1024):
             h = handlers.get(fd)
