@@ -61,7 +61,9 @@ def test_active_links_down_backup_takes_over_and_the_return_does_not_flap(
     pair.links(A, up=False)
     pair.wait_role(B, "active", 10)
     tr = pair.last(B)
-    assert (tr.frm, tr.to) == ("backup", "active") and "silent" in tr.reason, tr
+    # the links go down one after the other: a may still hand over on the last one it has
+    assert (tr.frm, tr.to) == ("backup", "active"), tr
+    assert "silent" in tr.reason or tr.reason == f"peer {A} handed over", tr
     pair.client_learns(B)
     doc = pair.wait_role(A, "fault", 10)
     assert "interface" in doc["ha"]["reason"] and "down" in doc["ha"]["reason"], doc["ha"]

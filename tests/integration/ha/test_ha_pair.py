@@ -1,0 +1,165 @@
+"""The HA pair's planned handover and its heartbeat defences, between two real ``hacontrol run``
+daemons in namespaces (tests/integration/ha/pairlab):
+
+- ``hacontrol drill handover`` on the active while a client sends continuous HTTP requests to a
+  real server through the VIP (nftables NAT on the directors): no request fails, the peer takes
+  over by the handover (not by the dead interval), the client's entry moves to its MAC;
+- forged (wrong key), truncated, oversized, replayed and wrong-version heartbeats sent at the live
+  active from the client's network: each dropped, counted by reason in its /metrics, no role
+  change on either node. The genuine packet they derive from is captured off director-b's wire.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import json
+import socket
+import time
+from hashlib import sha256
+
+import pytest
+from conftest import MakePair
+from pairlab import ADDRS, HB_PORT, PUB, A, B, HaPair, in_netns, wait_for
+
+from hacontrol.ha import packet as pk
+from hacontrol.lab import traffic
+from hacontrol.lab.netns import Ns
+
+pytestmark = pytest.mark.root
+
+REJECTED = "hacontrol_ha_heartbeats_rejected_total"
+ETH_P_ALL = 0x0003
+
+
+def answers_since(load: traffic.Load, since: float) -> int:
+    return sum(1 for r in load.requests() if r.ok and r.t >= since)
+
+
+def test_planned_handover_under_load_fails_no_request(make_pair: MakePair) -> None:
+    pair = make_pair(real_server=True)
+    pair.start_pair()
+
+    def peers_healthy() -> bool:
+        return all(pair.ha(name)["peer"]["healthy"] == 1 for name in (A, B))
+
+    # both see the real server up (else b would be the worse node)
+    wait_for(peers_healthy, 30, "the real server up at both")
+    load = pair.load()
+    t_load = time.monotonic()
+    wait_for(lambda: answers_since(load, t_load) >= 20, 30, "the client's first answers")
+    pair.client_learns(A)
+
+    t0 = time.monotonic()
+    r = pair.cli(A, "drill", "handover", "--json")
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    pair.wait_role(B, "active", 10)
+    pair.wait_role(A, "backup", 10)
+    tr = pair.last(B)
+    assert (tr.frm, tr.to) == ("backup", "active") and tr.reason == f"peer {A} handed over", tr
+    pair.wait_vips({B})
+    pair.client_learns(B)
+    t1 = time.monotonic()
+    wait_for(lambda: answers_since(load, t1) >= 30, 30, "answers through director-b")
+    load.stop()
+
+    reqs = load.requests()
+    failed = [x for x in reqs if not x.ok]
+    assert not failed, f"{len(failed)} of {len(reqs)} requests failed: {failed[:5]}"
+    timeline = json.loads(r.stdout)
+    assert timeline["ok"] is True and timeline["gap"] == 0.0, timeline
+    gap = traffic.outage(reqs, t0, t1)
+    during = len(traffic.between(reqs, t0, t1))
+    print(f"handover under load: {during} requests during it, 0 failed, longest gap between "
+          f"answers {gap * 1000:.0f} ms; drill: {timeline}")  # fmt: skip
+
+
+def capture_heartbeat(ns: Ns, ifname: str, dst: str, timeout: float = 10.0) -> bytes:
+    """The UDP payload of one heartbeat ``ns`` sends to ``dst`` (AF_PACKET on ``ifname``)."""
+
+    def cap() -> bytes:
+        # ETH_P_ALL: only such taps see outgoing frames
+        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL)) as s:
+            s.bind((ifname, ETH_P_ALL))  # (Python applies htons to the protocol here)
+            s.settimeout(1.0)
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                try:
+                    frame = s.recv(65535)
+                except TimeoutError:
+                    continue
+                if frame[12:14] != b"\x08\x00":  # IPv4
+                    continue
+                ip = frame[14:]
+                ihl = (ip[0] & 0x0F) * 4
+                if ip[9] != socket.IPPROTO_UDP or socket.inet_ntoa(ip[16:20]) != dst:
+                    continue
+                udp = ip[ihl:]
+                if int.from_bytes(udp[2:4], "big") == HB_PORT:
+                    return bytes(udp[8 : int.from_bytes(udp[4:6], "big")])
+        raise AssertionError(f"no heartbeat to {dst} seen on {ns.name} {ifname}")
+
+    return in_netns(ns, cap)
+
+
+def send_from_client(pair: HaPair, payloads: list[bytes], dst: str) -> None:
+    def send() -> None:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for p in payloads:
+                s.sendto(p, (dst, HB_PORT))
+
+    in_netns(pair.lab["client"], send)
+
+
+def test_bad_heartbeats_are_dropped_and_counted(make_pair: MakePair) -> None:
+    pair = make_pair()
+    pair.start_pair()
+    pair.client_sees_active(A)
+    key = (pair.workdir / "ha.key").read_bytes().strip()
+    a_pub = ADDRS[A][0]
+
+    genuine = capture_heartbeat(pair.lab[B], PUB, a_pub)
+    msg = pk.decode(genuine, key)  # it is director-b's, and A has accepted it by now
+    assert msg.node == B
+    forged = pk.encode(  # "I am active with the highest priority", signed with another key
+        dataclasses.replace(msg, role=pk.WireRole.ACTIVE, priority=254, effective_priority=254,
+                            seq=msg.seq + 10_000),
+        b"not the shared key at all",
+    )  # fmt: skip
+    v2 = bytearray(genuine)
+    v2[4] = 2  # a well-signed packet of an unknown version
+    v2[-pk.MAC_LEN :] = hmac.new(key, bytes(v2[: -pk.MAC_LEN]), sha256).digest()
+    bad = {
+        "bad_mac": forged,
+        "truncated": genuine[:100],
+        "oversized": genuine + bytes(pk.MAX_PACKET + 1 - len(genuine)),
+        "replayed": genuine,
+        "bad_version": bytes(v2),
+    }
+    n = 3
+    wait_for(lambda: pair.ha(A)["heartbeats"]["received"], 10, "a receiving heartbeats")
+    before = {reason: pair.metric(A, REJECTED, reason=reason) for reason in bad}
+    roles = {name: pair.transitions(name) for name in (A, B)}
+
+    send_from_client(pair, [p for p in bad.values() for _ in range(n)], a_pub)
+
+    def counted() -> bool:
+        return all(pair.metric(A, REJECTED, reason=r) == before[r] + n for r in bad)
+
+    wait_for(
+        counted,
+        10,
+        f"{n} drops per reason at a",
+        lambda: str({r: pair.metric(A, REJECTED, reason=r) - before[r] for r in bad}),
+    )
+    status_rejected = pair.ha(A)["heartbeats"]["rejected"]
+    assert all(status_rejected.get(r, 0) >= n for r in bad), status_rejected
+    logged = {e["reason"] for e in pair.events(A, "ha.drop")}
+    assert set(bad) <= logged, logged
+    # nothing changed: the same roles and histories, the peer still alive, the VIPs still at a
+    assert {name: pair.transitions(name) for name in (A, B)} == roles
+    assert (pair.role(A), pair.role(B)) == ("active", "backup")
+    assert pair.ha(A)["peer"]["alive"] and pair.ha(A)["peer"]["priority"] == 100
+    assert pair.holders() == {A}
+    # and the forged "active, priority 254" never reached the state machine
+    assert pair.ha(A)["peer"]["role"] == "backup"
