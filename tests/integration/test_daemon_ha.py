@@ -2,11 +2,13 @@
 
 Uses the lab's two-director cluster (hacontrol.lab.topology, HA form: director-a priority 150,
 director-b 100 on public, inside and heartbeat bridges, a client, three real servers). Checks: one
-active (the higher priority) and one backup; the VIP group (198.51.100.10/24 public, 192.0.2.1/24
-inside gateway) only on the active; each status shows the peer; ``hacontrol drill handover``
-through the CLI moves the VIPs and prints a timeline; SIGTERM of the active hands over (the
-backup's transition reason says the peer handed over, not that it died) and the daemon exits
-promptly. The full scenario suite lives elsewhere (H2).
+active (the higher priority) and one backup, which removes the VIPs it found at start; the VIP
+group (198.51.100.10/24 public, 192.0.2.1/24 inside gateway) only on the active; each status
+shows the peer; /metrics counts heartbeats and transitions; ``hacontrol drill handover`` through
+the CLI moves the VIPs (make before break) and prints a timeline; a reload that needs a restart
+keeps the VIPs; SIGTERM of the active hands over (the backup's transition reason says the peer
+handed over, not that it died) and the daemon exits promptly; the last node stops at once.
+The full scenario suite lives elsewhere (H2).
 """
 
 from __future__ import annotations
@@ -91,6 +93,11 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
 
 def test_pair_elects_hands_over_and_stops_gracefully(cluster: Cluster) -> None:
     c = cluster
+    # b finds the VIP group configured at start (a leftover): it listens first, then, being the
+    # backup, removes it
+    c.ns(B).addr(PUBLIC_IF, f"{VIP}/24")
+    c.ns(B).addr(INSIDE_IF, f"{GATEWAY}/24")
+    assert vips_on(c, B) == GROUP
     for d in (A, B):
         c.start_daemon(d)
     until(lambda: roles(c) == ("active", "backup"), 60, "a active, b backup", c)
