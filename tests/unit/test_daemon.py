@@ -583,3 +583,18 @@ def test_choose_loop_is_uvloop_for_every_plane(tmp_path: Path) -> None:
 )  # fmt: skip
 def test_local_listener(bound: str, local: bool) -> None:
     assert local_listener(bound) is local
+
+
+async def test_dry_run_with_ha_runs_no_pair(tmp_path: Path, backends: list[Backend]) -> None:
+    path = tmp_path / "ha.yaml"
+    path.write_text(config_text(tmp_path, [backends[0].port], [1]) + ha_text(tmp_path))
+    d = Daemon(load(str(path)), dataplane=MemoryDataplane(), serve_api=False, dry_run=True)
+    with capture_logs() as logs:
+        await d.start()
+    try:
+        assert d.ha is None and d.role() == "standalone" and d.status()["ha"] is None
+        assert any(e["event"] == "ha.disabled" and "dry run" in e["reason"] for e in logs)
+        with pytest.raises(DrillUnavailable, match="HA is not running"):
+            await d.drill("handover")
+    finally:
+        await d.stop("test")
