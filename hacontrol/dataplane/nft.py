@@ -5,162 +5,54 @@ replaces it atomically in one transaction (``nft -j -f -``: add + delete + add t
 contents in one batch; established flows keep their conntrack NAT bindings). Other nftables
 tables are never touched. An empty desired table deletes our table.
 
-Layout of ``table inet <name>``:
-
-* ``dnat_pre`` (nat prerouting, dstnat) and ``dnat_out`` (nat output, so a client on the director
-  works): per service with a weight > 0 destination, ``ip daddr VIP tcp dport P dnat ip to
-  <key> map {slot: addr . port}``. rr: one slot per destination; wrr (and every other scheduler,
-  approximated, warned once): slots repeat each destination by its weight (divided by the gcd,
-  capped at MAX_SLOTS) in smooth weighted round-robin order, key ``numgen inc``; sh/mh: the same
-  slots keyed by ``jhash ip saddr``; fo: the highest weight destination only. Weight-0
-  destinations get no new flows (established ones keep going: NAT chains only see new flows).
-* ``no_dest``, jumped to from filter input/forward/output: a service without a usable destination
-  rejects new connections (tcp reset / port unreachable) instead of reaching the director's own
-  sockets.
-* ``snat_post``: masquerade the real servers' own outbound traffic (``ct status & dnat == 0``), as
-  an LVS-NAT director does.
-* maps ``weights4`` / ``weights6`` (``proto . vip . port . rs . rsport : weight``) and each service
-  rule's comment (``hc svc <key> <scheduler>``) hold the exact table, so ``snapshot()`` reads it
-  back; the snapshot then re-renders what it read and compares it with the live rules: a service
-  whose rules were edited by hand comes back with scheduler ``altered:<scheduler>``, so the
-  reconciler sees a difference and the next apply repairs it (``nft flush ruleset`` or deleting
-  the table reads back as empty). dr/tunnel forwarding and persistence are refused (DataplaneError
-  naming the service): they need IPVS.
+Rendering and parsing (the table layout, the slot schedules, detecting hand edits) live in the
+pure ``hacontrol.dataplane.nft_render``; this module runs ``nft`` and is the ``Dataplane``.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import math
 import os
 from collections.abc import Sequence
-from functools import reduce
-from typing import Any
 
 from hacontrol import logs
 from hacontrol.dataplane.base import DataplaneError
 from hacontrol.dataplane.diff import Action
-from hacontrol.dataplane.table import (
-    DestKey,
-    DestSpec,
-    ServiceKey,
-    ServiceSpec,
-    Table,
-    TableService,
+from hacontrol.dataplane.nft_render import (
+    ALTERED,
+    EXACT,
+    FAMILY,
+    MAX_SLOTS,
+    NAT_CHAINS,
+    WEIGHT_MAPS,
+    NftRenderer,
+    check,
+    parse_key,
+    slots_for,
+    smooth_slots,
 )
+from hacontrol.dataplane.table import ServiceKey, Table
+
+__all__ = [
+    "ALTERED",
+    "EXACT",
+    "FAMILY",
+    "MAX_SLOTS",
+    "NAT_CHAINS",
+    "WEIGHT_MAPS",
+    "NftDataplane",
+    "NftRenderer",
+    "check",
+    "parse_key",
+    "slots_for",
+    "smooth_slots",
+]
 
 log = logs.get("hacontrol.dataplane.nft")
 
-Json = dict[str, Any]
-FAMILY = "inet"
-MAX_SLOTS = 256
-ALTERED = "altered:"
-EXACT = {"rr", "wrr", "sh", "mh", "fo"}
-NAT_CHAINS = {  # name: (type, hook, priority)
-    "dnat_pre": ("nat", "prerouting", -100),
-    "dnat_out": ("nat", "output", -100),
-    "snat_post": ("nat", "postrouting", 100),
-    "filter_in": ("filter", "input", 0),
-    "filter_fwd": ("filter", "forward", 0),
-    "filter_out": ("filter", "output", 0),
-}
-WEIGHT_MAPS = {4: ("weights4", "ipv4_addr"), 6: ("weights6", "ipv6_addr")}
 
-
-def _ipfam(family: int) -> str:
-    return "ip" if family == 4 else "ip6"
-
-
-def smooth_slots(weights: dict[DestKey, int]) -> list[DestKey]:
-    """Slots for weighted round-robin: each dest repeated by its (reduced) weight, interleaved
-    like nginx's smooth WRR so consecutive new flows spread out."""
-    live = {k: w for k, w in sorted(weights.items()) if w > 0}
-    if not live:
-        return []
-    g = reduce(math.gcd, live.values())
-    red = {k: w // g for k, w in live.items()}
-    total = sum(red.values())
-    if total > MAX_SLOTS:
-        red = {k: max(1, round(w * MAX_SLOTS / total)) for k, w in red.items()}
-        total = sum(red.values())
-    keys, weights_ = list(red), list(red.values())
-    current = [0] * len(keys)
-    out: list[DestKey] = []
-    for _ in range(total):
-        best = 0
-        for i, w in enumerate(weights_):
-            current[i] += w
-            if current[i] > current[best]:  # ties: the first (lowest) key wins
-                best = i
-        current[best] -= total
-        out.append(keys[best])
-    return out
-
-
-def slots_for(spec: ServiceSpec, dests: dict[DestKey, DestSpec]) -> tuple[str, list[DestKey]]:
-    """(key kind "numgen" | "jhash", slot list) for a service's new flows."""
-    weights = {k: d.weight for k, d in dests.items()}
-    if spec.scheduler == "rr":
-        return "numgen", [k for k in sorted(weights) if weights[k] > 0]
-    if spec.scheduler == "fo":
-        live = sorted((k for k in weights if weights[k] > 0), key=lambda k: (-weights[k], k))
-        return "numgen", live[:1]
-    kind = "jhash" if spec.scheduler in ("sh", "mh") else "numgen"
-    return kind, smooth_slots(weights)
-
-
-def _match(proto: str, field: str, right: Any, op: str = "==") -> Json:
-    return {
-        "match": {
-            "op": op,
-            "left": {"payload": {"protocol": proto, "field": field}},
-            "right": right,
-        }
-    }
-
-
-def _service_match(key: ServiceKey) -> list[Json]:
-    return [
-        _match(_ipfam(key.family), "daddr", key.address),
-        _match(key.protocol, "dport", key.port),
-    ]
-
-
-def _comment(key: ServiceKey, spec: ServiceSpec) -> str:
-    return f"hc svc {key} {spec.scheduler}"
-
-
-def parse_key(text: str) -> ServiceKey:
-    proto, _, rest = text.partition("/")
-    host, _, port = rest.rpartition(":")
-    if proto not in ("tcp", "udp") or not host or not port.isdigit():
-        raise ValueError(f"not a service key: {text!r}")
-    return ServiceKey(proto, host.strip("[]"), int(port))  # type: ignore[arg-type]
-
-
-def check(table: Table) -> None:
-    """Refuse what nftables cannot do, naming the service."""
-    for key, svc in sorted(table.items()):
-        if svc.spec.persistence > 0:
-            raise DataplaneError(
-                f"nftables: service {key}: persistence {svc.spec.persistence}s is not supported "
-                "(needs IPVS)"
-            )
-        for dk, ds in sorted(svc.dests.items()):
-            if ds.forwarding != "nat":
-                raise DataplaneError(
-                    f"nftables: service {key}: destination {dk} forwarding {ds.forwarding} is not "
-                    "supported (only nat; dr/tunnel need IPVS)"
-                )
-            if (":" in dk.address) != (key.family == 6):
-                raise DataplaneError(
-                    f"nftables: service {key}: destination {dk} is of another address family"
-                )
-
-
-class NftDataplane:
+class NftDataplane(NftRenderer):
     """One nftables table rendered from the desired table, replaced atomically."""
 
     kind = "nftables"
@@ -170,112 +62,10 @@ class NftDataplane:
     def __init__(
         self, table_name: str = "hacontrol", *, netns: str | None = None, timeout: float = 10.0
     ) -> None:
-        self.table_name = table_name
+        super().__init__(table_name)
         self.netns = netns  # run nft inside this named namespace (lab, tests)
         self.timeout = timeout
         self._warned: set[str] = set()
-
-    # -- rendering ------------------------------------------------------------------------------
-
-    def _obj(self, kind: str, **fields: Any) -> Json:
-        return {kind: {"family": FAMILY, "table": self.table_name, **fields}}
-
-    def _rule(self, chain: str, expr: list[Json], comment: str) -> Json:
-        return self._obj("rule", chain=chain, expr=expr, comment=comment)
-
-    def service_rules(self, key: ServiceKey, svc: TableService) -> list[Json]:
-        fam = _ipfam(key.family)
-        kind, slots = slots_for(svc.spec, svc.dests)
-        comment = _comment(key, svc.spec)
-        if not slots:
-            if key.protocol == "tcp":
-                verdict: Json = {"reject": {"type": "tcp reset"}}
-            else:
-                icmp = "icmp" if key.family == 4 else "icmpv6"
-                verdict = {"reject": {"type": icmp, "expr": "port-unreachable"}}
-            return [self._rule("no_dest", [*_service_match(key), verdict], comment)]
-        if kind == "jhash":
-            hkey: Json = {
-                "jhash": {
-                    "mod": len(slots),
-                    "expr": {"payload": {"protocol": fam, "field": "saddr"}},
-                }
-            }
-        else:
-            hkey = {"numgen": {"mode": "inc", "mod": len(slots), "offset": 0}}
-        data = [[i, {"concat": [d.address, d.port]}] for i, d in enumerate(slots)]
-        dnat = {"dnat": {"family": fam, "addr": {"map": {"key": hkey, "data": {"set": data}}}}}
-        expr = [*_service_match(key), dnat]
-        return [self._rule("dnat_pre", expr, comment), self._rule("dnat_out", expr, comment)]
-
-    def global_rules(self, table: Table) -> list[Json]:
-        rules = [
-            self._rule(c, [{"jump": {"target": "no_dest"}}], "hc jump")
-            for c in ("filter_in", "filter_fwd", "filter_out")
-        ]
-        for family in (4, 6):
-            addrs = sorted(
-                {d.address for k, s in table.items() if k.family == family for d in s.dests}
-            )
-            if not addrs:
-                continue
-            right: Any = addrs[0] if len(addrs) == 1 else {"set": addrs}
-            fam = _ipfam(family)
-            not_dnat = {
-                "match": {
-                    "op": "!=",
-                    "left": {"&": [{"ct": {"key": "status"}}, "dnat"]},
-                    "right": "dnat",
-                }
-            }
-            rules.append(
-                self._rule(
-                    "snat_post",
-                    [_match(fam, "saddr", right), not_dnat, {"masquerade": None}],
-                    f"hc masquerade {fam}",
-                )
-            )
-        return rules
-
-    def chains(self) -> list[Json]:
-        out = [
-            self._obj("chain", name=name, type=t, hook=h, prio=p, policy="accept")
-            for name, (t, h, p) in NAT_CHAINS.items()
-        ]
-        return [*out, self._obj("chain", name="no_dest")]
-
-    def weight_maps(self, table: Table) -> list[Json]:
-        out = []
-        for family, (name, addr_type) in WEIGHT_MAPS.items():
-            elems = [
-                [{"concat": [k.protocol, k.address, k.port, d.address, d.port]}, s.weight]
-                for k, svc in sorted(table.items())
-                if k.family == family
-                for d, s in sorted(svc.dests.items())
-            ]
-            fields: Json = {
-                "name": name,
-                "map": "mark",
-                "type": ["inet_proto", addr_type, "inet_service", addr_type, "inet_service"],
-            }
-            if elems:
-                fields["elem"] = elems
-            out.append(self._obj("map", **fields))
-        return out
-
-    def render(self, table: Table) -> Json:
-        """The nft JSON batch replacing our table with ``table`` (deleting it when empty)."""
-        check(table)
-        ident = {"family": FAMILY, "name": self.table_name}
-        batch: list[Json] = [{"add": {"table": ident}}, {"delete": {"table": ident}}]
-        if table:
-            batch.append({"add": {"table": ident}})
-            objs = [*self.chains(), *self.weight_maps(table)]
-            for key, svc in sorted(table.items()):
-                objs += self.service_rules(key, svc)
-            objs += self.global_rules(table)
-            batch += [{"add": o} for o in objs]
-        return {"nftables": batch}
 
     def _warn_approximations(self, table: Table) -> None:
         for svc in table.values():
@@ -287,77 +77,6 @@ class NftDataplane:
                     scheduler=sched,
                     reason=f"nftables has no {sched}: weighted round-robin (numgen) used",
                 )
-
-    # -- reading back ---------------------------------------------------------------------------
-
-    def parse(self, doc: Json) -> Table:
-        """Our table as listed by ``nft -j list table`` -> Table (see module doc)."""
-        items = doc.get("nftables", [])
-        specs: dict[ServiceKey, ServiceSpec] = {}
-        rules: list[tuple[str, str, str]] = []
-        chains: set[str] = set()
-        dests: dict[ServiceKey, dict[DestKey, DestSpec]] = {}
-        broken = False
-        for item in items:
-            if "rule" in item:
-                r = item["rule"]
-                comment = r.get("comment", "")
-                rules.append((r["chain"], comment, _norm(r["expr"])))
-                parts = comment.split()
-                if len(parts) == 4 and parts[:2] == ["hc", "svc"]:
-                    with contextlib.suppress(ValueError):
-                        specs[parse_key(parts[2])] = ServiceSpec(parts[3], 0)
-            elif "chain" in item:
-                c = item["chain"]
-                chains.add(_norm({k: c.get(k) for k in ("name", "type", "hook", "prio", "policy")}))
-            elif "map" in item and item["map"]["name"] in ("weights4", "weights6"):
-                for elem in item["map"].get("elem", []):
-                    try:
-                        proto, vip, port, addr, dport = elem[0]["concat"]
-                        dests.setdefault(ServiceKey(proto, vip, int(port)), {})[
-                            DestKey(addr, int(dport))
-                        ] = DestSpec(int(elem[1]), "nat")
-                    except (KeyError, TypeError, ValueError):
-                        broken = True  # a hand-made element: re-render everything
-        table: Table = {k: TableService(s, dests.get(k, {})) for k, s in specs.items()}
-        # verify: the live rules must be exactly what this table renders to
-        want_chains = {
-            _norm({k: c["chain"].get(k) for k in ("name", "type", "hook", "prio", "policy")})
-            for c in self.chains()
-        }
-        live = set(rules)
-        expected: set[tuple[str, str, str]] = set()
-        altered: set[ServiceKey] = set()
-        for key, svc in table.items():
-            mine = self._keyed(self.service_rules(key, svc)) if _safe_check({key: svc}) else []
-            expected.update(mine)
-            if not mine or not all(r in live for r in mine):
-                altered.add(key)
-        own = self._keyed(self.global_rules(table))
-        expected.update(own)
-        by_comment = {_comment(k, s.spec): k for k, s in table.items()}
-        unknown = False
-        for rule in live - expected:  # an extra or edited rule: whose is it?
-            if rule[1] in by_comment:
-                altered.add(by_comment[rule[1]])
-            else:
-                unknown = True
-        if (
-            unknown
-            or broken
-            or chains != want_chains
-            or len(rules) != len(live)
-            or not all(r in live for r in own)
-        ):
-            altered = set(table)  # any other hand edit: re-render everything
-        for key in altered:
-            svc = table[key]
-            table[key] = TableService(ServiceSpec(ALTERED + svc.spec.scheduler), svc.dests)
-        return table
-
-    @staticmethod
-    def _keyed(objs: list[Json]) -> list[tuple[str, str, str]]:
-        return [(o["rule"]["chain"], o["rule"]["comment"], _norm(o["rule"]["expr"])) for o in objs]
 
     # -- the Dataplane protocol -----------------------------------------------------------------
 
@@ -427,39 +146,3 @@ class NftDataplane:
 
     async def close(self) -> None:
         """Nothing to release; the table stays (a restart must not drop traffic)."""
-
-
-def _norm(expr: Any) -> str:
-    """Canonical text of a rule's expressions, anonymous set/map elements compared order-free
-    (the two shapes we render: a dnat map and a match against a set); anything else verbatim."""
-    if not isinstance(expr, list):
-        return json.dumps(expr, sort_keys=True)
-    parts: list[str] = []
-    for e in expr:
-        try:
-            if "dnat" in e:
-                m = e["dnat"]["addr"]["map"]
-                data = sorted((int(i), *v["concat"]) for i, v in m["data"]["set"])
-                parts.append(
-                    json.dumps(["dnat", e["dnat"]["family"], m["key"], data], sort_keys=True)
-                )
-                continue
-            right = e["match"]["right"] if "match" in e else None
-            if isinstance(right, dict) and isinstance(right.get("set"), list):
-                elems = sorted(right["set"], key=str)
-                parts.append(
-                    json.dumps([e["match"]["op"], e["match"]["left"], elems], sort_keys=True)
-                )
-                continue
-        except (KeyError, TypeError, ValueError):
-            pass
-        parts.append(json.dumps(e, sort_keys=True))
-    return "|".join(parts)
-
-
-def _safe_check(table: Table) -> bool:
-    try:
-        check(table)
-    except DataplaneError:
-        return False
-    return True
