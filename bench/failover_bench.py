@@ -40,6 +40,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -201,6 +202,10 @@ class Stack:
     def transitions(self, name: str, offset: int) -> list[str]:
         raise NotImplementedError
 
+    def timeline(self, t_cut: float) -> dict[str, float | None]:
+        """The new active's own account of its takeover, in seconds after ``t_cut``."""
+        return {}
+
 
 class HcStack(Stack):
     def daemon_config(self, name: str) -> dict[str, Any]:
@@ -227,6 +232,14 @@ class HcStack(Stack):
                 if ev.get("event") == "ha.transition":
                     out.append(f"{ev.get('from_role')}->{ev.get('to_role')}: {ev.get('reason')}")
         return out
+
+    def timeline(self, t_cut: float) -> dict[str, float | None]:
+        t0 = time.monotonic()
+        doc = status(self.c, B)
+        now = (t0 + time.monotonic()) / 2  # the API answered within this curl's run
+        marks = (doc.get("ha") or {}).get("last_takeover") or {}
+        return {f"b_{k}_s": None if marks.get(k) is None else round(now - marks[k] - t_cut, 3)
+                for k in ("detected", "vip_added", "announced")}  # fmt: skip
 
 
 class KaStack(Stack):
@@ -333,8 +346,40 @@ def wait_answers(load: traffic.Load, n: int, since: float, timeout: float) -> fl
                     timeout, f"{n} client answers", step=0.05)  # fmt: skip
 
 
+class AddrMonitor:
+    """``ip -ts monitor address`` in a namespace: when an address first appeared (monotonic s)."""
+
+    def __init__(self, c: Cluster, name: str) -> None:
+        argv = ["timeout", "300", "ip", "-n", c.ns(name).name, "-ts", "monitor", "address"]
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        )
+
+    def events(self, address: str) -> list[tuple[float, bool]]:
+        """Stop the monitor; (monotonic time, added?) of every change of ``address``."""
+        self.proc.terminate()
+        text, _ = self.proc.communicate(timeout=10)
+        wall_minus_mono = time.time() - time.monotonic()
+        out = []
+        for line in text.splitlines():
+            if line.startswith("[") and f"inet {address}/" in line:
+                at = datetime.fromisoformat(line[1 : line.index("]")]).timestamp()
+                out.append((at - wall_minus_mono, "Deleted" not in line))
+        return out
+
+    def added(self, address: str, after_delete: bool = False) -> float | None:
+        """When ``address`` was first added (after its first removal, with ``after_delete``)."""
+        seen_delete = not after_delete
+        for at, added in self.events(address):
+            if added and seen_delete:
+                return at
+            seen_delete = seen_delete or not added
+        return None
+
+
 def failover_run(c: Cluster, stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
     wait_for(stack.ready, 180, f"{stack.prof.key}: a active, b backup")
+    mon = AddrMonitor(c, B)
     load = new_load(c, args)
     try:
         time.sleep(random.uniform(0.0, PHASE))  # a random instant in the heartbeat cycle
@@ -344,13 +389,16 @@ def failover_run(c: Cluster, stack: Stack, args: argparse.Namespace) -> dict[str
         wait_answers(load, 30, t_off, 60)
     finally:
         load.stop()
+        vip_on_b = mon.added(VIP)
     reqs = load.requests()
     m = {
         "outage_s": round(traffic.outage(reqs, t_cut), 3),
         "failed": traffic.failures(reqs, t_cut),
         "requests": len(traffic.between(reqs, t_cut)),
+        "vip_on_b_s": None if vip_on_b is None else round(vip_on_b - t_cut, 3),
         "power_off_s": round(t_off - t_cut, 3),
         "vip_at": c.holder(c.neighbour("client", VIP)),
+        **stack.timeline(t_cut),
     }
     stack.power_on(A)
     return m
@@ -410,32 +458,47 @@ def starve_run(c: Cluster, stack: Stack, args: argparse.Namespace) -> dict[str, 
     }
 
 
+def errors(reqs: list[traffic.Request], move: float, start: float, end: float = float("inf")
+           ) -> list[str]:  # fmt: skip
+    """The failed requests of [start, end): error, start relative to the VIP ``move``, latency."""
+    return [f"{r.error}: started {r.t - move:+.3f}s from the VIP move, gave up after {r.dt:.3f}s"
+            for r in traffic.between(reqs, start, end) if not r.ok]  # fmt: skip
+
+
 def handover_run(c: Cluster, stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
-    """A planned handover a -> b under load, then a's preemption back (both measured)."""
+    """A planned handover a -> b under load, then a's preemption back (both measured).
+
+    The windows are split halfway between b taking the VIPs and a taking them back (from
+    ``ip monitor`` in both namespaces); failed requests are timed from b taking the VIPs."""
     wait_for(stack.ready, 180, "hc-fast: a active, b backup")
+    mon_a, mon_b = AddrMonitor(c, A), AddrMonitor(c, B)
     load = new_load(c, args)
     try:
         t_h = time.monotonic()
-        r = c.hacontrol(A, "drill", "handover", "--api", API, "-c", str(c.config_path(A)))
+        r = c.hacontrol(A, "drill", "handover", "--json", "--api", API, "-c", str(c.config_path(A)))
         if r.returncode != 0:
             raise BenchError(f"hacontrol drill handover: {(r.stderr or r.stdout).strip()[:300]}")
-        t_b = wait_for(lambda: status(c, B).get("role") == "active", 30, "b active")
-        t_mid = t_b + 1.0  # preempt_delay is 2 s: the handover is over, the preemption not begun
+        wait_for(lambda: status(c, B).get("role") == "active", 30, "b active")
         t_back = wait_for(stack.ready, 60, "a active again (preemption)")
         wait_answers(load, 30, t_back, 30)
     finally:
         load.stop()
-    reqs = load.requests()
+        t_b, t_a = mon_b.added(VIP), mon_a.added(VIP, after_delete=True)
+    if t_b is None or t_a is None:
+        raise BenchError(f"no VIP move seen by ip monitor (b at {t_b}, a back at {t_a})")
+    reqs, t_mid = load.requests(), (t_b + t_a) / 2
     drill: dict[str, Any] = {}
     with contextlib.suppress(ValueError):
         drill = json.loads(r.stdout)
     return {
         "failed": traffic.failures(reqs, t_h, t_mid),
+        "errors": errors(reqs, t_b, t_h, t_mid),
         "longest_gap_s": round(traffic.outage(reqs, t_h, t_mid), 3),
         "requests": len(traffic.between(reqs, t_h, t_mid)),
-        "drill_s": round(t_b - t_h, 3),
-        "drill_gap_s": drill.get("gap") if isinstance(drill, dict) else None,
+        "vip_on_b_s": round(t_b - t_h, 3),
+        "drill": {k: drill.get(k) for k in ("ok", "gap", "overlap", "vip_added", "released_here")},
         "preempt_failed": traffic.failures(reqs, t_mid),
+        "preempt_errors": errors(reqs, t_a, t_mid),
         "preempt_longest_gap_s": round(traffic.outage(reqs, t_mid), 3),
     }
 
