@@ -5,7 +5,8 @@ bridges), starts ``hacontrol run`` on the director, shows round-robin from the c
 the servers' own counts, kills rs2 and measures how long it takes to leave the table and the
 traffic (and how many requests failed meanwhile), restarts it and measures its return, then prints
 a report and removes everything, also on Ctrl-C, SIGTERM or a failure. The two-director form
-(``--ha``) is ``hacontrol.lab.pair.run_pair``; both share ``hacontrol.lab.scenario``.
+(``--ha``, the default when the HA pair is installed) is ``hacontrol.lab.pair.run_pair``; both
+share ``hacontrol.lab.scenario``.
 
 Entry point: ``main(argv) -> int`` (``hacontrol lab [options]``). Exit status: 0 when every step
 showed what it should, 1 when a step failed, 2 on bad usage, 130 when interrupted.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import shutil
@@ -29,7 +31,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
-from hacontrol.lab import traffic
 from hacontrol.lab.netns import NetnsLab, Ns, cleanup_stale
 from hacontrol.lab.pair import run_pair
 from hacontrol.lab.scenario import (
@@ -39,14 +40,12 @@ from hacontrol.lab.scenario import (
     Step,
     Watch,
     in_table,
-    is_down,
-    out_of_table,
+    kill_server,
     r3,
+    restart_server,
     round_robin,
-    wait_answers,
-    wait_server,
 )
-from hacontrol.lab.topology import REAL_SERVERS, TARGET, Cluster
+from hacontrol.lab.topology import REAL_SERVERS, Cluster
 
 KEEP_PREFIX = "hclab"
 KEEP_DIR = Path(tempfile.gettempdir()) / "hacontrol-lab"
@@ -60,7 +59,6 @@ class Interrupted(KeyboardInterrupt):
 
 
 def run_single(c: Cluster, report: Report, say: Say, n: int) -> None:
-    rs2 = REAL_SERVERS["rs2"]
     t = time.monotonic()
     c.build()
     say(f"built namespaces {', '.join(ns.name for ns in c.lab.namespaces.values())}")
@@ -82,56 +80,8 @@ def run_single(c: Cluster, report: Report, say: Say, n: int) -> None:
 
     report.steps.append(round_robin(c, n, "round-robin", say))
 
-    # rs2 dies under continuous load
-    load = traffic.Load(c.runs, c.client, TARGET, 100_000, interval=0.02, timeout=1.0, duration=90)
-    wait_answers(load, 10, 0.0, 30)
-    c.stop_backend("rs2")  # returns once the process is gone: nothing started later reaches it
-    t_kill = time.monotonic()
-    say("rs2 killed (SIGKILL) under continuous client requests")
-    t_down, _ = watch.until(lambda d: is_down(d, rs2), t_kill, 30, "rs2 marked down")
-    t_out, doc = watch.until(lambda d: out_of_table(d, rs2), t_kill, 30, "rs2 out of the table")
-    wait_answers(load, 30, t_out, 30)
-    load.stop()
-    reqs = load.requests()
-    fails = [r for r in traffic.between(reqs, t_kill) if not r.ok]
-    # once the status shows rs2 out of the kernel table, no new connection may be sent to it
-    # (with rs1 and rs3 up, a refused connection can only have been sent to rs2)
-    late = traffic.failures(reqs, t_out)
-    say(f"rs2 down after {t_down - t_kill:.2f}s, out of the table after {t_out - t_kill:.2f}s; "
-        f"{len(fails)} failed requests meanwhile")  # fmt: skip
-    say.block(c.status_text("director"))
-    m = {
-        "health_down_s": r3(t_down - t_kill), "detection_s": r3(t_out - t_kill),
-        "failed": len(fails), "last_failure_s": r3(max((r.t for r in fails), default=t_kill)
-                                                    - t_kill),
-        "failed_after_removal": late, "removed": True,
-        "responses": traffic.distribution(traffic.between(reqs, t_kill)),
-        "requests": len(traffic.between(reqs, t_kill)),
-    }  # fmt: skip
-    report.steps.append(Step("rs2 killed", "rs2's server killed; the daemon removes it", m))
-    if late:
-        raise LabError(f"{late} requests failed after rs2 left the table")
-
-    # rs2 comes back
-    load = traffic.Load(c.runs, c.client, TARGET, 100_000, interval=0.02, timeout=1.0, duration=90)
-    wait_answers(load, 10, 0.0, 30)
-    t_start = time.monotonic()
-    c.start_backend("rs2")
-    say("rs2 restarted")
-    t_in, _ = watch.until(lambda d: in_table(d, rs2), t_start, 30, "rs2 back in the table")
-    t_first = wait_server(load, "rs2", t_start, 30)
-    wait_answers(load, 30, t_first, 30)
-    load.stop()
-    reqs = traffic.between(load.requests(), t_start)
-    say(f"rs2 back in the table after {t_in - t_start:.2f}s, first answer after "
-        f"{t_first - t_start:.2f}s")  # fmt: skip
-    say.block(c.status_text("director"))
-    report.steps.append(Step("rs2 restarted", "rs2's server started again; the daemon adds it", {
-        "back_in_table_s": r3(t_in - t_start), "first_answer_s": r3(t_first - t_start),
-        "failed": traffic.failures(reqs), "back": True,
-        "responses": traffic.distribution(reqs), "requests": len(reqs),
-    }))  # fmt: skip
-
+    report.steps.append(kill_server(c, watch, say))
+    report.steps.append(restart_server(c, watch, say))
     report.steps.append(round_robin(c, n, "round-robin again", say))
     watch.stop()
 
@@ -235,16 +185,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         dest="form",
         action="store_const",
         const="single",
-        help="one director (the default)",
+        help="the first form: one director",
     )
     form.add_argument(
         "--ha",
         dest="form",
         action="store_const",
         const="pair",
-        help="two directors with the VIP group moving between them",
+        help="two directors with the VIP group moving between them (the default when this "
+        "installation has the HA pair, hacontrol.ha.runner)",
     )
-    p.set_defaults(form="single")
+    p.set_defaults(form="pair" if importlib.util.find_spec("hacontrol.ha.runner") else "single")
     args = p.parse_args(argv)
     if not 3 <= args.requests <= 10_000:
         p.error("--requests must be between 3 and 10000")

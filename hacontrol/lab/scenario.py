@@ -144,6 +144,13 @@ class Watch(traffic.Run):
             time.sleep(0.05)
 
 
+def failed(reqs: list[traffic.Request], start: float = 0.0, end: float = float("inf")
+           ) -> dict[str, Any]:  # fmt: skip
+    """``failed``: requests started in [start, end) that failed, and by which ``errors``."""
+    bad = [r for r in traffic.between(reqs, start, end) if not r.ok]
+    return {"failed": len(bad), **({"errors": traffic.errors(bad)} if bad else {})}
+
+
 def tail(path: Path, n: int = 15) -> str:
     try:
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
@@ -183,10 +190,74 @@ def round_robin(c: Cluster, n: int, name: str, say: Say) -> Step:
     served = {rs: after[rs] - before[rs] for rs in REAL_SERVERS}
     say(f"{len(reqs)} requests: answers {responses}; the servers' own counts {served}")
     step = Step(name, f"{n} client requests to {TARGET}", {
-        "requests": len(reqs), "failed": traffic.failures(reqs),
+        "requests": len(reqs), **failed(reqs),
         "responses": responses, "served": served,
         "spread": max(served.values()) - min(served.values()),
     })  # fmt: skip
     if len(responses) != len(REAL_SERVERS) or step.measured["failed"]:
         raise LabError(f"{name}: expected every real server to answer and no failure: {step}")
     return step
+
+
+def continuous(c: Cluster) -> traffic.Load:
+    """Client load for an event: a new connection every 20 ms (bounded), once it is answered."""
+    load = traffic.Load(c.runs, c.client, TARGET, 100_000, interval=0.02, timeout=1.0,
+                        duration=120)  # fmt: skip
+    wait_answers(load, 10, 0.0, 30)
+    return load
+
+
+def kill_server(c: Cluster, watch: Watch, say: Say, rs: str = "rs2") -> Step:
+    """``rs`` dies (SIGKILL) under continuous load: how long until it leaves the table (the
+    director's status) and how many requests failed meanwhile; none may fail after that."""
+    address = REAL_SERVERS[rs]
+    load = continuous(c)
+    c.stop_backend(rs)  # returns once the process is gone: nothing started later reaches it
+    t_kill = time.monotonic()
+    say(f"{rs} killed (SIGKILL) under continuous client requests")
+    t_down, _ = watch.until(lambda d: is_down(d, address), t_kill, 30, f"{rs} marked down")
+    t_out, _ = watch.until(lambda d: out_of_table(d, address), t_kill, 30,
+                           f"{rs} out of the table")  # fmt: skip
+    wait_answers(load, 30, t_out, 30)
+    load.stop()
+    reqs = traffic.between(load.requests(), t_kill)
+    fails = [r for r in reqs if not r.ok]
+    # once the status shows it out of the kernel table, no new connection may be sent to it
+    # (with the others up, a refused connection can only have been sent to the dead one)
+    late = traffic.failures(reqs, t_out)
+    say(f"{rs} down after {t_down - t_kill:.2f}s, out of the table after {t_out - t_kill:.2f}s; "
+        f"{len(fails)} failed requests meanwhile")  # fmt: skip
+    say.block(c.status_text(watch.director))
+    step = Step(f"{rs} killed", f"{rs}'s server killed; the daemon removes it", {
+        "health_down_s": r3(t_down - t_kill), "detection_s": r3(t_out - t_kill),
+        **failed(reqs),
+        "last_failure_s": r3(max((r.t for r in fails), default=t_kill) - t_kill),
+        "failed_after_removal": late, "removed": True,
+        "responses": traffic.distribution(reqs), "requests": len(reqs),
+    })  # fmt: skip
+    if late:
+        raise LabError(f"{late} requests failed after {rs} left the table")
+    return step
+
+
+def restart_server(c: Cluster, watch: Watch, say: Say, rs: str = "rs2") -> Step:
+    """``rs`` starts again under continuous load: when it is back in the table, when it first
+    answers the client, and how many requests failed meanwhile (none should)."""
+    address = REAL_SERVERS[rs]
+    load = continuous(c)
+    t_start = time.monotonic()
+    c.start_backend(rs)
+    say(f"{rs} restarted")
+    t_in, _ = watch.until(lambda d: in_table(d, address), t_start, 30, f"{rs} back in the table")
+    t_first = wait_server(load, rs, t_start, 30)
+    wait_answers(load, 30, t_first, 30)
+    load.stop()
+    reqs = traffic.between(load.requests(), t_start)
+    say(f"{rs} back in the table after {t_in - t_start:.2f}s, first answer after "
+        f"{t_first - t_start:.2f}s")  # fmt: skip
+    say.block(c.status_text(watch.director))
+    return Step(f"{rs} restarted", f"{rs}'s server started again; the daemon adds it", {
+        "back_in_table_s": r3(t_in - t_start), "first_answer_s": r3(t_first - t_start),
+        **failed(reqs), "back": True,
+        "responses": traffic.distribution(reqs), "requests": len(reqs),
+    })  # fmt: skip

@@ -63,6 +63,12 @@ def distribution(reqs: Iterable[Request]) -> dict[str, int]:
     return dict(sorted(c.items()))
 
 
+def errors(reqs: Iterable[Request]) -> dict[str, int]:
+    """Failed requests per error (``timeout``, ``ConnectionRefusedError``, ``status 503``...)."""
+    c = Counter(r.error or "?" for r in reqs if not r.ok)
+    return dict(sorted(c.items()))
+
+
 def between(reqs: Iterable[Request], start: float, end: float = float("inf")) -> list[Request]:
     """Requests started in [start, end)."""
     return [r for r in reqs if start <= r.t < end]
