@@ -12,28 +12,28 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from hacontrol import logs
 from hacontrol.clock import Clock
+from hacontrol.ha import drills
 from hacontrol.ha import fsm_types as ft
 from hacontrol.ha import packet as pk
+from hacontrol.ha.drills import DrillError
 from hacontrol.ha.fsm import Machine, Params
 from hacontrol.ha.fsm_types import Role
 from hacontrol.ha.interfaces import HaIoError, Notifier, Tracker, TrackEvent, VipManager
+from hacontrol.ha.runner_status import runner_status
 from hacontrol.ha.transport import HaTransport, digest_bytes, next_epoch
 from hacontrol.metrics import Metrics
 from hacontrol.model import HAConfig
 
+__all__ = ["DrillError", "HaRunner", "HealthSummary"]
+
 log = logs.get("hacontrol.ha")
 
 HealthSummary = Callable[[], Iterable[tuple[str, int, int]]]  # (service, healthy, total)
-
-
-class DrillError(Exception):
-    """A drill cannot run (this node is not active, no peer able to take over...)."""
 
 
 class _Renew:
@@ -52,6 +52,8 @@ def _ms_ago(now: float, at: float | None) -> int:
 
 
 class HaRunner:
+    """One member of an HA pair: start, stop, status and drills; the role lives in ``fsm``."""
+
     def __init__(
         self,
         cfg: HAConfig,
@@ -372,126 +374,16 @@ class HaRunner:
         for r in Role:
             self.metrics.ha_role.labels(role=r.name.lower()).set(1 if r is self.fsm.role else 0)
 
-    # -- status and drills -----------------------------------------------------------------
+    # -- status and drills (hacontrol.ha.runner_status, hacontrol.ha.drills) -------------
 
     def status(self) -> dict[str, Any]:
-        now, m = self.clock(), self.fsm
-        wall = time.time()
-
-        def ago(at: float | None) -> float | None:
-            return None if at is None else round(max(0.0, now - at), 3)
-
-        peer: dict[str, Any] | None = None
-        if m.peer is not None:
-            pr = m.peer
-            peer = {
-                "name": pr.name, "role": pr.role.name.lower(), "priority": pr.priority,
-                "effective_priority": pr.effective_priority, "alive": m.peer_alive(now),
-                "last_heard_ago": ago(pr.last_heard), "config_match": pr.digest_match,
-                "blocked": pr.blocked, "healthy": pr.healthy,
-                "paths": {p: {"last_heard_ago": ago(t)} for p, t in sorted(self._paths.items())},
-            }  # fmt: skip
-        t = self.transport
-        return {
-            "node": self.node, "role": self.role, "reason": m.reason,
-            "since_ago": ago(m.since), "since": time.strftime(
-                "%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall - (now - m.since))),
-            "priority": self.params.priority, "effective_priority": m.effective_priority(now),
-            "blocked": m.blocked, "handing_over": m.handing_over,
-            "faults": [{"name": n, "blocking": b, "reason": r} for n, (b, r) in m.faults.items()],
-            "peer": peer, "peers_configured": [str(p) for p in self.cfg.peers],
-            "vips": self.vips.describe(), "vips_held": self._held, "lease": self.cfg.lease,
-            "epoch": self.epoch,
-            "last_takeover": {k: ago(v) for k, v in self._marks.items()},
-            "heartbeats": {
-                "sent": dict(t.sent) if t else {}, "received": dict(t.received) if t else {},
-                "rejected": {k: v for k, v in (t.dropped if t else {}).items() if v},
-            },
-            "transitions": [
-                {"ago": ago(x.at), "from": x.from_role.name.lower(),
-                 "to": x.to_role.name.lower(), "reason": x.reason}
-                for x in list(m.history)[-10:]
-            ],
-        }  # fmt: skip
-
-    def _peer_takeover(self, t0: float) -> dict[str, float | int | None]:
-        """The peer's takeover steps (from its heartbeat's takeover block) on our clock,
-        relative to ``t0``; one-way delay is neglected (sub-ms on a LAN)."""
-        msg, at = self._peer_last, self._peer_active_at
-        if msg is None or at is None or Role(int(msg.role)) is not Role.ACTIVE:
-            return {}
-        tk = msg.takeover
-        recv = self._peer_last_at
-
-        def when(ms: int) -> float | None:
-            return None if ms == pk.NO_TIME else round(recv - ms / 1000 - t0, 4)
-
-        return {
-            "detection": when(tk.detected_ago_ms), "vip_added": when(tk.vip_added_ago_ms),
-            "announcements_sent": when(tk.announced_ago_ms), "announce_count": tk.announce_count,
-            "first_heartbeat_as_active": round(at - t0, 4),
-        }  # fmt: skip
-
-    async def _peer_announced(self, within: float) -> None:
-        def seen() -> bool:
-            msg = self._peer_last
-            return msg is not None and msg.takeover.announce_count > 0
-
-        with contextlib.suppress(TimeoutError):
-            await self._wait(lambda: self._peer_active_at is not None and seen(), within)
+        """The ``ha`` block of the daemon's status (see ``runner_status``)."""
+        return runner_status(self)
 
     async def drill_handover(self) -> dict[str, Any]:
-        """Planned handover: this active node hands over (make before break). Returns the
-        timeline in seconds from the start; ``gap`` is the time no node held the VIPs (0 when
-        the peer added them before we removed ours; ``overlap`` says by how much)."""
-        if self.fsm.role is not Role.ACTIVE:
-            raise DrillError(f"this node is {self.role}, not active")
-        t0 = self.clock()
-        self._feed(ft.DrillHandover(t0))
-        if not self.fsm.handing_over:
-            raise DrillError("no live backup peer able to take over")
-        self._peer_active_at = None
-        with contextlib.suppress(TimeoutError):
-            await self._wait(lambda: self.fsm.role is not Role.ACTIVE, self.params.handover_wait)
-        await self._drain(5.0)
-        ok = self.fsm.role is not Role.ACTIVE
-        if ok:  # let a heartbeat carrying the peer's first announcement arrive
-            await self._peer_announced(5 * self.cfg.interval + 0.5)
-        out: dict[str, Any] = {"drill": "handover", "ok": ok, "handover_sent": 0.0}
-        out.update(self._peer_takeover(t0))
-        released = self._marks.get("released") if ok else None
-        out["released_here"] = None if released is None else round(released - t0, 4)
-        if ok and out.get("vip_added") is not None and released is not None:
-            out["overlap"] = round(released - t0 - out["vip_added"], 4)
-            out["gap"] = max(0.0, -out["overlap"])
-        if not ok:
-            out["error"] = "the peer did not take over in time; this node kept the VIPs"
-        log.info("ha.drill", **{k: v for k, v in out.items() if k != "drill"}, kind="handover",
-                 reason="planned handover drill")  # fmt: skip
-        return out
+        """Planned handover drill; the timeline (see ``hacontrol.ha.drills.drill_handover``)."""
+        return await drills.drill_handover(self)
 
     async def drill_fault(self, seconds: float) -> dict[str, Any]:
-        """Unplanned-failover rehearsal: this active node drops its VIPs and goes silent for
-        ``seconds`` (it keeps listening, to time the peer's takeover). ``gap`` is the time from
-        the fault until the peer's first announcement of the VIPs."""
-        if not self.params.dead_interval < seconds <= 600:
-            dead = f"{self.params.dead_interval:g}"
-            raise DrillError(f"seconds must exceed the dead interval ({dead}s) and be <= 600")
-        if self.fsm.role is not Role.ACTIVE:
-            raise DrillError(f"this node is {self.role}, not active")
-        t0 = self.clock()
-        self._peer_active_at = None
-        self._feed(ft.DrillFault(t0, seconds))
-        await self._drain(5.0)
-        with contextlib.suppress(TimeoutError):
-            await self._wait(lambda: self._peer_active_at is not None, seconds)
-        await self._peer_announced(max(0.0, t0 + seconds - self.clock()))
-        out: dict[str, Any] = {"drill": "fault", "seconds": seconds, "fault": 0.0}
-        out.update(self._peer_takeover(t0))
-        out["ok"] = out.get("announcements_sent") is not None
-        out["gap"] = out.get("announcements_sent")
-        with contextlib.suppress(TimeoutError):
-            await self._wait(lambda: not self.fsm.silent, seconds + 2 * self.cfg.interval)
-        log.info("ha.drill", **{k: v for k, v in out.items() if k != "drill"}, kind="fault",
-                 reason="fault drill")  # fmt: skip
-        return out
+        """Fault drill for ``seconds``; the timeline (see ``hacontrol.ha.drills.drill_fault``)."""
+        return await drills.drill_fault(self, seconds)
