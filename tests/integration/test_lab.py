@@ -18,6 +18,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -50,9 +51,10 @@ def processes_mentioning(text: str) -> list[int]:
     return found
 
 
-def test_first_form_report() -> None:
+def run_lab(*args: str) -> dict[str, Any]:
+    """Run the lab to its end; its JSON report (after checking it cleaned up)."""
     p = subprocess.Popen(
-        [*LAB, "--single", "--json", "--requests", "9"],
+        [*LAB, *args, "--json", "--requests", "9"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -64,11 +66,15 @@ def test_first_form_report() -> None:
             p.send_signal(signal.SIGINT)
             p.wait(timeout=60)
     assert p.returncode == 0, err[-4000:]
-    rep = json.loads(out)
+    rep: dict[str, Any] = json.loads(out)
     assert rep["ok"] is True and rep["error"] is None
     assert rep["dataplane"] in ("nftables", "ipvs")
-    steps = {s["step"]: s["measured"] for s in rep["steps"]}
+    assert rep["cleanup"] == {"namespaces_left": 0}
+    assert namespaces(p.pid) == []
+    return rep
 
+
+def check_real_server_steps(steps: dict[str, dict[str, Any]]) -> None:
     for name in ("round-robin", "round-robin again"):
         rr = steps[name]
         assert rr["failed"] == 0
@@ -91,8 +97,44 @@ def test_first_form_report() -> None:
     assert back["responses"].get("rs2", 0) > 0
     assert back["failed"] == 0  # adding a server back loses nothing
 
-    assert rep["cleanup"] == {"namespaces_left": 0}
-    assert namespaces(p.pid) == []
+
+def test_first_form_report() -> None:
+    rep = run_lab("--single")
+    assert rep["form"] == "single"
+    steps = {s["step"]: s["measured"] for s in rep["steps"]}
+    assert list(steps) == [
+        "build", "start", "round-robin", "rs2 killed", "rs2 restarted", "round-robin again",
+    ]  # fmt: skip
+    check_real_server_steps(steps)
+
+
+def test_two_director_form_report() -> None:
+    rep = run_lab("--ha")
+    assert rep["form"] == "pair"
+    steps = {s["step"]: s["measured"] for s in rep["steps"]}
+    assert list(steps) == [
+        "build", "start", "round-robin", "rs2 killed", "rs2 restarted", "power loss",
+        "power back", "handover", "preempt back", "round-robin again",
+    ]  # fmt: skip
+    check_real_server_steps(steps)
+    assert steps["round-robin"]["vip_at"] == "director-a"  # the client's ARP entry: a's MAC
+
+    loss = steps["power loss"]
+    assert loss["vip_at"] == "director-b"
+    # heartbeats every 200 ms, dead after 3: b takes over well within a couple of seconds
+    assert 0 < loss["takeover_s"] < 3
+    assert 0 < loss["outage_s"] < 3
+    assert loss["failed"] == sum(loss.get("errors", {}).values())
+
+    back = steps["power back"]
+    assert back["vip_at"] == "director-a"
+    assert back["preempted_s"] >= 2.0  # preempt_delay
+
+    handover = steps["handover"]
+    assert handover["vip_at"] == "director-b"
+    assert handover["longest_gap_s"] < 1.0  # make before break: no outage a client notices
+    assert steps["preempt back"]["vip_at"] == "director-a"
+    assert steps["round-robin again"]["vip_at"] == "director-a"
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
