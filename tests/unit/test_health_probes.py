@@ -69,9 +69,12 @@ class Server:
 
 def http_handler(srv: Server, response: bytes) -> Handler:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        srv.requests.append(await reader.readuntil(b"\r\n\r\n"))
-        writer.write(response)
-        await writer.drain()
+        try:
+            srv.requests.append(await reader.readuntil(b"\r\n\r\n"))
+            writer.write(response)
+            await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # a tcp check, or a client that left after the status line (RST)
         writer.close()
 
     return handle
@@ -110,6 +113,20 @@ async def test_tcp_connected_and_refused() -> None:
     async with serve(handle) as srv:
         assert await attempt(TcpProbe("127.0.0.1", srv.port)) == (True, "connected")
     assert await attempt(TcpProbe("127.0.0.1", free_port())) == (False, "connection refused")
+
+
+async def test_ipv6_tcp_and_http() -> None:
+    srv0 = Server()
+    server = await asyncio.start_server(http_handler(srv0, resp("200 OK", b"v6")), "::1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        assert await attempt(TcpProbe("::1", port)) == (True, "connected")
+        check = CheckConfig(type="http", expect_body="v6")
+        probe = HttpProbe(HttpSpec(check, "::1", port, tls=False), "::1", port)
+        assert await attempt(probe) == (True, "status 200, body matched")
+        assert f"Host: [::1]:{port}\r\n".encode() in srv0.requests[-1]
+    finally:
+        server.close()
 
 
 async def test_tcp_cancel_releases_socket() -> None:
