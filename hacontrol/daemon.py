@@ -7,11 +7,10 @@ diff: unchanged health targets keep their state) and stop (leave the kernel tabl
 ``dataplane.keep_on_stop``, else remove the owned services). Health changes recompute the desired
 table. It gathers the status view the API serves. Logic lives in the parts it wires, not here.
 
-With an ``ha:`` section it also builds the HA pair member (``hacontrol.ha.runner.HaRunner`` over
-a ``VipGroup``, a ``LocalTracker`` and a ``CommandNotifier``) and starts it last: the kernel table
-is programmed on both directors, only the VIPs move. A stop hands over first (the peer takes the
-VIPs at once), then releases the VIPs, then stops the rest. The role comes from the runner
-("standalone" without ``ha:``); drills are forwarded to it.
+With an ``ha:`` section it also runs the HA pair member (built, stopped and reported by
+``hacontrol.daemon_ha``) and starts it last: the kernel table is programmed on both directors,
+only the VIPs move. A stop hands over first, then stops the rest. The role comes from the runner
+("standalone" without ``ha:``); drills are forwarded to it. Reloads: ``hacontrol.reload``.
 """
 
 from __future__ import annotations
@@ -29,17 +28,16 @@ from aiohttp import web
 from hacontrol import __version__, logs
 from hacontrol.api.app import ApiServer, create_app
 from hacontrol.clock import Clock, monotonic
-from hacontrol.config import ConfigError, load
+from hacontrol.config import load
+from hacontrol.daemon_ha import DrillUnavailable, build_ha, run_drill, stop_ha
+from hacontrol.daemon_status import daemon_status
 from hacontrol.dataplane.base import Dataplane, DataplaneError
 from hacontrol.dataplane.desired import desired_table
 from hacontrol.dataplane.owned import OwnedStore
 from hacontrol.dataplane.reconciler import Reconciler
 from hacontrol.dataplane.select import open_dataplane
 from hacontrol.dataplane.table import Table
-from hacontrol.ha.notify import CommandNotifier
-from hacontrol.ha.runner import DrillError, HaRunner
-from hacontrol.ha.track import LocalTracker
-from hacontrol.ha.transport import digest_bytes, load_key
+from hacontrol.ha.runner import DrillError
 from hacontrol.ha.vip import VipGroup
 from hacontrol.health.scheduler import CheckKey, HealthChecker, check_key
 from hacontrol.health.state import Health, TargetStatus
@@ -49,22 +47,15 @@ from hacontrol.process import (
     HaComponent,
     StartError,
     choose_loop,
-    keep_restart_only,
-    live_ha_changes,
     local_listener,
     read_token,
-    restart_only_changes,
     sd_notify,
 )
-from hacontrol.status import DataplaneView, NodeView, build_status
+from hacontrol.reload import reload_daemon
 
 __all__ = ["Daemon", "DrillError", "DrillUnavailable", "StartError", "run_daemon"]
 
 log = logs.get("hacontrol.daemon")
-
-
-class DrillUnavailable(DrillError):
-    """A drill was asked of a daemon that runs no HA pair (no ``ha:`` section, or a dry run)."""
 
 
 class Daemon:
@@ -196,7 +187,14 @@ class Daemon:
         self._token = read_token(cfg.api.token_file)
         self._started_at = self._config_loaded_at = self.clock()
         if not self._ha_given:
-            self.ha = self._build_ha(cfg)  # a bad key fails here, before the kernel is touched
+            # a bad key fails here, before the kernel is touched
+            self.ha, self._vips = build_ha(
+                cfg,
+                dry_run=self.dry_run,
+                clock=self.clock,
+                metrics=self.metrics,
+                health_summary=self.health_summary,
+            )
         try:
             dp = await self._open_dataplane()
         except DataplaneError as exc:
@@ -252,34 +250,6 @@ class Daemon:
         self._warn_open_api()
         sd_notify("READY=1\nSTATUS=running")
 
-    def _build_ha(self, cfg: Config) -> HaComponent | None:
-        """The HA runner for ``cfg.ha`` (None without one, or in a dry run: no VIPs, no
-        heartbeats). Reads the key; StartError when it is unusable."""
-        ha = cfg.ha
-        if ha is None:
-            return None
-        if self.dry_run:
-            log.warning("ha.disabled", reason="dry run: no heartbeats, no VIPs; role standalone")
-            return None
-        try:
-            key = load_key(ha.secret_file)
-        except ValueError as exc:
-            raise StartError(str(exc)) from None
-        self._vips = VipGroup.from_config(ha, self.metrics, clock=self.clock)
-        return HaRunner(
-            ha,
-            cfg.node_name,
-            key,
-            clock=self.clock,
-            metrics=self.metrics,
-            vips=self._vips,
-            notifier=CommandNotifier.from_config(ha, cfg.node_name),
-            health_summary=self.health_summary,
-            digest=cfg.digest,
-            state_dir=cfg.dataplane.state_dir,
-            tracker=LocalTracker.from_config(ha),
-        )
-
     def _warn_open_api(self) -> None:
         if self._token is None and self.api is not None and not local_listener(self.api.bound):
             log.warning(
@@ -288,29 +258,10 @@ class Daemon:
                 reason="no api.token_file on a non-loopback listener: mutating calls are refused",
             )
 
-    async def _stop_ha(self, graceful: bool) -> None:
-        """Hand over (graceful) and release the VIPs, then close the VIP group's sockets."""
-        if self.ha is None:
-            return
-        t0 = time.monotonic()
-        try:
-            await self.ha.stop(graceful)
-        except Exception as exc:  # a bug there must not keep the daemon from stopping
-            log.error("ha.stop", result="error", reason=repr(exc))
-        if self._vips is not None:
-            with contextlib.suppress(Exception):
-                await self._vips.close()
-        log.info(
-            "ha.stopped",
-            graceful=graceful,
-            duration_ms=round((time.monotonic() - t0) * 1000, 1),
-            reason="handed over and released the VIPs" if graceful else "VIPs left to the lease",
-        )
-
     async def _teardown(self, keep: bool) -> None:
         """Stop everything; ``keep``: leave the kernel table, else remove the owned services.
         HA goes first: the peer takes the VIPs while this node still forwards."""
-        await self._stop_ha(graceful=True)
+        await stop_ha(self.ha, self._vips, graceful=True)
         if self.api is not None:
             await self.api.stop()
         await self.health.stop()
@@ -384,89 +335,8 @@ class Daemon:
     # -- reload ------------------------------------------------------------------------------
 
     async def reload(self, reason: str) -> dict[str, Any]:
-        """Load the file again and apply it; an invalid file changes nothing."""
-        if self._reload_lock is None or not self._running:
-            return {
-                "result": "error",
-                "errors": ["the daemon is not running"],
-                "digest": self.config.digest,
-            }
-        async with self._reload_lock:
-            if not self._running:  # stopped while waiting for the lock
-                return {
-                    "result": "error",
-                    "errors": ["the daemon is stopping"],
-                    "digest": self.config.digest,
-                }
-            return await self._reload(reason)
-
-    async def _reload(self, reason: str) -> dict[str, Any]:
-        t0 = time.monotonic()
-        old = self.config
-        sd_notify("RELOADING=1")
-        try:
-            try:
-                new = await asyncio.to_thread(self.loader, old.source)  # big files: off the loop
-                token = read_token(new.api.token_file)
-            except ConfigError as exc:
-                return self._refused(reason, str(exc).splitlines(), old)
-            except StartError as exc:
-                return self._refused(reason, [str(exc)], old)
-            except OSError as exc:
-                return self._refused(reason, [f"{old.source}: {exc.strerror or exc}"], old)
-            restart_only = restart_only_changes(old, new)
-            live_ha = live_ha_changes(old, new)
-            new = keep_restart_only(old, new)
-            changed = new.digest != old.digest
-            try:
-                added, removed, kept = self._apply_config(new)
-            except (ValueError, TypeError) as exc:  # a check the health checker cannot run
-                return self._refused(reason, [f"{old.source}: {exc}"], old)
-            self.config = new
-            self._token = token
-            self._apply_ha_live(old, new, live_ha)
-            self._config_loaded_at = self.clock()
-            if new.logging != old.logging and self.configure_logging:
-                logs.configure(new.logging.level, new.logging.format)
-            self.metrics.reloads.labels(result="ok").inc()
-            result = {
-                "result": "ok",
-                "changed": changed,
-                "digest": new.digest,
-                "services": len(new.services),
-                "real_servers": sum(len(s.real_servers) for s in new.services),
-                "targets_added": added,
-                "targets_removed": removed,
-                "targets_kept": kept,
-                "duration_ms": round((time.monotonic() - t0) * 1000, 2),
-                "needs_restart": restart_only,
-                "applied_live": live_ha,
-            }
-            log.info("config.reload", **result, old_digest=old.digest, reason=reason)
-            return result
-        finally:
-            sd_notify("READY=1")
-
-    def _apply_ha_live(self, old: Config, new: Config, live: list[str]) -> None:
-        """Hand the running pair member what a reload may change: the notify command and the
-        config digest it advertises. Never touches the VIPs."""
-        if self.ha is None or new.ha is None:
-            return
-        if live:
-            self.ha.notifier = CommandNotifier.from_config(new.ha, new.node_name)
-        if new.digest != old.digest:
-            self.ha.digest = digest_bytes(new.digest)
-
-    def _refused(self, reason: str, errors: list[str], old: Config) -> dict[str, Any]:
-        self.metrics.reloads.labels(result="error").inc()
-        log.error(
-            "config.reload",
-            result="error",
-            errors=errors,
-            kept_digest=old.digest,
-            reason=f"{reason}: invalid config refused, the running config is kept",
-        )
-        return {"result": "error", "errors": errors, "digest": old.digest}
+        """Load the file again and apply it; an invalid file changes nothing (hacontrol.reload)."""
+        return await reload_daemon(self, reason)
 
     # -- the view the API serves -------------------------------------------------------------
 
@@ -487,80 +357,14 @@ class Daemon:
     def role(self) -> str:
         return str(self.ha.role) if self.ha is not None else "standalone"
 
-    def _ha_status(self) -> dict[str, Any] | None:
-        """The runner's status plus the config digest comparison (a mismatch is loud)."""
-        if self.ha is None:
-            return None
-        doc = dict(self.ha.status())
-        peer = doc.get("peer")
-        match = peer.get("config_match") if isinstance(peer, dict) else None
-        doc["config"] = {"digest": self.config.digest, "peer_match": match}
-        if match is False:
-            doc["config"]["warning"] = (
-                "CONFIG DIGEST MISMATCH: the peer runs different services or VIPs"
-            )
-        return doc
-
     async def drill(self, kind: str, seconds: float | None = None) -> dict[str, Any]:
-        """Run a drill on the HA runner: "handover" or "fault" (``seconds``). Raises
-        DrillUnavailable without HA, DrillError when the runner refuses (not active, no peer),
-        ValueError for bad ``seconds``."""
-        if self.ha is None or not self._running:
-            why = "no ha: section" if self.config.ha is None else "HA is not running"
-            raise DrillUnavailable(f"{why} on this daemon: nothing to drill")
-        if kind == "handover":
-            return await self.ha.drill_handover()
-        if kind != "fault":
-            raise ValueError(f"unknown drill {kind!r}")
-        ha = self.config.ha
-        assert ha is not None
-        dead = ha.interval * ha.dead_after
-        if seconds is None or not dead < seconds <= 600:
-            raise ValueError(f"seconds must exceed the dead interval ({dead:g}s) and be <= 600")
-        return await self.ha.drill_fault(seconds)
-
-    def _dataplane_view(self, now: float) -> DataplaneView:
-        if self.reconciler is None:
-            return DataplaneView(kind=str(getattr(self.dataplane, "kind", "-")))
-        st = self.reconciler.status()
-
-        def ago(at: float | None) -> float | None:
-            return None if at is None else round(max(0.0, now - at), 3)
-
-        return DataplaneView(
-            kind=st.kind,
-            last_result=None if st.passes == 0 else ("ok" if st.ok else "error"),
-            error=st.error,
-            consecutive_errors=st.consecutive_errors,
-            last_apply_ago=ago(st.last_apply_at),
-            last_pass_ago=ago(st.last_pass_at),
-            applies=st.applies,
-            drift_repairs=st.drift_repairs,
-            passes=st.passes,
-            next_retry_in=None if st.next_retry_in is None else round(st.next_retry_in, 3),
-        )
+        """Run a drill on the HA runner: "handover" or "fault" (``seconds``); see
+        ``hacontrol.daemon_ha.run_drill`` for what it raises."""
+        return await run_drill(self.ha, self.config, self._running, kind, seconds)
 
     def status(self) -> dict[str, Any]:
-        now = self.clock()
-        cfg = self.config
-        node = NodeView(
-            node=cfg.node_name,
-            role=self.role(),
-            version=__version__,
-            uptime=now - self._started_at,
-            config_loaded_ago=now - self._config_loaded_at,
-            dry_run=self.dry_run,
-        )
-        kernel = self.reconciler.kernel if self.reconciler is not None else None
-
-        def health(svc: ServiceConfig, rs: RealServer) -> TargetStatus | None:
-            try:
-                return self.health.status(self._key(svc, rs))
-            except KeyError:
-                return None
-
-        ha = self._ha_status()
-        return build_status(cfg, node, self._dataplane_view(now), health, kernel, now, ha=ha)
+        """The status document the API serves (see ``hacontrol.daemon_status``)."""
+        return daemon_status(self)
 
 
 def run_daemon(config: Config, *, dry_run: bool = False, out: TextIO | None = None) -> int:

@@ -1,0 +1,146 @@
+"""The daemon's HA seam: what ``hacontrol.daemon.Daemon`` does with its HA pair member.
+
+With an ``ha:`` section the daemon runs one ``hacontrol.ha.runner.HaRunner`` over a ``VipGroup``,
+a ``LocalTracker`` and a ``CommandNotifier``. This module builds it from the config
+(``build_ha``; none in a dry run), stops it (``stop_ha``: hand over, release the VIPs, close the
+VIP group), hands it what a reload may change live (``apply_ha_live``: notify command, config
+digest; never the VIPs), adds the config digest comparison to its status (``ha_status``) and
+forwards drills (``run_drill``). The kernel table is programmed on both directors; only the VIPs
+move. Events keep the daemon's logger name (``hacontrol.daemon``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from typing import Any
+
+from hacontrol import logs
+from hacontrol.clock import Clock
+from hacontrol.ha.notify import CommandNotifier
+from hacontrol.ha.runner import DrillError, HaRunner, HealthSummary
+from hacontrol.ha.track import LocalTracker
+from hacontrol.ha.transport import digest_bytes, load_key
+from hacontrol.ha.vip import VipGroup
+from hacontrol.metrics import Metrics
+from hacontrol.model import Config
+from hacontrol.process import HaComponent, StartError
+
+__all__ = [
+    "DrillUnavailable",
+    "apply_ha_live",
+    "build_ha",
+    "ha_status",
+    "run_drill",
+    "stop_ha",
+]
+
+log = logs.get("hacontrol.daemon")
+
+
+class DrillUnavailable(DrillError):
+    """A drill was asked of a daemon that runs no HA pair (no ``ha:`` section, or a dry run)."""
+
+
+def build_ha(
+    cfg: Config,
+    *,
+    dry_run: bool,
+    clock: Clock,
+    metrics: Metrics,
+    health_summary: HealthSummary,
+) -> tuple[HaComponent | None, VipGroup | None]:
+    """The HA runner for ``cfg.ha`` and its VIP group ((None, None) without one, or in a dry
+    run: no VIPs, no heartbeats). Reads the key; StartError when it is unusable."""
+    ha = cfg.ha
+    if ha is None:
+        return None, None
+    if dry_run:
+        log.warning("ha.disabled", reason="dry run: no heartbeats, no VIPs; role standalone")
+        return None, None
+    try:
+        key = load_key(ha.secret_file)
+    except ValueError as exc:
+        raise StartError(str(exc)) from None
+    vips = VipGroup.from_config(ha, metrics, clock=clock)
+    runner = HaRunner(
+        ha,
+        cfg.node_name,
+        key,
+        clock=clock,
+        metrics=metrics,
+        vips=vips,
+        notifier=CommandNotifier.from_config(ha, cfg.node_name),
+        health_summary=health_summary,
+        digest=cfg.digest,
+        state_dir=cfg.dataplane.state_dir,
+        tracker=LocalTracker.from_config(ha),
+    )
+    return runner, vips
+
+
+async def stop_ha(ha: HaComponent | None, vips: VipGroup | None, graceful: bool) -> None:
+    """Hand over (graceful) and release the VIPs, then close the VIP group's sockets."""
+    if ha is None:
+        return
+    t0 = time.monotonic()
+    try:
+        await ha.stop(graceful)
+    except Exception as exc:  # a bug there must not keep the daemon from stopping
+        log.error("ha.stop", result="error", reason=repr(exc))
+    if vips is not None:
+        with contextlib.suppress(Exception):
+            await vips.close()
+    log.info(
+        "ha.stopped",
+        graceful=graceful,
+        duration_ms=round((time.monotonic() - t0) * 1000, 1),
+        reason="handed over and released the VIPs" if graceful else "VIPs left to the lease",
+    )
+
+
+def apply_ha_live(ha: HaComponent | None, old: Config, new: Config, live: list[str]) -> None:
+    """Hand the running pair member what a reload may change: the notify command and the
+    config digest it advertises. Never touches the VIPs."""
+    if ha is None or new.ha is None:
+        return
+    if live:
+        ha.notifier = CommandNotifier.from_config(new.ha, new.node_name)
+    if new.digest != old.digest:
+        ha.digest = digest_bytes(new.digest)
+
+
+def ha_status(ha: HaComponent | None, digest: str) -> dict[str, Any] | None:
+    """The runner's status plus the config digest comparison (a mismatch is loud)."""
+    if ha is None:
+        return None
+    doc = dict(ha.status())
+    peer = doc.get("peer")
+    match = peer.get("config_match") if isinstance(peer, dict) else None
+    doc["config"] = {"digest": digest, "peer_match": match}
+    if match is False:
+        doc["config"]["warning"] = (
+            "CONFIG DIGEST MISMATCH: the peer runs different services or VIPs"
+        )
+    return doc
+
+
+async def run_drill(
+    ha: HaComponent | None, config: Config, running: bool, kind: str, seconds: float | None
+) -> dict[str, Any]:
+    """Run a drill on the HA runner: "handover" or "fault" (``seconds``). Raises
+    DrillUnavailable without HA, DrillError when the runner refuses (not active, no peer),
+    ValueError for bad ``seconds``."""
+    if ha is None or not running:
+        why = "no ha: section" if config.ha is None else "HA is not running"
+        raise DrillUnavailable(f"{why} on this daemon: nothing to drill")
+    if kind == "handover":
+        return await ha.drill_handover()
+    if kind != "fault":
+        raise ValueError(f"unknown drill {kind!r}")
+    cfg = config.ha
+    assert cfg is not None
+    dead = cfg.interval * cfg.dead_after
+    if seconds is None or not dead < seconds <= 600:
+        raise ValueError(f"seconds must exceed the dead interval ({dead:g}s) and be <= 600")
+    return await ha.drill_fault(seconds)
