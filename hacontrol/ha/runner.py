@@ -3,8 +3,9 @@
 It owns the timers (a tick every ``interval``, scheduled from the injected clock), the heartbeat
 transport, the tracker task and one action worker that executes the machine's actions in order
 (take/renew/release the VIPs, heartbeat now, announce, notify) through the Protocols in
-hacontrol.ha.interfaces. It keeps the VIP lease renewed while this node is active and healthy,
-measures drills, and serves ``status()``. Every transition is logged as ``ha.transition``.
+hacontrol.ha.interfaces. It keeps the VIP lease renewed while this node is active and healthy.
+Every transition is logged as ``ha.transition``. Drills (hacontrol.ha.drills) and ``status()``
+(hacontrol.ha.runner_status) are methods here that delegate to those modules.
 """
 
 from __future__ import annotations
