@@ -1,6 +1,7 @@
 """The health checker: schedules probes for every target, applies rise/fall, reports changes.
 
-The daemon's API (``CheckKey``, ``check_key``, ``HealthChecker``). Targets are deduplicated by
+The daemon's API (``HealthChecker``; ``CheckKey`` and ``check_key`` from health/keys.py are
+re-exported here). Targets are deduplicated by
 ``CheckKey``: identical checks of the same address and port run once, whatever the number of
 services sharing them. Cheap at scale by construction (docs/benchmarks.md):
 
@@ -25,19 +26,17 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, replace
+from collections.abc import Iterable
 from typing import Any
 
 from hacontrol import logs
 from hacontrol.clock import Clock, monotonic
-from hacontrol.health.exec import ExecProbe
-from hacontrol.health.http import HttpProbe, HttpSpec, HttpsProbe
+from hacontrol.health.keys import CheckKey, OnChange, check_key, identity, make_probe, validate
 from hacontrol.health.state import Health, TargetStatus
-from hacontrol.health.tcp import Poller, Probe, TcpProbe
+from hacontrol.health.tcp import Poller, Probe
 from hacontrol.health.tracker import Tracker
 from hacontrol.metrics import Metrics
-from hacontrol.model import CheckConfig, RealServer, ServiceConfig
+from hacontrol.model import CheckConfig
 
 __all__ = ["CheckKey", "HealthChecker", "OnChange", "check_key", "make_probe"]
 
@@ -46,60 +45,6 @@ TICK = 0.01  # seconds between scheduler ticks at most 100 a second
 # short interval) the overdue rest goes out over the next ticks, with I/O handled in between,
 # instead of one burst that stalls the loop further (10x the normal 10,000/s slice)
 MAX_LAUNCH_PER_TICK = 1000
-
-
-@dataclass(frozen=True)
-class CheckKey:
-    """Dedup key: identical checks of the same target run once."""
-
-    check: CheckConfig  # as configured
-    address: str  # canonical text
-    port: int  # the port probed (check.port or the real server's port)
-
-    @property
-    def target(self) -> str:
-        """``address:port`` as logged (``[v6]:port``)."""
-        if ":" in self.address:
-            return f"[{self.address}]:{self.port}"
-        return f"{self.address}:{self.port}"
-
-
-def check_key(svc: ServiceConfig, rs: RealServer) -> CheckKey:
-    check = svc.check
-    return CheckKey(check, str(rs.address), check.port if check.port is not None else rs.port)
-
-
-OnChange = Callable[[CheckKey, Health, TargetStatus], None]
-
-
-def make_probe(key: CheckKey) -> Probe | None:
-    """The probe for a key (None for type "none"); ValueError for a check that cannot run."""
-    c = key.check
-    if c.type == "tcp":
-        return TcpProbe(key.address, key.port)
-    if c.type == "http":
-        return HttpProbe(HttpSpec(c, key.address, key.port, tls=False), key.address, key.port)
-    if c.type == "https":
-        return HttpsProbe(HttpSpec(c, key.address, key.port, tls=True), c, key.address, key.port)
-    if c.type == "exec":
-        return ExecProbe(c.command, key.address, key.port)
-    if c.type == "none":
-        return None
-    raise ValueError(f"unknown check type {c.type!r}")
-
-
-def _identity(key: CheckKey) -> CheckKey:
-    """The key with the timing knobs blanked: equal identities probe the same thing."""
-    c = replace(key.check, rise=1, fall=1, interval=1.0, timeout=1.0, jitter=0.0)
-    return CheckKey(c, key.address, key.port)
-
-
-def _validate(check: CheckConfig) -> None:
-    if not (check.interval > 0 and check.timeout > 0 and 0 <= check.jitter < 1):
-        raise ValueError(
-            f"check needs interval > 0, timeout > 0, 0 <= jitter < 1: {check.interval}, "
-            f"{check.timeout}, {check.jitter}"
-        )
 
 
 class _Target:
@@ -186,7 +131,7 @@ class HealthChecker:
         """Make the checked set equal ``keys``; validates everything before changing anything."""
         wanted = dict.fromkeys(keys)
         old = self._targets
-        gone = {_identity(k): t for k, t in old.items() if k not in wanted}
+        gone = {identity(k): t for k, t in old.items() if k not in wanted}
         now = self._clock()
         new: dict[CheckKey, _Target] = {}
         carried: list[tuple[_Target, CheckKey]] = []
@@ -194,10 +139,10 @@ class HealthChecker:
         for key in wanted:
             if not isinstance(key, CheckKey):
                 raise TypeError(f"not a CheckKey: {key!r}")
-            _validate(key.check)
+            validate(key.check)
             t = old.get(key)
             if t is None:
-                t = gone.pop(_identity(key), None)
+                t = gone.pop(identity(key), None)
                 if t is not None:
                     Tracker(key.check.rise, key.check.fall, now)  # validates rise/fall
                     carried.append((t, key))
