@@ -163,3 +163,27 @@ def test_bad_heartbeats_are_dropped_and_counted(make_pair: MakePair) -> None:
     assert pair.holders() == {A}
     # and the forged "active, priority 254" never reached the state machine
     assert pair.ha(A)["peer"]["role"] == "backup"
+
+
+def test_fault_drill_fails_over_and_the_node_returns_as_backup(make_pair: MakePair) -> None:
+    pair = make_pair()
+    pair.start_pair()
+    pair.client_sees_active(A)
+
+    r = pair.cli(A, "drill", "fault", "--seconds", "1.5", "--json")
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    timeline = json.loads(r.stdout)
+    assert timeline["ok"] is True, timeline
+    # b detected a's silence no earlier than the dead interval
+    assert timeline["detection"] >= pair.spec.dead - 0.05, timeline
+    assert timeline["gap"] >= timeline["detection"], timeline
+    tr = pair.last(B)
+    assert (tr.frm, tr.to) == ("backup", "active") and "silent" in tr.reason, tr
+    pair.client_learns(B)
+    doc = pair.wait_role(A, "backup", 10)  # the drill is over: back, without preempting
+    assert [(t.frm, t.to) for t in pair.transitions(A)][-2:] == [
+        ("active", "fault"),
+        ("fault", "backup"),
+    ], doc["ha"]["transitions"]
+    pair.wait_vips({B})
+    print(f"fault drill: {timeline}")
