@@ -146,9 +146,15 @@ class Watch(traffic.Run):
 
 def failed(reqs: list[traffic.Request], start: float = 0.0, end: float = float("inf")
            ) -> dict[str, Any]:  # fmt: skip
-    """``failed``: requests started in [start, end) that failed, and by which ``errors``."""
+    """``failed``: requests started in [start, end) that failed, by which ``errors``, and when
+    (seconds after ``start``: every one when there are at most 10, else the first and last)."""
     bad = [r for r in traffic.between(reqs, start, end) if not r.ok]
-    return {"failed": len(bad), **({"errors": traffic.errors(bad)} if bad else {})}
+    out: dict[str, Any] = {"failed": len(bad)}
+    if bad:
+        out["errors"] = traffic.errors(bad)
+        at = [round(r.t - start, 3) for r in bad]
+        out["failed_at_s"] = at if len(at) <= 10 else [at[0], at[-1]]
+    return out
 
 
 def tail(path: Path, n: int = 15) -> str:
@@ -182,6 +188,7 @@ def wait_server(load: traffic.Load, server: str, since: float, timeout: float) -
 
 def round_robin(c: Cluster, n: int, name: str, say: Say) -> Step:
     before = c.served_all()
+    t0 = time.monotonic()
     load = traffic.Load(c.runs, c.client, TARGET, n, interval=0.05, timeout=2.0, duration=120)
     load.wait(timeout=180)
     reqs = load.requests()
@@ -190,7 +197,7 @@ def round_robin(c: Cluster, n: int, name: str, say: Say) -> Step:
     served = {rs: after[rs] - before[rs] for rs in REAL_SERVERS}
     say(f"{len(reqs)} requests: answers {responses}; the servers' own counts {served}")
     step = Step(name, f"{n} client requests to {TARGET}", {
-        "requests": len(reqs), **failed(reqs),
+        "requests": len(reqs), **failed(reqs, t0),
         "responses": responses, "served": served,
         "spread": max(served.values()) - min(served.values()),
     })  # fmt: skip
@@ -221,17 +228,16 @@ def kill_server(c: Cluster, watch: Watch, say: Say, rs: str = "rs2") -> Step:
     wait_answers(load, 30, t_out, 30)
     load.stop()
     reqs = traffic.between(load.requests(), t_kill)
-    fails = [r for r in reqs if not r.ok]
+    n_failed = traffic.failures(reqs)
     # once the status shows it out of the kernel table, no new connection may be sent to it
     # (with the others up, a refused connection can only have been sent to the dead one)
     late = traffic.failures(reqs, t_out)
     say(f"{rs} down after {t_down - t_kill:.2f}s, out of the table after {t_out - t_kill:.2f}s; "
-        f"{len(fails)} failed requests meanwhile")  # fmt: skip
+        f"{n_failed} failed requests meanwhile")  # fmt: skip
     say.block(c.status_text(watch.director))
     step = Step(f"{rs} killed", f"{rs}'s server killed; the daemon removes it", {
         "health_down_s": r3(t_down - t_kill), "detection_s": r3(t_out - t_kill),
-        **failed(reqs),
-        "last_failure_s": r3(max((r.t for r in fails), default=t_kill) - t_kill),
+        **failed(reqs, t_kill),
         "failed_after_removal": late, "removed": True,
         "responses": traffic.distribution(reqs), "requests": len(reqs),
     })  # fmt: skip
@@ -258,6 +264,6 @@ def restart_server(c: Cluster, watch: Watch, say: Say, rs: str = "rs2") -> Step:
     say.block(c.status_text(watch.director))
     return Step(f"{rs} restarted", f"{rs}'s server started again; the daemon adds it", {
         "back_in_table_s": r3(t_in - t_start), "first_answer_s": r3(t_first - t_start),
-        **failed(reqs), "back": True,
+        **failed(reqs, t_start), "back": True,
         "responses": traffic.distribution(reqs), "requests": len(reqs),
     })  # fmt: skip
