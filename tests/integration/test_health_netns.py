@@ -93,15 +93,8 @@ class Runner:
     def __init__(self, ns: Ns, targets: list[tuple[dict[str, Any], str, int]], tmp: Path) -> None:
         script = tmp / "runner.py"
         script.write_text(RUNNER)
-        self.proc = ns.popen(
-            sys.executable,
-            str(script),
-            json.dumps(targets),
-            "120",
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        argv = [sys.executable, str(script), json.dumps(targets), "120"]
+        self.proc = ns.popen(*argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         self.events: list[dict[str, Any]] = []
         self.lock = threading.Lock()
         self.reader = threading.Thread(target=self._read, daemon=True)
@@ -120,13 +113,12 @@ class Runner:
 
     def changes(self, target: str, check: str) -> list[dict[str, Any]]:
         with self.lock:
-            return [
-                e
-                for e in self.events
-                if e.get("event") == "health.change"
-                and e["target"] == target
-                and e["check"] == check
-            ]
+            events = list(self.events)
+        return [
+            e
+            for e in events
+            if e.get("event") == "health.change" and e["target"] == target and e["check"] == check
+        ]
 
     def wait(
         self, pred: Callable[[dict[str, Any]], bool], limit: float = 20, what: str = ""
@@ -182,17 +174,8 @@ def lab(netns_lab: NetnsLab) -> NetnsLab:
 
 
 def backend(ns: Ns, addr: str, port: int, name: str) -> subprocess.Popen[Any]:
-    return ns.popen(
-        sys.executable,
-        "-m",
-        "hacontrol.lab.backend",
-        "--listen",
-        f"{addr}:{port}",
-        "--name",
-        name,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    argv = [sys.executable, "-m", "hacontrol.lab.backend", "--listen", f"{addr}:{port}"]
+    return ns.popen(*argv, "--name", name, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def kill(p: subprocess.Popen[Any]) -> None:
@@ -305,29 +288,12 @@ def make_cert(tmp: Path, ip: str) -> tuple[Path, Path]:
         from cryptography.hazmat.primitives.asymmetric import ec
         from cryptography.x509.oid import NameOID
     except ImportError:
+        cmd = (
+            f"openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+            f"-days 2 -subj /CN={ip} -addext subjectAltName=IP:{ip}"
+        ).split()
         subprocess.run(
-            [
-                "openssl",
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:prime256v1",
-                "-nodes",
-                "-days",
-                "2",
-                "-subj",
-                f"/CN={ip}",
-                "-addext",
-                f"subjectAltName=IP:{ip}",
-                "-keyout",
-                str(key),
-                "-out",
-                str(crt),
-            ],
-            check=True,
-            capture_output=True,
+            [*cmd, "-keyout", str(key), "-out", str(crt)], check=True, capture_output=True
         )
         return crt, key
     pkey = ec.generate_private_key(ec.SECP256R1())
