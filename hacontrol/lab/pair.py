@@ -181,9 +181,7 @@ def run_pair(c: Cluster, report: Report, say: Say, n: int) -> None:
         "longest_gap_s": r3(traffic.outage(reqs, t_h, t_mid)),
         "requests": len(traffic.between(reqs, t_h, t_mid)), "vip_at": vip_at,
     }  # fmt: skip
-    gap = _drill_gap(r.stdout)
-    if gap is not None:
-        m["drill_gap_s"] = gap
+    m.update(_drill_timeline(r.stdout))
     say(f"planned handover to director-b in {m['handover_s']}s: {m['failed']} failed requests, "
         f"longest gap {m['longest_gap_s']}s")  # fmt: skip
     report.steps.append(Step("handover", "hacontrol drill handover on a, under load", m))
@@ -201,11 +199,15 @@ def run_pair(c: Cluster, report: Report, say: Say, n: int) -> None:
     report.steps.append(step)
 
 
-def _drill_gap(out: str) -> float | None:
-    """The gap the drill itself measured, if it printed its timeline as JSON."""
+def _drill_timeline(out: str) -> dict[str, float]:
+    """The drill's own timeline (``hacontrol drill handover --json``), seconds from the handover:
+    when the peer added the VIPs, when this node released them, their overlap and the gap."""
     try:
         doc = json.loads(out)
     except ValueError:
-        return None
-    gap = doc.get("gap") if isinstance(doc, dict) else None
-    return r3(float(gap)) if isinstance(gap, int | float) else None
+        return {}
+    keys = ("vip_added", "released_here", "overlap", "gap")
+    if not isinstance(doc, dict):
+        return {}
+    return {f"drill_{k}_s": round(float(doc[k]), 4) for k in keys
+            if isinstance(doc.get(k), int | float)}  # fmt: skip

@@ -332,5 +332,11 @@ class Cluster:
             )
         lines.append(f"table:    ip netns exec {self.ns(first).name} nft list ruleset")
         lines.append(f"stop rs2: ip netns pids {self.ns('rs2').name} | xargs -r kill")
+        if self.ha:
+            lines.append(
+                f"handover: ip netns exec {self.ns(first).name} {sys.executable} -m hacontrol "
+                f"drill handover -c {self.config_path(first)}"
+            )
+            lines.append(f"VIPs:     ip -n {self.ns(first).name} -br addr")
         lines.append(f"shell:    ip netns exec {self.client.name} bash")
         return lines
