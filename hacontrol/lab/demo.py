@@ -226,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     lab = NetnsLab(KEEP_PREFIX if args.keep else None)
     cluster = Cluster(lab, workdir, ha=args.form == "pair")
     keep = False
+    say(f"{args.form} form; work directory (configs, logs) {workdir}")
     try:
         with _signals_raise():
             if args.form == "pair":

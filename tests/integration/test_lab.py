@@ -137,10 +137,16 @@ def test_two_director_form_report() -> None:
     assert steps["round-robin again"]["vip_at"] == "director-a"
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
-def test_interrupted_lab_removes_everything(sig: signal.Signals) -> None:
+@pytest.mark.parametrize(
+    ("form", "sig", "running"),
+    [
+        ("--single", signal.SIGINT, "all real servers up"),
+        ("--ha", signal.SIGTERM, "director-a active"),
+    ],
+)
+def test_interrupted_lab_removes_everything(form: str, sig: signal.Signals, running: str) -> None:
     p = subprocess.Popen(
-        [*LAB, "--single", "--requests", "300"],
+        [*LAB, form, "--requests", "300"],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -153,11 +159,11 @@ def test_interrupted_lab_removes_everything(sig: signal.Signals) -> None:
             lines.put(line)
 
     threading.Thread(target=read, daemon=True).start()
-    config = None
+    workdir = None
     seen: list[str] = []
     deadline = time.monotonic() + 120
     try:
-        # interrupt while the lab is running: namespaces built, the daemon serving
+        # interrupt while the lab is running: namespaces built, the daemon(s) serving
         while time.monotonic() < deadline:
             try:
                 line = lines.get(timeout=1)
@@ -165,12 +171,13 @@ def test_interrupted_lab_removes_everything(sig: signal.Signals) -> None:
                 assert p.poll() is None, "".join(seen)
                 continue
             seen.append(line)
-            if m := re.search(r"run -c (\S+)", line):
-                config = m.group(1)
-            if "all real servers up" in line:
+            if m := re.search(r"work directory \(configs, logs\) (\S+)", line):
+                workdir = m.group(1)
+            if running in line:
                 break
-        assert config is not None, "".join(seen)
+        assert workdir is not None and Path(workdir).is_dir(), "".join(seen)
         assert namespaces(p.pid), "the lab should be running"
+        assert processes_mentioning(workdir), "its daemon(s) should be running"
         p.send_signal(sig)
         rc = p.wait(timeout=60)
     finally:
@@ -183,6 +190,5 @@ def test_interrupted_lab_removes_everything(sig: signal.Signals) -> None:
     assert rc == 130, text
     assert "INTERRUPTED" in text
     assert namespaces(p.pid) == []
-    workdir = str(Path(config).parent)
     assert not Path(workdir).exists()
-    assert processes_mentioning(workdir) == []  # daemon, real servers and loops are gone
+    assert processes_mentioning(workdir) == []  # daemons, real servers and loops are gone
