@@ -27,12 +27,12 @@ from hacontrol.lab.scenario import (
     Watch,
     continuous,
     failed,
+    finish,
     in_table,
     kill_server,
     r3,
     restart_server,
     round_robin,
-    wait_answers,
 )
 from hacontrol.lab.topology import API, REAL_SERVERS, VIP, Cluster
 
@@ -79,12 +79,6 @@ class Pair:
     def vip_at(self) -> str | None:
         """The director whose MAC the client's neighbour entry for the VIP holds."""
         return self.c.holder(self.c.neighbour("client", VIP))
-
-    def finish(self, load: traffic.Load, since: float) -> list[traffic.Request]:
-        """Let the client see 30 answers to requests started after ``since``, then stop it."""
-        wait_answers(load, 30, since, 60)
-        load.stop()
-        return load.requests()
 
     def show(self) -> None:
         for d in self.c.directors:
@@ -133,7 +127,7 @@ def run_pair(c: Cluster, report: Report, say: Say, n: int) -> None:
     c.power_off(A)
     say("director-a powered off (daemon SIGKILL, links down) under continuous requests")
     t_b, _ = p.watch[B].until(role("active"), t_cut, 30, "director-b active")
-    reqs = p.finish(load, t_b)
+    reqs = finish(load, t_b)
     m = {
         "takeover_s": r3(t_b - t_cut), "outage_s": r3(traffic.outage(reqs, t_cut, t_b)),
         **failed(reqs, t_cut), "requests": len(traffic.between(reqs, t_cut)),
@@ -151,7 +145,7 @@ def run_pair(c: Cluster, report: Report, say: Say, n: int) -> None:
     say("director-a powered on again")
     t_pre, _ = p.watch[A].until(serving, t_on, 60, "director-a active again (preemption)")
     p.watch[B].until(role("backup"), t_on, 30, "director-b back to backup")
-    reqs = p.finish(load, t_pre)
+    reqs = finish(load, t_pre)
     m = {
         "preempted_s": r3(t_pre - t_on), "outage_s": r3(traffic.outage(reqs, t_on, t_pre)),
         **failed(reqs, t_on), "requests": len(traffic.between(reqs, t_on)),
@@ -172,7 +166,7 @@ def run_pair(c: Cluster, report: Report, say: Say, n: int) -> None:
     vip_at = p.vip_at()
     limit = c.timing.preempt_delay + 15
     t_back, _ = p.watch[A].until(role("active"), t_hb, limit, "director-a preempting back")
-    reqs = p.finish(load, t_back)
+    reqs = finish(load, t_back)
     # the two moves are preempt_delay apart: split the requests half-way between them (the
     # status polls tell each move up to 0.1 s late)
     t_mid = (t_hb + t_back) / 2

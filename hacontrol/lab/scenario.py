@@ -214,6 +214,14 @@ def continuous(c: Cluster) -> traffic.Load:
     return load
 
 
+def finish(load: traffic.Load, since: float) -> list[traffic.Request]:
+    """Let the client see 30 answers to requests started after ``since``, then stop it; every
+    request it made."""
+    wait_answers(load, 30, since, 60)
+    load.stop()
+    return load.requests()
+
+
 def kill_server(c: Cluster, watch: Watch, say: Say, rs: str = "rs2") -> Step:
     """``rs`` dies (SIGKILL) under continuous load: how long until it leaves the table (the
     director's status) and how many requests failed meanwhile; none may fail after that."""
@@ -225,9 +233,7 @@ def kill_server(c: Cluster, watch: Watch, say: Say, rs: str = "rs2") -> Step:
     t_down, _ = watch.until(lambda d: is_down(d, address), t_kill, 30, f"{rs} marked down")
     t_out, _ = watch.until(lambda d: out_of_table(d, address), t_kill, 30,
                            f"{rs} out of the table")  # fmt: skip
-    wait_answers(load, 30, t_out, 30)
-    load.stop()
-    reqs = traffic.between(load.requests(), t_kill)
+    reqs = traffic.between(finish(load, t_out), t_kill)
     n_failed = traffic.failures(reqs)
     # once the status shows it out of the kernel table, no new connection may be sent to it
     # (with the others up, a refused connection can only have been sent to the dead one)
@@ -256,9 +262,7 @@ def restart_server(c: Cluster, watch: Watch, say: Say, rs: str = "rs2") -> Step:
     say(f"{rs} restarted")
     t_in, _ = watch.until(lambda d: in_table(d, address), t_start, 30, f"{rs} back in the table")
     t_first = wait_server(load, rs, t_start, 30)
-    wait_answers(load, 30, t_first, 30)
-    load.stop()
-    reqs = traffic.between(load.requests(), t_start)
+    reqs = traffic.between(finish(load, t_first), t_start)
     say(f"{rs} back in the table after {t_in - t_start:.2f}s, first answer after "
         f"{t_first - t_start:.2f}s")  # fmt: skip
     say.block(c.status_text(watch.director))
