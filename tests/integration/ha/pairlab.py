@@ -7,7 +7,8 @@ optionally a gateway 198.51.100.1 and one HTTP real server 192.0.2.2 routed via 
 writes each daemon's config (docs/config.md), starts and signals the daemons, and observes them:
 the status document and /metrics over each daemon's unix API socket, the JSON log lines, the VIPs
 in each namespace (``ip -j addr``), the client's neighbour entry for the VIP (pyroute2 inside the
-client namespace) and the MAC of each director. Every wait polls a condition with a deadline.
+client namespace) and the MAC of each director, through tests/integration/ha/nsprobe. Every
+wait polls a condition with a deadline.
 
 Heartbeats go to both of the peer's addresses (two paths: inside and public). A heartbeat
 partition is an nftables table ``hctest`` in one director namespace dropping UDP port 5405 both
@@ -17,29 +18,24 @@ ways; losing the gateway is the same table dropping ICMP to and from it.
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import http.client
 import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
+import nsprobe
 import yaml
+from nsprobe import wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
 from hacontrol.lab import traffic
-from hacontrol.lab.netns import NetnsLab, Ns
-
-T = TypeVar("T")
+from hacontrol.lab.netns import NetnsLab
 
 A, B = "director-a", "director-b"
 VIP, GW_VIP, PREFIX = "198.51.100.10", "192.0.2.1", 24
@@ -49,7 +45,6 @@ HB_PORT, HTTP_PORT = 5405, 80
 PUB, INSIDE = "eth0", "eth1"
 ADDRS = {A: ("198.51.100.2", "192.0.2.11"), B: ("198.51.100.3", "192.0.2.12")}
 PRIORITY = {A: 150, B: 100}
-CLONE_NEWNET = 0x40000000
 
 
 def _ms(seconds: float) -> str:
@@ -82,60 +77,6 @@ class Transition:
     frm: str
     to: str
     reason: str
-
-
-def in_netns(ns: Ns, fn: Callable[[], T]) -> T:
-    """Run ``fn`` on a thread that entered ``ns``'s network namespace (its sockets live there)."""
-    out: dict[str, Any] = {}
-
-    def run() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = os.open(f"/run/netns/{ns.name}", os.O_RDONLY)
-        try:
-            if libc.setns(fd, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns")
-            out["v"] = fn()
-        except BaseException as e:  # re-raised in the caller
-            out["e"] = e
-        finally:
-            os.close(fd)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join()
-    if "e" in out:
-        raise out["e"]
-    value: T = out["v"]
-    return value
-
-
-class _Unix(http.client.HTTPConnection):
-    def __init__(self, path: Path, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = str(path)
-
-    def connect(self) -> None:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        try:
-            s.connect(self._path)
-        except OSError:
-            s.close()
-            raise
-        self.sock = s
-
-
-def wait_for(cond: Callable[[], T | None], timeout: float, what: str,
-             explain: Callable[[], str] = lambda: "") -> T:  # fmt: skip
-    """Poll ``cond`` until it returns something truthy; fail with ``what`` after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        v = cond()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}\n{explain()}")
-        time.sleep(0.05)
 
 
 @dataclass
@@ -283,7 +224,7 @@ class HaPair:
     # -- the API -----------------------------------------------------------------------------
 
     def get(self, name: str, path: str, timeout: float = 5.0) -> tuple[int, bytes] | None:
-        conn = _Unix(self.sock(name), timeout)
+        conn = nsprobe.UnixHttp(self.sock(name), timeout)
         try:
             conn.request("GET", path)
             resp = conn.getresponse()
@@ -377,16 +318,7 @@ class HaPair:
 
     def vips(self, name: str) -> dict[str, int | None]:
         """The VIPs configured in ``name``'s namespace -> valid lifetime left (None: forever)."""
-        out: dict[str, int | None] = {}
-        r = self.lab[name].ip("-j", "addr", "show", check=False)
-        with contextlib.suppress(ValueError):
-            for link in json.loads(r.stdout or "[]"):
-                for a in link.get("addr_info", []):
-                    cidr = f"{a.get('local')}/{a.get('prefixlen')}"
-                    if cidr in VIPS:
-                        left = a.get("valid_life_time")
-                        out[cidr] = None if left in (None, 4294967295) else int(left)
-        return out
+        return nsprobe.addresses(self.lab[name], VIPS)
 
     def holders(self) -> set[str]:
         return {n for n in ADDRS if self.vips(n)}
@@ -402,32 +334,16 @@ class HaPair:
 
     def mac(self, name: str) -> str:
         if name not in self._macs:
-            r = self.lab[name].ip("-j", "link", "show", "dev", PUB)
-            self._macs[name] = str(json.loads(r.stdout)[0]["address"])
+            self._macs[name] = nsprobe.mac_of(self.lab[name], PUB)
         return self._macs[name]
 
     def client_neighbour(self) -> str | None:
         """The MAC the client's neighbour entry for the VIP holds (pyroute2, in the client ns)."""
-        from pyroute2 import IPRoute
-
-        def read() -> str | None:
-            with IPRoute() as ipr:
-                for n in ipr.get_neighbours(dst=VIP):
-                    mac = n.get_attr("NDA_LLADDR")
-                    if mac:
-                        return str(mac)
-            return None
-
-        return in_netns(self.lab["client"], read)
+        return nsprobe.neighbour(self.lab["client"], VIP)
 
     def touch_vip(self) -> None:
         """One UDP datagram from the client to the VIP: the client resolves the VIP's MAC."""
-
-        def send() -> None:
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-                s.sendto(b"x", (VIP, 9))
-
-        in_netns(self.lab["client"], send)
+        nsprobe.send_udp(self.lab["client"], VIP, 9, [b"x"])
 
     def client_learns(self, name: str, timeout: float = 10.0) -> None:
         """Wait until the client's neighbour entry for the VIP holds ``name``'s MAC (never
@@ -444,38 +360,18 @@ class HaPair:
 
     # -- faults ------------------------------------------------------------------------------
 
-    def _nft(self, name: str, rules: str) -> None:
-        r = subprocess.run(self.lab[name].argv("nft", "-f", "-"), input=rules, capture_output=True,
-                           text=True, timeout=30)  # fmt: skip
-        assert r.returncode == 0, r.stderr
-
     def block(self, name: str, *, heartbeats: bool = False, gateway: bool = False) -> None:
         """Replace ``name``'s test filter: drop heartbeats and/or ICMP with the gateway."""
-        match = []
+        rules = []
         if heartbeats:
-            match += [f"udp dport {HB_PORT} drop", f"udp sport {HB_PORT} drop"]
+            rules += [f"udp dport {HB_PORT} drop", f"udp sport {HB_PORT} drop"]
         if gateway:
-            match += [f"ip daddr {GATEWAY} icmp type echo-request drop",
+            rules += [f"ip daddr {GATEWAY} icmp type echo-request drop",
                       f"ip saddr {GATEWAY} icmp type echo-reply drop"]  # fmt: skip
-        body = "\n".join(f"    {m}" for m in match)
-        self._nft(
-            name,
-            f"""
-table inet hctest {{}}
-delete table inet hctest
-table inet hctest {{
-  chain in {{ type filter hook input priority -10; policy accept;
-{body}
-  }}
-  chain out {{ type filter hook output priority -10; policy accept;
-{body}
-  }}
-}}
-""",
-        )
+        nsprobe.nft_filter(self.lab[name], rules)
 
     def unblock(self, name: str) -> None:
-        self._nft(name, "table inet hctest {}\ndelete table inet hctest\n")
+        nsprobe.nft_clear(self.lab[name])
 
     def links(self, name: str, up: bool) -> None:
         """``name``'s switch ports down (its links lose carrier) or up again."""

@@ -12,7 +12,8 @@ import time
 
 import pytest
 from conftest import MakePair
-from pairlab import VIPS, A, B, wait_for
+from nsprobe import wait_for
+from pairlab import VIPS, A, B
 
 pytestmark = pytest.mark.root
 

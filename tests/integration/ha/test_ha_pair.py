@@ -14,22 +14,21 @@ from __future__ import annotations
 import dataclasses
 import hmac
 import json
-import socket
 import time
 from hashlib import sha256
 
+import nsprobe
 import pytest
 from conftest import MakePair
-from pairlab import ADDRS, HB_PORT, PUB, A, B, HaPair, in_netns, wait_for
+from nsprobe import wait_for
+from pairlab import ADDRS, HB_PORT, PUB, A, B
 
 from hacontrol.ha import packet as pk
 from hacontrol.lab import traffic
-from hacontrol.lab.netns import Ns
 
 pytestmark = pytest.mark.root
 
 REJECTED = "hacontrol_ha_heartbeats_rejected_total"
-ETH_P_ALL = 0x0003
 
 
 def answers_since(load: traffic.Load, since: float) -> int:
@@ -74,43 +73,6 @@ def test_planned_handover_under_load_fails_no_request(make_pair: MakePair) -> No
           f"answers {gap * 1000:.0f} ms; drill: {timeline}")  # fmt: skip
 
 
-def capture_heartbeat(ns: Ns, ifname: str, dst: str, timeout: float = 10.0) -> bytes:
-    """The UDP payload of one heartbeat ``ns`` sends to ``dst`` (AF_PACKET on ``ifname``)."""
-
-    def cap() -> bytes:
-        # ETH_P_ALL: only such taps see outgoing frames
-        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL)) as s:
-            s.bind((ifname, ETH_P_ALL))  # (Python applies htons to the protocol here)
-            s.settimeout(1.0)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                try:
-                    frame = s.recv(65535)
-                except TimeoutError:
-                    continue
-                if frame[12:14] != b"\x08\x00":  # IPv4
-                    continue
-                ip = frame[14:]
-                ihl = (ip[0] & 0x0F) * 4
-                if ip[9] != socket.IPPROTO_UDP or socket.inet_ntoa(ip[16:20]) != dst:
-                    continue
-                udp = ip[ihl:]
-                if int.from_bytes(udp[2:4], "big") == HB_PORT:
-                    return bytes(udp[8 : int.from_bytes(udp[4:6], "big")])
-        raise AssertionError(f"no heartbeat to {dst} seen on {ns.name} {ifname}")
-
-    return in_netns(ns, cap)
-
-
-def send_from_client(pair: HaPair, payloads: list[bytes], dst: str) -> None:
-    def send() -> None:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            for p in payloads:
-                s.sendto(p, (dst, HB_PORT))
-
-    in_netns(pair.lab["client"], send)
-
-
 def test_bad_heartbeats_are_dropped_and_counted(make_pair: MakePair) -> None:
     pair = make_pair()
     pair.start_pair()
@@ -118,7 +80,7 @@ def test_bad_heartbeats_are_dropped_and_counted(make_pair: MakePair) -> None:
     key = (pair.workdir / "ha.key").read_bytes().strip()
     a_pub = ADDRS[A][0]
 
-    genuine = capture_heartbeat(pair.lab[B], PUB, a_pub)
+    genuine = nsprobe.capture_udp(pair.lab[B], PUB, a_pub, HB_PORT)
     msg = pk.decode(genuine, key)  # it is director-b's, and A has accepted it by now
     assert msg.node == B
     forged = pk.encode(  # "I am active with the highest priority", signed with another key
@@ -141,7 +103,8 @@ def test_bad_heartbeats_are_dropped_and_counted(make_pair: MakePair) -> None:
     before = {reason: pair.metric(A, REJECTED, reason=reason) for reason in bad}
     roles = {name: pair.transitions(name) for name in (A, B)}
 
-    send_from_client(pair, [p for p in bad.values() for _ in range(n)], a_pub)
+    packets = [p for p in bad.values() for _ in range(n)]
+    nsprobe.send_udp(pair.lab["client"], a_pub, HB_PORT, packets)  # from the public network
 
     def counted() -> bool:
         return all(pair.metric(A, REJECTED, reason=r) == before[r] + n for r in bad)

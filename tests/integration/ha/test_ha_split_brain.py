@@ -13,7 +13,8 @@ from typing import Any
 
 import pytest
 from conftest import MakePair
-from pairlab import VIPS, A, B, HaPair, wait_for
+from nsprobe import wait_for
+from pairlab import VIPS, A, B, HaPair
 
 pytestmark = pytest.mark.root
 
