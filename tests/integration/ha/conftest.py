@@ -5,15 +5,13 @@ printed (pytest shows them with the failure)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from pairlab import HaPair, Spec
+from pairlab import HaPair, MakePair, Spec
 
 from hacontrol.lab.netns import NetnsLab
-
-MakePair = Callable[..., HaPair]
 
 
 @pytest.fixture

@@ -25,6 +25,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,8 @@ class Transition:
 
 @dataclass
 class HaPair:
+    """The pair of one test (made by the ``make_pair`` fixture of conftest.py)."""
+
     lab: NetnsLab
     workdir: Path
     spec: Spec = Spec()
@@ -384,3 +387,6 @@ class HaPair:
     def load(self, count: int = 3000, interval: float = 0.02, duration: float = 90) -> traffic.Load:
         return traffic.Load(self.runs, self.lab["client"], f"{VIP}:{HTTP_PORT}", count,
                             interval=interval, timeout=1.0, duration=duration)  # fmt: skip
+
+
+MakePair = Callable[..., HaPair]  # the make_pair fixture: make_pair(**Spec fields) -> HaPair

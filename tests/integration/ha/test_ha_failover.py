@@ -11,9 +11,8 @@ import signal
 import time
 
 import pytest
-from conftest import MakePair
 from nsprobe import wait_for
-from pairlab import VIPS, A, B
+from pairlab import VIPS, A, B, MakePair
 
 pytestmark = pytest.mark.root
 

@@ -19,9 +19,8 @@ from hashlib import sha256
 
 import nsprobe
 import pytest
-from conftest import MakePair
 from nsprobe import wait_for
-from pairlab import ADDRS, HB_PORT, PUB, A, B
+from pairlab import ADDRS, HB_PORT, PUB, A, B, MakePair
 
 from hacontrol.ha import packet as pk
 from hacontrol.lab import traffic

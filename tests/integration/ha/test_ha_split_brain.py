@@ -12,9 +12,8 @@ from datetime import datetime
 from typing import Any
 
 import pytest
-from conftest import MakePair
 from nsprobe import wait_for
-from pairlab import VIPS, A, B, HaPair
+from pairlab import VIPS, A, B, HaPair, MakePair
 
 pytestmark = pytest.mark.root
 
