@@ -80,7 +80,7 @@ class Daemon:
         self.out = out or sys.stdout
         self.serve_api = serve_api
         self.metrics = Metrics()
-        self.health = HealthChecker(clock, self._on_health_change, self.metrics)
+        self.health = HealthChecker(clock, self._on_health_change, self.metrics, log_changes=False)
         self._dataplane_override = dataplane
         self.dataplane: Dataplane | None = None
         self.reconciler: Reconciler | None = None
@@ -162,6 +162,8 @@ class Daemon:
             check=key.check.type,
             **{"from": str(old), "to": str(new)},
             reason=st.last_reason,
+            successes=st.successes,
+            failures=st.failures,
         )
         if self.reconciler is not None:
             self.reconciler.set_desired(self._builder(self.config))

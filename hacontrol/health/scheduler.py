@@ -99,7 +99,12 @@ class HealthChecker:
         clock: Clock = monotonic,
         on_change: OnChange | None = None,
         metrics: Metrics | None = None,
+        *,
+        log_changes: bool = True,
     ) -> None:
+        """``log_changes=False``: the owner of ``on_change`` logs ``health.change`` itself with
+        more context (the daemon adds the services), so each change is logged once."""
+        self._log_changes = log_changes
         # the default clock is a Python wrapper of time.monotonic: call the builtin directly
         self._clock: Clock = time.monotonic if clock is monotonic else clock
         self._on_change = on_change
@@ -362,15 +367,16 @@ class HealthChecker:
         self._counts[prev] -= 1
         self._counts[new] += 1
         st = t.tracker.status()
-        self._log.info(
-            "health.change",
-            target=t.key.target,
-            check=t.kind,
-            reason=reason,
-            successes=st.successes,
-            failures=st.failures,
-            **{"from": prev.value, "to": new.value},
-        )
+        if self._log_changes:
+            self._log.info(
+                "health.change",
+                target=t.key.target,
+                check=t.kind,
+                reason=reason,
+                successes=st.successes,
+                failures=st.failures,
+                **{"from": prev.value, "to": new.value},
+            )
         if self._metrics is not None:
             self._metrics.health_changes.labels(new.value).inc()
             self._gauge_dirty = True  # set once per tick, not once per change
