@@ -855,7 +855,7 @@ def test_digest_function_matches_config() -> None:
 
 
 def test_docs_describe_every_key() -> None:
-    from hacontrol import config_ha
+    from hacontrol.config import ha as config_ha
 
     doc = (CONFIGS.parent / "docs" / "config.md").read_text()
     keys = (
