@@ -63,6 +63,7 @@ class Spec:
     lease: float = 3.0
     announce_count: int = 5
     gateway: bool = False  # a gateway namespace, tracked by both directors
+    gateway_fall: int = 3  # missed 100 ms probes before the gateway counts as lost
     real_server: bool = False  # an HTTP real server behind the VIP (nftables data plane)
 
     @property
@@ -144,7 +145,7 @@ class HaPair:
                          "real_servers": [{"address": RS, "port": HTTP_PORT}]}]  # fmt: skip
         track: dict[str, Any] = {"interfaces": [PUB, INSIDE]}
         if sp.gateway:
-            track.update(gateway=GATEWAY, gateway_interval="100ms", gateway_fall=3)
+            track.update(gateway=GATEWAY, gateway_interval="100ms", gateway_fall=sp.gateway_fall)
         return {
             "node": {"name": name},
             "api": {"listen": f"unix:{self.sock(name)}",
