@@ -206,6 +206,9 @@ class Stack:
         """The new active's own account of its takeover, in seconds after ``t_cut``."""
         return {}
 
+    def stalls(self, name: str, offset: int) -> list[float]:
+        return []
+
 
 class HcStack(Stack):
     def daemon_config(self, name: str) -> dict[str, Any]:
@@ -231,6 +234,16 @@ class HcStack(Stack):
                 ev = json.loads(line)
                 if ev.get("event") == "ha.transition":
                     out.append(f"{ev.get('from_role')}->{ev.get('to_role')}: {ev.get('reason')}")
+        return out
+
+    def stalls(self, name: str, offset: int) -> list[float]:
+        """The loop stalls the daemon noticed (``ha.stall`` gaps, s) since ``offset``."""
+        out = []
+        for line in log_from(self.log(name), offset).splitlines():
+            with contextlib.suppress(ValueError, TypeError):
+                ev = json.loads(line)
+                if ev.get("event") == "ha.stall":
+                    out.append(float(ev.get("gap")))
         return out
 
     def timeline(self, t_cut: float) -> dict[str, float | None]:
@@ -451,6 +464,7 @@ def starve_run(c: Cluster, stack: Stack, args: argparse.Namespace) -> dict[str, 
         "seconds": round(t1 - t0, 1),
         "role_changes": sum(len(v) for v in changes.values()),
         "transitions": changes,
+        "stalls_noticed": {n: stack.stalls(n, offsets[n]) for n in (A, B)},
         "client_requests": len(traffic.between(reqs, t0, t1)),
         "client_failed": traffic.failures(reqs, t0, t1),
         "client_longest_gap_s": round(traffic.outage(reqs, t0, t1), 3),
@@ -564,7 +578,8 @@ def report(res: dict[str, Any]) -> str:
     for key, s in res.get("starve", {}).items():
         lines.append(f"\nstarvation, {PROFILES[key].label}, {s['burner']}: {s['role_changes']} "
                      f"role changes; client {s['client_failed']}/{s['client_requests']} failed, "
-                     f"longest gap {s['client_longest_gap_s']}s")  # fmt: skip
+                     f"longest gap {s['client_longest_gap_s']}s; loop stalls noticed "
+                     f"{sum(len(v) for v in s.get('stalls_noticed', {}).values())}")  # fmt: skip
     hs = res.get("handover", [])
     if hs:
         gaps = stats([h["longest_gap_s"] for h in hs])
