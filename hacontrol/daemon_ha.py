@@ -6,7 +6,9 @@ a ``LocalTracker`` and a ``CommandNotifier``. This module builds it from the con
 VIP group), hands it what a reload may change live (``apply_ha_live``: notify command, config
 digest; never the VIPs), adds the config digest comparison to its status (``ha_status``) and
 forwards drills (``run_drill``). The kernel table is programmed on both directors; only the VIPs
-move. Events keep the daemon's logger name (``hacontrol.daemon``).
+move. With the nftables data plane the runner also gets a ``Handoff`` (hacontrol.ha.handoff):
+connections in flight at a planned move stay with the director that NATed them. Events keep
+the daemon's logger name (``hacontrol.daemon``).
 """
 
 from __future__ import annotations
@@ -17,6 +19,9 @@ from typing import Any
 
 from hacontrol import logs
 from hacontrol.clock import Clock
+from hacontrol.dataplane.select import resolve_kind
+from hacontrol.ha.handoff import Handoff, services_of
+from hacontrol.ha.handoff_rules import HandoffRules
 from hacontrol.ha.notify import CommandNotifier
 from hacontrol.ha.runner import DrillError, HaRunner, HealthSummary
 from hacontrol.ha.track import LocalTracker
@@ -63,6 +68,11 @@ def build_ha(
     except ValueError as exc:
         raise StartError(str(exc)) from None
     vips = VipGroup.from_config(ha, metrics, clock=clock)
+    handoff = None
+    if resolve_kind(cfg.dataplane) == "nftables":  # IPVS would need its connection sync daemon
+        svc, rs = services_of(cfg)
+        rules = HandoffRules.of(f"{cfg.dataplane.nft_table}_handoff", svc, rs)
+        handoff = Handoff(rules, [str(p.address) for p in ha.peers])
     runner = HaRunner(
         ha,
         cfg.node_name,
@@ -75,6 +85,7 @@ def build_ha(
         digest=cfg.digest,
         state_dir=cfg.dataplane.state_dir,
         tracker=LocalTracker.from_config(ha),
+        handoff=handoff,
     )
     return runner, vips
 

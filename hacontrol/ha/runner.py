@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import socket
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hacontrol import logs
 from hacontrol.clock import Clock
@@ -30,6 +30,9 @@ from hacontrol.ha.transport import HaTransport, digest_bytes, next_epoch
 from hacontrol.metrics import Metrics
 from hacontrol.model import HAConfig
 
+if TYPE_CHECKING:
+    from hacontrol.ha.handoff import Handoff
+
 __all__ = ["DrillError", "HaRunner", "HealthSummary"]
 
 log = logs.get("hacontrol.ha")
@@ -39,6 +42,13 @@ HealthSummary = Callable[[], Iterable[tuple[str, int, int]]]  # (service, health
 
 class _Renew:
     """Internal action: push the lease forward."""
+
+
+class _EndDrain:
+    """Internal action: end the connection hand-off drain (``hacontrol.ha.handoff``)."""
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
 
 
 def _fit(name: str) -> str:
@@ -70,10 +80,12 @@ class HaRunner:
         state_dir: str,
         tracker: Tracker | None = None,
         sock: socket.socket | None = None,
+        handoff: Handoff | None = None,
     ) -> None:
         self.cfg, self.node, self.key, self.clock = cfg, node_name, key, clock
         self.metrics, self.vips, self.notifier, self.tracker = metrics, vips, notifier, tracker
         self.health_summary, self.state_dir, self._sock = health_summary, state_dir, sock
+        self.handoff = handoff  # in-flight connections follow the VIP move (nftables plane)
         self.digest = digest_bytes(digest)
         self.params = Params(
             node=node_name, priority=cfg.priority, interval=cfg.interval,
@@ -83,7 +95,7 @@ class HaRunner:
         self.fsm = Machine(self.params, clock())
         self.transport: HaTransport | None = None
         self.epoch = 0
-        self._queue: asyncio.Queue[ft.Action | _Renew] = asyncio.Queue()
+        self._queue: asyncio.Queue[ft.Action | _Renew | _EndDrain] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._side: set[asyncio.Task[None]] = set()  # announce bursts, notify runs
         self._announce_task: asyncio.Task[None] | None = None
@@ -101,6 +113,7 @@ class HaRunner:
         self._idle.set()
         self._deadline: asyncio.TimerHandle | None = None
         self._strangers: set[str] = set()
+        self._drain_ending = False
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -120,6 +133,12 @@ class HaRunner:
             metrics=self.metrics, clock=self.clock, on_message=self._on_message,
         )  # fmt: skip
         await self.transport.open(self._sock)
+        if self.handoff is not None:
+            try:
+                await self.handoff.open()
+            except HaIoError as e:
+                log.error("ha.handoff_error", op="open", reason=f"{e}; moves drop in-flight flows")
+                self.handoff = None
         now = self.clock()
         self.fsm = Machine(self.params, now)
         self._set_role_gauge()
@@ -153,6 +172,8 @@ class HaRunner:
         self._tasks.clear()
         if self.transport is not None:
             self.transport.close()
+        if self.handoff is not None:
+            await self.handoff.close()
         log.info("ha.stop", graceful=graceful, reason="stopped")
 
     # -- feeding the machine ---------------------------------------------------------------
@@ -239,6 +260,7 @@ class HaRunner:
                 self._feed_health(now)
                 self._feed(ft.Tick(now))
                 self._maybe_renew(now)
+                self._maybe_end_drain(now)
                 self._send_heartbeat(now)
             except Exception as e:  # a bug: keep ticking (and heartbeating), loudly
                 log.exception("ha.tick_error", reason=repr(e))
@@ -268,6 +290,32 @@ class HaRunner:
         elif self._held and lease is not None and now - self._last_renew >= min(lease / 3, 1.0):
             self._last_renew = now
             self._queue.put_nowait(_Renew())
+
+    def _maybe_end_drain(self, now: float) -> None:
+        h = self.handoff
+        if h is None or not h.draining or self._drain_ending:
+            return
+        why = None
+        if h.due(now):
+            why = "drain period over"
+        elif not self.fsm.peer_alive(now):
+            why = "peer dead: nothing to hand off to"
+        if why is not None:
+            self._drain_ending = True
+            self._queue.put_nowait(_EndDrain(why))
+            self._idle.clear()
+
+    async def _begin_drain(self) -> None:
+        """Before taking the VIPs from a live peer that holds them: hand its flows back to it."""
+        h, now, msg = self.handoff, self.clock(), self._peer_last
+        if h is None or msg is None or not self.fsm.peer_alive(now):
+            return
+        if not msg.flags & pk.FLAG_VIPS_HELD:
+            return
+        try:
+            await h.begin(now, f"taking the VIP group from {msg.node}, which holds its flows")
+        except HaIoError as e:
+            log.error("ha.handoff_error", op="begin", reason=str(e))
 
     def _message(self, now: float) -> pk.Message:
         m = self.fsm
@@ -318,11 +366,12 @@ class HaRunner:
                 if self._queue.empty():
                     self._idle.set()
 
-    async def _execute(self, act: ft.Action | _Renew) -> None:
+    async def _execute(self, act: ft.Action | _Renew | _EndDrain) -> None:
         if isinstance(act, ft.TakeVips):
             if self.fsm.role is not Role.ACTIVE:
                 return  # superseded: the machine moved on before this ran
             self._taking = True
+            await self._begin_drain()
             await self.vips.take(self.cfg.lease)
             self._held, self._last_renew = True, self.clock()
             self._marks.setdefault("vip_added", self._last_renew)
@@ -335,6 +384,12 @@ class HaRunner:
             self._held = False
             await self.vips.release()
             self._marks["released"] = self.clock()
+            if self.handoff is not None and self.handoff.draining:
+                self._queue.put_nowait(_EndDrain("released the VIP group"))
+        elif isinstance(act, _EndDrain):
+            self._drain_ending = False
+            if self.handoff is not None:
+                await self.handoff.end(act.reason)
         elif isinstance(act, ft.SendHeartbeatNow):
             self._send_heartbeat(self.clock())
         elif isinstance(act, ft.Announce):
