@@ -197,6 +197,8 @@ class HaPair:
         self.wait_role(A, "active", 60)
         self.start(B)
         self.wait_role(B, "backup", 60)
+        wait_for(lambda: self.peer(A).get("alive") and self.peer(B).get("alive"), 10,
+                 "the pair hearing each other", self.explain)  # fmt: skip
         self.wait_vips({A}, 10)
 
     def signal(self, name: str, sig: int) -> None:
@@ -251,6 +253,11 @@ class HaPair:
         assert doc.get("ha") is not None, f"{name} runs without HA: role {doc.get('role')}"
         ha: dict[str, Any] = doc["ha"]
         return ha
+
+    def peer(self, name: str) -> dict[str, Any]:
+        """The peer as ``name`` sees it ({} before it heard one)."""
+        peer: dict[str, Any] = self.ha(name)["peer"] or {}
+        return peer
 
     def role(self, name: str) -> str | None:
         doc = self.status(name)

@@ -74,9 +74,9 @@ def test_active_links_down_backup_takes_over_and_the_return_does_not_flap(
     doc = pair.wait_role(A, "backup", 10)
     assert "recovered" in doc["ha"]["reason"], doc["ha"]
     # both hear each other again: director-b stays active (no preemption configured)
-    wait_for(lambda: pair.ha(B)["peer"]["alive"] and pair.ha(A)["peer"]["role"] == "active", 10,
+    wait_for(lambda: pair.peer(B)["alive"] and pair.peer(A)["role"] == "active", 10,
              "the pair to hear each other again", pair.explain)  # fmt: skip
-    wait_for(lambda: pair.ha(A)["peer"]["last_heard_ago"] is not None
+    wait_for(lambda: pair.peer(A)["last_heard_ago"] is not None
              and pair.ha(A)["since_ago"] > 3 * pair.spec.dead, 10, "a settled pair")  # fmt: skip
     assert (pair.role(A), pair.role(B)) == ("backup", "active")
     assert pair.last(B) == tr

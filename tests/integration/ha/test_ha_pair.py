@@ -39,7 +39,7 @@ def test_planned_handover_under_load_fails_no_request(make_pair: MakePair) -> No
     pair.start_pair()
 
     def peers_healthy() -> bool:
-        return all(pair.ha(name)["peer"]["healthy"] == 1 for name in (A, B))
+        return all(pair.peer(name)["healthy"] == 1 for name in (A, B))
 
     # both see the real server up (else b would be the worse node)
     wait_for(peers_healthy, 30, "the real server up at both")
@@ -63,7 +63,8 @@ def test_planned_handover_under_load_fails_no_request(make_pair: MakePair) -> No
 
     reqs = load.requests()
     failed = [x for x in reqs if not x.ok]
-    assert not failed, f"{len(failed)} of {len(reqs)} requests failed: {failed[:5]}"
+    when = [f"started {x.t - t0:+.3f}s from the drill: {x.error}" for x in failed[:5]]
+    assert not failed, f"{len(failed)} of {len(reqs)} requests failed: {when}; drill {r.stdout}"
     timeline = json.loads(r.stdout)
     assert timeline["ok"] is True and timeline["gap"] == 0.0, timeline
     gap = traffic.outage(reqs, t0, t1)
@@ -121,10 +122,10 @@ def test_bad_heartbeats_are_dropped_and_counted(make_pair: MakePair) -> None:
     # nothing changed: the same roles and histories, the peer still alive, the VIPs still at a
     assert {name: pair.transitions(name) for name in (A, B)} == roles
     assert (pair.role(A), pair.role(B)) == ("active", "backup")
-    assert pair.ha(A)["peer"]["alive"] and pair.ha(A)["peer"]["priority"] == 100
+    assert pair.peer(A)["alive"] and pair.peer(A)["priority"] == 100
     assert pair.holders() == {A}
     # and the forged "active, priority 254" never reached the state machine
-    assert pair.ha(A)["peer"]["role"] == "backup"
+    assert pair.peer(A)["role"] == "backup"
 
 
 def test_fault_drill_fails_over_and_the_node_returns_as_backup(make_pair: MakePair) -> None:

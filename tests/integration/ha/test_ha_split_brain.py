@@ -132,7 +132,7 @@ def test_heartbeat_partition_without_gateway_does_not_take_over(make_pair: MakeP
     dead = pair.spec.dead
 
     def cut_off(name: str) -> bool:
-        peer = pair.ha(name)["peer"]
+        peer = pair.peer(name)
         return not peer["alive"] and peer["last_heard_ago"] >= 3 * dead
 
     wait_for(lambda: cut_off(B) and cut_off(A), 10, "both silent for 3 dead intervals")
@@ -144,7 +144,7 @@ def test_heartbeat_partition_without_gateway_does_not_take_over(make_pair: MakeP
     pair.unblock(B)
     doc = pair.wait_role(B, "backup", 10)
     assert "recovered" in doc["ha"]["reason"], doc["ha"]
-    wait_for(lambda: pair.ha(B)["peer"]["alive"], 10, "b hearing a again")
+    wait_for(lambda: pair.peer(B)["alive"], 10, "b hearing a again")
     assert pair.role(A) == "active" and pair.holders() == {A}
 
 
@@ -164,7 +164,7 @@ def test_gateway_and_heartbeats_lost_at_once_never_take_the_vips(make_pair: Make
 
     pair.block(B, gateway=True, heartbeats=True)
     dead = pair.spec.dead
-    wait_for(lambda: pair.role(B) == "fault" and pair.ha(B)["peer"]["last_heard_ago"] >= 3 * dead,
+    wait_for(lambda: pair.role(B) == "fault" and pair.peer(B)["last_heard_ago"] >= 3 * dead,
              10, "b cut off and without its gateway", pair.explain)  # fmt: skip
     assert [t.to for t in pair.transitions(B)[len(b_before) :]] == ["fault"], pair.transitions(B)
     assert pair.client_neighbour() == pair.mac(A)  # nobody sent the client elsewhere
