@@ -227,24 +227,23 @@ class HcStack(Stack):
         return (a.get("role") == "active" and serving(a) and b.get("role") == "backup"
                 and holds_vips(self.c, A) and not holds_vips(self.c, B))  # fmt: skip
 
-    def transitions(self, name: str, offset: int) -> list[str]:
+    def events(self, name: str, offset: int, event: str) -> list[dict[str, Any]]:
+        """The daemon's JSON log events named ``event`` since ``offset``."""
         out = []
         for line in log_from(self.log(name), offset).splitlines():
             with contextlib.suppress(ValueError):
                 ev = json.loads(line)
-                if ev.get("event") == "ha.transition":
-                    out.append(f"{ev.get('from_role')}->{ev.get('to_role')}: {ev.get('reason')}")
+                if isinstance(ev, dict) and ev.get("event") == event:
+                    out.append(ev)
         return out
+
+    def transitions(self, name: str, offset: int) -> list[str]:
+        return [f"{e.get('from_role')}->{e.get('to_role')}: {e.get('reason')}"
+                for e in self.events(name, offset, "ha.transition")]  # fmt: skip
 
     def stalls(self, name: str, offset: int) -> list[float]:
         """The loop stalls the daemon noticed (``ha.stall`` gaps, s) since ``offset``."""
-        out = []
-        for line in log_from(self.log(name), offset).splitlines():
-            with contextlib.suppress(ValueError, TypeError):
-                ev = json.loads(line)
-                if ev.get("event") == "ha.stall":
-                    out.append(float(ev.get("gap")))
-        return out
+        return [float(e.get("gap") or 0) for e in self.events(name, offset, "ha.stall")]
 
     def timeline(self, t_cut: float) -> dict[str, float | None]:
         t0 = time.monotonic()
