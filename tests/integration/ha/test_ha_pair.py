@@ -6,7 +6,9 @@ daemons in namespaces (tests/integration/ha/pairlab):
   over by the handover (not by the dead interval), the client's entry moves to its MAC;
 - forged (wrong key), truncated, oversized, replayed and wrong-version heartbeats sent at the live
   active from the client's network: each dropped, counted by reason in its /metrics, no role
-  change on either node. The genuine packet they derive from is captured off director-b's wire.
+  change on either node. The genuine packet they derive from is captured off director-b's wire;
+- ``hacontrol drill fault``: the peer takes over by the dead interval, the drill's timeline says
+  when, and the drilled node comes back as backup.
 """
 
 from __future__ import annotations
