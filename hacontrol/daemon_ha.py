@@ -111,14 +111,18 @@ async def stop_ha(ha: HaComponent | None, vips: VipGroup | None, graceful: bool)
 
 
 def apply_ha_live(ha: HaComponent | None, old: Config, new: Config, live: list[str]) -> None:
-    """Hand the running pair member what a reload may change: the notify command and the
-    config digest it advertises. Never touches the VIPs."""
+    """Hand the running pair member what a reload may change: the notify command, the config
+    digest it advertises and the services its connection hand-off covers (from its next drain
+    on). Never touches the VIPs."""
     if ha is None or new.ha is None:
         return
     if live:
         ha.notifier = CommandNotifier.from_config(new.ha, new.node_name)
     if new.digest != old.digest:
         ha.digest = digest_bytes(new.digest)
+    handoff = getattr(ha, "handoff", None)
+    if isinstance(handoff, Handoff):  # the services and real servers a drain hands off
+        handoff.rules = HandoffRules.of(handoff.rules.table_name, *services_of(new))
 
 
 def ha_status(ha: HaComponent | None, digest: str) -> dict[str, Any] | None:

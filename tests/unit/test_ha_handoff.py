@@ -6,6 +6,7 @@ loopback) with a fake ``Handoff`` that records its calls on the same timeline as
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,10 +16,11 @@ import pytest
 from test_ha_runner import INTERVAL, Node, World, make_pair, wait_until
 
 from hacontrol.clock import monotonic
-from hacontrol.ha.handoff import services_of
+from hacontrol.daemon_ha import apply_ha_live
+from hacontrol.ha.handoff import Handoff, services_of
 from hacontrol.ha.handoff_rules import HandoffRules
 from hacontrol.ha.interfaces import HaIoError
-from hacontrol.model import Config, Endpoint, RealServer, ServiceConfig
+from hacontrol.model import Config, Endpoint, HAConfig, RealServer, ServiceConfig
 
 SVC = [("198.51.100.10", "tcp", 80), ("2001:db8::10", "udp", 53)]
 RS = [("192.0.2.2", "tcp", 80), ("192.0.2.3", "tcp", 8080), ("2001:db8::2", "udp", 53)]
@@ -259,3 +261,22 @@ async def test_open_failure_runs_without_handoff(tmp_path: Path, world: World) -
     finally:
         for n in (a, b):
             await n.r.stop(graceful=False)
+
+
+def test_reload_updates_the_services_handed_off() -> None:
+    ip = ipaddress.ip_address
+    ha = HAConfig(bind=Endpoint(ip("192.0.2.11"), 5405), peers=(), secret_file="-")
+    web = ServiceConfig(name="web", vip=ip("198.51.100.10"), port=80,
+                        real_servers=(RealServer(ip("192.0.2.2"), 80),))  # fmt: skip
+    old = Config(node_name="a", services=(web,), ha=ha)
+    new = dataclasses.replace(old, services=(web, dataclasses.replace(web, name="dns", port=53)))
+
+    class Runner:
+        notifier: Any = None
+        digest = b""
+        handoff = Handoff(HandoffRules.of("hc_handoff", *services_of(old)), ["192.0.2.12"])
+
+    r = Runner()
+    apply_ha_live(r, old, new, [])  # type: ignore[arg-type]
+    assert r.handoff.rules.table_name == "hc_handoff"
+    assert r.handoff.rules.svc == {("198.51.100.10", "tcp", 80), ("198.51.100.10", "tcp", 53)}
