@@ -154,8 +154,8 @@ class Handoff:
         """End the drain: every flow is served here again."""
         if self.until is None:
             return
+        await self._nft(self.rules.render())  # on error still draining: the runner retries
         self.until = None
-        await self._nft(self.rules.render())
         log.info("ha.handoff_drain", state="end", reason=reason)
 
     async def close(self) -> None:
