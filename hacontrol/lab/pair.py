@@ -5,8 +5,10 @@ heartbeat bridge; the VIP group (198.51.100.10/24 public, 192.0.2.1/24 the real 
 is taken by the daemons themselves. The scenario shows round-robin through the active; cuts
 director-a's power (daemon SIGKILL and every link down) under continuous client requests and
 measures the outage the client sees; powers it back and measures preemption; runs a planned
-handover (``hacontrol drill handover``) under continuous requests and counts failed ones. After
-each move it reads the client's neighbour entry for the VIP to show which director's MAC it holds.
+handover (``hacontrol drill handover``) under continuous requests: no request may fail (make
+before break; connections in flight at the move are handed back to the director that NATed them,
+hacontrol.ha.handoff), else the lab fails. After each move it reads the client's neighbour entry
+for the VIP to show which director's MAC it holds.
 """
 
 from __future__ import annotations
@@ -179,6 +181,8 @@ def run_pair(c: Cluster, report: Report, say: Say, n: int) -> None:
     say(f"planned handover to director-b in {m['handover_s']}s: {m['failed']} failed requests, "
         f"longest gap {m['longest_gap_s']}s")  # fmt: skip
     report.steps.append(Step("handover", "hacontrol drill handover on a, under load", m))
+    if m["failed"]:  # make before break, and the connection hand-off keeps in-flight ones
+        raise LabError(f"the planned handover lost {m['failed']} requests (must be 0): {m}")
     m = {
         "back_s": r3(t_back - t_hb), **failed(reqs, t_mid),
         "longest_gap_s": r3(traffic.outage(reqs, t_mid)),
