@@ -166,7 +166,3 @@ class Handoff:
                 await self._nft(self.rules.remove())
             self._open = False
         self._rtnl.close()
-
-    def describe(self) -> dict[str, Any]:
-        return {"ready": self._open and bool(self.via), "via": dict(self.via),
-                "draining": self.draining}  # fmt: skip

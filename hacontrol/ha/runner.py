@@ -4,6 +4,9 @@ It owns the timers (a tick every ``interval``, scheduled from the injected clock
 transport, the tracker task and one action worker that executes the machine's actions in order
 (take/renew/release the VIPs, heartbeat now, announce, notify) through the Protocols in
 hacontrol.ha.interfaces. It keeps the VIP lease renewed while this node is active and healthy.
+Before it takes the VIPs from a live peer that holds them (planned handover, preemption) it starts
+a connection hand-off drain (hacontrol.ha.handoff, nftables plane): flows NATed by the peer stay
+with it; the drain ends when due, when the peer dies or when this node releases the VIPs.
 Every transition is logged as ``ha.transition``. Drills (hacontrol.ha.drills) and ``status()``
 (hacontrol.ha.runner_status) are methods here that delegate to those modules.
 """
@@ -91,6 +94,8 @@ class HaRunner:
             node=node_name, priority=cfg.priority, interval=cfg.interval,
             dead_after=cfg.dead_after, preempt=cfg.preempt, preempt_delay=cfg.preempt_delay,
             penalty=cfg.track.priority_penalty,
+            confirm_gateway=tracker is not None and cfg.track.gateway is not None,
+            confirm_timeout=cfg.track.gateway_interval + cfg.interval,
         )  # fmt: skip
         self.fsm = Machine(self.params, clock())
         self.transport: HaTransport | None = None
@@ -99,6 +104,7 @@ class HaRunner:
         self._tasks: list[asyncio.Task[None]] = []
         self._side: set[asyncio.Task[None]] = set()  # announce bursts, notify runs
         self._announce_task: asyncio.Task[None] | None = None
+        self._probe_task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         self._held = self._taking = False
         self._last_renew = float("-inf")
@@ -107,6 +113,7 @@ class HaRunner:
         self._peer_last: pk.Message | None = None
         self._peer_last_at = 0.0
         self._peer_active_at: float | None = None  # when a message from an active peer came
+        self._peer_first_active: pk.Message | None = None  # that message (drill timelines)
         self._marks: dict[str, float] = {}  # detected, vip_added, announced, hb_active
         self._announce_count = 0
         self._idle = asyncio.Event()
@@ -128,22 +135,22 @@ class HaRunner:
         except HaIoError as e:
             log.error("ha.vip_error", op="present", reason=str(e))
             present = False
-        self.transport = HaTransport(
-            self.cfg.bind, self.cfg.peers, self.key, node=self.node, epoch=self.epoch,
-            metrics=self.metrics, clock=self.clock, on_message=self._on_message,
-        )  # fmt: skip
-        await self.transport.open(self._sock)
-        if self.handoff is not None:
+        if self.handoff is not None:  # before the socket: a heartbeat must meet the machine
             try:
                 await self.handoff.open()
             except HaIoError as e:
                 log.error("ha.handoff_error", op="open", reason=f"{e}; moves drop in-flight flows")
                 self.handoff = None
         now = self.clock()
-        self.fsm = Machine(self.params, now)
+        self.fsm = Machine(self.params, now)  # fed Start before any heartbeat can reach it
         self._set_role_gauge()
         log.info("ha.start", epoch=self.epoch, vips_present=present, reason="listening first")
         self._feed(ft.Start(now, present))
+        self.transport = HaTransport(
+            self.cfg.bind, self.cfg.peers, self.key, node=self.node, epoch=self.epoch,
+            metrics=self.metrics, clock=self.clock, on_message=self._on_message,
+        )  # fmt: skip
+        await self.transport.open(self._sock)
         self._arm_deadline()
         self._tasks = [
             asyncio.create_task(self._tick_loop(), name="ha-tick"),
@@ -164,7 +171,7 @@ class HaRunner:
             await self._drain(5.0)
         if self._deadline is not None:
             self._deadline.cancel()
-        for t in self._tasks:
+        for t in [*self._tasks, *([self._probe_task] if self._probe_task else [])]:
             t.cancel()
         for t in [*self._tasks, *self._side]:
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -210,9 +217,9 @@ class HaRunner:
         self._arm_deadline()
         role = Role(int(msg.role))
         if role is Role.ACTIVE and self._peer_active_at is None:
-            self._peer_active_at = now
+            self._peer_active_at, self._peer_first_active = now, msg
         elif role is not Role.ACTIVE:
-            self._peer_active_at = None
+            self._peer_active_at = self._peer_first_active = None
         self._feed(
             ft.PeerHeard(
                 now, msg.node, role, msg.priority, msg.effective_priority,
@@ -398,6 +405,20 @@ class HaRunner:
                 await asyncio.sleep(0)  # its first round goes out before the next heartbeat
         elif isinstance(act, ft.Notify):
             self._spawn(self.notifier.notify(act.role, act.reason))
+        elif isinstance(act, ft.ProbeGateway) and (not self._probe_task or self._probe_task.done()):
+            self._probe_task = self._spawn(self._probe_gateway())
+
+    async def _probe_gateway(self) -> None:
+        """One fresh gateway probe for the machine (a takeover waits for its answer)."""
+        gw, why = self.cfg.track.gateway, ""
+        try:
+            assert self.tracker is not None
+            ok = await self.tracker.probe_gateway()
+        except Exception as e:  # the machine retries; its own timeout covers a hang
+            ok, why = False, f"gateway {gw} probe failed: {e}"
+        if not ok:
+            why = why or f"gateway {gw} did not answer a fresh probe"
+        self._feed(ft.GatewayChecked(self.clock(), ok, why))
 
     async def _announce(self) -> None:
         self._marks.setdefault("announced", self.clock())
