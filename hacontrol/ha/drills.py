@@ -27,21 +27,31 @@ class DrillError(Exception):
 
 
 def peer_takeover(
-    msg: pk.Message | None, at: float | None, recv: float, t0: float
+    msg: pk.Message | None,
+    at: float | None,
+    recv: float,
+    t0: float,
+    first: pk.Message | None = None,
 ) -> dict[str, float | int | None]:
-    """The peer's takeover steps (from its last heartbeat ``msg``, received at ``recv``; ``at``:
-    when it was first heard active) on our clock, relative to ``t0``; one-way delay is neglected
-    (sub-ms on a LAN). Empty unless the peer is active."""
+    """The peer's takeover steps on our clock, relative to ``t0``; one-way delay is neglected
+    (sub-ms on a LAN). ``at``: when its first message as active (``first``) came; ``msg``: its
+    last message, received at ``recv``. Each step is read from ``first`` when that carries it,
+    so steps and the first heartbeat share one reference (the wire's whole milliseconds then
+    never put a step after that heartbeat), else from ``msg``. Empty unless the peer is active."""
     if msg is None or at is None or Role(int(msg.role)) is not Role.ACTIVE:
         return {}
-    tk = msg.takeover
 
-    def when(ms: int) -> float | None:
-        return None if ms == pk.NO_TIME else round(recv - ms / 1000 - t0, 4)
+    def when(field: str) -> float | None:
+        for m, ref in ((first, at), (msg, recv)):
+            ms = getattr(m.takeover, field) if m is not None else pk.NO_TIME
+            if ms != pk.NO_TIME:
+                return round(ref - ms / 1000 - t0, 4)
+        return None
 
     return {
-        "detection": when(tk.detected_ago_ms), "vip_added": when(tk.vip_added_ago_ms),
-        "announcements_sent": when(tk.announced_ago_ms), "announce_count": tk.announce_count,
+        "detection": when("detected_ago_ms"), "vip_added": when("vip_added_ago_ms"),
+        "announcements_sent": when("announced_ago_ms"),
+        "announce_count": msg.takeover.announce_count,
         "first_heartbeat_as_active": round(at - t0, 4),
     }  # fmt: skip
 
@@ -67,7 +77,7 @@ async def drill_handover(r: HaRunner) -> dict[str, Any]:
     r._feed(ft.DrillHandover(t0))
     if not r.fsm.handing_over:
         raise DrillError("no live backup peer able to take over")
-    r._peer_active_at = None
+    r._peer_active_at = r._peer_first_active = None
     with contextlib.suppress(TimeoutError):
         await r._wait(lambda: r.fsm.role is not Role.ACTIVE, r.params.handover_wait)
     await r._drain(5.0)
@@ -75,7 +85,9 @@ async def drill_handover(r: HaRunner) -> dict[str, Any]:
     if ok:  # let a heartbeat carrying the peer's first announcement arrive
         await _peer_announced(r, 5 * r.cfg.interval + 0.5)
     out: dict[str, Any] = {"drill": "handover", "ok": ok, "handover_sent": 0.0}
-    out.update(peer_takeover(r._peer_last, r._peer_active_at, r._peer_last_at, t0))
+    out.update(
+        peer_takeover(r._peer_last, r._peer_active_at, r._peer_last_at, t0, r._peer_first_active)
+    )
     released = r._marks.get("released") if ok else None
     out["released_here"] = None if released is None else round(released - t0, 4)
     if ok and out.get("vip_added") is not None and released is not None:
@@ -98,14 +110,16 @@ async def drill_fault(r: HaRunner, seconds: float) -> dict[str, Any]:
     if r.fsm.role is not Role.ACTIVE:
         raise DrillError(f"this node is {r.role}, not active")
     t0 = r.clock()
-    r._peer_active_at = None
+    r._peer_active_at = r._peer_first_active = None
     r._feed(ft.DrillFault(t0, seconds))
     await r._drain(5.0)
     with contextlib.suppress(TimeoutError):
         await r._wait(lambda: r._peer_active_at is not None, seconds)
     await _peer_announced(r, max(0.0, t0 + seconds - r.clock()))
     out: dict[str, Any] = {"drill": "fault", "seconds": seconds, "fault": 0.0}
-    out.update(peer_takeover(r._peer_last, r._peer_active_at, r._peer_last_at, t0))
+    out.update(
+        peer_takeover(r._peer_last, r._peer_active_at, r._peer_last_at, t0, r._peer_first_active)
+    )
     out["ok"] = out.get("announcements_sent") is not None
     out["gap"] = out.get("announcements_sent")
     with contextlib.suppress(TimeoutError):

@@ -18,6 +18,11 @@ stop, and executes the returned actions. Rules (docs/ha-wire.md has the prose):
   a fresh dead interval before it may take over (so it returns by preemption, not at once).
 - Split brain (active hears an active peer): a node handing over or recovering from a stall
   loses; otherwise the election decides. The loser releases at once, the winner re-announces.
+  The overlap of a handover (the peer still active while handing over to us) is not split brain.
+- With a tracked gateway (``confirm_gateway``), a node takes over from a dead (or never heard)
+  peer only once a fresh gateway probe, asked for after the peer fell silent (``ProbeGateway``
+  -> ``GatewayChecked``), has answered: losing the gateway and the heartbeats at once (this
+  node is cut off) must not take the VIPs before the slower periodic gateway check fails.
 """
 
 from __future__ import annotations
@@ -53,6 +58,8 @@ class Params:
     penalty: int = 50
     stall_factor: float = 2.0  # an event later than this many intervals after the last: a stall
     handover_timeout: float = 0.0  # 0 = 2 dead intervals + 1 interval
+    confirm_gateway: bool = False  # a gateway is tracked: confirm it before a takeover
+    confirm_timeout: float = 1.0  # a fresh gateway probe unanswered this long has failed
 
     @property
     def dead_interval(self) -> float:
@@ -83,6 +90,10 @@ class Machine:
     drill_until: float | None = None
     vips_present: bool = False
     done: bool = False  # STOPPING finished: the VIPs are released
+    gw_wait: float | None = None  # a fresh gateway probe asked for at, answer pending
+    gw_ok_at: float | None = None  # a fresh probe answered at (since the last move)
+    gw_retry_at: float = float("-inf")  # no new probe before (after a failed one)
+    _gw_logged: set[str] = field(default_factory=set)  # once per silent-peer episode
     _last_event: float | None = None
     _last_split_announce: float = float("-inf")
 
@@ -144,6 +155,8 @@ class Machine:
         self.history.append(Transition(now, old, to, reason))
         self.preempt_since = None
         self.handover_until = None
+        self.gw_wait = self.gw_ok_at = None
+        self._gw_logged.clear()
         acts: list[ft.Action] = []
         if to is Role.ACTIVE:
             acts += [ft.TakeVips(adopt=self.vips_present), ft.Announce(), ft.SendHeartbeatNow()]
@@ -187,6 +200,8 @@ class Machine:
                     acts += self.move(now, Role.FAULT, f"drill: behave as dead for {secs:g}s")
             case ft.Stop():
                 return acts + self._stop(now)
+            case ft.GatewayChecked(ok=ok, reason=why):
+                acts += self._gateway_checked(now, ok, why)
             case ft.Tick():
                 if self.drill_until is not None and now >= self.drill_until:
                     self.drill_until = None
@@ -218,7 +233,9 @@ class Machine:
                 acts.append(ft.Log("ha.config_match", why))
         e = ev
         self.peer = PeerView(e.name, e.role, e.priority, e.effective_priority, e.blocked,
-                             e.yielding, e.healthy, e.now, e.digest_match)  # fmt: skip
+                             e.yielding, e.healthy, e.now, e.digest_match, e.handover)  # fmt: skip
+        self.gw_wait = None  # the peer is not dead: no takeover to confirm
+        self._gw_logged.clear()
         was_alive = old is not None and ev.now - old.last_heard <= self.p.dead_interval
         back = not was_alive or (old is not None and old.role is Role.ACTIVE)
         if self.role is Role.ACTIVE and ev.role not in (Role.ACTIVE, Role.STARTING) and back:
@@ -266,7 +283,7 @@ class Machine:
             if self.blocked:
                 return self.move(now, Role.FAULT, self._fault_reason())
             if not alive:
-                return self.move(now, Role.ACTIVE, "no peer heard for the dead interval")
+                return self._take_unheard(now, "no peer heard for the dead interval")
             if self._peer_not_serving() or self.wins_against_peer(now):
                 return self.move(now, Role.ACTIVE, f"won election against {self._peer_desc()}")
             return self.move(now, Role.BACKUP, f"lost election to {self._peer_desc()}")
@@ -282,9 +299,9 @@ class Machine:
             if now < self.listen_until:
                 return []
             if pr is None:
-                return self.move(now, Role.ACTIVE, "no peer heard for the dead interval")
+                return self._take_unheard(now, "no peer heard for the dead interval")
             silent = round(now - pr.last_heard, 3)
-            return self.move(now, Role.ACTIVE, f"peer {pr.name} silent for {silent}s (dead)")
+            return self._take_unheard(now, f"peer {pr.name} silent for {silent}s (dead)")
         if pr.role is not Role.ACTIVE:
             self.preempt_since = None
             if self._peer_not_serving() or self.wins_against_peer(now):
@@ -301,6 +318,41 @@ class Machine:
             why = f"preempt: priority {mine} > peer {pr.name}'s {pr.effective_priority}"
             return self.move(now, Role.ACTIVE, why + f" for {self.p.preempt_delay:g}s")
         return []
+
+    def _take_unheard(self, now: float, why: str) -> list[ft.Action]:
+        """Take over from a peer that is dead or was never heard; with a tracked gateway, only
+        once a fresh probe asked for after the peer's last heartbeat has answered."""
+        if not self.p.confirm_gateway:
+            return self.move(now, Role.ACTIVE, why)
+        pr, ok_at = self.peer, self.gw_ok_at
+        if ok_at is not None and (pr is None or ok_at > pr.last_heard):
+            return self.move(now, Role.ACTIVE, f"{why}; gateway answered a fresh probe")
+        acts: list[ft.Action] = []
+        if self.gw_wait is not None:
+            if now - self.gw_wait < self.p.confirm_timeout:
+                return []  # the answer is pending
+            acts += self._gateway_checked(now, False, "the fresh gateway probe timed out")
+        if now < self.gw_retry_at:
+            return acts
+        self.gw_wait = now
+        if "asked" not in self._gw_logged:
+            self._gw_logged.add("asked")
+            acts.append(ft.Log("ha.gateway_confirm", f"{why}; confirming the gateway first"))
+        return [*acts, ft.ProbeGateway()]
+
+    def _gateway_checked(self, now: float, ok: bool, why: str) -> list[ft.Action]:
+        if self.gw_wait is None:
+            return []  # nobody waits for it any more (the peer was heard, or a move)
+        self.gw_wait = None
+        if ok:
+            self.gw_ok_at = now
+            return []
+        self.gw_retry_at = now + self.p.interval
+        if "held" in self._gw_logged:
+            return []
+        self._gw_logged.add("held")
+        why = f"no peer heard but {why or 'the gateway did not answer'}: not taking over"
+        return [ft.Log("ha.takeover_held", why, level="warning")]
 
     def _evaluate_active(self, now: float) -> list[ft.Action]:
         pr, alive = self.peer, self.peer_alive(now)
@@ -335,6 +387,9 @@ class Machine:
             why = f"peer {pr.name} is active and this node is handing over"
             if self.stall_until is not None:
                 why = f"peer {pr.name} took over while this node was stalled"
+        elif pr.yielding and not self.yielding and pr.handover:
+            why = f"peer {pr.name} still holds the VIPs while handing over to this node"
+            return self._reassert(now, ft.Log("ha.handover_overlap", why))
         elif pr.yielding and not self.yielding:
             lose, why = False, f"split brain with {pr.name}: the peer is yielding"
         else:

@@ -80,7 +80,20 @@ class Stop:
     now: float
 
 
-Event = Start | Tick | PeerHeard | LocalFault | LocalHealth | DrillHandover | DrillFault | Stop
+@dataclass(frozen=True)
+class GatewayChecked:
+    """The answer to ``ProbeGateway``: one fresh probe of the tracked gateway, sent after the
+    machine asked for it (``ok``: it answered)."""
+
+    now: float
+    ok: bool
+    reason: str = ""
+
+
+Event = (
+    Start | Tick | PeerHeard | LocalFault | LocalHealth | DrillHandover | DrillFault | Stop
+    | GatewayChecked
+)  # fmt: skip
 
 # -- actions -------------------------------------------------------------------------------
 
@@ -106,6 +119,11 @@ class SendHeartbeatNow:
 
 
 @dataclass(frozen=True)
+class ProbeGateway:
+    """Probe the tracked gateway once, now, and feed the answer back as ``GatewayChecked``."""
+
+
+@dataclass(frozen=True)
 class Notify:
     role: str
     reason: str
@@ -119,7 +137,7 @@ class Log:
     fields: tuple[tuple[str, Any], ...] = ()
 
 
-Action = TakeVips | ReleaseVips | Announce | SendHeartbeatNow | Notify | Log
+Action = TakeVips | ReleaseVips | Announce | SendHeartbeatNow | ProbeGateway | Notify | Log
 
 
 @dataclass(frozen=True)
@@ -141,3 +159,4 @@ class PeerView:
     healthy: int
     last_heard: float
     digest_match: bool
+    handover: bool = False  # its last message was a HANDOVER (it gives the VIPs to this node)

@@ -78,7 +78,13 @@ class Tracker(Protocol):
     async def run(self, emit: Callable[[TrackEvent], None]) -> None:
         """Watch until cancelled. Call ``emit`` once per item with its initial state as soon as it
         is known, then on every change. ``emit`` is synchronous and cheap; call it from the event
-        loop thread."""
+        loop thread. The runner logs each event (``ha.track``); the tracker does not."""
+
+    async def probe_gateway(self) -> bool:
+        """One fresh probe of the tracked gateway, sent now, bounded by the gateway probe
+        timeout: True if it answered. Separate from (and not counted by) the periodic check.
+        The runner asks for it before taking over from a silent peer. Raises ``HaIoError``
+        when no gateway is tracked."""
 
 
 class Notifier(Protocol):

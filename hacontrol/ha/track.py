@@ -12,7 +12,10 @@ cancelled and calls ``emit(TrackEvent)`` with each item's first known state and 
   missing". A lost netlink event (socket overrun) triggers a fresh dump.
 - Gateway (``track.gateway``): one ICMP echo (raw socket; IPv4 or IPv6) every
   ``gateway_interval``; ``gateway_fall`` consecutive misses -> "gateway 198.51.100.1 unreachable";
-  the first answer after that -> "gateway 198.51.100.1 reachable".
+  the first answer after that -> "gateway 198.51.100.1 reachable". ``probe_gateway()``: one
+  fresh probe on demand (its own socket), asked for before a takeover.
+
+Events are emitted, not logged: the runner logs each one once (``ha.track``, with the reason).
 
 The decisions (link flags -> up/down, miss counting) are the pure helpers ``link_up``,
 ``LinkStates`` and ``FallCounter``; the rest is the I/O shell.
@@ -37,7 +40,7 @@ from pyroute2.netlink.rtnl.marshal import MarshalRtnl
 from hacontrol import logs
 from hacontrol.clock import Clock, monotonic
 from hacontrol.ha.announce import inet_checksum
-from hacontrol.ha.interfaces import TrackEvent
+from hacontrol.ha.interfaces import HaIoError, TrackEvent
 from hacontrol.model import HAConfig, IPAddress, TrackConfig
 
 log = logs.get("hacontrol.ha.track")
@@ -239,6 +242,7 @@ class LocalTracker:
             self.gateway = FallCounter(
                 f"gateway:{config.gateway}", f"gateway {config.gateway}", config.gateway_fall
             )
+        self._fresh: Pinger | None = None  # on-demand probes (probe_gateway)
 
     @classmethod
     def from_config(cls, ha: HAConfig) -> LocalTracker | None:
@@ -247,10 +251,17 @@ class LocalTracker:
         return cls(t) if t.interfaces or t.gateway is not None else None
 
     def _emit(self, emit: Emit, event: TrackEvent | None) -> None:
-        if event is None:
-            return
-        log.info("ha.track", item=event.name, failed=event.failed, reason=event.reason)
-        emit(event)
+        if event is not None:
+            emit(event)  # logged once, by the runner (ha.track)
+
+    async def probe_gateway(self) -> bool:
+        """One fresh echo to the gateway, now (own socket and ident, so it never steals the
+        periodic probe's replies); True if it answered within 0.9 x ``gateway_interval``."""
+        if self.config.gateway is None:
+            raise HaIoError("no gateway is tracked")
+        if self._fresh is None:
+            self._fresh = Pinger(self.config.gateway)
+        return await self._fresh.ping(within=self.config.gateway_interval * 0.9)
 
     async def run(self, emit: Emit) -> None:
         tasks: list[asyncio.Task[None]] = []
@@ -269,6 +280,9 @@ class LocalTracker:
             for t in tasks:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
+            if self._fresh is not None:
+                self._fresh.close()
+                self._fresh = None
 
     # interfaces
 

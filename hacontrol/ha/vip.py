@@ -258,16 +258,18 @@ class VipGroup:
             self._held = False
             await self._stop_refresh()
 
+            removed: list[str] = []
+
             async def drop(vip: VipConfig) -> None:
-                await self._delete(vip)
+                if await self._delete(vip):
+                    removed.append(str(vip.address))
                 self._seen[vip] = _Seen()
 
-            await self._each("release", drop)
-            log.info(
-                "ha.vip.release",
-                vips=[str(v.address) for v in self.vips],
-                reason="releasing the VIP group",
-            )
+            try:
+                await self._each("release", drop)
+            finally:
+                if removed:  # a node that held nothing releases silently
+                    log.info("ha.vip.release", vips=removed, reason="released the VIP group")
 
     async def present(self) -> bool:
         """True if any VIP of the group is configured now (read from the kernel)."""

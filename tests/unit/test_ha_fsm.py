@@ -16,11 +16,13 @@ from hacontrol.ha.fsm_types import (
     Announce,
     DrillFault,
     DrillHandover,
+    GatewayChecked,
     LocalFault,
     LocalHealth,
     Log,
     Notify,
     PeerHeard,
+    ProbeGateway,
     ReleaseVips,
     Role,
     SendHeartbeatNow,
@@ -337,6 +339,64 @@ def test_config_digest_mismatch_is_logged_once() -> None:
     ]
 
 
+# -- a tracked gateway is confirmed before taking over from a dead peer -----------------------
+
+SILENT = [heard(0.5, Role.ACTIVE), *ticks(1, 4)]  # the peer is dead at 3.5; the tick at 4 sees it
+GW_OK, GW_DOWN = GatewayChecked(4.01, True), GatewayChecked(4.01, False, "gateway x no answer")
+
+# (case, events, role after, ProbeGateway count, log events expected, a word of the reason)
+GATEWAY_CASES: list[tuple[str, list[ft.Event], Role, int, set[str], str]] = [
+    ("probe first, take on the answer", [*SILENT, GW_OK], S.ACTIVE, 1,
+     {"ha.gateway_confirm"}, "gateway answered"),
+    ("no answer: stays backup", [*SILENT, GW_DOWN, Tick(4.5)], S.BACKUP, 1,
+     {"ha.gateway_confirm", "ha.takeover_held"}, ""),
+    ("retried an interval after a miss, then takes",
+     [*SILENT, GW_DOWN, Tick(5.0), Tick(6.0), GatewayChecked(6.01, True)], S.ACTIVE, 2,
+     {"ha.gateway_confirm", "ha.takeover_held"}, "silent"),
+    ("an unanswered probe times out and is retried", [*SILENT, *ticks(4.25, 6, 0.25)], S.BACKUP,
+     2, {"ha.gateway_confirm", "ha.takeover_held"}, ""),
+    ("peer heard again: the late answer is ignored",
+     [*SILENT, heard(4.005, Role.ACTIVE), GW_OK, Tick(4.5)], S.BACKUP, 1, set(), ""),
+    ("gateway fault meanwhile: fault, the answer ignored", [*SILENT, fault(4.005), GW_OK],
+     S.FAULT, 1, set(), "gateway lost"),
+    ("starting without a peer: probe first", [*ticks(0, 3), GatewayChecked(3.01, True)],
+     S.ACTIVE, 1, {"ha.gateway_confirm"}, "no peer heard"),
+    ("starting without a peer nor gateway answer", ticks(0, 5), S.STARTING, 2,
+     {"ha.takeover_held"}, ""),
+    ("an answer from an earlier episode does not count",
+     [*ticks(0, 3), GatewayChecked(3.01, True), heard(3.5, Role.ACTIVE, eff=150), *ticks(4, 7)],
+     S.BACKUP, 2, {"ha.gateway_confirm"}, "split brain"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("events", "role", "probes", "logged", "why"),
+    [c[1:] for c in GATEWAY_CASES],
+    ids=[c[0] for c in GATEWAY_CASES],
+)
+def test_gateway_confirmed_before_taking_over(
+    events: list[ft.Event], role: Role, probes: int, logged: set[str], why: str
+) -> None:
+    m = new(confirm_gateway=True, confirm_timeout=0.5)
+    acts = feed(m, events)
+    assert role_of(m) is role
+    assert acts.count(ProbeGateway()) == probes
+    events_logged = [a.event for a in acts if isinstance(a, Log)]
+    assert logged <= set(events_logged)
+    assert events_logged.count("ha.takeover_held") <= 1  # once per silent-peer episode
+    assert events_logged.count("ha.gateway_confirm") <= probes
+    if why:
+        assert why in m.history[-1].reason
+    was_active = role is Role.ACTIVE or why == "split brain"  # the last row: active once
+    assert reached(m, Role.ACTIVE) == was_active
+
+
+def test_without_a_tracked_gateway_no_probe() -> None:
+    m = new()
+    acts = feed(m, [*SILENT])
+    assert role_of(m) is Role.ACTIVE and ProbeGateway() not in acts
+
+
 # -- two machines talking ---------------------------------------------------------------------
 
 
@@ -479,6 +539,22 @@ def test_graceful_stop_hands_over() -> None:
     s.run(1)
     assert s.m["a"].done and s.m["b"].role is Role.ACTIVE
     assert s.index("b", TakeVips, t0) < s.index("a", ReleaseVips, t0)
+
+
+def logged(s: Pair, n: str) -> list[str]:
+    return [a.event for _, who, a in s.log if who == n and isinstance(a, Log)]
+
+
+@pytest.mark.parametrize("how", ["drill", "stop"])
+def test_handover_overlap_is_not_split_brain(how: str) -> None:
+    s = Pair(PA, dataclasses.replace(PB, preempt=False))
+    s.run(3)
+    s._do("a", s.m["a"].step(DrillHandover(s.t) if how == "drill" else Stop(s.t)))
+    s.run(1)
+    assert s.m["b"].role is Role.ACTIVE
+    assert "ha.split_brain" not in logged(s, "b") + logged(s, "a")
+    if how == "drill":  # the old active still holds the VIPs when b takes: said as what it is
+        assert "ha.handover_overlap" in logged(s, "b")
 
 
 def test_active_with_lost_gateway_hands_over_then_recovers() -> None:

@@ -20,12 +20,16 @@ import structlog
 import uvloop
 
 from hacontrol.clock import monotonic
+from hacontrol.ha import packet as pk
+from hacontrol.ha.drills import peer_takeover
 from hacontrol.ha.fsm_types import Role
 from hacontrol.ha.interfaces import HaIoError, TrackEvent
 from hacontrol.ha.runner import DrillError, HaRunner
+from hacontrol.ha.track import LocalTracker
 from hacontrol.ha.transport import EPOCH_FILE, load_key, next_epoch
+from hacontrol.ha.vip import VipGroup
 from hacontrol.metrics import Metrics
-from hacontrol.model import Endpoint, HAConfig
+from hacontrol.model import AnnounceConfig, Endpoint, HAConfig, TrackConfig, VipConfig
 
 # Both loops: the daemon runs on uvloop when available, stock asyncio otherwise (the same
 # module-local override as tests/unit/test_health_probes.py).
@@ -118,10 +122,17 @@ class FakeNotifier:
 class FakeTracker:
     def __init__(self) -> None:
         self.emit: Callable[[TrackEvent], None] | None = None
+        self.gateway_ok = True
+        self.probes = 0
 
     async def run(self, emit: Callable[[TrackEvent], None]) -> None:
         self.emit = emit
         await asyncio.Event().wait()
+
+    async def probe_gateway(self) -> bool:
+        self.probes += 1
+        await asyncio.sleep(0.001)  # an echo round trip
+        return self.gateway_ok
 
 
 def udp() -> socket.socket:
@@ -500,3 +511,135 @@ async def test_frozen_active_yields_to_the_peer_that_took_over(
     await asyncio.sleep(20 * SLOW)
     assert (a.role, b.role) == ("backup", "active")  # no flap back before preempt_delay (30 s)
     assert len([t for t in b.r.fsm.history if t.to_role is Role.ACTIVE]) == 1
+
+
+# -- a tracked gateway, the start-up order, log noise, drill timelines ------------------------
+
+GATEWAY = TrackConfig(gateway=ipaddress.ip_address("192.0.2.1"), gateway_interval=0.2)
+
+
+async def test_cut_off_backup_confirms_its_gateway_before_taking(
+    tmp_path: Path, world: World
+) -> None:
+    a, b = make_pair(tmp_path, world, track=GATEWAY)
+    await a.r.start()
+    await b.r.start()
+    try:
+        await wait_until(lambda: (a.role, b.role) == ("active", "backup") and a.vips.held)
+        assert b.tracker.probes == 0  # nothing to confirm while the peer is heard
+        b.tracker.gateway_ok = False  # b is cut off: the peer and its gateway gone at once
+        with structlog.testing.capture_logs() as logs:
+            await a.r.stop(graceful=False)
+            await wait_until(lambda: b.tracker.probes >= 3)  # re-probed while the peer is silent
+        assert b.role == "backup" and not b.vips.held
+        held = [e for e in logs if e["event"] == "ha.takeover_held"]
+        assert len(held) == 1 and "did not answer" in held[0]["reason"]
+        b.tracker.gateway_ok = True  # the gateway answers: b takes over on that answer
+        await wait_until(lambda: b.role == "active" and b.vips.held)
+        assert "gateway answered" in b.r.status()["reason"]
+    finally:
+        await a.r.stop(graceful=False)
+        await b.r.stop(graceful=False)
+
+
+class GatedHandoff:
+    """A hand-off whose ``open()`` takes as long as the test says (nftables takes ~100 ms)."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.opening = asyncio.Event()
+        self.draining = False
+
+    async def open(self) -> None:
+        self.opening.set()
+        await self.gate.wait()
+
+    def due(self, now: float) -> bool:
+        return False
+
+    async def begin(self, now: float, reason: str) -> None:
+        pass
+
+    async def end(self, reason: str) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_heartbeats_during_a_slow_start_meet_one_machine(
+    tmp_path: Path, world: World
+) -> None:
+    a, b = make_pair(tmp_path, world)
+    handoff = GatedHandoff()
+    b.r.handoff = handoff  # type: ignore[assignment]
+    await a.r.start()
+    try:
+        await wait_until(lambda: a.role == "active" and a.vips.held)
+        starting = asyncio.create_task(b.r.start())
+        await handoff.opening.wait()
+        assert a.r.transport is not None
+        sent = sum(a.r.transport.sent.values())
+        await wait_until(lambda: sum(a.r.transport.sent.values()) >= sent + 3)  # type: ignore[union-attr]
+        handoff.gate.set()  # heartbeats arrived while the hand-off was opening
+        await starting
+        await wait_until(lambda: b.role == "backup")
+        await asyncio.sleep(10 * INTERVAL)
+        assert [t.to_role for t in b.r.fsm.history] == [Role.BACKUP]
+        assert [role for role, _ in b.notifier.calls] == ["backup"]
+        m = b.r.metrics.registry.get_sample_value
+        assert m("hacontrol_ha_transitions_total",
+                 {"from_role": "starting", "to_role": "backup"}) == 1  # fmt: skip
+    finally:
+        await a.r.stop(graceful=False)
+        await b.r.stop(graceful=False)
+
+
+async def test_tracked_fact_logged_once(tmp_path: Path, world: World) -> None:
+    a, _ = make_pair(tmp_path, world)
+    tracker = LocalTracker(GATEWAY)
+    ev = TrackEvent("gateway:192.0.2.1", True, True, "gateway 192.0.2.1 unreachable")
+    with structlog.testing.capture_logs() as logs:
+        tracker._emit(a.r._on_track, ev)  # the tracker emits, the runner logs
+    track = [e for e in logs if e["event"].startswith("ha.track")]
+    assert len(track) == 1 and track[0]["reason"] == ev.reason, track
+    assert a.r.fsm.blocked
+
+
+def test_releasing_nothing_logs_nothing() -> None:
+    # sync, on the stock loop: pyroute2's IPRoute (on VipGroup's worker thread) refuses uvloop
+    vip = VipConfig(ipaddress.ip_interface("192.0.2.100/24"), "nosuchif0")
+
+    async def release() -> list[Any]:
+        group = VipGroup([vip], AnnounceConfig())
+        try:
+            with structlog.testing.capture_logs() as logs:
+                await group.release()  # no such interface: nothing held, nothing removed
+            return logs
+        finally:
+            await group.close()
+
+    with asyncio.Runner(loop_factory=asyncio.new_event_loop) as runner:
+        logs = runner.run(release())
+    assert not [e for e in logs if e["event"] == "ha.vip.release"], logs
+
+
+def takeover(detected: int, added: int, announced: int) -> pk.Message:
+    return pk.Message(
+        type=pk.MsgType.HEARTBEAT, node="b", role=pk.WireRole.ACTIVE, priority=100,
+        effective_priority=100, epoch=1, seq=1, digest=bytes(32), flags=0, health=(),
+        takeover=pk.Takeover(detected, added, announced, 3),
+    )  # fmt: skip
+
+
+def test_drill_timeline_steps_never_after_the_first_heartbeat() -> None:
+    # truth (peer clock = ours, t0 = 0): detected 0.3000, VIP added 0.3046, announced 0.3048,
+    # first heartbeat as active sent 0.3049 and heard at 0.3050; the last one, 0.2 s later,
+    # says 200 ms ago (200.4 truncated) for both steps: read from it alone they land at 0.3054
+    first = takeover(detected=5, added=0, announced=0)
+    last = takeover(detected=205, added=200, announced=200)
+    tl = peer_takeover(last, at=0.3050, recv=0.5054, t0=0.0, first=first)
+    assert tl["vip_added"] is not None and tl["announcements_sent"] is not None
+    assert tl["detection"] <= tl["vip_added"] <= tl["announcements_sent"]  # type: ignore[operator]
+    assert tl["announcements_sent"] <= tl["first_heartbeat_as_active"]  # type: ignore[operator]
+    assert tl["announce_count"] == 3

@@ -96,6 +96,7 @@ def test_sigterm_hands_over_at_once(make_pair: MakePair) -> None:
     assert tr.reason == f"peer {A} handed over", tr  # not "silent ... (dead)"
     pair.client_learns(B)
     assert pair.exit_code(A, 30) == 0, pair.tail(A)
+    assert not pair.events(B, "ha.split_brain"), "a handover overlap is not split brain"
     pair.wait_vips({B})
     stopped = pair.events(A, "ha.stopped")
     assert any(e["reason"] == "peer took over" for e in stopped), stopped

@@ -69,6 +69,10 @@ def test_planned_handover_under_load_fails_no_request(make_pair: MakePair) -> No
     assert not failed, f"{len(failed)} of {len(reqs)} requests failed: {when}; drill {r.stdout}"
     timeline = json.loads(r.stdout)
     assert timeline["ok"] is True and timeline["gap"] == 0.0, timeline
+    steps = ("vip_added", "announcements_sent", "first_heartbeat_as_active")
+    assert [timeline[k] for k in steps] == sorted(timeline[k] for k in steps), timeline
+    overlap = pair.events(B, "ha.handover_overlap")
+    assert overlap and not pair.events(B, "ha.split_brain"), "a handover is not split brain"
     gap = traffic.outage(reqs, t0, t1)
     during = len(traffic.between(reqs, t0, t1))
     print(f"handover under load: {during} requests during it, 0 failed, longest gap between "

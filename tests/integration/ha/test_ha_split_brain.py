@@ -148,15 +148,9 @@ def test_heartbeat_partition_without_gateway_does_not_take_over(make_pair: MakeP
     assert pair.role(A) == "active" and pair.holders() == {A}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known bug: a backup whose gateway and heartbeats go at the same moment takes the "
-    "VIPs (and announces them) for the time its gateway check takes to fail, then faults; the "
-    "clients' ARP entries then point at it for seconds (see the H2 report)",
-)
 def test_gateway_and_heartbeats_lost_at_once_never_take_the_vips(make_pair: MakePair) -> None:
     # the gateway check (5 x 100 ms) is slower than the dead interval (3 x 100 ms): the backup
-    # must confirm its gateway before it takes over, not find out afterwards
+    # confirms its gateway with a fresh probe before it takes over, and that probe goes unanswered
     pair = make_pair(gateway=True, gateway_fall=5)
     pair.start_pair()
     pair.client_sees_active(A)
@@ -167,4 +161,5 @@ def test_gateway_and_heartbeats_lost_at_once_never_take_the_vips(make_pair: Make
     wait_for(lambda: pair.role(B) == "fault" and pair.peer(B)["last_heard_ago"] >= 3 * dead,
              10, "b cut off and without its gateway", pair.explain)  # fmt: skip
     assert [t.to for t in pair.transitions(B)[len(b_before) :]] == ["fault"], pair.transitions(B)
+    assert pair.events(B, "ha.takeover_held"), "b did not hold back on its unanswered probe"
     assert pair.client_neighbour() == pair.mac(A)  # nobody sent the client elsewhere
