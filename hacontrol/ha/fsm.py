@@ -20,9 +20,7 @@ stop, and executes the returned actions. Rules (docs/ha-wire.md has the prose):
   loses; otherwise the election decides. The loser releases at once, the winner re-announces.
   The overlap of a handover (the peer still active while handing over to us) is not split brain.
 - With a tracked gateway (``confirm_gateway``), a node takes over from a dead (or never heard)
-  peer only once a fresh gateway probe, asked for after the peer fell silent (``ProbeGateway``
-  -> ``GatewayChecked``), has answered: losing the gateway and the heartbeats at once (this
-  node is cut off) must not take the VIPs before the slower periodic gateway check fails.
+  peer only once a fresh gateway probe has answered (hacontrol.ha.fsm_gateway).
 """
 
 from __future__ import annotations
@@ -31,6 +29,7 @@ from collections import deque
 from dataclasses import dataclass, field
 
 from hacontrol.ha import fsm_types as ft
+from hacontrol.ha.fsm_gateway import GatewayConfirm
 from hacontrol.ha.fsm_types import PeerView, Role, Transition
 
 R = Role
@@ -90,16 +89,14 @@ class Machine:
     drill_until: float | None = None
     vips_present: bool = False
     done: bool = False  # STOPPING finished: the VIPs are released
-    gw_wait: float | None = None  # a fresh gateway probe asked for at, answer pending
-    gw_ok_at: float | None = None  # a fresh probe answered at (since the last move)
-    gw_retry_at: float = float("-inf")  # no new probe before (after a failed one)
-    _gw_logged: set[str] = field(default_factory=set)  # once per silent-peer episode
+    gw: GatewayConfirm = field(init=False)  # confirming the gateway before a takeover
     _last_event: float | None = None
     _last_split_announce: float = float("-inf")
 
     def __post_init__(self) -> None:
         self.since = self.now
         self.listen_until = self.now + self.p.dead_interval
+        self.gw = GatewayConfirm(self.p.confirm_timeout, self.p.interval)
 
     # -- derived views ---------------------------------------------------------------------
 
@@ -155,8 +152,7 @@ class Machine:
         self.history.append(Transition(now, old, to, reason))
         self.preempt_since = None
         self.handover_until = None
-        self.gw_wait = self.gw_ok_at = None
-        self._gw_logged.clear()
+        self.gw.reset()
         acts: list[ft.Action] = []
         if to is Role.ACTIVE:
             acts += [ft.TakeVips(adopt=self.vips_present), ft.Announce(), ft.SendHeartbeatNow()]
@@ -201,7 +197,7 @@ class Machine:
             case ft.Stop():
                 return acts + self._stop(now)
             case ft.GatewayChecked(ok=ok, reason=why):
-                acts += self._gateway_checked(now, ok, why)
+                acts += self.gw.answer(now, ok, why)
             case ft.Tick():
                 if self.drill_until is not None and now >= self.drill_until:
                     self.drill_until = None
@@ -234,8 +230,7 @@ class Machine:
         e = ev
         self.peer = PeerView(e.name, e.role, e.priority, e.effective_priority, e.blocked,
                              e.yielding, e.healthy, e.now, e.digest_match, e.handover)  # fmt: skip
-        self.gw_wait = None  # the peer is not dead: no takeover to confirm
-        self._gw_logged.clear()
+        self.gw.reset(keep_answer=True)  # the peer is not dead: no takeover to confirm
         was_alive = old is not None and ev.now - old.last_heard <= self.p.dead_interval
         back = not was_alive or (old is not None and old.role is Role.ACTIVE)
         if self.role is Role.ACTIVE and ev.role not in (Role.ACTIVE, Role.STARTING) and back:
@@ -324,35 +319,9 @@ class Machine:
         once a fresh probe asked for after the peer's last heartbeat has answered."""
         if not self.p.confirm_gateway:
             return self.move(now, Role.ACTIVE, why)
-        pr, ok_at = self.peer, self.gw_ok_at
-        if ok_at is not None and (pr is None or ok_at > pr.last_heard):
+        if self.gw.confirmed(self.peer.last_heard if self.peer else None):
             return self.move(now, Role.ACTIVE, f"{why}; gateway answered a fresh probe")
-        acts: list[ft.Action] = []
-        if self.gw_wait is not None:
-            if now - self.gw_wait < self.p.confirm_timeout:
-                return []  # the answer is pending
-            acts += self._gateway_checked(now, False, "the fresh gateway probe timed out")
-        if now < self.gw_retry_at:
-            return acts
-        self.gw_wait = now
-        if "asked" not in self._gw_logged:
-            self._gw_logged.add("asked")
-            acts.append(ft.Log("ha.gateway_confirm", f"{why}; confirming the gateway first"))
-        return [*acts, ft.ProbeGateway()]
-
-    def _gateway_checked(self, now: float, ok: bool, why: str) -> list[ft.Action]:
-        if self.gw_wait is None:
-            return []  # nobody waits for it any more (the peer was heard, or a move)
-        self.gw_wait = None
-        if ok:
-            self.gw_ok_at = now
-            return []
-        self.gw_retry_at = now + self.p.interval
-        if "held" in self._gw_logged:
-            return []
-        self._gw_logged.add("held")
-        why = f"no peer heard but {why or 'the gateway did not answer'}: not taking over"
-        return [ft.Log("ha.takeover_held", why, level="warning")]
+        return self.gw.ask(now, why)
 
     def _evaluate_active(self, now: float) -> list[ft.Action]:
         pr, alive = self.peer, self.peer_alive(now)
