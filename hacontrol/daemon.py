@@ -29,10 +29,11 @@ from hacontrol import __version__, logs
 from hacontrol.api.app import ApiServer, create_app
 from hacontrol.clock import Clock, monotonic
 from hacontrol.config import load
-from hacontrol.daemon_ha import DrillUnavailable, build_ha, run_drill, stop_ha
+from hacontrol.daemon_ha import DrillUnavailable, build_ha, run_drill, start_sync, stop_ha
 from hacontrol.daemon_status import daemon_status
 from hacontrol.dataplane.base import Dataplane, DataplaneError
 from hacontrol.dataplane.desired import desired_table
+from hacontrol.dataplane.ipvs_sync import SyncDaemons
 from hacontrol.dataplane.owned import OwnedStore
 from hacontrol.dataplane.reconciler import Reconciler
 from hacontrol.dataplane.select import open_dataplane
@@ -89,6 +90,7 @@ class Daemon:
         self.ha: HaComponent | None = ha
         self._ha_given = ha is not None
         self._vips: VipGroup | None = None  # closed after the runner stops
+        self._sync: SyncDaemons | None = None  # IPVS connection sync daemons (ha.sync)
         self.extra_routes: list[web.RouteDef] = []  # more routes (each described in openapi.yaml)
         self._token: str | None = None
         self._targets: dict[CheckKey, list[tuple[ServiceConfig, RealServer]]] = {}
@@ -211,6 +213,7 @@ class Daemon:
         )
         self._apply_config(cfg)
         await self.reconciler.start()
+        self._sync = await start_sync(cfg, dp, self.clock)  # before HA: the VIPs may move
         await self.health.start()
         if self.serve_api:
             self.api = ApiServer(create_app(self, self.extra_routes), cfg.api.listen)
@@ -274,6 +277,9 @@ class Daemon:
                 result = await self.reconciler.sync_now("stop")
                 if not result.ok:
                     log.error("daemon.cleanup", result="error", reason=result.error)
+        if self._sync is not None:  # left running when keep (like the table)
+            await self._sync.close(keep)
+            self._sync = None
         if self.dataplane is not None:
             try:
                 await self.dataplane.close()
@@ -366,7 +372,9 @@ class Daemon:
 
     def status(self) -> dict[str, Any]:
         """The status document the API serves (see ``hacontrol.daemon_status``)."""
-        return daemon_status(self)
+        doc = daemon_status(self)
+        doc["dataplane"]["sync"] = self._sync.status(self.clock()) if self._sync else None
+        return doc
 
 
 def run_daemon(config: Config, *, dry_run: bool = False, out: TextIO | None = None) -> int:

@@ -7,8 +7,10 @@ VIP group), hands it what a reload may change live (``apply_ha_live``: notify co
 digest; never the VIPs), adds the config digest comparison to its status (``ha_status``) and
 forwards drills (``run_drill``). The kernel table is programmed on both directors; only the VIPs
 move. With the nftables data plane the runner also gets a ``Handoff`` (hacontrol.ha.handoff):
-connections in flight at a planned move stay with the director that NATed them. Events keep
-the daemon's logger name (``hacontrol.daemon``).
+connections in flight at a planned move stay with the director that NATed them. With the IPVS
+plane and ``ha.sync`` the IPVS connection sync daemons do that instead (``start_sync``:
+hacontrol.dataplane.ipvs_sync; on another plane the option is ignored with a warning). Events
+keep the daemon's logger name (``hacontrol.daemon``).
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from typing import Any
 
 from hacontrol import logs
 from hacontrol.clock import Clock
+from hacontrol.dataplane.base import Dataplane
+from hacontrol.dataplane.ipvs import IpvsDataplane
+from hacontrol.dataplane.ipvs_sync import SyncDaemons
 from hacontrol.dataplane.select import resolve_kind
 from hacontrol.ha.handoff import Handoff, services_of
 from hacontrol.ha.handoff_rules import HandoffRules
@@ -37,6 +42,7 @@ __all__ = [
     "build_ha",
     "ha_status",
     "run_drill",
+    "start_sync",
     "stop_ha",
 ]
 
@@ -69,7 +75,7 @@ def build_ha(
         raise StartError(str(exc)) from None
     vips = VipGroup.from_config(ha, metrics, clock=clock)
     handoff = None
-    if resolve_kind(cfg.dataplane) == "nftables":  # IPVS would need its connection sync daemon
+    if resolve_kind(cfg.dataplane) == "nftables":  # IPVS: its connection sync daemons instead
         svc, rs = services_of(cfg)
         rules = HandoffRules.of(f"{cfg.dataplane.nft_table}_handoff", svc, rs)
         handoff = Handoff(rules, [str(p.address) for p in ha.peers])
@@ -88,6 +94,29 @@ def build_ha(
         handoff=handoff,
     )
     return runner, vips
+
+
+async def start_sync(cfg: Config, dp: Dataplane, clock: Clock) -> SyncDaemons | None:
+    """Start the IPVS connection sync daemons ``ha.sync`` asks for (reconciled against what
+    runs, then re-checked every resync interval); None without ``ha.sync`` or on a plane that
+    is not IPVS (logged: ``dataplane.sync_unsupported``). Failures do not stop the daemon:
+    they are logged and shown in the status, and retried."""
+    want = cfg.ha.sync if cfg.ha is not None else None
+    if want is None:
+        return None
+    if not isinstance(dp, IpvsDataplane):
+        kind = str(getattr(dp, "kind", type(dp).__name__))
+        why = (
+            "nftables plane: in-flight connections are kept by the connection hand-off"
+            if kind == "nftables"
+            else f"{kind} plane: no kernel IPVS connections to synchronise"
+        )
+        log.warning("dataplane.sync_unsupported", plane=kind, interface=want.interface, reason=why)
+        return None
+    sync = SyncDaemons(dp, want, clock=clock)
+    await sync.reconcile("start")
+    sync.start(cfg.dataplane.resync_interval)
+    return sync
 
 
 async def stop_ha(ha: HaComponent | None, vips: VipGroup | None, graceful: bool) -> None:

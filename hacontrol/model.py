@@ -132,6 +132,14 @@ class TrackConfig:
 
 
 @dataclass(frozen=True)
+class SyncConfig:
+    """The IPVS connection sync daemons (master and backup) a director of the pair runs."""
+
+    interface: str  # the multicast interface: the heartbeat / inside link between the pair
+    syncid: int = 0  # 0..255, the same on both directors
+
+
+@dataclass(frozen=True)
 class HAConfig:
     bind: Endpoint
     peers: tuple[Endpoint, ...]
@@ -147,6 +155,7 @@ class HAConfig:
     track: TrackConfig = field(default_factory=TrackConfig)
     notify: tuple[str, ...] = ()
     notify_timeout: float = 5.0
+    sync: SyncConfig | None = None  # IPVS plane only: connection sync daemons (ignored on nft)
 
 
 @dataclass(frozen=True)

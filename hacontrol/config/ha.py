@@ -14,11 +14,18 @@ from typing import Any
 from yaml.nodes import Node
 
 from hacontrol.config.reader import IFNAME_RE, Reader, fmt_duration, join, scalar
-from hacontrol.model import AnnounceConfig, Endpoint, HAConfig, TrackConfig, VipConfig
+from hacontrol.model import (
+    AnnounceConfig,
+    Endpoint,
+    HAConfig,
+    SyncConfig,
+    TrackConfig,
+    VipConfig,
+)
 
 HA_KEYS = (
     "bind", "peers", "priority", "preempt", "preempt_delay", "interval", "dead_after",
-    "secret_file", "vips", "announce", "lease", "track", "notify", "notify_timeout",
+    "secret_file", "vips", "announce", "lease", "track", "notify", "notify_timeout", "sync",
 )  # fmt: skip
 
 
@@ -60,6 +67,8 @@ def parse_ha(r: Reader, node: Node, *, check_files: bool) -> HAConfig | None:
         kw["notify"] = r.argv(m["notify"], "ha.notify") if scalar(m["notify"])[0] != "null" else ()
     if "lease" in m:
         kw["lease"] = _lease(r, m["lease"])
+    if "sync" in m and scalar(m["sync"])[0] != "null":
+        kw["sync"] = _sync(r, m["sync"])
     if not r.clean_since(start):
         return None
     ha = HAConfig(**kw)
@@ -176,3 +185,15 @@ def _lease(r: Reader, node: Node) -> float | None:
     if kind == "null" or (kind == "boolean" and value is False) or value == "off":
         return None
     return r.duration(node, "ha.lease")
+
+
+def _sync(r: Reader, node: Node) -> SyncConfig | None:
+    """``ha.sync: {interface, syncid}``: the IPVS connection sync daemons."""
+    m = r.mapping(node, "ha.sync", ("interface", "syncid"), required=("interface",))
+    if m is None or "interface" not in m:
+        return None
+    iface = r.string(m["interface"], "ha.sync.interface", pattern=IFNAME_RE)
+    syncid = r.integer(m["syncid"], "ha.sync.syncid", 0, 255) if "syncid" in m else 0
+    if iface is None or syncid is None:
+        return None
+    return SyncConfig(iface, syncid)

@@ -275,12 +275,13 @@ class IpvsDataplane:
         except BlockingIOError:
             await asyncio.get_running_loop().sock_sendall(sock, data)
 
-    async def _dump(self, cmd: int, body: bytes) -> list[dict[int, Any]]:
-        """Each dumped object's nested attributes (service or dest) as {type: bytes}."""
+    async def _dump(self, cmd: int, body: bytes, want: int | None = None) -> list[dict[int, Any]]:
+        """Each dumped object's nested attributes (service, dest, or ``want``) as {type: bytes}."""
         seq, msg = self._header(cmd, NLM_F_REQUEST | NLM_F_DUMP, body)
         await self._send(msg)
         out: list[dict[int, Any]] = []
-        want = CMD_ATTR_SERVICE if cmd == CMD["get_service"] else CMD_ATTR_DEST
+        if want is None:
+            want = CMD_ATTR_SERVICE if cmd == CMD["get_service"] else CMD_ATTR_DEST
         while True:
             data = await self._recv()
             off = 0
@@ -333,6 +334,27 @@ class IpvsDataplane:
                     if mseq == last_seq:
                         return failed
                 off += max(16, (n + 3) & ~3)
+
+    # ------------------------------------------------------------------ other IPVS commands
+    async def dump_nested(self, cmd: int, body: bytes, want: int) -> list[dict[int, Any]]:
+        """Dump ``cmd``: each reply's nested attribute ``want`` as {type: bytes} (used by
+        ``hacontrol.dataplane.ipvs_sync`` for the sync daemons)."""
+        async with self._exchange():
+            return await self._dump(cmd, body, want)
+
+    async def request(self, cmd: int, body: bytes) -> int:
+        """One acked request of ``cmd``: 0, or the errno the kernel answered."""
+        async with self._exchange():
+            seq, msg = self._header(cmd, NLM_F_REQUEST | NLM_F_ACK, body)
+            await self._send(msg)
+            while True:
+                data = await self._recv()
+                off = 0
+                while off + 20 <= len(data):
+                    n, kind, _flags, mseq = struct.unpack_from("=IHHI", data, off)
+                    if kind == NLMSG_ERROR and mseq == seq:
+                        return int(-struct.unpack_from("=i", data, off + 16)[0])
+                    off += max(16, (n + 3) & ~3)
 
     # ------------------------------------------------------------------ Dataplane protocol
     @contextlib.asynccontextmanager
