@@ -1,12 +1,13 @@
 """The HA runner: the asyncio shell around the pure role machine (hacontrol.ha.fsm).
 
 It owns the timers (a tick every ``interval``, scheduled from the injected clock), the heartbeat
-transport, the tracker task and one action worker that executes the machine's actions in order
-(take/renew/release the VIPs, heartbeat now, announce, notify) through the Protocols in
-hacontrol.ha.interfaces. It keeps the VIP lease renewed while this node is active and healthy.
-Before it takes the VIPs from a live peer that holds them (planned handover, preemption) it starts
-a connection hand-off drain (hacontrol.ha.handoff, nftables plane): flows NATed by the peer stay
-with it; the drain ends when due, when the peer dies or when this node releases the VIPs.
+transport, the tracker task and one action worker (hacontrol.ha.runner_actions) that executes the
+machine's actions in order (take/renew/release the VIPs, heartbeat now, announce, notify) through
+the Protocols in hacontrol.ha.interfaces. It keeps the VIP lease renewed while this node is active
+and healthy. Before it takes the VIPs from a live peer that holds them (planned handover,
+preemption) the worker starts a connection hand-off drain (hacontrol.ha.handoff, nftables plane):
+flows NATed by the peer stay with it; the drain ends when due, when the peer dies or when this
+node releases the VIPs.
 Every transition is logged as ``ha.transition``. Drills (hacontrol.ha.drills) and ``status()``
 (hacontrol.ha.runner_status) are methods here that delegate to those modules.
 """
@@ -28,6 +29,7 @@ from hacontrol.ha.drills import DrillError
 from hacontrol.ha.fsm import Machine, Params
 from hacontrol.ha.fsm_types import Role
 from hacontrol.ha.interfaces import HaIoError, Notifier, Tracker, TrackEvent, VipManager
+from hacontrol.ha.runner_actions import EndDrain, Job, Renew, worker
 from hacontrol.ha.runner_status import runner_status
 from hacontrol.ha.transport import HaTransport, digest_bytes, next_epoch
 from hacontrol.metrics import Metrics
@@ -41,17 +43,6 @@ __all__ = ["DrillError", "HaRunner", "HealthSummary"]
 log = logs.get("hacontrol.ha")
 
 HealthSummary = Callable[[], Iterable[tuple[str, int, int]]]  # (service, healthy, total)
-
-
-class _Renew:
-    """Internal action: push the lease forward."""
-
-
-class _EndDrain:
-    """Internal action: end the connection hand-off drain (``hacontrol.ha.handoff``)."""
-
-    def __init__(self, reason: str) -> None:
-        self.reason = reason
 
 
 def _fit(name: str) -> str:
@@ -100,7 +91,7 @@ class HaRunner:
         self.fsm = Machine(self.params, clock())
         self.transport: HaTransport | None = None
         self.epoch = 0
-        self._queue: asyncio.Queue[ft.Action | _Renew | _EndDrain] = asyncio.Queue()
+        self._queue: asyncio.Queue[Job] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._side: set[asyncio.Task[None]] = set()  # announce bursts, notify runs
         self._announce_task: asyncio.Task[None] | None = None
@@ -154,7 +145,7 @@ class HaRunner:
         self._arm_deadline()
         self._tasks = [
             asyncio.create_task(self._tick_loop(), name="ha-tick"),
-            asyncio.create_task(self._worker(), name="ha-actions"),
+            asyncio.create_task(worker(self), name="ha-actions"),
         ]
         if self.tracker is not None:
             self._tasks.append(asyncio.create_task(self._track(self.tracker), name="ha-track"))
@@ -296,7 +287,7 @@ class HaRunner:
             self._idle.clear()
         elif self._held and lease is not None and now - self._last_renew >= min(lease / 3, 1.0):
             self._last_renew = now
-            self._queue.put_nowait(_Renew())
+            self._queue.put_nowait(Renew())
 
     def _maybe_end_drain(self, now: float) -> None:
         h = self.handoff
@@ -309,20 +300,8 @@ class HaRunner:
             why = "peer dead: nothing to hand off to"
         if why is not None:
             self._drain_ending = True
-            self._queue.put_nowait(_EndDrain(why))
+            self._queue.put_nowait(EndDrain(why))
             self._idle.clear()
-
-    async def _begin_drain(self) -> None:
-        """Before taking the VIPs from a live peer that holds them: hand its flows back to it."""
-        h, now, msg = self.handoff, self.clock(), self._peer_last
-        if h is None or msg is None or not self.fsm.peer_alive(now):
-            return
-        if not msg.flags & pk.FLAG_VIPS_HELD:
-            return
-        try:
-            await h.begin(now, f"taking the VIP group from {msg.node}, which holds its flows")
-        except HaIoError as e:
-            log.error("ha.handoff_error", op="begin", reason=str(e))
 
     def _message(self, now: float) -> pk.Message:
         m = self.fsm
@@ -355,83 +334,6 @@ class HaRunner:
         self.transport.send(self._message(now))
         if m.role is Role.ACTIVE and self._held and "hb_active" not in self._marks:
             self._marks["hb_active"] = now
-
-    # -- the action worker -----------------------------------------------------------------
-
-    async def _worker(self) -> None:
-        while True:
-            act = await self._queue.get()
-            try:
-                await self._execute(act)
-            except HaIoError as e:
-                log.error("ha.vip_error", action=type(act).__name__, reason=str(e))
-            except Exception as e:  # a bug: keep the daemon running, loudly
-                log.exception("ha.action_error", action=type(act).__name__, reason=repr(e))
-            finally:
-                if isinstance(act, ft.TakeVips):
-                    self._taking = False
-                if self._queue.empty():
-                    self._idle.set()
-
-    async def _execute(self, act: ft.Action | _Renew | _EndDrain) -> None:
-        if isinstance(act, ft.TakeVips):
-            if self.fsm.role is not Role.ACTIVE:
-                return  # superseded: the machine moved on before this ran
-            self._taking = True
-            await self._begin_drain()
-            await self.vips.take(self.cfg.lease)
-            self._held, self._last_renew = True, self.clock()
-            self._marks.setdefault("vip_added", self._last_renew)
-        elif isinstance(act, _Renew):
-            if self._held and self.fsm.role in (Role.ACTIVE, Role.STOPPING):
-                await self.vips.renew(self.cfg.lease)
-        elif isinstance(act, ft.ReleaseVips):
-            if self._announce_task is not None:
-                self._announce_task.cancel()
-            self._held = False
-            await self.vips.release()
-            self._marks["released"] = self.clock()
-            if self.handoff is not None and self.handoff.draining:
-                self._queue.put_nowait(_EndDrain("released the VIP group"))
-        elif isinstance(act, _EndDrain):
-            self._drain_ending = False
-            if self.handoff is not None:
-                await self.handoff.end(act.reason)
-        elif isinstance(act, ft.SendHeartbeatNow):
-            self._send_heartbeat(self.clock())
-        elif isinstance(act, ft.Announce):
-            if self._held and (self._announce_task is None or self._announce_task.done()):
-                self._announce_task = self._spawn(self._announce())
-                await asyncio.sleep(0)  # its first round goes out before the next heartbeat
-        elif isinstance(act, ft.Notify):
-            self._spawn(self.notifier.notify(act.role, act.reason))
-        elif isinstance(act, ft.ProbeGateway) and (not self._probe_task or self._probe_task.done()):
-            self._probe_task = self._spawn(self._probe_gateway())
-
-    async def _probe_gateway(self) -> None:
-        """One fresh gateway probe for the machine (a takeover waits for its answer)."""
-        gw, why = self.cfg.track.gateway, ""
-        try:
-            assert self.tracker is not None
-            ok = await self.tracker.probe_gateway()
-        except Exception as e:  # the machine retries; its own timeout covers a hang
-            ok, why = False, f"gateway {gw} probe failed: {e}"
-        if not ok:
-            why = why or f"gateway {gw} did not answer a fresh probe"
-        self._feed(ft.GatewayChecked(self.clock(), ok, why))
-
-    async def _announce(self) -> None:
-        self._marks.setdefault("announced", self.clock())
-        try:
-            self._announce_count += await self.vips.announce()
-        except HaIoError as e:
-            log.error("ha.announce_error", reason=str(e))
-
-    def _spawn(self, coro: Any) -> asyncio.Task[None]:
-        task: asyncio.Task[None] = asyncio.create_task(coro)
-        self._side.add(task)
-        task.add_done_callback(self._side.discard)
-        return task
 
     async def _drain(self, within: float) -> None:
         with contextlib.suppress(TimeoutError):
