@@ -4,10 +4,8 @@ Roles and the only legal moves are in ``TRANSITIONS``; ``Machine.move`` refuses 
 The runner (hacontrol.ha.runner) feeds it timer ticks, heartbeats heard, local faults, drills and
 stop, and executes the returned actions. Rules (docs/ha-wire.md has the prose):
 
-- Election, in order: no blocking fault (gateway lost, tracked interface down) beats one; having
-  healthy real servers beats having none while the peer has some; higher effective priority; on
-  a tie the lexicographically LOWER node name. Effective priority = priority - penalty x (failed
-  tracked items, + 1 if no healthy real server here while the live peer has some), floor 0.
+- Election (pure functions in hacontrol.ha.election): no blocking fault beats one; healthy real
+  servers beat none; higher effective priority; on a tie the lexicographically LOWER node name.
 - The peer is dead after ``interval x dead_after`` of silence, but never before ``listen_until``:
   the end of the start-up listen, or a fresh dead interval after this node's own loop stalled.
 - Preemption (``preempt``): a backup whose effective priority is strictly higher than the active
@@ -28,6 +26,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
+from hacontrol.ha import election
 from hacontrol.ha import fsm_types as ft
 from hacontrol.ha.fsm_gateway import GatewayConfirm
 from hacontrol.ha.fsm_types import PeerView, Role, Transition
@@ -124,24 +123,23 @@ class Machine:
 
     def starved(self, now: float) -> bool:
         """No healthy real server here while the live peer has some."""
-        pr = self.peer
-        return bool(self.local_total and not self.local_healthy and pr and pr.healthy) and (
-            self.peer_alive(now)
-        )
+        h, t = self.local_healthy, self.local_total
+        return election.starved(h, t, self.peer, self.peer_alive(now))
 
     def effective_priority(self, now: float) -> int:
         hits = len(self.faults) + self.starved(now)
-        return max(0, self.p.priority - self.p.penalty * hits)
+        return election.effective_priority(self.p.priority, self.p.penalty, hits)
 
     def wins_against_peer(self, now: float) -> bool:
-        """The election (peer must be known): not blocked, then not starved of healthy real
-        servers, then effective priority, then the lower node name."""
+        """The election (hacontrol.ha.election.wins) against the peer, which must be known."""
         pr = self.peer
         assert pr is not None
+        me = election.Standing(
+            self.p.node, self.blocked, self.starved(now), self.effective_priority(now)
+        )
         peer_starved = bool(self.local_healthy and not pr.healthy)
-        mine = (not self.blocked, not self.starved(now), self.effective_priority(now))
-        theirs = (not pr.blocked, not peer_starved, pr.effective_priority)
-        return mine > theirs if mine != theirs else self.p.node < pr.name
+        peer = election.Standing(pr.name, pr.blocked, peer_starved, pr.effective_priority)
+        return election.wins(me, peer)
 
     # -- the guarded setter ----------------------------------------------------------------
 
@@ -277,11 +275,11 @@ class Machine:
                 return []
             if self.blocked:
                 return self.move(now, Role.FAULT, self._fault_reason())
-            if not alive:
+            if pr is None or not alive:  # a peer never heard is never alive
                 return self._take_unheard(now, "no peer heard for the dead interval")
-            if self._peer_not_serving() or self.wins_against_peer(now):
-                return self.move(now, Role.ACTIVE, f"won election against {self._peer_desc()}")
-            return self.move(now, Role.BACKUP, f"lost election to {self._peer_desc()}")
+            if election.not_serving(pr) or self.wins_against_peer(now):
+                return self.move(now, Role.ACTIVE, f"won election against {election.describe(pr)}")
+            return self.move(now, Role.BACKUP, f"lost election to {election.describe(pr)}")
         if self.role is Role.BACKUP:
             return self._evaluate_backup(now)
         return self._evaluate_active(now)
@@ -299,8 +297,8 @@ class Machine:
             return self._take_unheard(now, f"peer {pr.name} silent for {silent}s (dead)")
         if pr.role is not Role.ACTIVE:
             self.preempt_since = None
-            if self._peer_not_serving() or self.wins_against_peer(now):
-                why = f"no active peer; won election against {self._peer_desc()}"
+            if election.not_serving(pr) or self.wins_against_peer(now):
+                why = f"no active peer; won election against {election.describe(pr)}"
                 return self.move(now, Role.ACTIVE, why)
             return []
         mine = self.effective_priority(now)
@@ -347,45 +345,29 @@ class Machine:
             elif (self.faults or self.starved(now)) and not self.wins_against_peer(now):
                 why = f"degraded (priority {self.effective_priority(now)}"
                 why += ", no healthy real server" * self.starved(now)
-                acts += self._begin_handover(now, f"{why}); peer {self._peer_desc()} is better")
+                acts += self._begin_handover(now, f"{why}); peer {election.describe(pr)} is better")
         return acts
 
     def _split_brain(self, now: float, pr: PeerView) -> list[ft.Action]:
-        if self.yielding and not pr.yielding:
-            lose = True
-            why = f"peer {pr.name} is active and this node is handing over"
-            if self.stall_until is not None:
-                why = f"peer {pr.name} took over while this node was stalled"
-        elif pr.yielding and not self.yielding and pr.handover:
-            why = f"peer {pr.name} still holds the VIPs while handing over to this node"
+        stalled, won = self.stall_until is not None, self.wins_against_peer(now)
+        verdict, why = election.split_brain(self.yielding, stalled, won, pr)
+        if verdict == "overlap":
             return self._reassert(now, ft.Log("ha.handover_overlap", why))
-        elif pr.yielding and not self.yielding:
-            lose, why = False, f"split brain with {pr.name}: the peer is yielding"
-        else:
-            lose = not self.wins_against_peer(now)
-            why = f"split brain: {'lost' if lose else 'won'} election against {self._peer_desc()}"
-        if lose:
-            target = Role.FAULT if self.blocked else Role.BACKUP
-            return self.move(now, target, why)
+        if verdict == "lose":
+            return self.move(now, Role.FAULT if self.blocked else Role.BACKUP, why)
         return self._reassert(now, ft.Log("ha.split_brain", why, level="warning"))
 
     def _begin_handover(self, now: float, why: str) -> list[ft.Action]:
-        pr = self.peer
         if self.role is not Role.ACTIVE:
             return [ft.Log("ha.handover_refused", f"{why}: this node is not active")]
-        able = pr is not None and pr.role in (Role.BACKUP, Role.STARTING) and not pr.blocked
-        if pr is None or not able or not self.peer_alive(now):
+        if not election.able_to_take(self.peer) or not self.peer_alive(now):
             return [ft.Log("ha.handover_refused", f"{why}: no backup peer able to take over")]
         self.handover_until, self.handover_reason = now + self.p.handover_wait, why
         return [ft.Log("ha.handover", why), ft.SendHeartbeatNow()]
 
     def _stop(self, now: float) -> list[ft.Action]:
         active = self.role is Role.ACTIVE
-        pr = self.peer
-        able = (  # as _begin_handover: a stopping or faulty peer will not take the VIPs
-            pr is not None and pr.role in (Role.BACKUP, Role.STARTING) and not pr.blocked
-            and self.peer_alive(now)
-        )  # fmt: skip
+        able = election.able_to_take(self.peer) and self.peer_alive(now)  # as _begin_handover
         acts = self.move(now, Role.STOPPING, "stop requested")
         if active and able:
             self.handover_until, self.handover_reason = now + self.p.handover_wait, "stopping"
@@ -408,15 +390,6 @@ class Machine:
         return [ft.ReleaseVips(), ft.Log("ha.stopped", why)]
 
     # -- helpers ---------------------------------------------------------------------------
-
-    def _peer_not_serving(self) -> bool:
-        pr = self.peer
-        return pr is not None and (pr.role in (Role.FAULT, Role.STOPPING) or pr.blocked)
-
-    def _peer_desc(self) -> str:
-        pr = self.peer
-        assert pr is not None
-        return f"{pr.name} ({pr.role.name.lower()}, priority {pr.effective_priority})"
 
     def _fault_reason(self) -> str:
         if self.drill_until is not None:
