@@ -14,7 +14,8 @@ the gateway VIP) are handed to the peer, which still holds their NAT state and k
 them (they reach it by ``dup to``, unchanged, to its MAC: no policy routing, and a VIP now
 local here does not swallow them); every new connection is served here. An unplanned takeover
 (dead peer) never drains.
-With the IPVS data plane the equivalent is the IPVS connection sync daemon (not done here).
+With the IPVS data plane the equivalent is the IPVS connection sync daemon (`ha.sync`,
+hacontrol/dataplane/ipvs_sync.py).
 Errors are ``HaIoError``; the runner logs them and goes on without the hand-off.
 """
 
