@@ -11,7 +11,8 @@ One scenario, in order: start -> both servers up with kernel weights and real tr
 kill rs2 -> removed after ``fall`` failed checks (status + health.change log with the reason);
 rs2 back -> up again; SIGHUP with a broken file -> refused, old config still running; SIGHUP with
 a new weight -> applied, healthy servers stay up (no health.change in the log); SIGTERM -> exits
-within 1 s and the nft table stays in place.
+within 1 s and the nft table stays in place; a new daemon started under continuous client
+requests adopts the table: no request fails, nothing is deleted.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any
 import pytest
 
 from hacontrol.cli import ApiError, api_call
+from hacontrol.lab import traffic
 from hacontrol.lab.netns import NetnsLab, Ns, wait_tcp
 
 pytestmark = pytest.mark.root
@@ -277,6 +279,31 @@ def test_daemon_on_nftables(scene: Scene) -> None:
     stop_logged = datetime.fromisoformat(stop[0]["timestamp"]).timestamp() - wall_term
     assert s.nft_table_exists()
     assert set(s.requests(4)) == {"rs1", "rs2"}  # traffic still flows with the daemon gone
+
+    # 7. restart under continuous client requests: the new daemon adopts the table, none is lost
+    runs: list[traffic.Run] = []
+    load = traffic.Load(runs, s.client, f"{VIP}:80", count=3000, interval=0.01, duration=60)
+    try:
+        wait_until(lambda: len(load.requests()) >= 20, "client load running")
+        adopt_from = len(s.events("dataplane.apply"))
+        with open(s.log, "ab") as log:
+            s.daemon = s.director.popen(
+                sys.executable, "-m", "hacontrol", "run", "-c", str(s.cfg), stdout=log, stderr=log
+            )
+        wait_until(
+            lambda: {k: v["health"] for k, v in s.servers().items()} == {"rs1": "up", "rs2": "up"},
+            "restarted daemon sees both up",
+        )
+        n = len(load.requests())
+        wait_until(lambda: len(load.requests()) >= n + 50, "more requests after the restart")
+    finally:
+        load.stop()
+    reqs = load.requests()
+    assert traffic.failures(reqs) == 0, [r for r in reqs if not r.ok][:5]
+    assert {r.server for r in reqs} == {"rs1", "rs2"}
+    # adoption: the restart removed nothing from the kernel table
+    for e in s.events("dataplane.apply")[adopt_from:]:
+        assert not any(op.startswith("del") for op in e.get("ops", {})), e
     print(
         f"\nmeasured: up after {up_after:.2f}s, removed after {removed_after:.2f}s, "
         f"reload applied after {applied_after:.3f}s, SIGTERM -> daemon.stop logged "
