@@ -123,6 +123,15 @@ def _api_address(args: argparse.Namespace, err: TextIO) -> str | None:
     return DEFAULT_API
 
 
+def _mutating_target(args: argparse.Namespace, err: TextIO) -> tuple[str, str | None] | None:
+    """(API address, token) for a mutating call, or None after printing why not."""
+    api = _api_address(args, err)
+    if api is None:
+        return None
+    ok, token = _token(args, err)
+    return (api, token) if ok else None
+
+
 def _token(args: argparse.Namespace, err: TextIO) -> tuple[bool, str | None]:
     path = args.token_file
     if path is None and args.config:
@@ -186,12 +195,10 @@ def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_reload(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    api = _api_address(args, err)
-    if api is None:
+    target = _mutating_target(args, err)
+    if target is None:
         return EXIT_ERROR
-    ok, token = _token(args, err)
-    if not ok:
-        return EXIT_ERROR
+    api, token = target
     try:
         status, doc = api_call(
             api, "POST", "/v1/reload", body={"reason": "cli"}, token=token, timeout=args.timeout
@@ -218,12 +225,10 @@ def cmd_reload(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_drill(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    api = _api_address(args, err)
-    if api is None:
+    target = _mutating_target(args, err)
+    if target is None:
         return EXIT_ERROR
-    ok, token = _token(args, err)
-    if not ok:
-        return EXIT_ERROR
+    api, token = target
     body: dict[str, Any] = {}
     timeout = args.timeout
     if args.kind == "fault":
