@@ -75,8 +75,9 @@ async def amain(args: argparse.Namespace) -> None:
     b._write_count()
     host, port = _split(args.listen)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    server = await asyncio.start_server(b.handle, host, port, family=family, reuse_address=True,
-                                        backlog=1024)
+    server = await asyncio.start_server(
+        b.handle, host, port, family=family, reuse_address=True, backlog=1024
+    )
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     loop.add_signal_handler(signal.SIGUSR1, b.toggle_hang)

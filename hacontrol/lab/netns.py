@@ -39,7 +39,9 @@ class Ns:
     def argv(self, *cmd: str) -> list[str]:
         return ["ip", "netns", "exec", self.name, *cmd]
 
-    def run(self, *cmd: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    def run(
+        self, *cmd: str, check: bool = True, timeout: float = 60
+    ) -> subprocess.CompletedProcess[str]:
         return _run(self.argv(*cmd), check=check, timeout=timeout)
 
     def ip(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -118,7 +120,10 @@ class NetnsLab:
     def link(self, a: Ns, a_if: str, b: Ns, b_if: str) -> None:
         """A veth pair between two namespaces, both ends up."""
         self._links += 1
-        tmp_a, tmp_b = f"hcv{os.getpid() % 10000}a{self._links}", f"hcv{os.getpid() % 10000}b{self._links}"
+        tmp_a, tmp_b = (
+            f"hcv{os.getpid() % 10000}a{self._links}",
+            f"hcv{os.getpid() % 10000}b{self._links}",
+        )
         _run(["ip", "link", "add", tmp_a, "type", "veth", "peer", "name", tmp_b])
         _run(["ip", "link", "set", tmp_a, "netns", a.name, "name", a_if])
         _run(["ip", "link", "set", tmp_b, "netns", b.name, "name", b_if])
@@ -151,7 +156,7 @@ def cleanup_stale(prefix: str = "hc") -> int:
         name = line.split()[0] if line.split() else ""
         if not name.startswith(prefix) or "x" not in name or "-" not in name:
             continue
-        pid_part = name[len(prefix):].split("x", 1)[0]
+        pid_part = name[len(prefix) :].split("x", 1)[0]
         if pid_part.isdigit() and not Path(f"/proc/{pid_part}").exists():
             Ns(name).kill_all()
             _run(["ip", "netns", "del", name], check=False)
@@ -171,5 +176,7 @@ def wait_tcp(ns: Ns, host: str, port: int, timeout: float = 30.0) -> None:
         if r.returncode == 0:
             return
         if time.monotonic() > deadline:
-            raise TimeoutError(f"{host}:{port} not reachable from {ns.name}: {r.stderr.strip()[-200:]}")
+            raise TimeoutError(
+                f"{host}:{port} not reachable from {ns.name}: {r.stderr.strip()[-200:]}"
+            )
         time.sleep(0.1)
