@@ -7,14 +7,14 @@ the inputs; the API only serialises the result. No I/O, no asyncio here.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from hacontrol.dataplane.table import DestKey, ServiceKey, Table
+from hacontrol.dataplane.desired import address_text, dest_key, service_key
+from hacontrol.dataplane.table import Table
 from hacontrol.health.state import Health, TargetStatus
-from hacontrol.model import Config, Endpoint, IPAddress, RealServer, ServiceConfig
+from hacontrol.model import Config, RealServer, ServiceConfig
 
 # (service, real server) -> its health status, None when it is not checked (yet)
 HealthLookup = Callable[[ServiceConfig, RealServer], TargetStatus | None]
@@ -46,21 +46,6 @@ class NodeView:
     dry_run: bool = False
 
 
-@functools.lru_cache(maxsize=1 << 16)
-def _text(addr: IPAddress) -> str:
-    """Canonical text of an address; cached: ipaddress re-formats on every str() (costly at
-    thousands of real servers per status call)."""
-    return str(addr)
-
-
-def service_key(svc: ServiceConfig) -> ServiceKey:
-    return ServiceKey(svc.protocol, _text(svc.vip), svc.port)
-
-
-def dest_key(ep: Endpoint | RealServer) -> DestKey:
-    return DestKey(_text(ep.address), ep.port)
-
-
 def _age(now: float, at: float | None) -> float | None:
     return None if at is None else round(max(0.0, now - at), 3)
 
@@ -75,7 +60,7 @@ def real_server_status(
     if st is None:
         st = TargetStatus(state=Health.UNKNOWN, since=now)
     return {
-        "address": _text(rs.address),
+        "address": address_text(rs.address),
         "port": rs.port,
         "weight": rs.weight,
         "kernel_weight": kernel_weight,
@@ -112,14 +97,14 @@ def service_status(
             # the sorry server is active when the kernel holds it and it is not also a real server
             active = ksvc is not None and sk in ksvc.dests and sk not in configured
         sorry = {
-            "address": str(svc.sorry_server.address),
+            "address": address_text(svc.sorry_server.address),
             "port": svc.sorry_server.port,
             "active": active,
         }
     return {
         "name": svc.name,
         "key": str(service_key(svc)),
-        "vip": _text(svc.vip),
+        "vip": address_text(svc.vip),
         "port": svc.port,
         "protocol": svc.protocol,
         "scheduler": svc.scheduler,

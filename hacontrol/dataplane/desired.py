@@ -18,6 +18,7 @@ Persistence seconds are rounded up to whole seconds (IPVS takes integers). No I/
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Sequence
 
@@ -30,18 +31,25 @@ from hacontrol.dataplane.table import (
     TableService,
 )
 from hacontrol.health.state import Health
-from hacontrol.model import Endpoint, RealServer, ServiceConfig
+from hacontrol.model import Endpoint, IPAddress, RealServer, ServiceConfig
 
 HealthOf = Callable[[ServiceConfig, RealServer], Health]
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def address_text(addr: IPAddress) -> str:
+    """Canonical text of an address; cached: ipaddress re-formats on every str() (costly at
+    thousands of real servers per desired table or status call)."""
+    return str(addr)
+
+
 def service_key(svc: ServiceConfig) -> ServiceKey:
     """The table key of a configured service (canonical address text)."""
-    return ServiceKey(svc.protocol, str(svc.vip), svc.port)
+    return ServiceKey(svc.protocol, address_text(svc.vip), svc.port)
 
 
 def dest_key(ep: RealServer | Endpoint) -> DestKey:
-    return DestKey(str(ep.address), ep.port)
+    return DestKey(address_text(ep.address), ep.port)
 
 
 def service_spec(svc: ServiceConfig) -> ServiceSpec:
