@@ -112,41 +112,55 @@ def _load_config(path: str, err: TextIO) -> Any:
         return None
 
 
-def _api_address(args: argparse.Namespace, err: TextIO) -> str | None:
-    if args.api:
-        return str(args.api)
-    if args.config:
+def _target(
+    args: argparse.Namespace, err: TextIO, with_token: bool
+) -> tuple[str, str | None] | None:
+    """(API address, token) for a call: from the options, else the config (read once), else
+    the default address and no token; None after printing why not. ``with_token``: the command
+    sends one (it has ``--token-file``)."""
+    token_path: str | None = args.token_file if with_token else None
+    cfg = None
+    if args.config and (not args.api or (with_token and token_path is None)):
         cfg = _load_config(args.config, err)
         if cfg is None:
             return None
-        return str(cfg.api.listen)
-    return DEFAULT_API
-
-
-def _mutating_target(args: argparse.Namespace, err: TextIO) -> tuple[str, str | None] | None:
-    """(API address, token) for a mutating call, or None after printing why not."""
-    api = _api_address(args, err)
-    if api is None:
-        return None
-    ok, token = _token(args, err)
-    return (api, token) if ok else None
-
-
-def _token(args: argparse.Namespace, err: TextIO) -> tuple[bool, str | None]:
-    path = args.token_file
-    if path is None and args.config:
-        cfg = _load_config(args.config, err)
-        if cfg is None:
-            return False, None
-        path = cfg.api.token_file
-    if path is None:
-        return True, None
+    api = str(args.api or (cfg.api.listen if cfg is not None else DEFAULT_API))
+    if with_token and token_path is None and cfg is not None:
+        token_path = cfg.api.token_file
+    if token_path is None:
+        return api, None
     try:
-        with open(path) as f:
-            return True, f.read().strip()
+        with open(token_path) as f:
+            return api, f.read().strip()
     except OSError as exc:
-        print(f"{path}: cannot read the token: {exc.strerror or exc}", file=err)
-        return False, None
+        print(f"{token_path}: cannot read the token: {exc.strerror or exc}", file=err)
+        return None
+
+
+def _request(
+    api: str,
+    path: str,
+    err: TextIO,
+    timeout: float,
+    body: dict[str, Any] | None = None,
+    token: str | None = None,
+) -> dict[str, Any] | int:
+    """One call to the daemon (POST when there is a body): the JSON answer of an HTTP 200, or
+    the exit code after printing the error (unreachable, or another status with the answer's
+    ``error`` and ``errors`` lines)."""
+    try:
+        status, doc = api_call(
+            api, "GET" if body is None else "POST", path, body=body, token=token, timeout=timeout
+        )
+    except ApiError as exc:
+        print(f"error: {exc}", file=err)
+        return EXIT_UNREACHABLE
+    if status != 200:
+        print(f"error: HTTP {status}: {doc.get('error', doc)}", file=err)
+        for line in doc.get("errors", []):
+            print(line, file=err)
+        return EXIT_ERROR
+    return doc
 
 
 def cmd_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -178,54 +192,40 @@ def cmd_run(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_status(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    api = _api_address(args, err)
-    if api is None:
+    target = _target(args, err, with_token=False)
+    if target is None:
         return EXIT_ERROR
     path = "/v1/status" + (f"?service={args.service}" if args.service else "")
-    try:
-        status, doc = api_call(api, "GET", path, timeout=args.timeout)
-    except ApiError as exc:
-        print(f"error: {exc}", file=err)
-        return EXIT_UNREACHABLE
-    if status != 200:
-        print(f"error: HTTP {status}: {doc.get('error', doc)}", file=err)
-        return EXIT_ERROR
+    doc = _request(target[0], path, err, args.timeout)
+    if isinstance(doc, int):
+        return doc
     print(json.dumps(doc, indent=2) if args.json else render_status(doc), file=out)
     return EXIT_OK
 
 
 def cmd_reload(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    target = _mutating_target(args, err)
+    target = _target(args, err, with_token=True)
     if target is None:
         return EXIT_ERROR
     api, token = target
-    try:
-        status, doc = api_call(
-            api, "POST", "/v1/reload", body={"reason": "cli"}, token=token, timeout=args.timeout
-        )
-    except ApiError as exc:
-        print(f"error: {exc}", file=err)
-        return EXIT_UNREACHABLE
-    if status == 200:
-        print(
-            f"ok: reloaded, digest {str(doc.get('digest', ''))[:12]}"
-            + ("" if doc.get("changed", True) else " (no change)"),
-            file=out,
-        )
-        if doc.get("applied_live"):
-            print(f"applied live: {', '.join(doc['applied_live'])}", file=out)
-        if doc.get("needs_restart"):
-            print(f"needs a restart (running values kept): {', '.join(doc['needs_restart'])}",
-                  file=out)  # fmt: skip
-        return EXIT_OK
-    print(f"error: HTTP {status}: {doc.get('error', doc)}", file=err)
-    for line in doc.get("errors", []):
-        print(line, file=err)
-    return EXIT_ERROR
+    doc = _request(api, "/v1/reload", err, args.timeout, body={"reason": "cli"}, token=token)
+    if isinstance(doc, int):
+        return doc
+    print(
+        f"ok: reloaded, digest {str(doc.get('digest', ''))[:12]}"
+        + ("" if doc.get("changed", True) else " (no change)"),
+        file=out,
+    )
+    if doc.get("applied_live"):
+        print(f"applied live: {', '.join(doc['applied_live'])}", file=out)
+    if doc.get("needs_restart"):
+        print(f"needs a restart (running values kept): {', '.join(doc['needs_restart'])}",
+              file=out)  # fmt: skip
+    return EXIT_OK
 
 
 def cmd_drill(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    target = _mutating_target(args, err)
+    target = _target(args, err, with_token=True)
     if target is None:
         return EXIT_ERROR
     api, token = target
@@ -236,16 +236,9 @@ def cmd_drill(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         timeout = max(timeout, args.seconds + 30.0)  # the call answers when the fault ends
     else:
         timeout = max(timeout, 60.0)
-    try:
-        status, doc = api_call(
-            api, "POST", f"/v1/drill/{args.kind}", body=body, token=token, timeout=timeout
-        )
-    except ApiError as exc:
-        print(f"error: {exc}", file=err)
-        return EXIT_UNREACHABLE
-    if status != 200:
-        print(f"error: HTTP {status}: {doc.get('error', doc)}", file=err)
-        return EXIT_ERROR
+    doc = _request(api, f"/v1/drill/{args.kind}", err, timeout, body=body, token=token)
+    if isinstance(doc, int):
+        return doc
     print(json.dumps(doc, indent=2) if args.json else render_drill(doc), file=out)
     return EXIT_OK if doc.get("ok") else EXIT_ERROR
 
