@@ -15,7 +15,7 @@ from hacontrol.daemon_ha import ha_status
 from hacontrol.dataplane.reconciler import ReconcileStatus
 from hacontrol.health.state import TargetStatus
 from hacontrol.model import RealServer, ServiceConfig
-from hacontrol.status import DataplaneView, NodeView, build_status
+from hacontrol.status import DataplaneView, NodeView, age, build_status
 
 if TYPE_CHECKING:
     from hacontrol.daemon import Daemon
@@ -25,17 +25,13 @@ __all__ = ["daemon_status", "dataplane_view"]
 
 def dataplane_view(st: ReconcileStatus, now: float) -> DataplaneView:
     """The status's data plane block from the reconciler's status (times become ages)."""
-
-    def ago(at: float | None) -> float | None:
-        return None if at is None else round(max(0.0, now - at), 3)
-
     return DataplaneView(
         kind=st.kind,
         last_result=None if st.passes == 0 else ("ok" if st.ok else "error"),
         error=st.error,
         consecutive_errors=st.consecutive_errors,
-        last_apply_ago=ago(st.last_apply_at),
-        last_pass_ago=ago(st.last_pass_at),
+        last_apply_ago=age(now, st.last_apply_at),
+        last_pass_ago=age(now, st.last_pass_at),
         applies=st.applies,
         drift_repairs=st.drift_repairs,
         passes=st.passes,

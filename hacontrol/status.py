@@ -46,7 +46,8 @@ class NodeView:
     dry_run: bool = False
 
 
-def _age(now: float, at: float | None) -> float | None:
+def age(now: float, at: float | None) -> float | None:
+    """Seconds since monotonic time ``at`` (ms precision, never negative); None for never."""
     return None if at is None else round(max(0.0, now - at), 3)
 
 
@@ -65,11 +66,11 @@ def real_server_status(
         "weight": rs.weight,
         "kernel_weight": kernel_weight,
         "health": str(st.state),
-        "health_since_ago": _age(now, st.since),
+        "health_since_ago": age(now, st.since),
         "last_check": {
             "ok": st.last_ok,
             "reason": st.last_reason,
-            "age": _age(now, st.last_at),
+            "age": age(now, st.last_at),
             "latency_ms": _ms(st.last_latency),
         },
         "successes": st.successes,
