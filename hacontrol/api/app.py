@@ -140,6 +140,18 @@ async def _json_body(request: web.Request) -> dict[str, Any]:
     return body
 
 
+async def _command_body(request: web.Request, fields: Iterable[str]) -> dict[str, Any]:
+    """The checks every mutating call makes, in order: no query parameters, the token, a JSON
+    object body holding only ``fields`` (400/401/403 otherwise)."""
+    _only_params(request, ())
+    _check_token(request)
+    body = await _json_body(request)
+    unknown = sorted(set(body) - set(fields))
+    if unknown:
+        raise web.HTTPBadRequest(text=f"unknown field(s): {', '.join(unknown)}")
+    return body
+
+
 async def healthz(request: web.Request) -> web.Response:
     _only_params(request, ())
     return web.json_response({"status": "ok"})
@@ -165,12 +177,7 @@ async def get_metrics(request: web.Request) -> web.Response:
 
 
 async def post_reload(request: web.Request) -> web.Response:
-    _only_params(request, ())
-    _check_token(request)
-    body = await _json_body(request)
-    unknown = sorted(set(body) - {"reason"})
-    if unknown:
-        raise web.HTTPBadRequest(text=f"unknown field(s): {', '.join(unknown)}")
+    body = await _command_body(request, ("reason",))
     reason = body.get("reason", "api")
     if not isinstance(reason, str) or not reason or len(reason) > 200:
         raise web.HTTPBadRequest(text="reason must be a non-empty string of at most 200 chars")
@@ -195,21 +202,12 @@ async def _drill(request: web.Request, kind: str, seconds: float | None) -> web.
 
 
 async def post_drill_handover(request: web.Request) -> web.Response:
-    _only_params(request, ())
-    _check_token(request)
-    body = await _json_body(request)
-    if body:
-        raise web.HTTPBadRequest(text=f"unknown field(s): {', '.join(sorted(body))}")
+    await _command_body(request, ())
     return await _drill(request, "handover", None)
 
 
 async def post_drill_fault(request: web.Request) -> web.Response:
-    _only_params(request, ())
-    _check_token(request)
-    body = await _json_body(request)
-    unknown = sorted(set(body) - {"seconds"})
-    if unknown:
-        raise web.HTTPBadRequest(text=f"unknown field(s): {', '.join(unknown)}")
+    body = await _command_body(request, ("seconds",))
     seconds = body.get("seconds")
     if (
         isinstance(seconds, bool)
