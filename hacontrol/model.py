@@ -22,6 +22,12 @@ DataplaneKind = Literal["auto", "ipvs", "nftables", "memory"]
 SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "mh", "fo", "ovf")
 
 
+def host_port(address: str | IPAddress, port: int) -> str:
+    """``address:port`` as logged and shown, an IPv6 address in brackets (``[2001:db8::1]:80``)."""
+    text = str(address)
+    return f"[{text}]:{port}" if ":" in text else f"{text}:{port}"
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """An address and port, e.g. a real server or a sorry server."""
@@ -30,9 +36,7 @@ class Endpoint:
     port: int
 
     def __str__(self) -> str:
-        if self.address.version == 6:
-            return f"[{self.address}]:{self.port}"
-        return f"{self.address}:{self.port}"
+        return host_port(self.address, self.port)
 
 
 @dataclass(frozen=True)

@@ -10,6 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from hacontrol.model import host_port
+
 Proto = Literal["tcp", "udp"]
 Fwd = Literal["nat", "dr", "tunnel"]
 
@@ -27,8 +29,7 @@ class ServiceKey:
         return 6 if ":" in self.address else 4
 
     def __str__(self) -> str:
-        host = f"[{self.address}]" if self.family == 6 else self.address
-        return f"{self.protocol}/{host}:{self.port}"
+        return f"{self.protocol}/{host_port(self.address, self.port)}"
 
 
 @dataclass(frozen=True, order=True)
@@ -37,8 +38,7 @@ class DestKey:
     port: int
 
     def __str__(self) -> str:
-        host = f"[{self.address}]" if ":" in self.address else self.address
-        return f"{host}:{self.port}"
+        return host_port(self.address, self.port)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from hacontrol.health.exec import ExecProbe
 from hacontrol.health.http import HttpProbe, HttpSpec, HttpsProbe
 from hacontrol.health.state import Health, TargetStatus
 from hacontrol.health.tcp import Probe, TcpProbe
-from hacontrol.model import CheckConfig, RealServer, ServiceConfig
+from hacontrol.model import CheckConfig, RealServer, ServiceConfig, host_port
 
 __all__ = ["CheckKey", "OnChange", "check_key", "identity", "make_probe", "validate"]
 
@@ -31,9 +31,7 @@ class CheckKey:
     @property
     def target(self) -> str:
         """``address:port`` as logged (``[v6]:port``)."""
-        if ":" in self.address:
-            return f"[{self.address}]:{self.port}"
-        return f"{self.address}:{self.port}"
+        return host_port(self.address, self.port)
 
 
 def check_key(svc: ServiceConfig, rs: RealServer) -> CheckKey:
