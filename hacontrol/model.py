@@ -18,6 +18,7 @@ Protocol = Literal["tcp", "udp"]
 Forwarding = Literal["nat", "dr", "tunnel"]
 OnFailure = Literal["remove", "weight0"]
 DataplaneKind = Literal["auto", "ipvs", "nftables", "memory"]
+LogFormat = Literal["auto", "json", "console"]
 
 SCHEDULERS = ("rr", "wrr", "lc", "wlc", "lblc", "lblcr", "dh", "sh", "sed", "nq", "mh", "fo", "ovf")
 
@@ -110,7 +111,7 @@ class DataplaneConfig:
 @dataclass(frozen=True)
 class LoggingConfig:
     level: str = "info"
-    format: Literal["auto", "json", "console"] = "auto"
+    format: LogFormat = "auto"
 
 
 @dataclass(frozen=True)

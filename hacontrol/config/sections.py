@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any
+from typing import Any, get_args
 
 from yaml.nodes import Node, ScalarNode
 
@@ -17,7 +17,14 @@ from hacontrol.config.digest import compute_digest
 from hacontrol.config.ha import parse_ha
 from hacontrol.config.reader import NAME_RE, NFT_TABLE_RE, Reader
 from hacontrol.config.services import parse_defaults, parse_services
-from hacontrol.model import ApiConfig, Config, DataplaneConfig, LoggingConfig
+from hacontrol.model import (
+    ApiConfig,
+    Config,
+    DataplaneConfig,
+    DataplaneKind,
+    LogFormat,
+    LoggingConfig,
+)
 
 TOP_KEYS = ("node", "api", "dataplane", "logging", "defaults", "services", "ha")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
@@ -42,7 +49,7 @@ def parse_root(r: Reader, root: Node, check_files: bool) -> Config | None:
         if "level" in lg:
             lkw["level"] = r.choice(lg["level"], "logging.level", LOG_LEVELS)
         if "format" in lg:
-            lkw["format"] = r.choice(lg["format"], "logging.format", ("auto", "json", "console"))
+            lkw["format"] = r.choice(lg["format"], "logging.format", get_args(LogFormat))
         kw["logging"] = LoggingConfig(**lkw)
     defaults = parse_defaults(r, m["defaults"]) if "defaults" in m else {}
     if "services" in m:
@@ -99,7 +106,7 @@ def _is_ip(text: str, version: int) -> bool:
 
 
 def _parse_dataplane(r: Reader, node: Node) -> DataplaneConfig | None:
-    kinds = ("auto", "ipvs", "nftables", "memory")
+    kinds: tuple[str, ...] = get_args(DataplaneKind)
     if isinstance(node, ScalarNode):
         kind = r.choice(node, "dataplane", kinds)
         return DataplaneConfig(kind=kind) if kind else None

@@ -10,19 +10,28 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import Any, get_args
 
 from yaml.nodes import MappingNode, Node, ScalarNode
 
 from hacontrol.config.reader import NAME_RE, Reader, fmt_duration, join, scalar
-from hacontrol.model import SCHEDULERS, CheckConfig, RealServer, ServiceConfig
+from hacontrol.model import (
+    SCHEDULERS,
+    CheckConfig,
+    CheckType,
+    Forwarding,
+    OnFailure,
+    Protocol,
+    RealServer,
+    ServiceConfig,
+)
 
 SERVICE_KEYS = (
     "name", "vip", "port", "protocol", "scheduler", "forwarding", "persistence", "on_failure",
     "sorry_server", "check", "real_servers",
 )  # fmt: skip
 REAL_SERVER_KEYS = ("address", "port", "weight")
-CHECK_TYPES = ("tcp", "http", "https", "exec", "none")
+CHECK_TYPES: tuple[str, ...] = get_args(CheckType)
 CHECK_KEYS = tuple(f.name for f in fields(CheckConfig))
 HTTP = ("http", "https")
 # check fields that only mean something for some check types
@@ -232,10 +241,10 @@ def _parse_service(
     if "port" in m:
         kw["port"] = r.integer(m["port"], join(p, "port"), 1, 65535)
     for key, choices in (
-        ("protocol", ("tcp", "udp")),
+        ("protocol", get_args(Protocol)),
         ("scheduler", SCHEDULERS),
-        ("forwarding", ("nat", "dr", "tunnel")),
-        ("on_failure", ("remove", "weight0")),
+        ("forwarding", get_args(Forwarding)),
+        ("on_failure", get_args(OnFailure)),
     ):
         if key in m:
             kw[key] = r.choice(m[key], join(p, key), choices)
