@@ -8,12 +8,11 @@ types, so the diff and the in-memory data plane need nothing else. Pure: no I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
 
-from hacontrol.model import host_port
+from hacontrol.model import Forwarding, Protocol, host_port
 
-Proto = Literal["tcp", "udp"]
-Fwd = Literal["nat", "dr", "tunnel"]
+Proto = Protocol  # the model's literals: a table holds what a config can say
+Fwd = Forwarding
 
 
 @dataclass(frozen=True, order=True)
