@@ -23,7 +23,7 @@ from hacontrol.clock import Clock, monotonic
 from hacontrol.dataplane.base import Dataplane, DataplaneError
 from hacontrol.dataplane.diff import describe, diff
 from hacontrol.dataplane.owned import OwnedStore, OwnedStoreError
-from hacontrol.dataplane.table import ServiceKey, Table, copy_table
+from hacontrol.dataplane.table import ServiceKey, Table, copy_table, table_size
 from hacontrol.metrics import Metrics
 
 log = logs.get("hacontrol.dataplane.reconciler")
@@ -227,6 +227,7 @@ class Reconciler:
         if drift:
             log.warning("dataplane.drift", reason=reason, differences=drift[:20], count=len(drift))
         confirmed = actual
+        texts = [str(a) for a in actions]
         if actions:
             claim = owned | set(desired)
             if claim != owned:  # remember new services BEFORE creating them (crash safety)
@@ -239,7 +240,6 @@ class Reconciler:
                     "kernel differs after apply: " + "; ".join(str(a) for a in left[:3])
                 )
             duration = self._since(started)
-            texts = [str(a) for a in actions]
             ops: dict[str, int] = {}
             for a in actions:
                 ops[a.op] = ops.get(a.op, 0) + 1
@@ -270,11 +270,10 @@ class Reconciler:
         self._kernel = confirmed
         self._confirmed = {k: v for k, v in confirmed.items() if k in self._owned}
         if self._metrics is not None:
-            self._metrics.table_services.set(len(self._confirmed))
-            self._metrics.table_dests.set(sum(len(s.dests) for s in self._confirmed.values()))
-        return ReconcileResult(
-            True, reason, [str(a) for a in actions], drift, duration=self._since(started)
-        )
+            services, dests = table_size(self._confirmed)
+            self._metrics.table_services.set(services)
+            self._metrics.table_dests.set(dests)
+        return ReconcileResult(True, reason, texts, drift, duration=self._since(started))
 
     # -- helpers ----------------------------------------------------------------------------
 
