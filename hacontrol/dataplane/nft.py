@@ -137,9 +137,8 @@ class NftDataplane(NftRenderer):
             raise DataplaneError(f"nftables: apply failed: {err[-500:]}")
 
     async def remove(self) -> None:
-        """Delete our table (stop without keep_on_stop; tests)."""
-        ident = {"family": FAMILY, "name": self.table_name}
-        doc = {"nftables": [{"add": {"table": ident}}, {"delete": {"table": ident}}]}
+        """Delete our table (stop without keep_on_stop; tests): the batch of an empty table."""
+        doc = self.render({})
         rc, _, err = await self._nft("-j", "-f", "-", stdin=json.dumps(doc).encode())
         if rc != 0:
             raise DataplaneError(f"nftables: delete table {self.table_name}: {err}")
