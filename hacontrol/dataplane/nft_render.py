@@ -280,8 +280,7 @@ class NftRenderer:
                     with contextlib.suppress(ValueError):
                         specs[parse_key(parts[2])] = ServiceSpec(parts[3], 0)
             elif "chain" in item:
-                c = item["chain"]
-                chains.add(_norm({k: c.get(k) for k in ("name", "type", "hook", "prio", "policy")}))
+                chains.add(_chain_key(item["chain"]))
             elif "map" in item and item["map"]["name"] in ("weights4", "weights6"):
                 for elem in item["map"].get("elem", []):
                     try:
@@ -293,10 +292,7 @@ class NftRenderer:
                         broken = True  # a hand-made element: re-render everything
         table: Table = {k: TableService(s, dests.get(k, {})) for k, s in specs.items()}
         # verify: the live rules must be exactly what this table renders to
-        want_chains = {
-            _norm({k: c["chain"].get(k) for k in ("name", "type", "hook", "prio", "policy")})
-            for c in self.chains()
-        }
+        want_chains = {_chain_key(c["chain"]) for c in self.chains()}
         live = set(rules)
         expected: set[tuple[str, str, str]] = set()
         altered: set[ServiceKey] = set()
@@ -330,6 +326,11 @@ class NftRenderer:
     @staticmethod
     def _keyed(objs: list[Json]) -> list[tuple[str, str, str]]:
         return [(o["rule"]["chain"], o["rule"]["comment"], _norm(o["rule"]["expr"])) for o in objs]
+
+
+def _chain_key(chain: Json) -> str:
+    """What of a chain must match its rendering: name, type, hook, priority, policy."""
+    return _norm({k: chain.get(k) for k in ("name", "type", "hook", "prio", "policy")})
 
 
 def _norm(expr: Any) -> str:
