@@ -53,10 +53,7 @@ def parse_ha(r: Reader, node: Node, *, check_files: bool) -> HAConfig | None:
     if "dead_after" in m:
         kw["dead_after"] = r.integer(m["dead_after"], "ha.dead_after", 2, 1000)
     if "secret_file" in m:
-        path_ok = r.mark()
-        kw["secret_file"] = r.abs_path(m["secret_file"], "ha.secret_file")
-        if check_files and kw["secret_file"] and r.clean_since(path_ok):
-            r.check_file(m["secret_file"], "ha.secret_file", kw["secret_file"])
+        kw["secret_file"] = r.file_path(m["secret_file"], "ha.secret_file", check=check_files)
     if "vips" in m:
         kw["vips"] = _vips(r, m["vips"])
     if "announce" in m:

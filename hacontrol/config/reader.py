@@ -366,11 +366,19 @@ class Reader:
             self.error(node, path, f"must be an absolute path, got {text!r}")
         return text
 
-    def check_file(self, node: Node, path: str, filename: str) -> None:
-        if not os.path.isfile(filename):
-            self.error(node, path, f"file not found: {filename}")
-        elif not os.access(filename, os.R_OK):
-            self.error(node, path, f"file not readable: {filename}")
+    def file_path(
+        self, node: Node, path: str, *, check: bool, optional: bool = False
+    ) -> str | None:
+        """An absolute path; with ``check``, also an existing readable file (the HA secret, the
+        API token; the check is skipped when the path itself is invalid)."""
+        start = self.mark()
+        filename = self.abs_path(node, path, optional=optional)
+        if check and filename and self.clean_since(start):
+            if not os.path.isfile(filename):
+                self.error(node, path, f"file not found: {filename}")
+            elif not os.access(filename, os.R_OK):
+                self.error(node, path, f"file not readable: {filename}")
+        return filename
 
     def argv(self, node: Node, path: str) -> tuple[str, ...] | None:
         """A command as a list of strings; a single string is refused (never a shell)."""

@@ -71,10 +71,9 @@ def _parse_api(r: Reader, node: Node, check_files: bool) -> ApiConfig | None:
     if "listen" in m:
         kw["listen"] = _listen(r, m["listen"], "api.listen")
     if "token_file" in m:
-        path_ok = r.mark()
-        kw["token_file"] = r.abs_path(m["token_file"], "api.token_file", optional=True)
-        if check_files and kw["token_file"] and r.clean_since(path_ok):
-            r.check_file(m["token_file"], "api.token_file", kw["token_file"])
+        kw["token_file"] = r.file_path(
+            m["token_file"], "api.token_file", check=check_files, optional=True
+        )
     return ApiConfig(**kw)
 
 
