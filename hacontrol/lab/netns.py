@@ -9,16 +9,20 @@ lab scaffolding, never the daemon. Only documentation address ranges should be u
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+T = TypeVar("T")
+CLONE_NEWNET = 0x40000000
 _counter = 0
 
 
@@ -67,6 +71,37 @@ class Ns:
 
     def sysctl(self, key: str, value: str) -> None:
         self.run("sysctl", "-qw", f"{key}={value}")
+
+    def enter(self) -> None:
+        """Move the calling thread into this namespace (sockets it opens from now on live
+        there); for a thread of its own, not the main one."""
+        libc = ctypes.CDLL(None, use_errno=True)
+        fd = os.open(f"/run/netns/{self.name}", os.O_RDONLY)
+        try:
+            if libc.setns(fd, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns")
+        finally:
+            os.close(fd)
+
+    def call(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on a thread that entered this namespace (the sockets it makes, pyroute2's
+        netlink included, stay there) and return its result or raise its exception."""
+        out: dict[str, Any] = {}
+
+        def run() -> None:
+            try:
+                self.enter()
+                out["v"] = fn()
+            except BaseException as e:  # re-raised in the caller
+                out["e"] = e
+
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        t.join()
+        if "e" in out:
+            raise out["e"]
+        value: T = out["v"]
+        return value
 
     def kill_all(self, sig: int = signal.SIGKILL) -> None:
         for p in self.procs:

@@ -6,10 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ctypes
 import dataclasses
 import ipaddress
-import os
 import socket
 import threading
 import time
@@ -30,32 +28,6 @@ pytestmark = pytest.mark.root
 
 KEY = b"transport test key"
 A_IP, B_IP, PORT = "192.0.2.11", "192.0.2.12", 5405
-CLONE_NEWNET = 0x40000000
-
-
-def in_netns(ns: Ns, fn: Callable[[], Any]) -> Any:
-    """Run ``fn`` in a thread that has entered ``ns``'s network namespace (sockets made there
-    stay there)."""
-    out: dict[str, Any] = {}
-
-    def run() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = os.open(f"/run/netns/{ns.name}", os.O_RDONLY)
-        try:
-            if libc.setns(fd, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns")
-            out["v"] = fn()
-        except BaseException as e:  # re-raised in the caller
-            out["e"] = e
-        finally:
-            os.close(fd)
-
-    t = threading.Thread(target=run)
-    t.start()
-    t.join()
-    if "e" in out:
-        raise out["e"]
-    return out["v"]
 
 
 def udp(ns: Ns, ip: str, port: int) -> socket.socket:
@@ -64,7 +36,7 @@ def udp(ns: Ns, ip: str, port: int) -> socket.socket:
         s.bind((ip, port))
         return s
 
-    sock: socket.socket = in_netns(ns, make)
+    sock: socket.socket = ns.call(make)
     return sock
 
 
@@ -199,7 +171,7 @@ async def test_ipv6_heartbeats(lab: NetnsLab) -> None:
             s.bind((ip, PORT))
             return s
 
-        sock: socket.socket = in_netns(ns, make)
+        sock: socket.socket = ns.call(make)
         return sock
 
     got: list[str] = []
@@ -315,7 +287,7 @@ class NsLoop:
 
         def run() -> None:
             try:
-                in_netns_here(ns)
+                ns.enter()
             except BaseException as e:
                 errors.append(e)
                 ready.set()
@@ -336,16 +308,6 @@ class NsLoop:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)
         self.loop.close()
-
-
-def in_netns_here(ns: Ns) -> None:
-    libc = ctypes.CDLL(None, use_errno=True)
-    fd = os.open(f"/run/netns/{ns.name}", os.O_RDONLY)
-    try:
-        if libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns")
-    finally:
-        os.close(fd)
 
 
 VIP = "192.0.2.100"
@@ -371,7 +333,7 @@ def client_neigh(ns: Ns) -> str | None:
                     return str(mac)
         return None
 
-    found: str | None = in_netns(ns, read)
+    found: str | None = ns.call(read)
     return found
 
 
@@ -382,7 +344,7 @@ def touch_vip(ns: Ns) -> None:
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
             s.sendto(b"hello", (VIP, 9))
 
-    in_netns(ns, send)
+    ns.call(send)
 
 
 def wait_sync(cond: Callable[[], bool], within: float = 15.0) -> None:

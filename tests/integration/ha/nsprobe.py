@@ -1,7 +1,7 @@
 """Looking into and poking at network namespaces from the test process, for the HA pair tests.
 
-``in_netns`` runs a function on a thread that entered a namespace (so its sockets, pyroute2's
-netlink included, live there): reading a neighbour entry, sending a datagram, capturing a frame.
+``Ns.call`` (hacontrol.lab.netns) runs the helpers below on a thread inside a namespace:
+reading a neighbour entry, sending a datagram, capturing a frame.
 ``addresses`` reads a namespace's addresses and lifetimes (``ip -j addr``); ``nft_filter`` /
 ``nft_clear`` install and remove the test's own nftables table ``hctest`` (never the daemon's);
 ``UnixHttp`` talks HTTP over a unix socket; ``wait_for`` polls a condition with a deadline.
@@ -10,23 +10,19 @@ netlink included, live there): reading a neighbour entry, sending a datagram, ca
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import http.client
 import json
-import os
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from hacontrol.lab.netns import Ns
 
 T = TypeVar("T")
 
-CLONE_NEWNET = 0x40000000
 ETH_P_ALL = 0x0003
 FOREVER = 0xFFFFFFFF  # the kernel's infinite address lifetime
 
@@ -42,31 +38,6 @@ def wait_for(cond: Callable[[], T | None], timeout: float, what: str,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}\n{explain()}")
         time.sleep(0.05)
-
-
-def in_netns(ns: Ns, fn: Callable[[], T]) -> T:
-    """Run ``fn`` on a thread that entered ``ns``'s network namespace (its sockets live there)."""
-    out: dict[str, Any] = {}
-
-    def run() -> None:
-        libc = ctypes.CDLL(None, use_errno=True)
-        fd = os.open(f"/run/netns/{ns.name}", os.O_RDONLY)
-        try:
-            if libc.setns(fd, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns")
-            out["v"] = fn()
-        except BaseException as e:  # re-raised in the caller
-            out["e"] = e
-        finally:
-            os.close(fd)
-
-    t = threading.Thread(target=run, daemon=True)
-    t.start()
-    t.join()
-    if "e" in out:
-        raise out["e"]
-    value: T = out["v"]
-    return value
 
 
 class UnixHttp(http.client.HTTPConnection):
@@ -119,7 +90,7 @@ def neighbour(ns: Ns, address: str) -> str | None:
                     return str(mac)
         return None
 
-    return in_netns(ns, read)
+    return ns.call(read)
 
 
 def send_udp(ns: Ns, address: str, port: int, payloads: Iterable[bytes]) -> None:
@@ -130,7 +101,7 @@ def send_udp(ns: Ns, address: str, port: int, payloads: Iterable[bytes]) -> None
             for p in payloads:
                 s.sendto(p, (address, port))
 
-    in_netns(ns, send)
+    ns.call(send)
 
 
 def capture_udp(ns: Ns, ifname: str, dst: str, dport: int, timeout: float = 10.0) -> bytes:
@@ -157,7 +128,7 @@ def capture_udp(ns: Ns, ifname: str, dst: str, dport: int, timeout: float = 10.0
                     return bytes(udp[8 : int.from_bytes(udp[4:6], "big")])
         raise AssertionError(f"no UDP to {dst}:{dport} seen on {ns.name} {ifname}")
 
-    return in_netns(ns, cap)
+    return ns.call(cap)
 
 
 def _nft(ns: Ns, rules: str) -> None:
