@@ -28,7 +28,9 @@ DEFAULT_API = "127.0.0.1:9480"
 EXIT_OK, EXIT_ERROR, EXIT_UNREACHABLE = 0, 1, 2
 
 
-class _UnixConnection(http.client.HTTPConnection):
+class UnixConnection(http.client.HTTPConnection):
+    """An HTTP connection over a unix socket (``api.listen: unix:/path``)."""
+
     def __init__(self, path: str, timeout: float) -> None:
         super().__init__("localhost", timeout=timeout)
         self._path = path
@@ -72,7 +74,7 @@ def api_call(
         raise ApiError(str(exc)) from None
     conn: http.client.HTTPConnection
     if host == "unix":
-        conn = _UnixConnection(str(port), timeout)
+        conn = UnixConnection(str(port), timeout)
     else:
         assert isinstance(port, int)
         conn = http.client.HTTPConnection(host, port, timeout=timeout)

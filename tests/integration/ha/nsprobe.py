@@ -4,19 +4,17 @@
 reading a neighbour entry, sending a datagram, capturing a frame.
 ``addresses`` reads a namespace's addresses and lifetimes (``ip -j addr``); ``nft_filter`` /
 ``nft_clear`` install and remove the test's own nftables table ``hctest`` (never the daemon's);
-``UnixHttp`` talks HTTP over a unix socket; ``wait_for`` polls a condition with a deadline.
+``wait_for`` polls a condition with a deadline.
 """
 
 from __future__ import annotations
 
 import contextlib
-import http.client
 import json
 import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import TypeVar
 
 from hacontrol.lab.netns import Ns
@@ -38,24 +36,6 @@ def wait_for(cond: Callable[[], T | None], timeout: float, what: str,
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:g}s waiting for {what}\n{explain()}")
         time.sleep(0.05)
-
-
-class UnixHttp(http.client.HTTPConnection):
-    """An HTTP connection over a unix socket (the daemons' API listens on one)."""
-
-    def __init__(self, path: Path, timeout: float) -> None:
-        super().__init__("localhost", timeout=timeout)
-        self._path = str(path)
-
-    def connect(self) -> None:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(self.timeout)
-        try:
-            s.connect(self._path)
-        except OSError:
-            s.close()
-            raise
-        self.sock = s
 
 
 def addresses(ns: Ns, wanted: Iterable[str]) -> dict[str, int | None]:

@@ -35,6 +35,7 @@ import yaml
 from nsprobe import wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
+from hacontrol.cli import UnixConnection
 from hacontrol.lab import traffic
 from hacontrol.lab.netns import NetnsLab
 
@@ -230,7 +231,7 @@ class HaPair:
     # -- the API -----------------------------------------------------------------------------
 
     def get(self, name: str, path: str, timeout: float = 5.0) -> tuple[int, bytes] | None:
-        conn = nsprobe.UnixHttp(self.sock(name), timeout)
+        conn = UnixConnection(str(self.sock(name)), timeout)
         try:
             conn.request("GET", path)
             resp = conn.getresponse()
