@@ -34,7 +34,7 @@ from hacontrol.clock import Clock, monotonic
 from hacontrol.health.keys import CheckKey, OnChange, check_key, identity, make_probe, validate
 from hacontrol.health.state import Health, TargetStatus
 from hacontrol.health.tcp import Poller, Probe
-from hacontrol.health.tracker import Tracker
+from hacontrol.health.tracker import Tracker, check_thresholds
 from hacontrol.metrics import Metrics
 from hacontrol.model import CheckConfig
 
@@ -149,7 +149,7 @@ class HealthChecker:
             if t is None:
                 t = gone.pop(identity(key), None)
                 if t is not None:
-                    Tracker(key.check.rise, key.check.fall, now)  # validates rise/fall
+                    check_thresholds(key.check.rise, key.check.fall)
                     carried.append((t, key))
                 else:
                     t = _Target(self, key, make_probe(key), now)

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 from hacontrol.health.state import Health, ProbeResult, TargetStatus
 
-__all__ = ["Tracker"]
+__all__ = ["Tracker", "check_thresholds"]
 
 
-def _check_thresholds(rise: int, fall: int) -> None:
+def check_thresholds(rise: int, fall: int) -> None:
+    """ValueError unless rise and fall are integers >= 1 (what ``Tracker`` accepts)."""
     if isinstance(rise, bool) or not isinstance(rise, int) or rise < 1:
         raise ValueError(f"rise must be an integer >= 1, got {rise!r}")
     if isinstance(fall, bool) or not isinstance(fall, int) or fall < 1:
@@ -46,7 +47,7 @@ class Tracker:
     )
 
     def __init__(self, rise: int, fall: int, now: float) -> None:
-        _check_thresholds(rise, fall)
+        check_thresholds(rise, fall)
         self._rise = rise
         self._fall = fall
         self._state = Health.UNKNOWN
@@ -111,7 +112,7 @@ class Tracker:
 
     def reconfigure(self, rise: int, fall: int) -> None:
         """New thresholds; state and counters are kept."""
-        _check_thresholds(rise, fall)
+        check_thresholds(rise, fall)
         self._rise = rise
         self._fall = fall
 
