@@ -7,12 +7,11 @@ to node-specific fields) so peers can compare configs in their heartbeats.
 from __future__ import annotations
 
 import hashlib
-import ipaddress
 import json
 from dataclasses import fields, is_dataclass
 from typing import Any
 
-from hacontrol.model import HAConfig, ServiceConfig
+from hacontrol.model import HAConfig, IPAddress, IPInterface, ServiceConfig
 
 
 def compute_digest(services: tuple[ServiceConfig, ...], ha: HAConfig | None) -> str:
@@ -35,8 +34,6 @@ def _plain(o: Any) -> Any:
         return {f.name: _plain(getattr(o, f.name)) for f in fields(o)}
     if isinstance(o, tuple | list):
         return [_plain(x) for x in o]
-    if isinstance(o, ipaddress.IPv4Address | ipaddress.IPv6Address):
-        return str(o)
-    if isinstance(o, ipaddress.IPv4Interface | ipaddress.IPv6Interface):
+    if isinstance(o, IPAddress | IPInterface):
         return str(o)
     return o
