@@ -33,12 +33,13 @@ import contextlib
 import json
 import math
 from functools import reduce
-from typing import Any
+from typing import Any, get_args
 
 from hacontrol.dataplane.base import DataplaneError
 from hacontrol.dataplane.table import (
     DestKey,
     DestSpec,
+    Proto,
     ServiceKey,
     ServiceSpec,
     Table,
@@ -127,7 +128,7 @@ def _comment(key: ServiceKey, spec: ServiceSpec) -> str:
 def parse_key(text: str) -> ServiceKey:
     proto, _, rest = text.partition("/")
     host, _, port = rest.rpartition(":")
-    if proto not in ("tcp", "udp") or not host or not port.isdigit():
+    if proto not in get_args(Proto) or not host or not port.isdigit():
         raise ValueError(f"not a service key: {text!r}")
     return ServiceKey(proto, host.strip("[]"), int(port))  # type: ignore[arg-type]
 

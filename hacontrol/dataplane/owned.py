@@ -16,9 +16,9 @@ import os
 import tempfile
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
-from hacontrol.dataplane.table import ServiceKey
+from hacontrol.dataplane.table import Proto, ServiceKey
 
 FILENAME = "owned-services.json"
 VERSION = 1
@@ -77,7 +77,7 @@ def decode(text: str) -> set[ServiceKey]:
     out: set[ServiceKey] = set()
     for item in doc["services"]:
         proto, addr, port = item["protocol"], item["address"], item["port"]
-        if proto not in ("tcp", "udp") or not isinstance(addr, str) or not isinstance(port, int):
+        if proto not in get_args(Proto) or not isinstance(addr, str) or not isinstance(port, int):
             raise ValueError(f"bad service entry {item!r}")
         out.add(ServiceKey(proto, addr, port))
     return out
