@@ -255,26 +255,29 @@ class HaRunner:
         while True:
             now = self.clock()
             try:
-                self._feed_health(now)
+                summary = self._feed_health(now)
                 self._feed(ft.Tick(now))
                 self._maybe_renew(now)
                 self._maybe_end_drain(now)
-                self._send_heartbeat(now)
+                self._send_heartbeat(now, summary)
             except Exception as e:  # a bug: keep ticking (and heartbeating), loudly
                 log.exception("ha.tick_error", reason=repr(e))
             next_at = max(next_at + interval, now + interval / 10)
             await asyncio.sleep(max(0.0, next_at - self.clock()))
 
-    def _feed_health(self, now: float) -> None:
+    def _feed_health(self, now: float) -> list[tuple[str, int, int]] | None:
+        """Read the health summary once for this tick, feed its totals to the machine when they
+        changed, and return it for the tick's heartbeat (None when reading it failed)."""
         try:
             summary = [(n, int(h), int(t)) for n, h, t in self.health_summary()]
         except Exception as e:  # a bug elsewhere must not stop the heartbeats
             log.error("ha.health_error", reason=repr(e))
-            return
+            return None
         totals = (sum(h for _, h, _ in summary), sum(t for _, _, t in summary))
         if totals != self._health:
             self._health = totals
             self._feed(ft.LocalHealth(now, *totals))
+        return summary
 
     def _maybe_renew(self, now: float) -> None:
         m, lease = self.fsm, self.cfg.lease
@@ -303,14 +306,18 @@ class HaRunner:
             self._queue.put_nowait(EndDrain(why))
             self._idle.clear()
 
-    def _message(self, now: float) -> pk.Message:
+    def _message(
+        self, now: float, summary: Iterable[tuple[str, int, int]] | None = None
+    ) -> pk.Message:
+        """The heartbeat to send now; ``summary``: the health summary already read this tick
+        (else it is read here)."""
         m = self.fsm
         flags = (
             (pk.FLAG_BLOCKED if m.blocked else 0)
             | (pk.FLAG_YIELDING if m.yielding else 0)
             | (pk.FLAG_VIPS_HELD if self._held else 0)
         )
-        summary = sorted(self.health_summary())[: pk.MAX_SERVICES]
+        top = sorted(self.health_summary() if summary is None else summary)[: pk.MAX_SERVICES]
         mk = self._marks if m.role is Role.ACTIVE else {}
         return pk.Message(
             type=pk.MsgType.HANDOVER if m.handing_over else pk.MsgType.HEARTBEAT,
@@ -318,20 +325,22 @@ class HaRunner:
             effective_priority=min(254, m.effective_priority(now)), epoch=0, seq=0,
             digest=self.digest, flags=flags,
             health=tuple(pk.ServiceHealth(_fit(n), min(h, t, 65535), min(t, 65535))
-                         for n, h, t in summary),
+                         for n, h, t in top),
             takeover=pk.Takeover(
                 _ms_ago(now, mk.get("detected")), _ms_ago(now, mk.get("vip_added")),
                 _ms_ago(now, mk.get("announced")), self._announce_count if mk else 0,
             ),
         )  # fmt: skip
 
-    def _send_heartbeat(self, now: float) -> None:
+    def _send_heartbeat(
+        self, now: float, summary: Iterable[tuple[str, int, int]] | None = None
+    ) -> None:
         m = self.fsm
         if self.transport is None or m.silent or (m.done and not m.handing_over):
             return
         if self._taking and m.role is Role.ACTIVE:
             return  # say "active" only once the VIPs are held (make before break)
-        self.transport.send(self._message(now))
+        self.transport.send(self._message(now, summary))
         if m.role is Role.ACTIVE and self._held and "hb_active" not in self._marks:
             self._marks["hb_active"] = now
 
