@@ -122,16 +122,6 @@ def na_message(
 # -- sending ------------------------------------------------------------------------------------
 
 
-def interface_mac(ifname: str) -> bytes:
-    """The hardware address of ``ifname`` (from an AF_PACKET socket bound to it)."""
-    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0) as s:
-        s.bind((ifname, 0))
-        addr = s.getsockname()[4]
-    if len(addr) != 6:
-        raise OSError(f"{ifname}: not an Ethernet interface (hwaddr {addr.hex()})")
-    return bytes(addr)
-
-
 def _is_router(ifname: str) -> bool:
     """IPv6 forwarding on ``ifname``: then our NAs carry the router flag (NAT-mode gateway)."""
     try:

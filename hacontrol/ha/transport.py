@@ -156,13 +156,6 @@ class HaTransport(asyncio.DatagramProtocol):
         sock.setblocking(False)
         await loop.create_datagram_endpoint(lambda: self, sock=sock)
 
-    @property
-    def local_address(self) -> tuple[str, int] | None:
-        if self._transport is None:
-            return None
-        addr = self._transport.get_extra_info("sockname")
-        return (addr[0], addr[1]) if addr else None
-
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.DatagramTransport, transport)
 
