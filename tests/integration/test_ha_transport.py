@@ -50,6 +50,30 @@ def lab() -> Iterator[NetnsLab]:
         yield lab
 
 
+def transport(
+    bind: Endpoint,
+    peers: list[Endpoint],
+    node: str,
+    on_message: Callable[[p.Message, str, float], None] = lambda m, path, now: None,
+    *,
+    epoch: int = 1,
+    metrics: Metrics | None = None,
+    guard: p.ReplayGuard | None = None,
+) -> HaTransport:
+    """A transport with the test key on the monotonic clock (fresh metrics unless given)."""
+    return HaTransport(
+        bind,
+        peers,
+        KEY,
+        node=node,
+        epoch=epoch,
+        metrics=Metrics() if metrics is None else metrics,
+        clock=monotonic,
+        on_message=on_message,
+        guard=guard,
+    )
+
+
 def ep(ip: str, port: int = PORT) -> Endpoint:
     return Endpoint(ipaddress.ip_address(ip), port)
 
@@ -83,25 +107,21 @@ async def test_heartbeats_both_ways_and_drops_by_reason(lab: NetnsLab) -> None:
     ma, mb = Metrics(), Metrics()
     got_a: list[tuple[p.Message, str]] = []
     got_b: list[tuple[p.Message, str]] = []
-    ta = HaTransport(
+    ta = transport(
         ep(A_IP),
         [ep(B_IP)],
-        KEY,
-        node="dir-a",
+        "dir-a",
+        lambda m, path, now: got_a.append((m, path)),
         epoch=7,
         metrics=ma,
-        clock=monotonic,
-        on_message=lambda m, path, now: got_a.append((m, path)),
     )
-    tb = HaTransport(
+    tb = transport(
         ep(B_IP),
         [ep(A_IP)],
-        KEY,
-        node="dir-b",
+        "dir-b",
+        lambda m, path, now: got_b.append((m, path)),
         epoch=9,
         metrics=mb,
-        clock=monotonic,
-        on_message=lambda m, path, now: got_b.append((m, path)),
     )
     await ta.open(udp(lab["a"], A_IP, PORT))
     await tb.open(udp(lab["b"], B_IP, PORT))
@@ -175,26 +195,8 @@ async def test_ipv6_heartbeats(lab: NetnsLab) -> None:
         return sock
 
     got: list[str] = []
-    ta = HaTransport(
-        ep(a6),
-        [ep(b6)],
-        KEY,
-        node="dir-a",
-        epoch=1,
-        metrics=Metrics(),
-        clock=monotonic,
-        on_message=lambda m, path, now: None,
-    )
-    tb = HaTransport(
-        ep(b6),
-        [ep(a6)],
-        KEY,
-        node="dir-b",
-        epoch=1,
-        metrics=Metrics(),
-        clock=monotonic,
-        on_message=lambda m, path, now: got.append(path),
-    )
+    ta = transport(ep(a6), [ep(b6)], "dir-a")
+    tb = transport(ep(b6), [ep(a6)], "dir-b", lambda m, path, now: got.append(path))
     await ta.open(udp6(lab["a"], a6))
     await tb.open(udp6(lab["b"], b6))
     try:
@@ -209,16 +211,7 @@ async def test_ipv6_heartbeats(lab: NetnsLab) -> None:
 
 def test_mixed_families_refused() -> None:
     with pytest.raises(ValueError, match="address families"):
-        HaTransport(
-            ep(A_IP),
-            [ep("2001:db8::12")],
-            KEY,
-            node="a",
-            epoch=1,
-            metrics=Metrics(),
-            clock=monotonic,
-            on_message=lambda m, path, now: None,
-        )
+        transport(ep(A_IP), [ep("2001:db8::12")], "a")
 
 
 async def test_two_paths_reordered_are_all_accepted(lab: NetnsLab) -> None:
@@ -227,38 +220,23 @@ async def test_two_paths_reordered_are_all_accepted(lab: NetnsLab) -> None:
     mb1, mb2, ma = Metrics(), Metrics(), Metrics()
     got: list[int] = []
     guard = p.ReplayGuard()
-    tb1 = HaTransport(
+    tb1 = transport(
         ep(B_IP),
         [ep(A_IP)],
-        KEY,
-        node="dir-b",
-        epoch=1,
+        "dir-b",
+        lambda m, path, now: got.append(m.seq),
         metrics=mb1,
-        clock=monotonic,
-        on_message=lambda m, path, now: got.append(m.seq),
         guard=guard,
     )
-    tb2 = HaTransport(
+    tb2 = transport(
         ep(B_IP, PORT + 1),
         [ep(A_IP)],
-        KEY,
-        node="dir-b",
-        epoch=1,
+        "dir-b",
+        lambda m, path, now: got.append(m.seq),
         metrics=mb2,
-        clock=monotonic,
-        on_message=lambda m, path, now: got.append(m.seq),
         guard=guard,
     )
-    ta = HaTransport(
-        ep(A_IP),
-        [ep(B_IP), ep(B_IP, PORT + 1)],
-        KEY,
-        node="dir-a",
-        epoch=3,
-        metrics=ma,
-        clock=monotonic,
-        on_message=lambda m, path, now: None,
-    )
+    ta = transport(ep(A_IP), [ep(B_IP), ep(B_IP, PORT + 1)], "dir-a", epoch=3, metrics=ma)
     await tb1.open(udp(lab["b"], B_IP, PORT))
     await tb2.open(udp(lab["b"], B_IP, PORT + 1))
     await ta.open(udp(lab["a"], A_IP, PORT))
