@@ -26,6 +26,7 @@ from aiohttp import web
 
 from hacontrol import logs
 from hacontrol.ha.runner import DrillError
+from hacontrol.model import host_port
 
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -335,7 +336,7 @@ class ApiServer:
                 server = site._server
                 sockets = getattr(server, "sockets", None) or []
                 real_port = sockets[0].getsockname()[1] if sockets else port
-                self.bound = f"[{host}]:{real_port}" if ":" in host else f"{host}:{real_port}"
+                self.bound = host_port(host, real_port)
         except BaseException:
             await runner.cleanup()
             raise

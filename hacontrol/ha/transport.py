@@ -34,7 +34,7 @@ from hacontrol.ha.packet import (
     encode,
 )
 from hacontrol.metrics import Metrics
-from hacontrol.model import Endpoint
+from hacontrol.model import Endpoint, host_port
 
 log = logs.get("hacontrol.ha.transport")
 
@@ -100,8 +100,7 @@ def _addr(ep: Endpoint) -> tuple[str, int]:
 
 
 def _path(addr: tuple[str | int, ...]) -> str:
-    host, port = addr[0], addr[1]
-    return f"[{host}]:{port}" if ":" in str(host) else f"{host}:{port}"
+    return host_port(str(addr[0]), int(addr[1]))
 
 
 class HaTransport(asyncio.DatagramProtocol):
