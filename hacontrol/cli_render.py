@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from hacontrol.model import host_port
+
 
 def _ago(v: Any) -> str:
     if v is None:
@@ -100,10 +102,9 @@ def render_status(doc: dict[str, Any]) -> str:
         for rs in svc["real_servers"]:
             lc = rs["last_check"]
             lat = "" if lc.get("latency_ms") is None else f", {lc['latency_ms']:.1f} ms"
-            host = f"[{rs['address']}]" if ":" in rs["address"] else rs["address"]
             rows.append(
                 (
-                    f"{host}:{rs['port']}",
+                    host_port(rs["address"], rs["port"]),
                     rs["health"],
                     str(rs["weight"]),
                     "-" if rs["kernel_weight"] is None else str(rs["kernel_weight"]),
