@@ -73,4 +73,6 @@ def split_brain(
     if peer.yielding and not yielding:
         return "keep", f"split brain with {peer.name}: the peer is yielding"
     verdict: Literal["lose", "keep"] = "keep" if won else "lose"
+    if peer.preempting and not won:
+        return "lose", f"preempted by {describe(peer)}"
     return verdict, f"split brain: {'won' if won else 'lost'} election against {describe(peer)}"

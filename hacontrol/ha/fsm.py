@@ -226,10 +226,13 @@ class Machine:
                 why = f"peer {ev.name} config digest matches again"
                 acts.append(ft.Log("ha.config_match", why))
         e = ev
-        self.peer = PeerView(e.name, e.role, e.priority, e.effective_priority, e.blocked,
-                             e.yielding, e.healthy, e.now, e.digest_match, e.handover)  # fmt: skip
-        self.gw.reset(keep_answer=True)  # the peer is not dead: no takeover to confirm
         was_alive = old is not None and ev.now - old.last_heard <= self.p.dead_interval
+        preempting = was_alive and self.role is Role.ACTIVE and e.role is Role.ACTIVE
+        preempting = preempting and old is not None and (old.role is Role.BACKUP or old.preempting)
+        self.peer = PeerView(e.name, e.role, e.priority, e.effective_priority, e.blocked,
+                             e.yielding, e.healthy, e.now, e.digest_match, e.handover,
+                             preempting)  # fmt: skip
+        self.gw.reset(keep_answer=True)  # the peer is not dead: no takeover to confirm
         back = not was_alive or (old is not None and old.role is Role.ACTIVE)
         if self.role is Role.ACTIVE and ev.role not in (Role.ACTIVE, Role.STARTING) and back:
             # the peer may have held the VIPs while we could not hear it: re-announce

@@ -160,3 +160,6 @@ class PeerView:
     last_heard: float
     digest_match: bool
     handover: bool = False  # its last message was a HANDOVER (it gives the VIPs to this node)
+    # it went backup -> active while heard alive and this node active: a preemption, not a
+    # healed partition (only the reason logged for the resulting double active differs)
+    preempting: bool = False

@@ -506,6 +506,8 @@ def test_stalled_active_yields_without_flapping() -> None:
     s.run(PA.preempt_delay + 0.5)  # then preemption brings a back, once
     assert s.roles() == (Role.ACTIVE, Role.BACKUP)
     assert len(s.m["b"].history) == b_moves + 1
+    # b steps down for a preemption, and its log says so (not "split brain")
+    assert s.m["b"].history[-1].reason.startswith("preempted by a"), s.m["b"].history[-1]
 
 
 def test_short_backup_stall_does_not_seize() -> None:
