@@ -97,7 +97,7 @@ def render_status(doc: dict[str, Any]) -> str:
         sorry = svc.get("sorry_server")
         if sorry:
             state = {True: "ACTIVE", False: "standby", None: "?"}[sorry["active"]]
-            lines.append(f"  sorry server {sorry['address']}:{sorry['port']} {state}")
+            lines.append(f"  sorry server {host_port(sorry['address'], sorry['port'])} {state}")
         rows = [("REAL SERVER", "HEALTH", "WEIGHT", "KERNEL", "LAST CHECK")]
         for rs in svc["real_servers"]:
             lc = rs["last_check"]
