@@ -45,7 +45,7 @@ def _make(kind: str, cfg: DataplaneConfig, proc: str) -> Dataplane:
             ipvs = importlib.import_module("hacontrol.dataplane.ipvs")
         except ImportError as e:
             raise DataplaneError(f"ipvs: data plane not available: {e}") from e
-        plane: Dataplane = ipvs.IpvsDataplane()
+        plane: Dataplane = ipvs.IpvsDataplane(proc=proc)
         return plane
     if kind == "nftables":
         if shutil.which("nft") is None:
