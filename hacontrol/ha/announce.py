@@ -183,6 +183,13 @@ def _family(vip: VipConfig) -> str:
     return "ipv4" if vip.address.version == 4 else "ipv6"
 
 
+# Linux ignores an ARP update that arrives within the neighbour entry's locktime (default 1 s)
+# of its last update: if the old holder answered the client's ARP just before the move, the whole
+# burst can be ignored and the client keeps the old MAC until its entry goes stale. One more round
+# after that window fixes it (keepalived's garp_master_delay serves the same purpose).
+REPEAT_AFTER = 1.2
+
+
 class Announcer:
     """Announces the VIP group: ``burst()`` after a takeover, ``refresh_forever()`` meanwhile."""
 
@@ -252,7 +259,10 @@ class Announcer:
         return await self.burst(reason, count=1)
 
     async def refresh_forever(self) -> None:
-        """One round every ``refresh`` seconds until cancelled (returns at once if 0)."""
+        """One round ``REPEAT_AFTER`` seconds after the take, then one every ``refresh`` seconds
+        until cancelled (none if ``refresh`` is 0)."""
+        await self._sleep(REPEAT_AFTER)
+        await self.once("repeat")
         if self.config.refresh <= 0:
             return
         while True:

@@ -140,9 +140,19 @@ async def test_missing_interface_is_an_error_value() -> None:
     assert await a.burst() == 0  # no such device (or no CAP_NET_RAW): logged, not raised
 
 
-async def test_refresh_zero_returns_at_once() -> None:
-    a = Announcer(_vips(), AnnounceConfig(refresh=0))
+async def test_refresh_zero_repeats_once_then_returns(monkeypatch: pytest.MonkeyPatch) -> None:
+    from hacontrol.ha.announce import REPEAT_AFTER
+
+    sleeps: list[float] = []
+    sent: list[VipConfig] = []
+
+    async def fake_sleep(s: float) -> None:
+        sleeps.append(s)
+
+    monkeypatch.setattr(Announcer, "_send_one", lambda self, socks, vip: sent.append(vip))
+    a = Announcer(_vips(), AnnounceConfig(refresh=0), sleep=fake_sleep)
     await a.refresh_forever()
+    assert sleeps == [REPEAT_AFTER] and len(sent) == 2  # the repeat round, both VIPs; no refresh
 
 
 def test_vip_group_is_a_vip_manager_and_describes_without_io() -> None:
@@ -181,6 +191,8 @@ def test_bad_lease_is_refused(lease: float) -> None:
 async def test_refresh_repeats_one_round_per_period(monkeypatch: pytest.MonkeyPatch) -> None:
     import asyncio
 
+    from hacontrol.ha.announce import REPEAT_AFTER
+
     rounds: list[int] = []
     sleeps: list[float] = []
 
@@ -196,8 +208,9 @@ async def test_refresh_repeats_one_round_per_period(monkeypatch: pytest.MonkeyPa
     a = Announcer(_vips(), AnnounceConfig(refresh=30), sleep=fake_sleep)
     with pytest.raises(asyncio.CancelledError):
         await a.refresh_forever()
-    assert sleeps == [30, 30, 30, 30]
-    assert rounds == [1, 1, 2, 2, 3, 3]  # both VIPs after each period
+    # the repeat past the neighbour locktime, then one round (both VIPs) per period
+    assert sleeps == [REPEAT_AFTER, 30, 30, 30]
+    assert rounds == [1, 1, 2, 2, 3, 3]
 
 
 async def test_vip_group_refresh_runs_while_held(monkeypatch: pytest.MonkeyPatch) -> None:
