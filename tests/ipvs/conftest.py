@@ -8,11 +8,13 @@ runs them there). ``clean_ipvs`` empties the kernel table before and after a tes
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 from ipvslab import ipvsadm
+
+from hacontrol.dataplane.ipvs import IpvsDataplane
 
 IPVS_PROC = "/proc/net/ip_vs"
 HERE = Path(__file__).resolve().parent
@@ -37,3 +39,14 @@ def clean_ipvs() -> Iterator[None]:
         yield
     finally:
         ipvsadm("-C")
+
+
+@pytest.fixture
+async def plane() -> AsyncIterator[IpvsDataplane]:
+    """An opened IPVS plane on the guest's kernel, closed afterwards."""
+    p = IpvsDataplane()
+    await p.open()
+    try:
+        yield p
+    finally:
+        await p.close()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator
 
 import pytest
 from ipvslab import ipvsadm, kernel_table, parse_ipvsadm
@@ -66,16 +65,6 @@ TABLE: Table = {
         {d("2001:db8::2"): DestSpec(2, "nat"), d("2001:db8::3"): DestSpec(1, "dr")},
     ),
 }  # fmt: skip
-
-
-@pytest.fixture
-async def plane() -> AsyncIterator[IpvsDataplane]:
-    p = IpvsDataplane()
-    await p.open()
-    try:
-        yield p
-    finally:
-        await p.close()
 
 
 async def converge(plane: IpvsDataplane, desired: Table) -> list[Action]:

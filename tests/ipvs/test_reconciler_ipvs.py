@@ -7,7 +7,6 @@ as the daemon builds it. ``ipvsadm`` plays the administrator editing the table b
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -50,16 +49,6 @@ def build(state: Health) -> object:
         return state
 
     return lambda actual: desired_table(SERVICES, health, actual)
-
-
-@pytest.fixture
-async def plane() -> AsyncIterator[IpvsDataplane]:
-    p = IpvsDataplane()
-    await p.open()
-    try:
-        yield p
-    finally:
-        await p.close()
 
 
 def expected() -> Table:
