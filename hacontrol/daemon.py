@@ -10,7 +10,13 @@ table. It gathers the status view the API serves. Logic lives in the parts it wi
 With an ``ha:`` section it also runs the HA pair member (built, stopped and reported by
 ``hacontrol.daemon_ha``) and starts it last: the kernel table is programmed on both directors,
 only the VIPs move. A stop hands over first, then stops the rest. The role comes from the runner
-("standalone" without ``ha:``); drills are forwarded to it. Reloads: ``hacontrol.reload``.
+("standalone" without ``ha:``); drills are forwarded to it.
+
+State has one owner each: the config in use, its token and load time belong to a
+``RunningConfig`` (hacontrol.running_config); reloads to a ``Reloader`` (hacontrol.reload), which
+changes the daemon only through ``apply_config`` / ``apply_live``; the status reads the daemon
+through ``hacontrol.daemon_status.DaemonView``. Every component runs on one clock: the event
+loop's (``loop_clock``), so a daemon is constructed inside the loop it runs on.
 """
 
 from __future__ import annotations
@@ -27,9 +33,15 @@ from aiohttp import web
 
 from hacontrol import __version__, logs
 from hacontrol.api.app import ApiServer, create_app
-from hacontrol.clock import Clock, monotonic
-from hacontrol.config import load
-from hacontrol.daemon_ha import DrillUnavailable, build_ha, run_drill, start_sync, stop_ha
+from hacontrol.clock import Clock, loop_clock
+from hacontrol.daemon_ha import (
+    DrillUnavailable,
+    apply_ha_live,
+    build_ha,
+    run_drill,
+    start_sync,
+    stop_ha,
+)
 from hacontrol.daemon_status import daemon_status
 from hacontrol.dataplane.base import Dataplane, DataplaneError
 from hacontrol.dataplane.desired import desired_table
@@ -49,10 +61,11 @@ from hacontrol.process import (
     StartError,
     choose_loop,
     local_listener,
-    read_token,
     sd_notify,
 )
-from hacontrol.reload import reload_daemon
+from hacontrol.reload import Reloader, TargetCounts
+from hacontrol.reload_parse import Parse, parse_in_child
+from hacontrol.running_config import RunningConfig
 
 __all__ = ["Daemon", "DrillError", "DrillUnavailable", "StartError", "run_daemon"]
 
@@ -67,17 +80,19 @@ class Daemon:
         config: Config,
         *,
         dry_run: bool = False,
-        clock: Clock = monotonic,
+        clock: Clock | None = None,
         dataplane: Dataplane | None = None,
-        loader: Callable[[str], Config] = load,
+        parse: Parse = parse_in_child,
         out: TextIO | None = None,
         serve_api: bool = True,
         ha: HaComponent | None = None,
     ) -> None:
-        self.config = config
+        """``clock``: the running event loop's by default (the one its timers use); ``parse``:
+        how a reload reads the file (a child process bounded in time and memory)."""
         self.dry_run = dry_run
-        self.clock = clock
-        self.loader = loader
+        self.clock: Clock = clock if clock is not None else loop_clock()
+        clock = self.clock
+        self.running = RunningConfig(config, clock)
         self.out = out or sys.stdout
         self.serve_api = serve_api
         self.metrics = Metrics()
@@ -92,20 +107,22 @@ class Daemon:
         self._vips: VipGroup | None = None  # closed after the runner stops
         self._sync: SyncDaemons | None = None  # IPVS connection sync daemons (ha.sync)
         self.extra_routes: list[web.RouteDef] = []  # more routes (each described in openapi.yaml)
-        self._token: str | None = None
         self._targets: dict[CheckKey, list[tuple[ServiceConfig, RealServer]]] = {}
         self._last_state: dict[CheckKey, Health] = {}  # for the "from" of health.change
         self._keys: dict[tuple[str, RealServer], CheckKey] = {}
-        self._started_at = clock()
-        self._config_loaded_at = clock()
         self._stop_event: asyncio.Event | None = None
         self._stop_reason = "stop requested"
-        self._reload_lock: asyncio.Lock | None = None
+        self.reloads = Reloader(self.running, self, self.metrics, parse)
         self._running = False
         self._tasks: set[asyncio.Task[Any]] = set()
         self._started = asyncio.Event()
         self.configure_logging = False  # run_daemon: a reload applies a new logging section
         self.loop_reason = "set by run_daemon"  # which event loop runs and why (daemon.start)
+
+    @property
+    def config(self) -> Config:
+        """The config in use (owned by ``running``; a reload replaces it)."""
+        return self.running.config
 
     # -- composition -------------------------------------------------------------------------
 
@@ -139,8 +156,9 @@ class Daemon:
                 targets.setdefault(check_key(svc, rs), []).append((svc, rs))
         return targets
 
-    def _apply_config(self, config: Config) -> tuple[int, int, int]:
-        """Point health and reconciler at ``config``; (targets added, removed, kept)."""
+    def apply_config(self, config: Config) -> TargetCounts:
+        """Point health and reconciler at ``config`` (start, reload); ValueError or TypeError
+        when a check cannot run, and then nothing changed."""
         targets = self._targets_of(config)
         old = set(self._targets)
         new = set(targets)
@@ -150,7 +168,13 @@ class Daemon:
         self._last_state = {k: self.health.state(k) for k in targets}
         if self.reconciler is not None:
             self.reconciler.set_desired(self._builder(config))
-        return len(new - old), len(old - new), len(new & old)
+        return TargetCounts(len(new - old), len(old - new), len(new & old))
+
+    def apply_live(self, old: Config, new: Config, live_ha: list[str]) -> None:
+        """After a reload: the HA pair member's live fields and digest, the logging section."""
+        apply_ha_live(self.ha, old, new, live_ha)
+        if new.logging != old.logging and self.configure_logging:
+            logs.configure(new.logging.level, new.logging.format)
 
     def _on_health_change(self, key: CheckKey, new: Health, st: TargetStatus) -> None:
         old = self._last_state.get(key, Health.UNKNOWN)
@@ -187,9 +211,7 @@ class Daemon:
         cfg = self.config
         if self._stop_event is None:
             self._stop_event = asyncio.Event()
-        self._reload_lock = asyncio.Lock()
-        self._token = read_token(cfg.api.token_file)
-        self._started_at = self._config_loaded_at = self.clock()
+        self.running.start()  # reads the token: a bad token file fails before anything runs
         if not self._ha_given:
             # a bad key fails here, before the kernel is touched
             self.ha, self._vips = build_ha(
@@ -211,7 +233,7 @@ class Daemon:
             owned_store=OwnedStore(cfg.dataplane.state_dir) if not self.dry_run else None,
             metrics=self.metrics,
         )
-        self._apply_config(cfg)
+        self.apply_config(cfg)
         await self.reconciler.start()
         self._sync = await start_sync(cfg, dp, self.clock)  # before HA: the VIPs may move
         await self.health.start()
@@ -235,6 +257,7 @@ class Daemon:
                 detail = getattr(exc, "strerror", None) or str(exc)
                 raise StartError(f"ha.bind {cfg.ha.bind if cfg.ha else '-'}: {detail}") from None
         self._running = True
+        self.reloads.open()
         self._started.set()
         n_rs = sum(len(s.real_servers) for s in cfg.services)
         log.info(
@@ -246,7 +269,7 @@ class Daemon:
             services=len(cfg.services),
             real_servers=n_rs,
             targets=len(self._targets),
-            dataplane=getattr(dp, "kind", type(dp).__name__),
+            dataplane=dp.kind,
             api=self.api.bound if self.api else None,
             dry_run=self.dry_run,
             loop=self.loop_reason,
@@ -256,10 +279,11 @@ class Daemon:
         sd_notify("READY=1\nSTATUS=running")
 
     def _warn_open_api(self) -> None:
-        if self._token is None and self.api is not None and not local_listener(self.api.bound):
+        api = self.api
+        if self.running.token is None and api is not None and not local_listener(api.bound):
             log.warning(
                 "api.open",
-                listen=self.api.bound,
+                listen=api.bound,
                 reason="no api.token_file on a non-loopback listener: mutating calls are refused",
             )
 
@@ -292,6 +316,7 @@ class Daemon:
         self._running = False
         t0 = time.monotonic()
         sd_notify("STOPPING=1")
+        await self.reloads.close()  # a reload in flight is abandoned (its parser killed)
         keep = self.config.dataplane.keep_on_stop
         await self._teardown(keep=keep)
         log.info(
@@ -343,13 +368,23 @@ class Daemon:
     # -- reload ------------------------------------------------------------------------------
 
     async def reload(self, reason: str) -> dict[str, Any]:
-        """Load the file again and apply it; an invalid file changes nothing (hacontrol.reload)."""
-        return await reload_daemon(self, reason)
+        """Load the file again and apply it; an invalid file changes nothing, a reload asked
+        while one runs is answered ``busy`` (hacontrol.reload)."""
+        return await self.reloads.reload(reason)
 
     # -- the view the API serves -------------------------------------------------------------
 
     def token(self) -> str | None:
-        return self._token
+        return self.running.token
+
+    def dataplane_kind(self) -> str:
+        return self.dataplane.kind if self.dataplane is not None else "-"
+
+    def target_status(self, svc: ServiceConfig, rs: RealServer) -> TargetStatus | None:
+        try:
+            return self.health.status(self._key(svc, rs))
+        except KeyError:
+            return None
 
     def metrics_text(self) -> bytes:
         return self.metrics.render()
@@ -382,7 +417,7 @@ def run_daemon(config: Config, *, dry_run: bool = False, out: TextIO | None = No
     loop_factory, loop_reason = choose_loop(config, dry_run)
 
     async def main() -> int:
-        daemon = Daemon(config, dry_run=dry_run, out=out)
+        daemon = Daemon(config, dry_run=dry_run, out=out, clock=loop_clock())
         daemon.loop_reason = loop_reason
         daemon.configure_logging = True
         try:

@@ -22,7 +22,6 @@ from typing import Any
 from hacontrol import logs
 from hacontrol.clock import Clock
 from hacontrol.dataplane.base import Dataplane
-from hacontrol.dataplane.ipvs import IpvsDataplane
 from hacontrol.dataplane.ipvs_sync import SyncDaemons
 from hacontrol.dataplane.select import resolve_kind
 from hacontrol.ha.handoff import Handoff, services_of
@@ -104,8 +103,9 @@ async def start_sync(cfg: Config, dp: Dataplane, clock: Clock) -> SyncDaemons | 
     want = cfg.ha.sync if cfg.ha is not None else None
     if want is None:
         return None
-    if not isinstance(dp, IpvsDataplane):
-        kind = str(getattr(dp, "kind", type(dp).__name__))
+    requests = dp.ipvs_requests()
+    if requests is None:
+        kind = dp.kind
         why = (
             "nftables plane: in-flight connections are kept by the connection hand-off"
             if kind == "nftables"
@@ -113,7 +113,7 @@ async def start_sync(cfg: Config, dp: Dataplane, clock: Clock) -> SyncDaemons | 
         )
         log.warning("dataplane.sync_unsupported", plane=kind, interface=want.interface, reason=why)
         return None
-    sync = SyncDaemons(dp, want, clock=clock)
+    sync = SyncDaemons(requests, want, clock=clock)
     await sync.reconcile("start")
     sync.start(cfg.dataplane.resync_interval)
     return sync

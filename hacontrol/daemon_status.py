@@ -1,26 +1,53 @@
-"""The status document of a running ``hacontrol.daemon.Daemon`` (``GET /v1/status``).
+"""The status document of a running daemon (``GET /v1/status``).
 
-It gathers the inputs of the pure ``hacontrol.status.build_status`` from the daemon: the node
-block (role, version, uptime, config age), the data plane block (``dataplane_view``, from the
-reconciler's status), each real server's health, the kernel table as last read and the HA block
-(``hacontrol.daemon_ha.ha_status``). It reads and changes nothing else.
+It gathers the inputs of the pure ``hacontrol.status.build_status`` through ``DaemonView``, the
+small read-only surface ``hacontrol.daemon.Daemon`` offers: the node block (role, version,
+uptime, config age from the ``RunningConfig``), the data plane block (``dataplane_view``, from
+the reconciler's status), each real server's health, the kernel table as last read and the HA
+block (``hacontrol.daemon_ha.ha_status``). It reads and changes nothing else.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from hacontrol import __version__
+from hacontrol.clock import Clock
 from hacontrol.daemon_ha import ha_status
-from hacontrol.dataplane.reconciler import ReconcileStatus
+from hacontrol.dataplane.reconciler import Reconciler, ReconcileStatus
 from hacontrol.health.state import TargetStatus
 from hacontrol.model import RealServer, ServiceConfig
+from hacontrol.process import HaComponent
+from hacontrol.running_config import RunningConfig
 from hacontrol.status import DataplaneView, NodeView, age, build_status
 
-if TYPE_CHECKING:
-    from hacontrol.daemon import Daemon
+__all__ = ["DaemonView", "daemon_status", "dataplane_view"]
 
-__all__ = ["daemon_status", "dataplane_view"]
+
+class DaemonView(Protocol):
+    """What the status reads of the daemon."""
+
+    @property
+    def clock(self) -> Clock: ...
+
+    @property
+    def running(self) -> RunningConfig: ...
+
+    @property
+    def dry_run(self) -> bool: ...
+
+    @property
+    def reconciler(self) -> Reconciler | None: ...
+
+    @property
+    def ha(self) -> HaComponent | None: ...
+
+    def role(self) -> str: ...
+
+    def dataplane_kind(self) -> str: ...
+
+    def target_status(self, svc: ServiceConfig, rs: RealServer) -> TargetStatus | None:
+        """The health of one real server of a service; None when it is not checked."""
 
 
 def dataplane_view(st: ReconcileStatus, now: float) -> DataplaneView:
@@ -39,29 +66,24 @@ def dataplane_view(st: ReconcileStatus, now: float) -> DataplaneView:
     )
 
 
-def daemon_status(d: Daemon) -> dict[str, Any]:
+def daemon_status(d: DaemonView) -> dict[str, Any]:
     """The whole status document of daemon ``d`` (schema: ``Status`` in openapi.yaml)."""
     now = d.clock()
-    cfg = d.config
+    running = d.running
+    cfg = running.config
     node = NodeView(
         node=cfg.node_name,
         role=d.role(),
         version=__version__,
-        uptime=now - d._started_at,
-        config_loaded_ago=now - d._config_loaded_at,
+        uptime=now - running.started_at,
+        config_loaded_ago=now - running.loaded_at,
         dry_run=d.dry_run,
     )
-    if d.reconciler is None:
-        dataplane = DataplaneView(kind=str(getattr(d.dataplane, "kind", "-")))
+    rec = d.reconciler
+    if rec is None:
+        dataplane = DataplaneView(kind=d.dataplane_kind())
     else:
-        dataplane = dataplane_view(d.reconciler.status(), now)
-    kernel = d.reconciler.kernel if d.reconciler is not None else None
-
-    def health(svc: ServiceConfig, rs: RealServer) -> TargetStatus | None:
-        try:
-            return d.health.status(d._key(svc, rs))
-        except KeyError:
-            return None
-
+        dataplane = dataplane_view(rec.status(), now)
+    kernel = rec.kernel if rec is not None else None
     ha = ha_status(d.ha, cfg.digest)
-    return build_status(cfg, node, dataplane, health, kernel, now, ha=ha)
+    return build_status(cfg, node, dataplane, d.target_status, kernel, now, ha=ha)

@@ -1,23 +1,29 @@
-"""A config reload of a running ``hacontrol.daemon.Daemon`` (SIGHUP, ``POST /reload``).
+"""Config reloads of a running daemon (SIGHUP, ``POST /v1/reload``): the ``Reloader``.
 
-It loads the file again off the event loop, one reload at a time. An invalid file (a config
-error, an unreadable token file, a check the health checker cannot run) is refused and changes
-nothing: the old config keeps running. A valid one is applied as a diff: unchanged health
-targets keep their state, the desired table is rebuilt, the HA pair member gets what may change
-live (``hacontrol.daemon_ha.apply_ha_live``); fields that need a restart keep their running
-values and are listed in ``needs_restart``. The result is a JSON document for the API and the
-``config.reload`` event (logger ``hacontrol.daemon``).
+It owns what a reload needs besides the running config: whether reloads are accepted (between
+start and stop), the one reload in flight, and how the file is parsed (by default in a child
+process bounded in time and memory: ``hacontrol.reload_parse``; the event loop stays free, so
+heartbeats, the API and stop never wait for a parse). A reload asked while one runs is answered
+at once with ``result: busy`` (the API's 409). Stop (``close``) cancels the reload in flight,
+which kills its child.
+
+An invalid file (a config error, an unreadable token file, a check the health checker cannot
+run) is refused and changes nothing: the old config keeps running. A valid one replaces the
+``RunningConfig`` and is applied through the daemon's narrow ``ReloadTarget`` interface as a
+diff: unchanged health targets keep their state, the desired table is rebuilt, the HA pair
+member gets what may change live; fields that need a restart keep their running values and are
+listed in ``needs_restart``. The result is a JSON document for the API and the ``config.reload``
+event (logger ``hacontrol.daemon``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, NamedTuple, Protocol
 
 from hacontrol import logs
-from hacontrol.config import ConfigError
-from hacontrol.daemon_ha import apply_ha_live
+from hacontrol.metrics import Metrics
 from hacontrol.model import Config
 from hacontrol.process import (
     StartError,
@@ -27,88 +33,144 @@ from hacontrol.process import (
     restart_only_changes,
     sd_notify,
 )
+from hacontrol.reload_parse import Parse, Refused, parse_in_child
+from hacontrol.running_config import RunningConfig
 
-if TYPE_CHECKING:
-    from hacontrol.daemon import Daemon
-
-__all__ = ["reload_daemon"]
+__all__ = ["ReloadTarget", "Reloader", "TargetCounts"]
 
 log = logs.get("hacontrol.daemon")
 
 
-async def reload_daemon(d: Daemon, reason: str) -> dict[str, Any]:
-    """Load ``d``'s config file again and apply it; an invalid file changes nothing."""
-    if d._reload_lock is None or not d._running:
-        return {
-            "result": "error",
-            "errors": ["the daemon is not running"],
-            "digest": d.config.digest,
-        }
-    async with d._reload_lock:
-        if not d._running:  # stopped while waiting for the lock
-            return {
-                "result": "error",
-                "errors": ["the daemon is stopping"],
-                "digest": d.config.digest,
+class TargetCounts(NamedTuple):
+    """Health targets after applying a config: added, removed, kept (state carried over)."""
+
+    added: int
+    removed: int
+    kept: int
+
+
+class ReloadTarget(Protocol):
+    """What a reload changes in the daemon besides the running config."""
+
+    def apply_config(self, config: Config) -> TargetCounts:
+        """Point the health checks and the reconciler at ``config``. ValueError or TypeError:
+        a check cannot run; nothing was changed."""
+
+    def apply_live(self, old: Config, new: Config, live_ha: list[str]) -> None:
+        """Apply what else may change live (the HA pair member's ``live_ha`` fields and
+        digest, the logging section); ``new`` is already the running config."""
+
+
+class Reloader:
+    """One reload at a time, of the file the running config came from."""
+
+    def __init__(
+        self,
+        running: RunningConfig,
+        target: ReloadTarget,
+        metrics: Metrics,
+        parse: Parse = parse_in_child,
+    ) -> None:
+        self._running = running
+        self._target = target
+        self._metrics = metrics
+        self._parse = parse
+        self._open = False
+        self._task: asyncio.Task[dict[str, Any]] | None = None
+
+    @property
+    def in_progress(self) -> bool:
+        return self._task is not None
+
+    def open(self) -> None:
+        """Accept reloads (the daemon has started)."""
+        self._open = True
+
+    async def close(self) -> None:
+        """Refuse reloads from now on; cancel the one in flight (its child is killed)."""
+        self._open = False
+        task = self._task
+        if task is not None:
+            task.cancel()
+            await asyncio.wait({task})
+
+    async def reload(self, reason: str) -> dict[str, Any]:
+        """Load the file again and apply it; an invalid file changes nothing."""
+        digest = self._running.digest
+        if not self._open:
+            return {"result": "error", "errors": ["the daemon is not running"], "digest": digest}
+        if self._task is not None:
+            log.warning(
+                "config.reload",
+                result="busy",
+                reason=f"{reason}: a reload is already in progress; this one is not started",
+            )
+            return {"result": "busy", "errors": ["reload in progress"], "digest": digest}
+        task = self._task = asyncio.get_running_loop().create_task(self._reload(reason))
+        task.add_done_callback(self._finished)
+        await asyncio.wait({task})  # a cancelled caller leaves the reload running
+        if task.cancelled():
+            log.warning("config.reload", result="error", reason=f"{reason}: the daemon stopped")
+            return {"result": "error", "errors": ["the daemon is stopping"], "digest": digest}
+        return task.result()
+
+    def _finished(self, task: asyncio.Task[dict[str, Any]]) -> None:
+        if self._task is task:
+            self._task = None
+
+    async def _reload(self, reason: str) -> dict[str, Any]:
+        t0 = time.monotonic()
+        old = self._running.config
+        sd_notify("RELOADING=1")
+        ready = True
+        try:
+            try:
+                outcome = await self._parse(old.source)
+            except asyncio.CancelledError:
+                ready = False  # the daemon stops: STOPPING, not READY, is what systemd hears
+                raise
+            if isinstance(outcome, Refused):
+                return self._refused(reason, outcome.errors, old)
+            try:
+                token = read_token(outcome.api.token_file)
+            except StartError as exc:
+                return self._refused(reason, [str(exc)], old)
+            restart_only = restart_only_changes(old, outcome)
+            live_ha = live_ha_changes(old, outcome)
+            new = keep_restart_only(old, outcome)
+            try:
+                counts = self._target.apply_config(new)
+            except (ValueError, TypeError) as exc:  # a check the health checker cannot run
+                return self._refused(reason, [f"{old.source}: {exc}"], old)
+            self._running.replace(new, token)
+            self._target.apply_live(old, new, live_ha)
+            self._metrics.reloads.labels(result="ok").inc()
+            result = {
+                "result": "ok",
+                "changed": new.digest != old.digest,
+                "digest": new.digest,
+                "services": len(new.services),
+                "real_servers": sum(len(s.real_servers) for s in new.services),
+                "targets_added": counts.added,
+                "targets_removed": counts.removed,
+                "targets_kept": counts.kept,
+                "duration_ms": round((time.monotonic() - t0) * 1000, 2),
+                "needs_restart": restart_only,
+                "applied_live": live_ha,
             }
-        return await _reload(d, reason)
+            log.info("config.reload", **result, old_digest=old.digest, reason=reason)
+            return result
+        finally:
+            if ready:
+                sd_notify("READY=1")
 
-
-async def _reload(d: Daemon, reason: str) -> dict[str, Any]:
-    t0 = time.monotonic()
-    old = d.config
-    sd_notify("RELOADING=1")
-    try:
-        try:
-            new = await asyncio.to_thread(d.loader, old.source)  # big files: off the loop
-            token = read_token(new.api.token_file)
-        except ConfigError as exc:
-            return _refused(d, reason, str(exc).splitlines(), old)
-        except StartError as exc:
-            return _refused(d, reason, [str(exc)], old)
-        except OSError as exc:
-            return _refused(d, reason, [f"{old.source}: {exc.strerror or exc}"], old)
-        restart_only = restart_only_changes(old, new)
-        live_ha = live_ha_changes(old, new)
-        new = keep_restart_only(old, new)
-        changed = new.digest != old.digest
-        try:
-            added, removed, kept = d._apply_config(new)
-        except (ValueError, TypeError) as exc:  # a check the health checker cannot run
-            return _refused(d, reason, [f"{old.source}: {exc}"], old)
-        d.config = new
-        d._token = token
-        apply_ha_live(d.ha, old, new, live_ha)
-        d._config_loaded_at = d.clock()
-        if new.logging != old.logging and d.configure_logging:
-            logs.configure(new.logging.level, new.logging.format)
-        d.metrics.reloads.labels(result="ok").inc()
-        result = {
-            "result": "ok",
-            "changed": changed,
-            "digest": new.digest,
-            "services": len(new.services),
-            "real_servers": sum(len(s.real_servers) for s in new.services),
-            "targets_added": added,
-            "targets_removed": removed,
-            "targets_kept": kept,
-            "duration_ms": round((time.monotonic() - t0) * 1000, 2),
-            "needs_restart": restart_only,
-            "applied_live": live_ha,
-        }
-        log.info("config.reload", **result, old_digest=old.digest, reason=reason)
-        return result
-    finally:
-        sd_notify("READY=1")
-
-
-def _refused(d: Daemon, reason: str, errors: list[str], old: Config) -> dict[str, Any]:
-    d.metrics.reloads.labels(result="error").inc()
-    log.error(
-        "config.reload",
-        result="error",
-        errors=errors,
-        kept_digest=old.digest,
-        reason=f"{reason}: invalid config refused, the running config is kept",
-    )
-    return {"result": "error", "errors": errors, "digest": old.digest}
+    def _refused(self, reason: str, errors: list[str], old: Config) -> dict[str, Any]:
+        self._metrics.reloads.labels(result="error").inc()
+        log.error(
+            "config.reload",
+            result="error",
+            errors=errors,
+            kept_digest=old.digest,
+            reason=f"{reason}: invalid config refused, the running config is kept",
+        )
+        return {"result": "error", "errors": errors, "digest": old.digest}

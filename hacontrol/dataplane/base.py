@@ -1,14 +1,15 @@
-"""The data plane interface: read what the kernel holds, apply a change to it.
+"""The data plane interface: read what the kernel holds, apply a change to it, and say what the
+plane can do (its capabilities), so no caller has to probe for attributes or concrete classes.
 
 Implementations: ``ipvs.IpvsDataplane`` (pyroute2 AsyncIPVS), ``nft.NftDataplane`` (one nftables
 table owned by the daemon, replaced atomically) and ``memory.MemoryDataplane`` (unit tests,
-``--dry-run``). The reconciler only ever talks to this protocol.
+``--dry-run``). The reconciler and the daemon only ever talk to these protocols.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any, Protocol
 
 from hacontrol.dataplane.diff import Action
 from hacontrol.dataplane.table import ServiceKey, Table
@@ -18,8 +19,34 @@ class DataplaneError(Exception):
     """An apply or snapshot failed; the reconciler logs it, retries with backoff, shows it."""
 
 
+class IpvsRequests(Protocol):
+    """The IPVS generic-netlink requests the connection sync daemons need
+    (``hacontrol.dataplane.ipvs_sync``); ``IpvsDataplane`` provides them."""
+
+    async def dump_nested(self, cmd: int, body: bytes, want: int) -> list[dict[int, Any]]: ...
+
+    async def request(self, cmd: int, body: bytes) -> int: ...
+
+
 class Dataplane(Protocol):
-    kind: str
+    @property
+    def kind(self) -> str:
+        """ipvs | nftables | memory: logged and shown in the status."""
+
+    @property
+    def whole_table(self) -> bool:
+        """True when every service the plane reads back is ours (nftables: one table of our
+        own), so the reconciler owns all of them; False when the kernel table is shared
+        (IPVS: services of other tools are foreign and never touched)."""
+
+    @property
+    def forwarding_in_place(self) -> bool:
+        """True when a destination's forwarding method can change in place (``update_dest``);
+        False: the diff deletes and re-adds that destination."""
+
+    def ipvs_requests(self) -> IpvsRequests | None:
+        """The plane's IPVS netlink requests for the connection sync daemons (``ha.sync``);
+        None on a plane without kernel IPVS connections."""
 
     async def open(self) -> None:
         """Connect to the kernel; raise DataplaneError with a clear reason if unavailable."""

@@ -221,6 +221,8 @@ class IpvsDataplane:
     """The kernel IPVS table of the current network namespace, as a Dataplane."""
 
     kind = "ipvs"
+    whole_table = False  # the kernel table is shared: other tools' services are foreign
+    forwarding_in_place = True  # EDITDEST carries the connection flags
 
     def __init__(self, *, batch: int = 512, proc: str = IPVS_PROC) -> None:
         self.batch = max(1, batch)
@@ -244,6 +246,10 @@ class IpvsDataplane:
         self._family = family
         self._sock = _netlink_socket()
         log.info("ipvs.open", family_id=family, reason="kernel has IPVS")
+
+    def ipvs_requests(self) -> IpvsDataplane:
+        """This plane serves the connection sync daemons' netlink requests itself."""
+        return self
 
     async def close(self) -> None:
         if self._sock is not None:

@@ -34,11 +34,11 @@ import socket
 import struct
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 from hacontrol import logs
 from hacontrol.clock import Clock
-from hacontrol.dataplane.base import DataplaneError
+from hacontrol.dataplane.base import DataplaneError, IpvsRequests
 from hacontrol.dataplane.ipvs import NLA_F_NESTED, _nla
 from hacontrol.model import SyncConfig
 
@@ -91,14 +91,6 @@ class SyncDaemon:
             "port": self.port,
             "ttl": self.ttl,
         }
-
-
-class IpvsRequests(Protocol):
-    """What this module needs of the IPVS plane (``IpvsDataplane`` provides it)."""
-
-    async def dump_nested(self, cmd: int, body: bytes, want: int) -> list[dict[int, Any]]: ...
-
-    async def request(self, cmd: int, body: bytes) -> int: ...
 
 
 # ---------------------------------------------------------------------- codec (pure)

@@ -4,6 +4,7 @@ It behaves like an incremental kernel plane: ``apply`` replays the actions in or
 the ones the kernel would refuse (adding an existing service, removing a missing destination),
 as a DataplaneError, leaving the table as it was. Every applied action is recorded (``applied``)
 and, when ``echo`` is given (dry run), passed to it as text and logged as ``dataplane.dry_run``.
+``whole_table`` makes it behave like a plane whose table is all ours (nftables).
 Failure injection for tests: ``fail_next`` applies and ``fail_snapshots`` snapshots fail with a
 DataplaneError before doing anything.
 """
@@ -24,16 +25,19 @@ class MemoryDataplane:
     """A kernel table held in a dict."""
 
     kind = "memory"
+    forwarding_in_place = True
 
     def __init__(
         self,
         initial: Table | None = None,
         *,
+        whole_table: bool = False,
         fail_next: int = 0,
         fail_snapshots: int = 0,
         echo: Callable[[str], None] | None = None,
     ) -> None:
         self.table: Table = copy_table(initial or {})
+        self.whole_table = whole_table  # True: behave like a plane of our own (nftables)
         self.fail_next = fail_next
         self.fail_snapshots = fail_snapshots
         self.echo = echo
@@ -42,6 +46,9 @@ class MemoryDataplane:
         self.snapshot_calls = 0
         self.opened = False
         self.closed = False
+
+    def ipvs_requests(self) -> None:
+        return None
 
     async def open(self) -> None:
         self.opened = True

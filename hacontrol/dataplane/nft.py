@@ -59,6 +59,10 @@ class NftDataplane(NftRenderer):
     forwarding_in_place = True  # whole-table plane: actions are informative only
     whole_table = True  # every service in our table is ours (the reconciler owns them all)
 
+    def ipvs_requests(self) -> None:
+        """No kernel IPVS connections: in-flight ones are kept by the connection hand-off."""
+        return None
+
     def __init__(
         self, table_name: str = "hacontrol", *, netns: str | None = None, timeout: float = 10.0
     ) -> None:

@@ -215,14 +215,14 @@ class Reconciler:
     async def _reconcile(self, reason: str, started: float) -> ReconcileResult:
         owned = set(self._owned)
         actual = await self._dp.snapshot(owned)
-        if getattr(self._dp, "whole_table", False):
+        if self._dp.whole_table:
             owned |= set(actual)  # a plane that owns its whole table (nftables) holds only ours
         drift = self._drift(actual, owned)
         if self._build is None:  # nothing desired yet: only observe
             self._kernel = actual
             return ReconcileResult(True, reason, drift=drift, duration=self._since(started))
         desired = self._build(copy_table(actual))
-        in_place = bool(getattr(self._dp, "forwarding_in_place", True))
+        in_place = self._dp.forwarding_in_place
         actions = diff(desired, actual, owned, forwarding_in_place=in_place)
         if drift:
             log.warning("dataplane.drift", reason=reason, differences=drift[:20], count=len(drift))

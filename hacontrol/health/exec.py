@@ -75,6 +75,11 @@ class ExecProbe:
     def argv(self) -> tuple[str, ...]:
         return self._argv
 
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The spawn in progress, if any."""
+        return self._task
+
     def start(self, poller: Poller, done: Done) -> None:
         self._done = done
         self._gen += 1

@@ -290,7 +290,7 @@ class HttpsProbe:
         self._attempt: _TlsAttempt | None = None
 
     @property
-    def _task(self) -> asyncio.Task[None] | None:
+    def task(self) -> asyncio.Task[None] | None:
         return self._attempt.task if self._attempt is not None else None
 
     def start(self, poller: Poller, done: Done) -> None:

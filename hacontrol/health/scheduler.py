@@ -224,7 +224,7 @@ class HealthChecker:
         for t in self._targets.values():
             t.due = -1
             if t.inflight and t.probe is not None:
-                task = getattr(t.probe, "_task", None)  # https/exec: a Task while connecting
+                task = t.probe.task  # https/exec: a Task while connecting
                 if task is not None:
                     tasks.append(task)
                 t.inflight = False

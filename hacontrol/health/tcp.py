@@ -111,6 +111,11 @@ class Probe(Protocol):
 
     def cancel(self) -> str: ...
 
+    @property
+    def task(self) -> asyncio.Task[None] | None:
+        """The Task of an attempt still starting (https connect, exec spawn), else None: a
+        stopping scheduler lets it unwind after ``cancel``."""
+
 
 def sockaddr(address: str, port: int) -> tuple[int, tuple[str, int] | tuple[str, int, int, int]]:
     """(family, sockaddr) for a literal IP address; ValueError for anything else."""
@@ -186,6 +191,11 @@ class TcpProbe:
         self._done = None
         if done is not None:
             done(ok, reason)
+
+    @property
+    def task(self) -> None:
+        """Never a Task: the connect runs on the shared epoll set."""
+        return None
 
     def cancel(self) -> str:
         phase = "connecting" if self._watch == 1 else ""

@@ -205,10 +205,7 @@ async def test_whole_table_plane_owns_everything_it_reads() -> None:
     """A plane holding only our own table (nftables): a service there that the owned file does
     not know is still ours, deleted by an explicit action, never silently."""
 
-    class Whole(MemoryDataplane):
-        whole_table = True
-
-    dp = Whole({FOREIGN: FOREIGN_SVC})
+    dp = MemoryDataplane({FOREIGN: FOREIGN_SVC}, whole_table=True)
     rec = Reconciler(dp)
     rec.set_desired(const(WANT))
     res = await rec.sync_now()
