@@ -183,6 +183,8 @@ async def post_reload(request: web.Request) -> web.Response:
     if not isinstance(reason, str) or not reason or len(reason) > 200:
         raise web.HTTPBadRequest(text="reason must be a non-empty string of at most 200 chars")
     outcome = await request.app[CONTROLLER].reload(f"api: {reason}" if reason != "api" else reason)
+    if outcome.get("result") == "busy":  # another reload is still parsing: nothing started
+        return json_error(409, "reload in progress", digest=outcome.get("digest"))
     if outcome.get("result") == "error":
         return json_error(
             422,

@@ -7,12 +7,14 @@ Topology (removed afterwards, pass or fail):
                                       | br0 (192.0.2.1)
                                     rs1 192.0.2.21:8080, rs2 192.0.2.22:8080 (hacontrol.lab.backend)
 
-One scenario, in order: start -> both servers up with kernel weights and real traffic to both;
+The main scenario, in order: start -> both servers up with kernel weights and real traffic to both;
 kill rs2 -> removed after ``fall`` failed checks (status + health.change log with the reason);
 rs2 back -> up again; SIGHUP with a broken file -> refused, old config still running; SIGHUP with
 a new weight -> applied, healthy servers stay up (no health.change in the log); SIGTERM -> exits
 within 1 s and the nft table stays in place; a new daemon started under continuous client
-requests adopts the table: no request fails, nothing is deleted.
+requests adopts the table: no request fails, nothing is deleted. Then a reload that never
+finishes parsing (the file is a FIFO): the API and the checks go on, a second reload gets 409,
+SIGTERM ends the process and its parser.
 """
 
 from __future__ import annotations
@@ -309,3 +311,61 @@ def test_daemon_on_nftables(scene: Scene) -> None:
         f"reload applied after {applied_after:.3f}s, SIGTERM -> daemon.stop logged "
         f"{stop_logged:.3f}s, process exit {stop_took:.3f}s"
     )
+
+
+def parser_children(daemon_pid: int) -> list[int]:
+    """Live ``hacontrol.reload_parse`` children of the daemon."""
+    pids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                argv = f.read().split(b"\0")
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[1]) == daemon_pid and b"hacontrol.reload_parse" in argv:
+            pids.append(int(entry))
+    return pids
+
+
+def test_slow_reload_blocks_neither_the_api_nor_sigterm(scene: Scene) -> None:
+    """A reload whose parse never ends (the file became a FIFO nobody writes): health checks and
+    the API go on, a second reload is refused with 409, and SIGTERM ends the process (killing
+    the parser) as promptly as without a reload."""
+    s = scene
+    s.cfg.write_text(config(s.tmp, s.table, {"rs1": 1, "rs2": 1}))
+    with open(s.log, "wb") as log:
+        s.daemon = s.director.popen(
+            sys.executable, "-m", "hacontrol", "run", "-c", str(s.cfg), stdout=log, stderr=log
+        )
+    assert s.daemon is not None
+    wait_until(
+        lambda: {k: v["health"] for k, v in s.servers().items()} == {"rs1": "up", "rs2": "up"},
+        "both servers up",
+    )
+    s.cfg.unlink()
+    os.mkfifo(s.cfg)
+    s.daemon.send_signal(signal.SIGHUP)
+    children = wait_until(lambda: parser_children(s.daemon.pid), "the reload's parser running")
+    # the API answers and the checks go on while the parser waits
+    code, doc = api_call(s.api, "GET", "/healthz", timeout=TIMEOUT)
+    assert (code, doc) == (200, {"status": "ok"})
+    checks = s.servers()["rs1"]["successes"]
+    wait_until(lambda: s.servers()["rs1"]["successes"] > checks + 2, "health checks going on")
+    code, doc = api_call(s.api, "POST", "/v1/reload", timeout=TIMEOUT)
+    assert code == 409 and doc["error"] == "reload in progress", doc
+    assert parser_children(s.daemon.pid) == children  # still the first one, still parsing
+    # SIGTERM during the reload: the process ends, the parser with it
+    t_term = time.monotonic()
+    s.daemon.send_signal(signal.SIGTERM)
+    rc = s.daemon.wait(timeout=TIMEOUT)
+    stop_took = time.monotonic() - t_term
+    assert rc == 0
+    assert not any(os.path.exists(f"/proc/{pid}/cmdline") for pid in children)
+    stop = s.events("daemon.stop")
+    assert len(stop) == 1 and stop[0]["reason"] == "SIGTERM"
+    assert [e["result"] for e in s.events("config.reload")] == ["busy", "error"]
+    print(f"\nmeasured: SIGTERM during a reload -> process exit {stop_took:.3f}s")
