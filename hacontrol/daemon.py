@@ -1,22 +1,19 @@
 """The composition root: one ``Daemon`` wires config, health checks, data plane, reconciler, API.
 
 It owns the process lifecycle: start (open the data plane, start the reconciler, the health
-checker and the API), signals (SIGTERM/SIGINT stop cleanly, SIGHUP reloads), reload (load the file
-again; an invalid one is refused and the old config keeps running; a valid one is applied as a
-diff: unchanged health targets keep their state) and stop (leave the kernel table in place when
-``dataplane.keep_on_stop``, else remove the owned services). Health changes recompute the desired
-table. It gathers the status view the API serves. Logic lives in the parts it wires, not here.
+checker and the API), signals (SIGTERM/SIGINT stop cleanly, SIGHUP reloads) and stop (leave the
+kernel table in place when ``dataplane.keep_on_stop``, else remove the owned services). Health
+changes recompute the desired table. Logic lives in the parts it wires, not here.
 
 With an ``ha:`` section it also runs the HA pair member (built, stopped and reported by
 ``hacontrol.daemon_ha``) and starts it last: the kernel table is programmed on both directors,
-only the VIPs move. A stop hands over first, then stops the rest. The role comes from the runner
-("standalone" without ``ha:``); drills are forwarded to it.
+only the VIPs move. A stop hands over first. The role comes from the runner ("standalone"
+without ``ha:``); drills are forwarded to it.
 
-State has one owner each: the config in use, its token and load time belong to a
-``RunningConfig`` (hacontrol.running_config); reloads to a ``Reloader`` (hacontrol.reload), which
-changes the daemon only through ``apply_config`` / ``apply_live``; the status reads the daemon
-through ``hacontrol.daemon_status.DaemonView``. Every component runs on one clock: the event
-loop's (``loop_clock``), so a daemon is constructed inside the loop it runs on.
+One owner each: the config in use, its token and load time belong to a ``RunningConfig``
+(hacontrol.running_config); reloads to a ``Reloader`` (hacontrol.reload), which changes the
+daemon only through ``apply_config`` / ``apply_live``; the status reads it through
+``hacontrol.daemon_status.DaemonView``. One clock: the event loop's (``loop_clock``).
 """
 
 from __future__ import annotations
@@ -56,13 +53,7 @@ from hacontrol.health.scheduler import CheckKey, HealthChecker, check_key
 from hacontrol.health.state import Health, TargetStatus
 from hacontrol.metrics import Metrics
 from hacontrol.model import Config, RealServer, ServiceConfig
-from hacontrol.process import (
-    HaComponent,
-    StartError,
-    choose_loop,
-    local_listener,
-    sd_notify,
-)
+from hacontrol.process import HaComponent, StartError, choose_loop, local_listener, sd_notify
 from hacontrol.reload import Reloader, TargetCounts
 from hacontrol.reload_parse import Parse, parse_in_child
 from hacontrol.running_config import RunningConfig
@@ -90,8 +81,7 @@ class Daemon:
         """``clock``: the running event loop's by default (the one its timers use); ``parse``:
         how a reload reads the file (a child process bounded in time and memory)."""
         self.dry_run = dry_run
-        self.clock: Clock = clock if clock is not None else loop_clock()
-        clock = self.clock
+        self.clock = clock = clock if clock is not None else loop_clock()
         self.running = RunningConfig(config, clock)
         self.out = out or sys.stdout
         self.serve_api = serve_api
@@ -114,8 +104,6 @@ class Daemon:
         self._stop_reason = "stop requested"
         self.reloads = Reloader(self.running, self, self.metrics, parse)
         self._running = False
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self._started = asyncio.Event()
         self.configure_logging = False  # run_daemon: a reload applies a new logging section
         self.loop_reason = "set by run_daemon"  # which event loop runs and why (daemon.start)
 
@@ -123,8 +111,6 @@ class Daemon:
     def config(self) -> Config:
         """The config in use (owned by ``running``; a reload replaces it)."""
         return self.running.config
-
-    # -- composition -------------------------------------------------------------------------
 
     def _key(self, svc: ServiceConfig, rs: RealServer) -> CheckKey:
         """check_key, memoised per (service name, real server) for the current config: the
@@ -149,17 +135,12 @@ class Daemon:
 
         return build
 
-    def _targets_of(self, config: Config) -> dict[CheckKey, list[tuple[ServiceConfig, RealServer]]]:
-        targets: dict[CheckKey, list[tuple[ServiceConfig, RealServer]]] = {}
-        for svc in config.services:
-            for rs in svc.real_servers:
-                targets.setdefault(check_key(svc, rs), []).append((svc, rs))
-        return targets
-
     def apply_config(self, config: Config) -> TargetCounts:
         """Point health and reconciler at ``config`` (start, reload); ValueError or TypeError
         when a check cannot run, and then nothing changed."""
-        targets = self._targets_of(config)
+        targets: dict[CheckKey, list[tuple[ServiceConfig, RealServer]]] = {}
+        for pair in ((svc, rs) for svc in config.services for rs in svc.real_servers):
+            targets.setdefault(check_key(*pair), []).append(pair)
         old = set(self._targets)
         new = set(targets)
         self.health.set_targets(list(targets))  # validates everything before changing anything
@@ -193,8 +174,6 @@ class Daemon:
         )
         if self.reconciler is not None:
             self.reconciler.set_desired(self._builder(self.config))
-
-    # -- lifecycle ---------------------------------------------------------------------------
 
     async def _open_dataplane(self) -> Dataplane:
         if self._dataplane_override is not None:
@@ -257,8 +236,7 @@ class Daemon:
                 detail = getattr(exc, "strerror", None) or str(exc)
                 raise StartError(f"ha.bind {cfg.ha.bind if cfg.ha else '-'}: {detail}") from None
         self._running = True
-        self.reloads.open()
-        self._started.set()
+        self.reloads.open()  # a SIGHUP that came during start reloads now
         n_rs = sum(len(s.real_servers) for s in cfg.services)
         log.info(
             "daemon.start",
@@ -340,7 +318,7 @@ class Daemon:
         for sig, handler in (
             (signal.SIGTERM, lambda: self.request_stop("SIGTERM")),
             (signal.SIGINT, lambda: self.request_stop("SIGINT")),
-            (signal.SIGHUP, lambda: self._spawn_reload("SIGHUP")),
+            (signal.SIGHUP, lambda: self.reloads.request("SIGHUP")),
         ):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, handler)
@@ -352,27 +330,12 @@ class Daemon:
         finally:
             for sig in installed:
                 loop.remove_signal_handler(sig)
-            for task in list(self._tasks):
-                task.cancel()
-
-    def _spawn_reload(self, reason: str) -> None:
-        task = asyncio.get_running_loop().create_task(self._reload_when_started(reason))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _reload_when_started(self, reason: str) -> None:
-        await self._started.wait()
-        if self._running:
-            await self.reload(reason)
-
-    # -- reload ------------------------------------------------------------------------------
+            await self.reloads.close()
 
     async def reload(self, reason: str) -> dict[str, Any]:
         """Load the file again and apply it; an invalid file changes nothing, a reload asked
         while one runs is answered ``busy`` (hacontrol.reload)."""
         return await self.reloads.reload(reason)
-
-    # -- the view the API serves -------------------------------------------------------------
 
     def token(self) -> str | None:
         return self.running.token

@@ -77,18 +77,33 @@ class Reloader:
         self._parse = parse
         self._open = False
         self._task: asyncio.Task[dict[str, Any]] | None = None
+        self._asked: str | None = None  # a SIGHUP during start: reloaded once open
+        self._background: set[asyncio.Task[dict[str, Any]]] = set()
 
     @property
     def in_progress(self) -> bool:
         return self._task is not None
 
     def open(self) -> None:
-        """Accept reloads (the daemon has started)."""
+        """Accept reloads (the daemon has started); run the one asked during start."""
         self._open = True
+        asked, self._asked = self._asked, None
+        if asked is not None:
+            self.request(asked)
+
+    def request(self, reason: str) -> None:
+        """A reload in the background (SIGHUP); asked before ``open``, it runs at ``open``."""
+        if not self._open:
+            self._asked = reason
+            return
+        task = asyncio.get_running_loop().create_task(self.reload(reason))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def close(self) -> None:
         """Refuse reloads from now on; cancel the one in flight (its child is killed)."""
         self._open = False
+        self._asked = None
         task = self._task
         if task is not None:
             task.cancel()

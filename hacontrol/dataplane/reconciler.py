@@ -8,6 +8,11 @@ arriving during the backoff is tried after the shortest backoff: the new desired
 fix). An error of the plane or of the builder is logged (``dataplane.error``), counted, shown in
 ``status()`` and retried; it never ends the loop. Log events: ``dataplane.apply``,
 ``dataplane.drift``, ``dataplane.error``, ``dataplane.recovered``, ``dataplane.owned_error``.
+
+One clock: "now" (backoff deadlines, pass times, the status) is read from ``clock``, which must be
+the event loop's own clock, because the waits run on the loop (``asyncio.timeout``,
+``asyncio.sleep``). By default it is: the running loop's ``time()``. On a
+``hacontrol.clock.VirtualTimeLoop`` the whole loop runs in virtual time.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from hacontrol import logs
-from hacontrol.clock import Clock, monotonic
+from hacontrol.clock import Clock
 from hacontrol.dataplane.base import Dataplane, DataplaneError
 from hacontrol.dataplane.diff import describe, diff
 from hacontrol.dataplane.owned import OwnedStore, OwnedStoreError
@@ -27,6 +32,15 @@ from hacontrol.dataplane.table import ServiceKey, Table, copy_table, table_size
 from hacontrol.metrics import Metrics
 
 log = logs.get("hacontrol.dataplane.reconciler")
+
+
+def _loop_time() -> float:
+    """The running event loop's clock; outside a loop, the monotonic clock asyncio's loop reads
+    (only ``status()`` can be asked there)."""
+    try:
+        return asyncio.get_running_loop().time()
+    except RuntimeError:
+        return time.monotonic()
 
 Build = Callable[[Table], Table]
 
@@ -65,7 +79,7 @@ class Reconciler:
         self,
         dataplane: Dataplane,
         *,
-        clock: Clock = monotonic,
+        clock: Clock | None = None,
         resync_interval: float = 10.0,
         owned_store: OwnedStore | None = None,
         metrics: Metrics | None = None,
@@ -75,7 +89,7 @@ class Reconciler:
         if resync_interval <= 0 or backoff[0] <= 0 or backoff[1] < backoff[0] or timeout <= 0:
             raise ValueError("resync_interval, backoff and timeout must be positive")
         self._dp = dataplane
-        self._clock = clock
+        self._clock: Clock = clock if clock is not None else _loop_time
         self._resync = resync_interval
         self._store = owned_store
         self._metrics = metrics

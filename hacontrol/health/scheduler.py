@@ -1,9 +1,8 @@
 """The health checker: schedules probes for every target, applies rise/fall, reports changes.
 
-The daemon's API (``HealthChecker``; ``CheckKey`` and ``check_key`` from health/keys.py are
-re-exported here). Targets are deduplicated by
-``CheckKey``: identical checks of the same address and port run once, whatever the number of
-services sharing them. Cheap at scale by construction (docs/benchmarks.md):
+The daemon's API (``HealthChecker``; ``CheckKey``, ``check_key`` re-exported from health/keys.py).
+Targets are deduplicated by ``CheckKey``: identical checks of the same address and port run
+once, whatever the number of services sharing them. Cheap at scale (docs/benchmarks.md):
 
 * one timer: each tick (at most every ``TICK``) launches the slice of targets that are due (a
   timer wheel of ``TICK``-wide slots) and sweeps deadlines once (one launch-ordered deque per
@@ -16,6 +15,9 @@ services sharing them. Cheap at scale by construction (docs/benchmarks.md):
 ``set_targets`` is the reload: new keys start UNKNOWN, gone keys are dropped (their probe in
 flight is aborted), kept keys keep their tracker. A key whose check differs only in rise, fall,
 interval, timeout or jitter is the same probe re-timed: it keeps its state (``reconfigure``).
+
+One clock: "now" comes from ``clock`` and the timer runs on the loop (``call_later``), so
+``clock`` must be the loop's own; by default it is (bound at ``start``).
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from hacontrol import logs
-from hacontrol.clock import Clock, monotonic
+from hacontrol.clock import Clock
 from hacontrol.health.keys import CheckKey, OnChange, check_key, identity, make_probe, validate
 from hacontrol.health.state import Health, TargetStatus
 from hacontrol.health.tcp import Poller, Probe
@@ -96,7 +98,7 @@ class _Target:
 class HealthChecker:
     def __init__(
         self,
-        clock: Clock = monotonic,
+        clock: Clock | None = None,
         on_change: OnChange | None = None,
         metrics: Metrics | None = None,
         *,
@@ -105,8 +107,8 @@ class HealthChecker:
         """``log_changes=False``: the owner of ``on_change`` logs ``health.change`` itself with
         more context (the daemon adds the services), so each change is logged once."""
         self._log_changes = log_changes
-        # the default clock is a Python wrapper of time.monotonic: call the builtin directly
-        self._clock: Clock = time.monotonic if clock is monotonic else clock
+        self._clock_given = clock is not None
+        self._clock: Clock = clock if clock is not None else time.monotonic
         self._on_change = on_change
         self._metrics = metrics
         self._targets: dict[CheckKey, _Target] = {}
@@ -203,7 +205,10 @@ class HealthChecker:
     async def start(self) -> None:
         if self._loop is not None:
             return
-        self._loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
+        if not self._clock_given:  # the loop's clock (asyncio's stock loop: time.monotonic)
+            stock = type(loop).time is asyncio.BaseEventLoop.time
+            self._clock = time.monotonic if stock else loop.time
         self._poller = Poller(self._loop)
         now = self._clock()
         self._last_tick = -math.inf

@@ -1,28 +1,46 @@
 """The HealthChecker: keys and dedup, reload semantics, jitter, timeouts, stop, logs, metrics.
 
 Scheduling tests use a fake probe (monkeypatched ``make_probe``) so they count launches without
-I/O; end-to-end tests probe servers on loopback in this process.
+I/O, and run on a ``VirtualTimeLoop`` (``@virtual``): the checker's clock is the loop's, so their
+intervals, jitter and timeouts take no real time and are exact. End-to-end tests probe real
+servers on loopback in this process, on the real loop.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import replace
+from typing import Any, ParamSpec, TypeVar
 
 import pytest
 from structlog.testing import capture_logs
 
+from hacontrol.clock import run_virtual
 from hacontrol.health import scheduler as sched
 from hacontrol.health.scheduler import CheckKey, HealthChecker, check_key
 from hacontrol.health.state import Health, TargetStatus
 from hacontrol.health.tcp import Done, Poller
 from hacontrol.metrics import Metrics
 from hacontrol.model import CheckConfig, RealServer, ServiceConfig
+
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def virtual(test: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
+    """Run an async test on a fresh VirtualTimeLoop (time jumps to the next timer when idle)."""
+
+    @functools.wraps(test)
+    def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        return run_virtual(test(*args, **kwargs))
+
+    return run
 
 
 async def eventually(pred: Callable[[], bool], limit: float = 10.0) -> bool:
@@ -37,6 +55,7 @@ class FakeProbe:
     """Answers ``results[i]`` on each launch (cycling), or never when the result is None."""
 
     kind = "tcp"
+    task = None  # never a Task of its own
 
     def __init__(self, results: list[bool | None]) -> None:
         self.results = results
@@ -45,7 +64,7 @@ class FakeProbe:
 
     def start(self, poller: Poller, done: Done) -> None:
         r = self.results[len(self.starts) % len(self.results)]
-        self.starts.append(time.monotonic())
+        self.starts.append(poller.loop.time())
         if r is not None:
             poller.loop.call_soon(done, r, "connected" if r else "connection refused")
 
@@ -131,6 +150,7 @@ def test_bad_input_changes_nothing(bad: CheckKey) -> None:
     assert hc.keys() == [good] and hc.state(good) is Health.UP
 
 
+@virtual
 async def test_reload_keeps_state(fakes: Fakes) -> None:
     seen: list[tuple[CheckKey, Health]] = []
     hc = HealthChecker(on_change=lambda k, h, s: seen.append((k, h)))
@@ -163,6 +183,7 @@ async def test_reload_keeps_state(fakes: Fakes) -> None:
         await hc.stop()
 
 
+@virtual
 async def test_rise_fall_through_scheduler(fakes: Fakes) -> None:
     fakes.results[90] = [True, False, False, False, True, True]
     seen: list[tuple[Health, int, int]] = []
@@ -177,12 +198,13 @@ async def test_rise_fall_through_scheduler(fakes: Fakes) -> None:
     assert seen[:3] == [(Health.UP, 1, 0), (Health.DOWN, 0, 3), (Health.UP, 2, 0)]
 
 
+@virtual
 async def test_jitter_spreads_first_probes_and_periods(fakes: Fakes) -> None:
     interval, jitter = 0.4, 0.25
     keys = [key(1000 + i, interval=interval, jitter=jitter) for i in range(200)]
     hc = HealthChecker()
     hc.set_targets(keys)
-    t0 = time.monotonic()
+    t0 = asyncio.get_running_loop().time()
     await hc.start()
     try:
         assert await eventually(lambda: all(len(fakes[k].starts) >= 3 for k in keys), 20)
@@ -199,6 +221,7 @@ async def test_jitter_spreads_first_probes_and_periods(fakes: Fakes) -> None:
     assert max(gaps) - min(gaps) > interval * jitter  # periods really vary
 
 
+@virtual
 async def test_timeout_fires_and_cancels(fakes: Fakes) -> None:
     fakes.results[91] = [None]
     hc = HealthChecker()
@@ -316,6 +339,7 @@ def _is_our_sleep(pid: int) -> bool:
     return cmd == b"sleep\x0030\x00" and ppid == os.getpid()
 
 
+@virtual
 async def test_on_change_error_is_logged_not_raised(fakes: Fakes) -> None:
     def boom(k: CheckKey, h: Health, s: TargetStatus) -> None:
         raise RuntimeError("consumer bug")

@@ -1,16 +1,21 @@
-"""The reconcile loop over the in-memory plane; also the owned store, memory plane and selection."""
+"""The reconcile loop over the in-memory plane; also the owned store, memory plane and selection.
+
+Every test runs on a ``VirtualTimeLoop`` (``@virtual``): the reconciler's clock is the loop's, so
+resyncs, backoffs and polls take no real time."""
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any, ParamSpec, TypeVar
 
 import pytest
 from structlog.testing import capture_logs
 
-from hacontrol.clock import FakeClock
+from hacontrol.clock import run_virtual
 from hacontrol.dataplane.base import DataplaneError
 from hacontrol.dataplane.desired import desired_table
 from hacontrol.dataplane.diff import Action
@@ -39,6 +44,20 @@ WANT: Table = {S1: TableService(ServiceSpec(), {D1: DestSpec(1), D2: DestSpec(2)
 FOREIGN_SVC = TableService(ServiceSpec("rr"), {D1: DestSpec(1)})
 
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def virtual(test: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
+    """Run an async test on a fresh VirtualTimeLoop (time jumps to the next timer when idle)."""
+
+    @functools.wraps(test)
+    def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        return run_virtual(test(*args, **kwargs))
+
+    return run
+
+
 def const(table: Table) -> Callable[[Table], Table]:
     return lambda actual: copy_table(table)
 
@@ -50,6 +69,7 @@ async def eventually(pred: Callable[[], bool], limit: float = 10.0) -> None:
             await asyncio.sleep(0.005)
 
 
+@virtual
 async def test_sync_applies_only_the_difference() -> None:
     dp = MemoryDataplane()
     rec = Reconciler(dp)
@@ -64,6 +84,7 @@ async def test_sync_applies_only_the_difference() -> None:
     assert st.last_actions[0] == "add_service tcp/198.51.100.10:80 scheduler=wrr persistence=0"
 
 
+@virtual
 async def test_loop_applies_on_change_and_coalesces_bursts() -> None:
     dp = MemoryDataplane()
     rec = Reconciler(dp, resync_interval=60)
@@ -82,6 +103,7 @@ async def test_loop_applies_on_change_and_coalesces_bursts() -> None:
         await rec.stop()
 
 
+@virtual
 async def test_resync_repairs_drift_and_logs_it() -> None:
     dp = MemoryDataplane()
     metrics = Metrics()
@@ -105,11 +127,11 @@ async def test_resync_repairs_drift_and_logs_it() -> None:
         await rec.stop()
 
 
-async def test_error_backoff_and_recovery_with_fake_clock() -> None:
-    clock = FakeClock()
+@virtual
+async def test_error_backoff_and_recovery_on_the_loop_clock() -> None:
     dp = MemoryDataplane(fail_next=4)
     metrics = Metrics()
-    rec = Reconciler(dp, clock=clock, backoff=(0.1, 0.3), metrics=metrics)
+    rec = Reconciler(dp, backoff=(0.1, 0.3), metrics=metrics)
     rec.set_desired(const(WANT))
     with capture_logs() as logs:
         retries = []
@@ -120,7 +142,7 @@ async def test_error_backoff_and_recovery_with_fake_clock() -> None:
         st = rec.status()
         assert st.consecutive_errors == 4 and not st.ok and st.error is not None
         assert retries == pytest.approx([0.1, 0.2, 0.3, 0.3])  # doubling, capped
-        clock.advance(0.1)
+        await asyncio.sleep(0.1)  # virtual: the status reads the loop's clock
         assert rec.status().next_retry_in == pytest.approx(0.2)
         res = await rec.sync_now("retry")
     assert res.ok and dp.table == WANT
@@ -132,6 +154,7 @@ async def test_error_backoff_and_recovery_with_fake_clock() -> None:
     assert metrics.apply_errors._value.get() == 4
 
 
+@virtual
 async def test_loop_survives_errors_and_retries() -> None:
     dp = MemoryDataplane(fail_next=2, fail_snapshots=1)
     rec = Reconciler(dp, resync_interval=60, backoff=(0.01, 0.05))
@@ -145,6 +168,7 @@ async def test_loop_survives_errors_and_retries() -> None:
         await rec.stop()
 
 
+@virtual
 async def test_change_during_a_long_backoff_is_tried_soon() -> None:
     dp = MemoryDataplane(fail_next=13)
     rec = Reconciler(dp, resync_interval=60, backoff=(0.01, 60))
@@ -164,6 +188,7 @@ async def test_change_during_a_long_backoff_is_tried_soon() -> None:
         await rec.stop()
 
 
+@virtual
 async def test_builder_exception_is_an_error_not_a_crash() -> None:
     def broken(actual: Table) -> Table:
         raise ValueError("services a and b both use tcp/198.51.100.10:80")
@@ -176,6 +201,7 @@ async def test_builder_exception_is_an_error_not_a_crash() -> None:
     assert (await rec.sync_now()).ok
 
 
+@virtual
 async def test_plane_that_does_not_apply_is_caught_by_the_confirm_snapshot() -> None:
     class Deaf(MemoryDataplane):
         async def apply(self, desired: Table, actions: Sequence[Action]) -> None:
@@ -188,6 +214,7 @@ async def test_plane_that_does_not_apply_is_caught_by_the_confirm_snapshot() -> 
     assert res.error.startswith("kernel differs after apply: add_service tcp/198.51.100.10:80")
 
 
+@virtual
 async def test_foreign_services_untouched() -> None:
     dp = MemoryDataplane({FOREIGN: FOREIGN_SVC})
     rec = Reconciler(dp)
@@ -201,6 +228,7 @@ async def test_foreign_services_untouched() -> None:
     assert rec.owned == frozenset()
 
 
+@virtual
 async def test_whole_table_plane_owns_everything_it_reads() -> None:
     """A plane holding only our own table (nftables): a service there that the owned file does
     not know is still ours, deleted by an explicit action, never silently."""
@@ -213,6 +241,7 @@ async def test_whole_table_plane_owns_everything_it_reads() -> None:
     assert dp.table == WANT
 
 
+@virtual
 async def test_owned_survives_restart_so_a_removed_service_is_cleaned(tmp_path: Path) -> None:
     store = OwnedStore(tmp_path / "state")
     dp = MemoryDataplane({FOREIGN: FOREIGN_SVC})
@@ -230,6 +259,7 @@ async def test_owned_survives_restart_so_a_removed_service_is_cleaned(tmp_path: 
     assert store.load() == {S1}
 
 
+@virtual
 async def test_restart_adopts_the_kernel_table_without_changes() -> None:
     """desired_table(..., actual) with no verdicts yet keeps the running table as it is."""
     rs = (RealServer(ipaddress.ip_address("192.0.2.11"), 80, 5),)
@@ -247,6 +277,7 @@ async def test_restart_adopts_the_kernel_table_without_changes() -> None:
     ]
 
 
+@virtual
 async def test_no_desired_yet_only_observes() -> None:
     dp = MemoryDataplane({FOREIGN: FOREIGN_SVC})
     rec = Reconciler(dp)
@@ -266,6 +297,7 @@ def test_owned_store_roundtrip_and_bad_file(tmp_path: Path) -> None:
         store.load()
 
 
+@virtual
 async def test_bad_owned_file_is_logged_and_treated_as_empty(tmp_path: Path) -> None:
     store = OwnedStore(tmp_path)
     store.path.write_text("not json")
@@ -278,6 +310,7 @@ async def test_bad_owned_file_is_logged_and_treated_as_empty(tmp_path: Path) -> 
     assert any(e["event"] == "dataplane.owned_error" for e in logs)
 
 
+@virtual
 async def test_memory_plane_refuses_invalid_actions_and_echoes() -> None:
     lines: list[str] = []
     dp = MemoryDataplane(echo=lines.append)
@@ -287,6 +320,7 @@ async def test_memory_plane_refuses_invalid_actions_and_echoes() -> None:
     assert lines == ["would apply: add_service tcp/198.51.100.10:80 scheduler=wrr persistence=0"]
 
 
+@virtual
 async def test_select(tmp_path: Path) -> None:
     missing = str(tmp_path / "no_ip_vs")
     assert resolve_kind(DataplaneConfig(kind="auto"), missing) == "nftables"

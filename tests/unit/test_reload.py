@@ -48,9 +48,9 @@ def parser_children(path: Path) -> list[int]:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if fields[0] != "Z" and int(fields[1]) == me and b"hacontrol.reload_parse" in argv:
-            if str(path).encode() in argv:
-                pids.append(int(entry))
+        ours = fields[0] != "Z" and int(fields[1]) == me and b"hacontrol.reload_parse" in argv
+        if ours and str(path).encode() in argv:
+            pids.append(int(entry))
     return pids
 
 
@@ -77,8 +77,8 @@ async def test_child_past_its_deadline_is_killed(tmp_path: Path) -> None:
 
 async def test_child_over_its_memory_limit_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "huge.yaml"
-    with open(path, "w") as f:  # valid YAML: one 48 MB comment after a good config
-        f.write(CONFIG.format(tmp=tmp_path, port=80) + "# " + "x" * (48 << 20) + "\n")
+    # valid YAML: one 48 MB comment after a good config
+    path.write_text(CONFIG.format(tmp=tmp_path, port=80) + "# " + "x" * (48 << 20) + "\n")
     got = await parse_in_child(str(path), memory=64 << 20)
     assert got == Refused([f"{path}: parsing needs more than the 64 MiB a reload may use"])
 
