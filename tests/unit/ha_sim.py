@@ -19,7 +19,7 @@ import functools
 import ipaddress
 from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar, TypeVarTuple
 
 from hacontrol.clock import VirtualTimeLoop
 from hacontrol.ha.interfaces import HaIoError, TrackEvent
@@ -30,6 +30,7 @@ from hacontrol.model import Endpoint, HAConfig, host_port
 
 T = TypeVar("T")
 P = ParamSpec("P")
+Ts = TypeVarTuple("Ts")
 KEY = b"runner test key, 32 bytes long.."
 INTERVAL = 0.05
 NODE: contextvars.ContextVar[str | None] = contextvars.ContextVar("ha_sim_node", default=None)
@@ -65,12 +66,21 @@ class PausableLoop(VirtualTimeLoop):
         else:
             cb(*args)
 
-    def call_soon(self, callback: Any, *args: Any, context: Any = None) -> asyncio.Handle:
+    def call_soon(
+        self,
+        callback: Callable[[*Ts], object],
+        *args: *Ts,
+        context: contextvars.Context | None = None,
+    ) -> asyncio.Handle:
         ctx = context if context is not None else contextvars.copy_context()
         return super().call_soon(self._gate, callback, args, ctx, context=ctx)
 
     def call_at(
-        self, when: float, callback: Any, *args: Any, context: Any = None
+        self,
+        when: float,
+        callback: Callable[[*Ts], object],
+        *args: *Ts,
+        context: contextvars.Context | None = None,
     ) -> asyncio.TimerHandle:
         ctx = context if context is not None else contextvars.copy_context()
         return super().call_at(when, self._gate, callback, args, ctx, context=ctx)
@@ -265,6 +275,10 @@ class Node:
         await as_node(self.name, self.r.start())
 
 
+def summary_of(health: list[tuple[str, int, int]]) -> Callable[[], list[tuple[str, int, int]]]:
+    return lambda: list(health)
+
+
 def make_pair(tmp_path: Path, world: World, **over: object) -> tuple[Node, Node]:
     """Nodes a (priority 150) and b (100) on one ``Wire``; ``over``: HAConfig fields."""
     ip = ipaddress.ip_address
@@ -283,7 +297,7 @@ def make_pair(tmp_path: Path, world: World, **over: object) -> tuple[Node, Node]
         health = [("web", 2, 2)]
         r = HaRunner(
             cfgs[name], name, KEY, clock=asyncio.get_running_loop().time, metrics=Metrics(),
-            vips=vips, notifier=notifier, health_summary=lambda h=health: list(h),
+            vips=vips, notifier=notifier, health_summary=summary_of(health),
             digest="ab" * 32, state_dir=str(tmp_path / name), tracker=tracker,
             attach=wire.attach,
         )  # fmt: skip
