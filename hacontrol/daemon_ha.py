@@ -3,14 +3,14 @@
 With an ``ha:`` section the daemon runs one ``hacontrol.ha.runner.HaRunner`` over a ``VipGroup``,
 a ``LocalTracker`` and a ``CommandNotifier``. This module builds it from the config
 (``build_ha``; none in a dry run), stops it (``stop_ha``: hand over, release the VIPs, close the
-VIP group), hands it what a reload may change live (``apply_ha_live``: notify command, config
-digest; never the VIPs), adds the config digest comparison to its status (``ha_status``) and
-forwards drills (``run_drill``). The kernel table is programmed on both directors; only the VIPs
-move. With the nftables data plane the runner also gets a ``Handoff`` (hacontrol.ha.handoff):
-connections in flight at a planned move stay with the director that NATed them. With the IPVS
-plane and ``ha.sync`` the IPVS connection sync daemons do that instead (``start_sync``:
-hacontrol.dataplane.ipvs_sync; on another plane the option is ignored with a warning). Events
-keep the daemon's logger name (``hacontrol.daemon``).
+VIP group), hands it what a reload may change live (``apply_ha_live``, through the runner's
+``reconfigure``: notify command, config digest, hand-off services; never the VIPs), adds the
+config digest comparison to its status (``ha_status``) and forwards drills (``run_drill``).
+The kernel table is programmed on both directors; only the VIPs move. With the nftables data plane
+the runner also gets a ``Handoff`` (hacontrol.ha.handoff): connections in flight at a planned move
+stay with the director that NATed them. With the IPVS plane and ``ha.sync`` the IPVS connection
+sync daemons do that instead (``start_sync``: hacontrol.dataplane.ipvs_sync; on another plane the
+option is ignored with a warning). Events keep the daemon's logger name (``hacontrol.daemon``).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from hacontrol.ha.handoff_rules import HandoffRules
 from hacontrol.ha.notify import CommandNotifier
 from hacontrol.ha.runner import DrillError, HaRunner, HealthSummary
 from hacontrol.ha.track import LocalTracker
-from hacontrol.ha.transport import digest_bytes, load_key
+from hacontrol.ha.transport import load_key
 from hacontrol.ha.vip import VipGroup
 from hacontrol.metrics import Metrics
 from hacontrol.model import Config
@@ -140,18 +140,16 @@ async def stop_ha(ha: HaComponent | None, vips: VipGroup | None, graceful: bool)
 
 
 def apply_ha_live(ha: HaComponent | None, old: Config, new: Config, live: list[str]) -> None:
-    """Hand the running pair member what a reload may change: the notify command, the config
-    digest it advertises and the services its connection hand-off covers (from its next drain
-    on). Never touches the VIPs."""
+    """Hand the running pair member what a reload may change (``HaRunner.reconfigure``): the
+    notify command, the config digest it advertises and the services its connection hand-off
+    covers (from its next drain; nftables plane). Never touches the VIPs."""
     if ha is None or new.ha is None:
         return
-    if live:
-        ha.notifier = CommandNotifier.from_config(new.ha, new.node_name)
-    if new.digest != old.digest:
-        ha.digest = digest_bytes(new.digest)
-    handoff = getattr(ha, "handoff", None)
-    if isinstance(handoff, Handoff):  # the services and real servers a drain hands off
-        handoff.rules = HandoffRules.of(handoff.rules.table_name, *services_of(new))
+    ha.reconfigure(
+        notifier=CommandNotifier.from_config(new.ha, new.node_name) if live else None,
+        digest=new.digest if new.digest != old.digest else None,
+        handoff_services=services_of(new),
+    )
 
 
 def ha_status(ha: HaComponent | None, digest: str) -> dict[str, Any] | None:
@@ -184,7 +182,7 @@ async def run_drill(
         raise ValueError(f"unknown drill {kind!r}")
     cfg = config.ha
     assert cfg is not None
-    dead = cfg.interval * cfg.dead_after
+    dead = cfg.dead_interval
     if seconds is None or not dead < seconds <= 600:
         raise ValueError(f"seconds must exceed the dead interval ({dead:g}s) and be <= 600")
     return await ha.drill_fault(seconds)

@@ -144,6 +144,11 @@ class SyncConfig:
     syncid: int = 0  # 0..255, the same on both directors
 
 
+def dead_interval(interval: float, dead_after: int) -> float:
+    """The one definition of the dead interval: a peer silent this long is dead."""
+    return interval * dead_after
+
+
 @dataclass(frozen=True)
 class HAConfig:
     bind: Endpoint
@@ -163,6 +168,11 @@ class HAConfig:
     notify: tuple[str, ...] = ()
     notify_timeout: float = 5.0
     sync: SyncConfig | None = None  # IPVS plane only: connection sync daemons (ignored on nft)
+
+    @property
+    def dead_interval(self) -> float:
+        """``interval x dead_after`` (see ``dead_interval``)."""
+        return dead_interval(self.interval, self.dead_after)
 
 
 @dataclass(frozen=True)

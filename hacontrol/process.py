@@ -17,6 +17,8 @@ from operator import attrgetter
 from typing import Any, Protocol
 
 from hacontrol.config.digest import compute_digest
+from hacontrol.ha.handoff_rules import Triple
+from hacontrol.ha.interfaces import Notifier
 from hacontrol.model import Config, HAConfig
 
 # fields that need a restart to change; a reload keeps the running values and says so
@@ -37,11 +39,17 @@ HA_LIVE = ("notify", "notify_timeout")
 class HaComponent(Protocol):
     """What the daemon needs from the HA pair member (``hacontrol.ha.runner.HaRunner``)."""
 
-    notifier: Any  # swapped by a reload that changes ha.notify
-    digest: bytes  # the config digest sent in heartbeats; a reload may change it
-
     @property
     def role(self) -> str: ...
+
+    def reconfigure(
+        self,
+        *,
+        notifier: Notifier | None = None,
+        digest: str | None = None,
+        handoff_services: tuple[list[Triple], list[Triple]] | None = None,
+    ) -> None:
+        """What a reload may change live (notify command, config digest, hand-off services)."""
 
     async def start(self) -> None: ...
 

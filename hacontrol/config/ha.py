@@ -71,13 +71,13 @@ def parse_ha(r: Reader, node: Node, *, check_files: bool) -> HAConfig | None:
     ha = HAConfig(**kw)
     if "lease" not in m and ha.lease is not None:
         # the model's 3s default is too short for a slow heartbeat (1s x 3 = 3s): derive it
-        ha = replace(ha, lease=max(ha.lease, 2 * ha.interval * ha.dead_after))
-    if ha.lease is not None and ha.lease <= ha.interval * ha.dead_after:
+        ha = replace(ha, lease=max(ha.lease, 2 * ha.dead_interval))
+    if ha.lease is not None and ha.lease <= ha.dead_interval:
         r.error(
             m["lease"],
             "ha.lease",
             f"must be greater than interval * dead_after "
-            f"({fmt_duration(ha.interval * ha.dead_after)}), got {fmt_duration(ha.lease)}",
+            f"({fmt_duration(ha.dead_interval)}), got {fmt_duration(ha.lease)}",
         )
         return None
     return ha

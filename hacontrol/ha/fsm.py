@@ -30,6 +30,7 @@ from hacontrol.ha import election
 from hacontrol.ha import fsm_types as ft
 from hacontrol.ha.fsm_gateway import GatewayConfirm
 from hacontrol.ha.fsm_types import PeerView, Role, Transition
+from hacontrol.model import dead_interval
 
 R = Role
 TRANSITIONS: dict[Role, frozenset[Role]] = {
@@ -61,7 +62,7 @@ class Params:
 
     @property
     def dead_interval(self) -> float:
-        return self.interval * self.dead_after
+        return dead_interval(self.interval, self.dead_after)
 
     @property
     def handover_wait(self) -> float:
@@ -147,7 +148,8 @@ class Machine:
         if to not in TRANSITIONS[self.role]:
             raise IllegalTransition(f"{self.role.name} -> {to.name} ({reason})")
         old, self.role, self.since, self.reason = self.role, to, now, reason
-        self.history.append(Transition(now, old, to, reason))
+        moved = Transition(now, old, to, reason)
+        self.history.append(moved)
         self.preempt_since = None
         self.handover_until = None
         self.gw.reset()
@@ -159,9 +161,7 @@ class Machine:
             acts.append(ft.ReleaseVips())
             self.vips_present = False
             self.stall_until = None
-        fields = (("from_role", old.name.lower()), ("to_role", to.name.lower()))
-        acts.append(ft.Log("ha.transition", reason, fields=fields))
-        return [*acts, ft.Notify(to.name.lower(), reason)]
+        return [*acts, moved, ft.Notify(to.name.lower(), reason)]
 
     # -- events ----------------------------------------------------------------------------
 
@@ -260,7 +260,7 @@ class Machine:
         for _ in range(3):  # FAULT -> BACKUP -> ACTIVE may chain within one event
             more = self._evaluate_once(now)
             acts += more
-            if not any(isinstance(a, ft.Log) and a.event == "ha.transition" for a in more):
+            if not any(isinstance(a, Transition) for a in more):
                 break
         return acts
 

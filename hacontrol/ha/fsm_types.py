@@ -1,8 +1,9 @@
 """The value types the HA state machine (hacontrol.ha.fsm) consumes and produces.
 
 Events carry ``now`` (monotonic seconds from the injected clock); actions are what the runner must
-do. All frozen, plain values: no I/O here. ``Role`` lives here too so the wire codec's role enum and
-the machine's stay one definition apart (their values are equal by construction).
+do. All frozen, plain values: no I/O here. ``Role`` is the one role enum of the code; the wire
+carries its own byte values (``hacontrol.ha.packet.WireRole``), mapped to and from it in one place
+(``hacontrol.ha.peer.to_wire`` / ``from_wire``).
 """
 
 from __future__ import annotations
@@ -137,15 +138,21 @@ class Log:
     fields: tuple[tuple[str, Any], ...] = ()
 
 
-Action = TakeVips | ReleaseVips | Announce | SendHeartbeatNow | ProbeGateway | Notify | Log
-
-
 @dataclass(frozen=True)
 class Transition:
+    """The machine moved from one role to another (also its ``history`` record). The runner logs
+    it as ``ha.transition`` (keys ``from_role``, ``to_role``, ``reason``), counts it and sets the
+    role gauge."""
+
     at: float
     from_role: Role
     to_role: Role
     reason: str
+
+
+Action = (
+    TakeVips | ReleaseVips | Announce | SendHeartbeatNow | ProbeGateway | Notify | Log | Transition
+)
 
 
 @dataclass

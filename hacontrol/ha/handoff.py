@@ -81,6 +81,11 @@ class Handoff:
     def draining(self) -> bool:
         return self.until is not None
 
+    def cover(self, services: Iterable[Triple], real_servers: Iterable[Triple]) -> None:
+        """Hand off these services and real servers from the next drain on (a reload); the
+        table keeps its name."""
+        self.rules = HandoffRules.of(self.rules.table_name, services, real_servers)
+
     async def _nft(self, doc: dict[str, Any]) -> None:
         """Run one nft JSON batch (through a memfd: see NftDataplane._nft)."""
         argv = ["nft", "-j", "-f", "-"]

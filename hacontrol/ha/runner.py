@@ -1,15 +1,16 @@
 """The HA runner: the asyncio shell around the pure role machine (hacontrol.ha.fsm).
 
-It owns the timers (a tick every ``interval``, scheduled from the injected clock), the heartbeat
-transport, the tracker task and one action worker (hacontrol.ha.runner_actions) that executes the
-machine's actions in order (take/renew/release the VIPs, heartbeat now, announce, notify) through
-the Protocols in hacontrol.ha.interfaces. It keeps the VIP lease renewed while this node is active
-and healthy. Before it takes the VIPs from a live peer that holds them (planned handover,
-preemption) the worker starts a connection hand-off drain (hacontrol.ha.handoff, nftables plane):
-flows NATed by the peer stay with it; the drain ends when due, when the peer dies or when this
-node releases the VIPs.
-Every transition is logged as ``ha.transition``. Drills (hacontrol.ha.drills) and ``status()``
-(hacontrol.ha.runner_status) are methods here that delegate to those modules.
+It owns the machine, the timers (a tick every ``interval`` and a deadline tick just after the
+peer's dead interval, both on the running event loop, whose time is the injected clock), the
+heartbeat transport and the tracker task, and feeds the machine ticks, heartbeats, local faults,
+drills and stop. What the machine returns is handled here (``ha.*`` logs; a ``Transition`` is
+logged as ``ha.transition``, counted and shown in the role gauge) or queued to the action
+worker. The state split out of it has one owner each: ``VipActions`` (hacontrol.ha.runner_actions:
+the action queue, whether the VIPs are held, the lease renewal, the announce burst, the
+connection hand-off drain), ``PeerWatch`` (hacontrol.ha.peer: the peer's messages and paths) and
+``TakeoverMarks`` (hacontrol.ha.timeline). Drills (hacontrol.ha.drills) use the runner's public
+surface (``feed``, ``wait_until``, ``settle``, ``peer``, ``marks``); ``status`` is built by
+hacontrol.ha.runner_status from plain values; ``reconfigure`` takes what a reload may change live.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from hacontrol import logs
@@ -29,20 +30,24 @@ from hacontrol.ha.drills import DrillError
 from hacontrol.ha.fsm import Machine, Params
 from hacontrol.ha.fsm_types import Role
 from hacontrol.ha.interfaces import HaIoError, Notifier, Tracker, TrackEvent, VipManager
-from hacontrol.ha.runner_actions import EndDrain, Job, Renew, worker
+from hacontrol.ha.peer import PeerWatch, peer_event, to_wire
+from hacontrol.ha.runner_actions import Hooks, VipActions
 from hacontrol.ha.runner_status import runner_status
+from hacontrol.ha.timeline import TakeoverMarks
 from hacontrol.ha.transport import HaTransport, digest_bytes, next_epoch
 from hacontrol.metrics import Metrics
 from hacontrol.model import HAConfig
 
 if TYPE_CHECKING:
     from hacontrol.ha.handoff import Handoff
+    from hacontrol.ha.handoff_rules import Triple
 
-__all__ = ["DrillError", "HaRunner", "HealthSummary"]
+__all__ = ["Attach", "DrillError", "HaRunner", "HealthSummary"]
 
 log = logs.get("hacontrol.ha")
 
 HealthSummary = Callable[[], Iterable[tuple[str, int, int]]]  # (service, healthy, total)
+Attach = Callable[[HaTransport], Awaitable[None]]  # gives the transport its datagram endpoint
 
 
 def _fit(name: str) -> str:
@@ -50,14 +55,9 @@ def _fit(name: str) -> str:
     return name.encode()[: pk.MAX_NAME].decode("utf-8", "ignore") or "-"
 
 
-def _ms_ago(now: float, at: float | None) -> int:
-    if at is None:
-        return pk.NO_TIME
-    return min(max(0, int((now - at) * 1000)), pk.NO_TIME - 1)
-
-
 class HaRunner:
-    """One member of an HA pair: start, stop, status and drills; the role lives in ``fsm``."""
+    """One member of an HA pair: start, stop, status, drills and live reconfiguration; the
+    role lives in ``fsm``."""
 
     def __init__(
         self,
@@ -75,12 +75,15 @@ class HaRunner:
         tracker: Tracker | None = None,
         sock: socket.socket | None = None,
         handoff: Handoff | None = None,
+        attach: Attach | None = None,
     ) -> None:
+        """``sock``: an already bound heartbeat socket; ``attach``: connects the transport to
+        another datagram endpoint instead of a UDP socket (in-memory links in tests)."""
         self.cfg, self.node, self.key, self.clock = cfg, node_name, key, clock
-        self.metrics, self.vips, self.notifier, self.tracker = metrics, vips, notifier, tracker
-        self.health_summary, self.state_dir, self._sock = health_summary, state_dir, sock
-        self.handoff = handoff  # in-flight connections follow the VIP move (nftables plane)
-        self.digest = digest_bytes(digest)
+        self.metrics, self.vips, self.tracker = metrics, vips, tracker
+        self.health_summary, self.state_dir = health_summary, state_dir
+        self._sock, self._attach = sock, attach
+        self._digest = digest_bytes(digest)
         self.params = Params(
             node=node_name, priority=cfg.priority, interval=cfg.interval,
             dead_after=cfg.dead_after, preempt=cfg.preempt, preempt_delay=cfg.preempt_delay,
@@ -91,33 +94,83 @@ class HaRunner:
         self.fsm = Machine(self.params, clock())
         self.transport: HaTransport | None = None
         self.epoch = 0
-        self._queue: asyncio.Queue[Job] = asyncio.Queue()
+        self.peer = PeerWatch()
+        self.marks = TakeoverMarks()
+        hooks = Hooks(
+            role=lambda: self.fsm.role,
+            peer_alive=lambda now: self.fsm.peer_alive(now),
+            feed=self.feed,
+            heartbeat_now=lambda: self._send_heartbeat(self.clock()),
+        )
+        gateway = None if cfg.track.gateway is None else str(cfg.track.gateway)
+        self.actions = VipActions(
+            vips, cfg.lease, clock=clock, hooks=hooks, marks=self.marks, peer=self.peer,
+            notifier=notifier, tracker=tracker, gateway=gateway, handoff=handoff,
+        )  # fmt: skip
         self._tasks: list[asyncio.Task[None]] = []
-        self._side: set[asyncio.Task[None]] = set()  # announce bursts, notify runs
-        self._announce_task: asyncio.Task[None] | None = None
-        self._probe_task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
-        self._held = self._taking = False
-        self._last_renew = float("-inf")
         self._health: tuple[int, int] | None = None
-        self._paths: dict[str, float] = {}
-        self._peer_last: pk.Message | None = None
-        self._peer_last_at = 0.0
-        self._peer_active_at: float | None = None  # when a message from an active peer came
-        self._peer_first_active: pk.Message | None = None  # that message (drill timelines)
-        self._marks: dict[str, float] = {}  # detected, vip_added, announced, hb_active
-        self._announce_count = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
         self._deadline: asyncio.TimerHandle | None = None
-        self._strangers: set[str] = set()
-        self._drain_ending = False
 
-    # -- lifecycle -------------------------------------------------------------------------
+    # -- public surface --------------------------------------------------------------------
 
     @property
     def role(self) -> str:
         return self.fsm.role.name.lower()
+
+    @property
+    def handoff(self) -> Handoff | None:
+        """The connection hand-off (nftables plane), None without one."""
+        return self.actions.handoff
+
+    @handoff.setter
+    def handoff(self, handoff: Handoff | None) -> None:
+        self.actions.handoff = handoff
+
+    def reconfigure(
+        self,
+        *,
+        notifier: Notifier | None = None,
+        digest: str | None = None,
+        handoff_services: tuple[list[Triple], list[Triple]] | None = None,
+    ) -> None:
+        """What a reload may change while running: the notify command, the config digest the
+        heartbeats carry, the services the connection hand-off covers (from its next drain).
+        ``None`` keeps the current one. Never touches the VIPs."""
+        if notifier is not None:
+            self.actions.notifier = notifier
+        if digest is not None:
+            self._digest = digest_bytes(digest)
+        if handoff_services is not None and self.actions.handoff is not None:
+            self.actions.handoff.cover(*handoff_services)
+
+    def feed(self, ev: ft.Event) -> None:
+        """Feed ``ev`` to the role machine: log, count and queue what it returns."""
+        for a in self.fsm.step(ev):
+            if isinstance(a, ft.Log):
+                level = a.level if a.level in ("warning", "error") else "info"
+                getattr(log, level)(a.event, reason=a.reason, node=self.node, **dict(a.fields))
+            elif isinstance(a, ft.Transition):
+                self._transition(a)
+            else:
+                self.actions.submit(a)
+        self._changed.set()
+
+    async def wait_until(self, cond: Callable[[], bool], within: float) -> None:
+        """Wait until ``cond()`` holds, re-checked at each machine change and every interval;
+        TimeoutError after ``within`` seconds."""
+        async with asyncio.timeout(within):
+            while not cond():
+                self._changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self.cfg.interval):
+                        await self._changed.wait()
+
+    async def settle(self, within: float) -> None:
+        """Wait (bounded) until the queued actions have run."""
+        await self.actions.settle(within)
+
+    # -- lifecycle -------------------------------------------------------------------------
 
     async def start(self) -> None:
         self.epoch = next_epoch(self.state_dir)
@@ -126,26 +179,30 @@ class HaRunner:
         except HaIoError as e:
             log.error("ha.vip_error", op="present", reason=str(e))
             present = False
-        if self.handoff is not None:  # before the socket: a heartbeat must meet the machine
+        handoff = self.actions.handoff
+        if handoff is not None:  # before the socket: a heartbeat must meet the machine
             try:
-                await self.handoff.open()
+                await handoff.open()
             except HaIoError as e:
                 log.error("ha.handoff_error", op="open", reason=f"{e}; moves drop in-flight flows")
-                self.handoff = None
+                self.actions.handoff = None
         now = self.clock()
         self.fsm = Machine(self.params, now)  # fed Start before any heartbeat can reach it
         self._set_role_gauge()
         log.info("ha.start", epoch=self.epoch, vips_present=present, reason="listening first")
-        self._feed(ft.Start(now, present))
+        self.feed(ft.Start(now, present))
         self.transport = HaTransport(
             self.cfg.bind, self.cfg.peers, self.key, node=self.node, epoch=self.epoch,
             metrics=self.metrics, clock=self.clock, on_message=self._on_message,
         )  # fmt: skip
-        await self.transport.open(self._sock)
+        if self._attach is not None:
+            await self._attach(self.transport)
+        else:
+            await self.transport.open(self._sock)
         self._arm_deadline()
         self._tasks = [
             asyncio.create_task(self._tick_loop(), name="ha-tick"),
-            asyncio.create_task(worker(self), name="ha-actions"),
+            asyncio.create_task(self.actions.run(), name="ha-actions"),
         ]
         if self.tracker is not None:
             self._tasks.append(asyncio.create_task(self._track(self.tracker), name="ha-track"))
@@ -155,74 +212,46 @@ class HaRunner:
         (bounded), then release the VIPs. Not graceful: stop at once and leave the VIPs to their
         lease (a restarted daemon adopts them if it should be active)."""
         if graceful and self._tasks:
-            self._feed(ft.Stop(self.clock()))
+            self.feed(ft.Stop(self.clock()))
             bound = self.params.handover_wait + self.cfg.interval * 2 + 5.0
             with contextlib.suppress(TimeoutError):
-                await self._wait(lambda: self.fsm.done, bound)
-            await self._drain(5.0)
+                await self.wait_until(lambda: self.fsm.done, bound)
+            await self.actions.settle(5.0)
         if self._deadline is not None:
             self._deadline.cancel()
-        for t in [*self._tasks, *([self._probe_task] if self._probe_task else [])]:
+        for t in self._tasks:
             t.cancel()
-        for t in [*self._tasks, *self._side]:
+        for t in self._tasks:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
+        await self.actions.close()
         self._tasks.clear()
         if self.transport is not None:
             self.transport.close()
-        if self.handoff is not None:
-            await self.handoff.close()
+        if self.actions.handoff is not None:
+            await self.actions.handoff.close()
         log.info("ha.stop", graceful=graceful, reason="stopped")
 
-    # -- feeding the machine ---------------------------------------------------------------
+    # -- what the machine and the world say ------------------------------------------------
 
-    def _feed(self, ev: ft.Event) -> None:
-        acts = self.fsm.step(ev)
-        for a in acts:
-            if not isinstance(a, ft.Log):
-                self._taking |= isinstance(a, ft.TakeVips)  # no "active" heartbeat until done
-                self._queue.put_nowait(a)
-                self._idle.clear()
-                continue
-            fields = dict(a.fields)
-            level = a.level if a.level in ("warning", "error") else "info"
-            getattr(log, level)(a.event, reason=a.reason, node=self.node, **fields)
-            if a.event == "ha.transition":
-                frm, to = str(fields["from_role"]), str(fields["to_role"])
-                self.metrics.ha_transitions.labels(from_role=frm, to_role=to).inc()
-                self._set_role_gauge()
-                if to == "active":
-                    self._marks, self._announce_count = {"detected": ev.now}, 0
-        self._changed.set()
+    def _transition(self, t: ft.Transition) -> None:
+        frm, to = t.from_role.name.lower(), t.to_role.name.lower()
+        log.info("ha.transition", reason=t.reason, node=self.node, from_role=frm, to_role=to)
+        self.metrics.ha_transitions.labels(from_role=frm, to_role=to).inc()
+        self._set_role_gauge()
+        if t.to_role is Role.ACTIVE:
+            self.marks.begin(t.at)
 
     def _on_message(self, msg: pk.Message, path: str, now: float) -> None:
         pr = self.fsm.peer
-        if pr is not None and msg.node != pr.name and self.fsm.peer_alive(now):
-            if msg.node not in self._strangers:  # once per name: this is a config error
-                self._strangers.add(msg.node)
-                why = f"a third node speaks with our key while {pr.name} is the peer; ignored"
-                log.error("ha.unexpected_peer", peer=msg.node, path=path, reason=why)
+        if not self.peer.admits(msg, path, pr.name if pr else None, self.fsm.peer_alive(now)):
             return
-        self._paths[path] = now
-        self._peer_last, self._peer_last_at = msg, now
+        self.peer.heard(msg, path, now)
         self._arm_deadline()
-        role = Role(int(msg.role))
-        if role is Role.ACTIVE and self._peer_active_at is None:
-            self._peer_active_at, self._peer_first_active = now, msg
-        elif role is not Role.ACTIVE:
-            self._peer_active_at = self._peer_first_active = None
-        self._feed(
-            ft.PeerHeard(
-                now, msg.node, role, msg.priority, msg.effective_priority,
-                blocked=bool(msg.flags & pk.FLAG_BLOCKED),
-                yielding=bool(msg.flags & pk.FLAG_YIELDING),
-                handover=msg.type is pk.MsgType.HANDOVER, healthy=msg.healthy_total,
-                digest_match=msg.digest == self.digest,
-            )
-        )  # fmt: skip
+        self.feed(peer_event(msg, now, self._digest))
 
     def _on_track(self, ev: TrackEvent) -> None:
-        self._feed(ft.LocalFault(self.clock(), ev.name, ev.failed, ev.blocking, ev.reason))
+        self.feed(ft.LocalFault(self.clock(), ev.name, ev.failed, ev.blocking, ev.reason))
 
     async def _track(self, tracker: Tracker) -> None:
         try:
@@ -245,7 +274,7 @@ class HaRunner:
     def _on_deadline(self) -> None:
         self._deadline = None
         try:
-            self._feed(ft.Tick(self.clock()))
+            self.feed(ft.Tick(self.clock()))
         except Exception as e:
             log.exception("ha.tick_error", reason=repr(e))
 
@@ -256,9 +285,8 @@ class HaRunner:
             now = self.clock()
             try:
                 summary = self._feed_health(now)
-                self._feed(ft.Tick(now))
-                self._maybe_renew(now)
-                self._maybe_end_drain(now)
+                self.feed(ft.Tick(now))
+                self.actions.tick(now, stalled=self.fsm.stall_until is not None)
                 self._send_heartbeat(now, summary)
             except Exception as e:  # a bug: keep ticking (and heartbeating), loudly
                 log.exception("ha.tick_error", reason=repr(e))
@@ -276,35 +304,10 @@ class HaRunner:
         totals = (sum(h for _, h, _ in summary), sum(t for _, _, t in summary))
         if totals != self._health:
             self._health = totals
-            self._feed(ft.LocalHealth(now, *totals))
+            self.feed(ft.LocalHealth(now, *totals))
         return summary
 
-    def _maybe_renew(self, now: float) -> None:
-        m, lease = self.fsm, self.cfg.lease
-        if m.role not in (Role.ACTIVE, Role.STOPPING) or self._taking or m.stall_until is not None:
-            return
-        if not self._held and m.role is Role.ACTIVE:  # a failed take: try again every tick
-            for act in (ft.TakeVips(adopt=True), ft.Announce(), ft.SendHeartbeatNow()):
-                self._queue.put_nowait(act)
-            self._taking = True
-            self._idle.clear()
-        elif self._held and lease is not None and now - self._last_renew >= min(lease / 3, 1.0):
-            self._last_renew = now
-            self._queue.put_nowait(Renew())
-
-    def _maybe_end_drain(self, now: float) -> None:
-        h = self.handoff
-        if h is None or not h.draining or self._drain_ending:
-            return
-        why = None
-        if h.due(now):
-            why = "drain period over"
-        elif not self.fsm.peer_alive(now):
-            why = "peer dead: nothing to hand off to"
-        if why is not None:
-            self._drain_ending = True
-            self._queue.put_nowait(EndDrain(why))
-            self._idle.clear()
+    # -- heartbeats ------------------------------------------------------------------------
 
     def _message(
         self, now: float, summary: Iterable[tuple[str, int, int]] | None = None
@@ -315,21 +318,17 @@ class HaRunner:
         flags = (
             (pk.FLAG_BLOCKED if m.blocked else 0)
             | (pk.FLAG_YIELDING if m.yielding else 0)
-            | (pk.FLAG_VIPS_HELD if self._held else 0)
+            | (pk.FLAG_VIPS_HELD if self.actions.held else 0)
         )
         top = sorted(self.health_summary() if summary is None else summary)[: pk.MAX_SERVICES]
-        mk = self._marks if m.role is Role.ACTIVE else {}
         return pk.Message(
             type=pk.MsgType.HANDOVER if m.handing_over else pk.MsgType.HEARTBEAT,
-            node=self.node, role=pk.WireRole(int(m.role)), priority=self.params.priority,
+            node=self.node, role=to_wire(m.role), priority=self.params.priority,
             effective_priority=min(254, m.effective_priority(now)), epoch=0, seq=0,
-            digest=self.digest, flags=flags,
+            digest=self._digest, flags=flags,
             health=tuple(pk.ServiceHealth(_fit(n), min(h, t, 65535), min(t, 65535))
                          for n, h, t in top),
-            takeover=pk.Takeover(
-                _ms_ago(now, mk.get("detected")), _ms_ago(now, mk.get("vip_added")),
-                _ms_ago(now, mk.get("announced")), self._announce_count if mk else 0,
-            ),
+            takeover=self.marks.takeover(now) if m.role is Role.ACTIVE else pk.Takeover(),
         )  # fmt: skip
 
     def _send_heartbeat(
@@ -338,25 +337,11 @@ class HaRunner:
         m = self.fsm
         if self.transport is None or m.silent or (m.done and not m.handing_over):
             return
-        if self._taking and m.role is Role.ACTIVE:
+        if self.actions.taking and m.role is Role.ACTIVE:
             return  # say "active" only once the VIPs are held (make before break)
         self.transport.send(self._message(now, summary))
-        if m.role is Role.ACTIVE and self._held and "hb_active" not in self._marks:
-            self._marks["hb_active"] = now
-
-    async def _drain(self, within: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._idle.wait(), within)
-
-    async def _wait(self, cond: Callable[[], bool], within: float) -> None:
-        deadline = self.clock() + within
-        while not cond():
-            left = deadline - self.clock()
-            if left <= 0:
-                raise TimeoutError
-            self._changed.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._changed.wait(), min(left, self.cfg.interval))
+        if m.role is Role.ACTIVE and self.actions.held:
+            self.marks.first("hb_active", now)
 
     def _set_role_gauge(self) -> None:
         for r in Role:
@@ -366,7 +351,13 @@ class HaRunner:
 
     def status(self) -> dict[str, Any]:
         """The ``ha`` block of the daemon's status (see ``runner_status``)."""
-        return runner_status(self)
+        now = self.clock()
+        return runner_status(
+            self.fsm, now=now, node=self.node, epoch=self.epoch,
+            peers_configured=[str(p) for p in self.cfg.peers], paths=self.peer.paths(),
+            vips=self.vips.describe(), vips_held=self.actions.held, lease=self.cfg.lease,
+            last_takeover=self.marks.ago(now), counters=self.transport,
+        )  # fmt: skip
 
     async def drill_handover(self) -> dict[str, Any]:
         """Planned handover drill; the timeline (see ``hacontrol.ha.drills.drill_handover``)."""

@@ -1,23 +1,49 @@
 """The HA runner's status document: the ``ha`` block of ``GET /status`` (and ``hacontrol status``).
 
-It reads a ``HaRunner`` (role, reason, peer and its paths, faults, VIPs, lease, heartbeat
-counters, the last takeover's marks, recent transitions) and builds plain JSON values; it
-changes nothing. Times are seconds ago on the runner's monotonic clock, except ``since``
-(wall-clock UTC, for people).
+``runner_status`` builds plain JSON values from what the runner hands it: the role machine
+(role, reason, peer, faults, recent transitions), the peer's paths, the VIPs, the takeover
+marks and the heartbeat counters; it changes nothing. Times are seconds ago on the runner's
+monotonic clock, except ``since`` (wall-clock UTC, for people).
 """
 
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from hacontrol.ha.runner import HaRunner
+from hacontrol.ha.fsm import Machine
 
 
-def runner_status(r: HaRunner) -> dict[str, Any]:
-    """The status document of runner ``r`` (plain JSON values, read only)."""
-    now, m = r.clock(), r.fsm
+class Counters(Protocol):
+    """The heartbeat counters (``hacontrol.ha.transport.HaTransport``), per path or reason."""
+
+    @property
+    def sent(self) -> Mapping[str, int]: ...
+
+    @property
+    def received(self) -> Mapping[str, int]: ...
+
+    @property
+    def dropped(self) -> Mapping[str, int]: ...
+
+
+def runner_status(
+    m: Machine,
+    *,
+    now: float,
+    node: str,
+    epoch: int,
+    peers_configured: Sequence[str],
+    paths: Mapping[str, float],
+    vips: list[dict[str, object]],
+    vips_held: bool,
+    lease: float | None,
+    last_takeover: Mapping[str, float],
+    counters: Counters | None,
+) -> dict[str, Any]:
+    """The status document (plain JSON values, read only). ``paths``: when each peer path was
+    last heard; ``last_takeover``: each takeover mark as seconds ago."""
     wall = time.time()
 
     def ago(at: float | None) -> float | None:
@@ -31,21 +57,21 @@ def runner_status(r: HaRunner) -> dict[str, Any]:
             "effective_priority": pr.effective_priority, "alive": m.peer_alive(now),
             "last_heard_ago": ago(pr.last_heard), "config_match": pr.digest_match,
             "blocked": pr.blocked, "healthy": pr.healthy,
-            "paths": {p: {"last_heard_ago": ago(t)} for p, t in sorted(r._paths.items())},
+            "paths": {p: {"last_heard_ago": ago(t)} for p, t in sorted(paths.items())},
         }  # fmt: skip
-    t = r.transport
+    t = counters
     return {
-        "node": r.node, "role": r.role, "reason": m.reason,
+        "node": node, "role": m.role.name.lower(), "reason": m.reason,
         "since_ago": ago(m.since), "since": time.strftime(
             "%Y-%m-%dT%H:%M:%SZ", time.gmtime(wall - (now - m.since))),
-        "priority": r.params.priority, "effective_priority": m.effective_priority(now),
+        "priority": m.p.priority, "effective_priority": m.effective_priority(now),
         "blocked": m.blocked, "handing_over": m.handing_over,
         "faults": [{"name": n, "blocking": b, "reason": why}
                    for n, (b, why) in m.faults.items()],
-        "peer": peer, "peers_configured": [str(p) for p in r.cfg.peers],
-        "vips": r.vips.describe(), "vips_held": r._held, "lease": r.cfg.lease,
-        "epoch": r.epoch,
-        "last_takeover": {k: ago(v) for k, v in r._marks.items()},
+        "peer": peer, "peers_configured": list(peers_configured),
+        "vips": vips, "vips_held": vips_held, "lease": lease,
+        "epoch": epoch,
+        "last_takeover": dict(last_takeover),
         "heartbeats": {
             "sent": dict(t.sent) if t else {}, "received": dict(t.received) if t else {},
             "rejected": {k: v for k, v in (t.dropped if t else {}).items() if v},

@@ -41,6 +41,8 @@ from hacontrol import logs
 from hacontrol.clock import Clock, monotonic
 from hacontrol.ha.announce import inet_checksum
 from hacontrol.ha.interfaces import HaIoError, TrackEvent
+from hacontrol.health.state import Health
+from hacontrol.health.tracker import Hysteresis
 from hacontrol.model import HAConfig, IPAddress, TrackConfig
 
 log = logs.get("hacontrol.ha.track")
@@ -91,29 +93,26 @@ class LinkStates:
 
 
 class FallCounter:
-    """Consecutive probe misses -> failed after ``fall``; recovered on the first answer (pure)."""
+    """Consecutive probe misses -> failed after ``fall``; recovered on the first answer (pure:
+    the health checks' rise/fall counter, hacontrol.health.tracker.Hysteresis, with rise 1)."""
 
     def __init__(self, name: str, what: str, fall: int) -> None:
-        if fall < 1:
-            raise ValueError(f"gateway_fall must be >= 1, got {fall}")
         self.name = name
         self.what = what
-        self.fall = fall
-        self.misses = 0
-        self.failed: bool | None = None  # None until known
+        self.count = Hysteresis(1, fall)
+
+    @property
+    def failed(self) -> bool | None:
+        """None until known."""
+        state = self.count.state
+        return None if state is Health.UNKNOWN else state is Health.DOWN
 
     def observe(self, ok: bool) -> TrackEvent | None:
-        if ok:
-            self.misses = 0
-            if self.failed is not False:
-                self.failed = False
-                return TrackEvent(self.name, False, True, f"{self.what} reachable")
+        new = self.count.observe(ok)
+        if new is None:
             return None
-        self.misses += 1
-        if self.misses >= self.fall and self.failed is not True:
-            self.failed = True
-            return TrackEvent(self.name, True, True, f"{self.what} unreachable")
-        return None
+        down = new is Health.DOWN
+        return TrackEvent(self.name, down, True, f"{self.what} {'un' * down}reachable")
 
 
 # -- ICMP echo -----------------------------------------------------------------------------------

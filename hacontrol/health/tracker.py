@@ -1,5 +1,6 @@
-"""The rise/fall tracker: turns single probe results into a target's health (pure, no I/O).
-
+"""The one rise/fall hysteresis (pure, no I/O): ``Hysteresis`` turns single pass/fail results
+into a state, and ``Tracker`` keeps a health-checked target's state and last result with it.
+The gateway tracking of the HA pair (hacontrol.ha.track.FallCounter) uses the same counter.
 A probe is one attempt; all hysteresis lives here. A target starts UNKNOWN and is not in the
 table until it first passes:
 
@@ -19,57 +20,84 @@ from __future__ import annotations
 
 from hacontrol.health.state import Health, ProbeResult, TargetStatus
 
-__all__ = ["Tracker", "check_thresholds"]
+__all__ = ["Hysteresis", "Tracker", "check_thresholds"]
 
 
 def check_thresholds(rise: int, fall: int) -> None:
-    """ValueError unless rise and fall are integers >= 1 (what ``Tracker`` accepts)."""
+    """ValueError unless rise and fall are integers >= 1 (what ``Hysteresis`` accepts)."""
     if isinstance(rise, bool) or not isinstance(rise, int) or rise < 1:
         raise ValueError(f"rise must be an integer >= 1, got {rise!r}")
     if isinstance(fall, bool) or not isinstance(fall, int) or fall < 1:
         raise ValueError(f"fall must be an integer >= 1, got {fall!r}")
 
 
+class Hysteresis:
+    """Consecutive passes and fails -> UP / DOWN (the diagram in the module doc)."""
+
+    __slots__ = ("failures", "fall", "rise", "state", "successes")
+
+    def __init__(self, rise: int, fall: int) -> None:
+        check_thresholds(rise, fall)
+        self.rise, self.fall = rise, fall
+        self.state = Health.UNKNOWN
+        self.successes = self.failures = 0
+
+    def observe(self, ok: bool) -> Health | None:
+        """Count one result; return the new state if it changed, else None."""
+        state = self.state
+        if ok:
+            self.successes += 1
+            self.failures = 0
+            if state is Health.UP:
+                return None
+            if state is not Health.UNKNOWN and self.successes < self.rise:
+                return None
+            self.state = Health.UP
+            return Health.UP
+        self.failures += 1
+        self.successes = 0
+        if state is Health.DOWN or self.failures < self.fall:
+            return None
+        self.state = Health.DOWN
+        return Health.DOWN
+
+    def reconfigure(self, rise: int, fall: int) -> None:
+        """New thresholds from the next result on; state and counters are kept."""
+        check_thresholds(rise, fall)
+        self.rise, self.fall = rise, fall
+
+
 class Tracker:
     """Health of one target from its stream of probe results."""
 
     __slots__ = (
-        "_failures",
-        "_fall",
+        "_count",
         "_last_at",
         "_last_latency",
         "_last_ok",
         "_last_reason",
-        "_rise",
         "_since",
-        "_state",
-        "_successes",
     )
 
     def __init__(self, rise: int, fall: int, now: float) -> None:
-        check_thresholds(rise, fall)
-        self._rise = rise
-        self._fall = fall
-        self._state = Health.UNKNOWN
+        self._count = Hysteresis(rise, fall)
         self._since = now
         self._last_ok: bool | None = None
         self._last_reason = "not checked yet"
         self._last_at: float | None = None
         self._last_latency: float | None = None
-        self._successes = 0
-        self._failures = 0
 
     @property
     def state(self) -> Health:
-        return self._state
+        return self._count.state
 
     @property
     def rise(self) -> int:
-        return self._rise
+        return self._count.rise
 
     @property
     def fall(self) -> int:
-        return self._fall
+        return self._count.fall
 
     def observe(self, result: ProbeResult, now: float) -> Health | None:
         """Record one probe result; return the new state if it changed, else None."""
@@ -81,49 +109,33 @@ class Tracker:
         self._last_reason = reason
         self._last_at = now
         self._last_latency = latency
-        state = self._state
-        if ok:
-            self._successes += 1
-            self._failures = 0
-            if state is Health.UP:
-                return None
-            if state is Health.UNKNOWN or self._successes >= self._rise:
-                new = Health.UP
-            else:
-                return None
-        else:
-            self._failures += 1
-            self._successes = 0
-            if state is Health.DOWN or self._failures < self._fall:
-                return None
-            new = Health.DOWN
-        self._state = new
-        self._since = now
+        new = self._count.observe(ok)
+        if new is not None:
+            self._since = now
         return new
 
     def force(self, state: Health, reason: str, now: float) -> Health | None:
         """Set the state directly (check type "none": always UP). Returns it if it changed."""
         self._last_reason = reason
-        if state is self._state:
+        if state is self._count.state:
             return None
-        self._state = state
+        self._count.state = state
         self._since = now
         return state
 
     def reconfigure(self, rise: int, fall: int) -> None:
         """New thresholds; state and counters are kept."""
-        check_thresholds(rise, fall)
-        self._rise = rise
-        self._fall = fall
+        self._count.reconfigure(rise, fall)
 
     def status(self) -> TargetStatus:
+        c = self._count
         return TargetStatus(
-            state=self._state,
+            state=c.state,
             since=self._since,
             last_ok=self._last_ok,
             last_reason=self._last_reason,
             last_at=self._last_at,
             last_latency=self._last_latency,
-            successes=self._successes,
-            failures=self._failures,
+            successes=c.successes,
+            failures=c.failures,
         )

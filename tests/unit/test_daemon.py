@@ -398,8 +398,14 @@ class FakeRunner:
         self.role = role
         self.peer_match = peer_match
         self.notifier: Any = None
-        self.digest = b""
+        self.digest = ""
         self.calls: list[str] = []
+
+    def reconfigure(
+        self, *, notifier: Any = None, digest: str | None = None, handoff_services: Any = None
+    ) -> None:
+        self.notifier = notifier if notifier is not None else self.notifier
+        self.digest = digest if digest is not None else self.digest
 
     async def start(self) -> None:
         self.calls.append("start")
@@ -543,7 +549,7 @@ async def test_reload_ha_priority_needs_restart_notify_live(
         assert d.config.ha.notify == ("/bin/true", "{role}")
         assert runner.notifier is not None and runner.notifier.argv == ("/bin/true", "{role}")
         # the services changed: the advertised digest follows; the runner was not restarted
-        assert runner.digest == bytes.fromhex(d.config.digest)
+        assert runner.digest == d.config.digest
         assert runner.calls == ["start"]
         assert d.config.digest == compute_digest(d.config.services, d.config.ha)
     finally:

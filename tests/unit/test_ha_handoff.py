@@ -1,11 +1,13 @@
 """The connection hand-off: its pure nft rendering (table-driven) and when the runner drains.
 
-The runner cases reuse tests/unit/test_ha_runner.py's pair (fake VIPs, real UDP heartbeats on
-loopback) with a fake ``Handoff`` that records its calls on the same timeline as the VIPs.
+The runner cases run tests/unit/ha_sim.py's simulated pair (virtual time, fake VIPs, in-memory
+heartbeats) with a fake ``Handoff`` that records its calls on the same timeline as the VIPs.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import ipaddress
 from collections.abc import AsyncIterator
@@ -13,13 +15,25 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from test_ha_runner import INTERVAL, Node, World, make_pair, wait_until
+from ha_sim import (
+    INTERVAL,
+    FakeNotifier,
+    FakeVips,
+    Node,
+    World,
+    make_pair,
+    running,
+    sim,
+    simulate,
+    wait_until,
+)
 
-from hacontrol.clock import monotonic
 from hacontrol.daemon_ha import apply_ha_live
 from hacontrol.ha.handoff import Handoff, services_of
 from hacontrol.ha.handoff_rules import HandoffRules
 from hacontrol.ha.interfaces import HaIoError
+from hacontrol.ha.runner import HaRunner
+from hacontrol.metrics import Metrics
 from hacontrol.model import Config, Endpoint, HAConfig, RealServer, ServiceConfig
 
 SVC = [("198.51.100.10", "tcp", 80), ("2001:db8::10", "udp", 53)]
@@ -135,7 +149,7 @@ class FakeHandoff:
         self.closed = False
 
     def _note(self, op: str, reason: str = "") -> None:
-        self.world.events.append((monotonic(), self.node, op))
+        self.world.events.append((asyncio.get_running_loop().time(), self.node, op))
         self.reasons.append(f"{op}: {reason}")
 
     @property
@@ -163,24 +177,17 @@ class FakeHandoff:
         self.closed = True
 
 
-@pytest.fixture
-def world() -> World:
-    return World()
-
-
-@pytest.fixture
-async def pair_h(tmp_path: Path, world: World) -> AsyncIterator[tuple[Node, Node]]:
+@contextlib.asynccontextmanager
+async def pair_h(
+    tmp_path: Path, world: World, b_drain: float = 60.0
+) -> AsyncIterator[tuple[Node, Node]]:
+    """An elected pair, each node with a ``FakeHandoff``."""
     a, b = make_pair(tmp_path, world)
     a.r.handoff = FakeHandoff(world, "a")  # type: ignore[assignment]
-    b.r.handoff = FakeHandoff(world, "b")  # type: ignore[assignment]
-    await a.r.start()
-    await b.r.start()
-    try:
+    b.r.handoff = FakeHandoff(world, "b", drain=b_drain)  # type: ignore[assignment]
+    async with running(a, b):
         await wait_until(lambda: (a.role, b.role) == ("active", "backup") and a.vips.held)
         yield a, b
-    finally:
-        for n in (a, b):
-            await n.r.stop(graceful=False)
 
 
 def fake(n: Node) -> FakeHandoff:
@@ -189,78 +196,73 @@ def fake(n: Node) -> FakeHandoff:
     return h
 
 
-async def test_first_election_does_not_drain(pair_h: tuple[Node, Node], world: World) -> None:
-    a, b = pair_h
-    assert not fake(a).draining and not fake(b).draining
-    assert world.index("a", "handoff_open") < world.index("a", "take")
+@sim
+async def test_first_election_does_not_drain(tmp_path: Path) -> None:
+    world = World()
+    async with pair_h(tmp_path, world) as (a, b):
+        assert not fake(a).draining and not fake(b).draining
+        assert world.index("a", "handoff_open") < world.index("a", "take")
 
 
-async def test_planned_handover_drains_before_taking(
-    pair_h: tuple[Node, Node], world: World
-) -> None:
-    a, b = pair_h
-    out = await a.r.drill_handover()
-    assert out["ok"] and b.role == "active"
-    # b hands a's flows back to a from before it takes the VIPs, a releases after b took them
-    assert world.index("b", "drain") < world.index("b", "take") < world.index("a", "release")
-    assert fake(b).draining and "from a" in fake(b).reasons[-1]
-    assert not fake(a).draining
-    # back to a: a drains, b's drain ends once it released
-    out = await b.r.drill_handover()
-    assert out["ok"] and a.role == "active"
-    await wait_until(lambda: not fake(b).draining)
-    assert "released the VIP group" in fake(b).reasons[-1]
-    assert fake(a).draining
+@sim
+async def test_planned_handover_drains_before_taking(tmp_path: Path) -> None:
+    world = World()
+    async with pair_h(tmp_path, world) as (a, b):
+        out = await a.r.drill_handover()
+        assert out["ok"] and b.role == "active"
+        # b hands a's flows back to a from before it takes the VIPs, a releases after b took them
+        assert world.index("b", "drain") < world.index("b", "take") < world.index("a", "release")
+        assert fake(b).draining and "from a" in fake(b).reasons[-1]
+        assert not fake(a).draining
+        # back to a: a drains, b's drain ends once it released
+        out = await b.r.drill_handover()
+        assert out["ok"] and a.role == "active"
+        await wait_until(lambda: not fake(b).draining)
+        assert "released the VIP group" in fake(b).reasons[-1]
+        assert fake(a).draining
 
 
-async def test_drain_ends_when_due(tmp_path: Path, world: World) -> None:
-    a, b = make_pair(tmp_path, world)
-    a.r.handoff = FakeHandoff(world, "a")  # type: ignore[assignment]
-    b.r.handoff = FakeHandoff(world, "b", drain=4 * INTERVAL)  # type: ignore[assignment]
-    await a.r.start()
-    await b.r.start()
-    try:
-        await wait_until(lambda: (a.role, b.role) == ("active", "backup") and a.vips.held)
+@sim
+async def test_drain_ends_when_due(tmp_path: Path) -> None:
+    world = World()
+    async with pair_h(tmp_path, world, b_drain=4 * INTERVAL) as (a, b):
         await a.r.drill_handover()
         took = world.events[world.index("b", "drain")][0]
         await wait_until(lambda: not fake(b).draining, within=2.0)
         ended = world.events[world.index("b", "undrain")][0]
-        assert 4 * INTERVAL <= ended - took <= 4 * INTERVAL + 3 * INTERVAL
+        assert 4 * INTERVAL <= ended - took <= 4 * INTERVAL + 2 * INTERVAL  # checked each tick
         assert "drain period over" in fake(b).reasons[-1] and b.role == "active"
-    finally:
-        for n in (a, b):
-            await n.r.stop(graceful=False)
 
 
-async def test_crash_takeover_does_not_drain(pair_h: tuple[Node, Node], world: World) -> None:
-    a, b = pair_h
-    await a.r.stop(graceful=False)  # silent: nobody to hand flows to
-    await wait_until(lambda: b.role == "active" and b.vips.held)
-    assert "drain" not in [op for _, n, op in world.events if n == "b"]
-    assert fake(a).closed
+@sim
+async def test_crash_takeover_does_not_drain(tmp_path: Path) -> None:
+    world = World()
+    async with pair_h(tmp_path, world) as (a, b):
+        await a.r.stop(graceful=False)  # silent: nobody to hand flows to
+        await wait_until(lambda: b.role == "active" and b.vips.held)
+        assert "drain" not in [op for _, n, op in world.events if n == "b"]
+        assert fake(a).closed
 
 
-async def test_drain_ends_when_the_peer_dies(pair_h: tuple[Node, Node], world: World) -> None:
-    a, b = pair_h
-    await a.r.drill_handover()
-    assert fake(b).draining
-    await a.r.stop(graceful=False)
-    await wait_until(lambda: not fake(b).draining, within=2.0)
-    assert "peer dead" in fake(b).reasons[-1] and b.role == "active"
+@sim
+async def test_drain_ends_when_the_peer_dies(tmp_path: Path) -> None:
+    async with pair_h(tmp_path, World()) as (a, b):
+        await a.r.drill_handover()
+        assert fake(b).draining
+        await a.r.stop(graceful=False)
+        await wait_until(lambda: not fake(b).draining, within=2.0)
+        assert "peer dead" in fake(b).reasons[-1] and b.role == "active"
 
 
-async def test_open_failure_runs_without_handoff(tmp_path: Path, world: World) -> None:
+@sim
+async def test_open_failure_runs_without_handoff(tmp_path: Path) -> None:
+    world = World()
     a, b = make_pair(tmp_path, world)
     a.r.handoff = FakeHandoff(world, "a", fail_open=True)  # type: ignore[assignment]
-    await a.r.start()
-    await b.r.start()
-    try:
+    async with running(a, b):
         await wait_until(lambda: (a.role, b.role) == ("active", "backup") and a.vips.held)
         assert a.r.handoff is None
         assert (await a.r.drill_handover())["ok"]
-    finally:
-        for n in (a, b):
-            await n.r.stop(graceful=False)
 
 
 def test_reload_updates_the_services_handed_off() -> None:
@@ -271,12 +273,16 @@ def test_reload_updates_the_services_handed_off() -> None:
     old = Config(node_name="a", services=(web,), ha=ha)
     new = dataclasses.replace(old, services=(web, dataclasses.replace(web, name="dns", port=53)))
 
-    class Runner:
-        notifier: Any = None
-        digest = b""
-        handoff = Handoff(HandoffRules.of("hc_handoff", *services_of(old)), ["192.0.2.12"])
+    handoff = Handoff(HandoffRules.of("hc_handoff", *services_of(old)), ["192.0.2.12"])
 
-    r = Runner()
-    apply_ha_live(r, old, new, [])  # type: ignore[arg-type]
-    assert r.handoff.rules.table_name == "hc_handoff"
-    assert r.handoff.rules.svc == {("198.51.100.10", "tcp", 80), ("198.51.100.10", "tcp", 53)}
+    async def main() -> None:
+        r = HaRunner(
+            ha, "a", b"k" * 32, clock=asyncio.get_running_loop().time, metrics=Metrics(),
+            vips=FakeVips(World(), "a"), notifier=FakeNotifier(), health_summary=list,
+            digest="", state_dir="-", handoff=handoff,
+        )  # fmt: skip
+        apply_ha_live(r, old, new, [])  # through the runner's public reconfigure
+
+    simulate(main())
+    assert handoff.rules.table_name == "hc_handoff"
+    assert handoff.rules.svc == {("198.51.100.10", "tcp", 80), ("198.51.100.10", "tcp", 53)}

@@ -1,415 +1,360 @@
-"""The HA runner with fake VIPs / notifier / tracker and real UDP heartbeats on loopback: election,
-crash takeover, graceful stop and planned handover (make before break), fault drill timeline,
-lease renewal, tracked faults, a stalled event loop, and the boot epoch / key helpers."""
+"""The HA runner, two real runners on one virtual-time loop (tests/unit/ha_sim.py: in-memory
+heartbeat segment, fake VIPs / notifier / tracker): election, crash takeover, graceful stop and
+planned handover (make before break), fault drill timeline, lease renewal, tracked faults, a
+stalled loop and a frozen node, live reconfiguration, and the boot epoch / key helpers. Time is
+virtual: the figures below are exact and no test waits for real."""
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import ipaddress
 import json
 import os
-import socket
-import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import structlog
-import uvloop
+from ha_sim import INTERVAL, FakeNotifier, World, elected, loop, make_pair, running, sim
+from ha_sim import wait_until as wait
 
-from hacontrol.clock import monotonic
 from hacontrol.ha import packet as pk
-from hacontrol.ha.drills import peer_takeover
 from hacontrol.ha.fsm_types import Role
-from hacontrol.ha.interfaces import HaIoError, TrackEvent
-from hacontrol.ha.runner import DrillError, HaRunner
-from hacontrol.ha.track import LocalTracker
+from hacontrol.ha.interfaces import TrackEvent
+from hacontrol.ha.peer import from_wire, peer_takeover, to_wire
+from hacontrol.ha.runner import DrillError
+from hacontrol.ha.track import FallCounter
 from hacontrol.ha.transport import EPOCH_FILE, load_key, next_epoch
 from hacontrol.ha.vip import VipGroup
-from hacontrol.metrics import Metrics
-from hacontrol.model import AnnounceConfig, Endpoint, HAConfig, TrackConfig, VipConfig
-
-# Both loops: the daemon runs on uvloop when available, stock asyncio otherwise (the same
-# module-local override as tests/unit/test_health_probes.py).
-pytestmark = pytest.mark.filterwarnings('ignore:Overriding the "event_loop_policy"')
-
-KEY = b"runner test key, 32 bytes long.."
-
-
-@pytest.fixture(params=["asyncio", "uvloop"])
-def event_loop_policy(request: pytest.FixtureRequest) -> asyncio.AbstractEventLoopPolicy:
-    if request.param == "uvloop":
-        policy: asyncio.AbstractEventLoopPolicy = uvloop.EventLoopPolicy()
-        return policy
-    return asyncio.DefaultEventLoopPolicy()
-
-
-INTERVAL = 0.05
-
-
-class World:
-    """What both fake VIP managers did, in order, on one clock."""
-
-    def __init__(self) -> None:
-        self.events: list[tuple[float, str, str]] = []
-        self.holders: set[str] = set()
-
-    def index(self, node: str, op: str, after: int = 0) -> int:
-        return next(
-            i for i, (_, n, o) in enumerate(self.events) if i >= after and (n, o) == (node, op)
-        )
-
-
-class FakeVips:
-    def __init__(self, world: World, node: str, present: bool = False) -> None:
-        self.world, self.node = world, node
-        self.held = present
-        self.renews = 0
-        self.fail_takes = 0
-        self.announced = 0
-
-    def _note(self, op: str) -> None:
-        self.world.events.append((monotonic(), self.node, op))
-
-    async def take(self, lease: float | None) -> None:
-        await asyncio.sleep(0.002)  # a netlink round trip
-        if self.fail_takes:
-            self.fail_takes -= 1
-            raise HaIoError("interface eth0 not found")
-        self.held = True
-        self.world.holders.add(self.node)
-        self._note("take")
-
-    async def renew(self, lease: float | None) -> None:
-        self.renews += 1
-
-    async def release(self) -> None:
-        await asyncio.sleep(0.002)
-        self.held = False
-        self.world.holders.discard(self.node)
-        self._note("release")
-
-    async def present(self) -> bool:
-        return self.held
-
-    async def announce(self) -> int:
-        self._note("announce")
-        await asyncio.sleep(0.01)
-        self.announced += 3
-        return 3
-
-    def describe(self) -> list[dict[str, object]]:
-        return [
-            {
-                "address": "192.0.2.100/24",
-                "interface": "eth0",
-                "present": self.held,
-                "lease_left": None,
-            }
-        ]
-
-
-class FakeNotifier:
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, str]] = []
-
-    async def notify(self, role: str, reason: str) -> None:
-        self.calls.append((role, reason))
-
-
-class FakeTracker:
-    def __init__(self) -> None:
-        self.emit: Callable[[TrackEvent], None] | None = None
-        self.gateway_ok = True
-        self.probes = 0
-
-    async def run(self, emit: Callable[[TrackEvent], None]) -> None:
-        self.emit = emit
-        await asyncio.Event().wait()
-
-    async def probe_gateway(self) -> bool:
-        self.probes += 1
-        await asyncio.sleep(0.001)  # an echo round trip
-        return self.gateway_ok
-
-
-def udp() -> socket.socket:
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("127.0.0.1", 0))
-    return s
-
-
-def ep(s: socket.socket) -> Endpoint:
-    host, port = s.getsockname()
-    return Endpoint(ipaddress.ip_address(host), port)
-
-
-class Node:
-    def __init__(
-        self,
-        name: str,
-        runner: HaRunner,
-        vips: FakeVips,
-        notifier: FakeNotifier,
-        tracker: FakeTracker,
-        health: list[tuple[str, int, int]],
-    ) -> None:
-        self.name, self.r, self.vips, self.notifier = name, runner, vips, notifier
-        self.tracker, self.health = tracker, health
-
-    @property
-    def role(self) -> str:
-        return self.r.role
-
-
-async def wait_until(cond: Callable[[], bool], within: float = 5.0) -> float:
-    """Poll ``cond`` until true; returns the time it took. Fails after ``within`` seconds."""
-    t0 = monotonic()
-    while not cond():
-        if monotonic() - t0 > within:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.005)
-    return monotonic() - t0
-
-
-def summary_of(health: list[tuple[str, int, int]]) -> Callable[[], list[tuple[str, int, int]]]:
-    return lambda: list(health)
-
-
-def make_pair(tmp_path: Path, world: World, **over: object) -> tuple[Node, Node]:
-    sa, sb = udp(), udp()
-    base = HAConfig(
-        bind=ep(sa),
-        peers=(ep(sb),),
-        secret_file="-",
-        priority=150,
-        preempt=True,
-        preempt_delay=30.0,
-        interval=INTERVAL,
-        dead_after=3,
-        lease=0.6,
-    )
-    cfgs = {
-        "a": dataclasses.replace(base, **over),  # type: ignore[arg-type]
-        "b": dataclasses.replace(base, bind=ep(sb), peers=(ep(sa),), priority=100, **over),  # type: ignore[arg-type]
-    }
-    nodes = []
-    for name, sock in (("a", sa), ("b", sb)):
-        vips, notifier, tracker = FakeVips(world, name), FakeNotifier(), FakeTracker()
-        health = [("web", 2, 2)]
-        r = HaRunner(
-            cfgs[name],
-            name,
-            KEY,
-            clock=monotonic,
-            metrics=Metrics(),
-            vips=vips,
-            notifier=notifier,
-            health_summary=summary_of(health),
-            digest="ab" * 32,
-            state_dir=str(tmp_path / name),
-            tracker=tracker,
-            sock=sock,
-        )
-        nodes.append(Node(name, r, vips, notifier, tracker, health))
-    return nodes[0], nodes[1]
-
-
-@pytest.fixture
-def world() -> World:
-    return World()
-
-
-@pytest.fixture
-async def pair(tmp_path: Path, world: World) -> AsyncIterator[tuple[Node, Node]]:
-    a, b = make_pair(tmp_path, world)
-    await a.r.start()
-    await b.r.start()
-    try:
-        await wait_until(lambda: (a.role, b.role) == ("active", "backup"))
-        await wait_until(lambda: a.vips.held)
-        yield a, b
-    finally:
-        for n in (a, b):
-            await n.r.stop(graceful=False)
-
-
-async def test_pair_elects_and_holds(pair: tuple[Node, Node], world: World) -> None:
-    a, b = pair
-    await asyncio.sleep(20 * INTERVAL)
-    assert (a.role, b.role) == ("active", "backup")
-    assert world.holders == {"a"} and a.vips.announced > 0
-    assert a.notifier.calls[-1][0] == "active" and b.notifier.calls[-1][0] == "backup"
-    st = a.r.status()
-    json.dumps(st)  # served as is by the API
-    assert st["role"] == "active" and st["vips_held"] and st["peer"]["name"] == "b"
-    assert st["peer"]["role"] == "backup" and st["peer"]["config_match"]
-    assert st["peer"]["last_heard_ago"] < 4 * INTERVAL
-    assert list(st["peer"]["paths"]) == [str(b.r.cfg.bind)]
-    assert st["transitions"][-1]["to"] == "active" and st["transitions"][-1]["reason"]
-    assert st["heartbeats"]["received"] and not st["heartbeats"]["rejected"]
-    m = a.r.metrics.registry.get_sample_value
-    assert m("hacontrol_ha_role", {"role": "active"}) == 1
-    assert m("hacontrol_ha_transitions_total", {"from_role": "starting", "to_role": "active"}) == 1
-
-
-async def test_lease_is_renewed_while_active(pair: tuple[Node, Node]) -> None:
-    a, b = pair
-    before = a.vips.renews
-    await wait_until(lambda: a.vips.renews >= before + 3, within=2.0)
-    assert b.vips.renews == 0
-
-
-async def test_crash_of_active_backup_takes_over(pair: tuple[Node, Node]) -> None:
-    a, b = pair
-    await a.r.stop(graceful=False)  # silent, VIPs left to the lease
-    took = await wait_until(lambda: b.role == "active" and b.vips.held)
-    dead = INTERVAL * 3
-    assert dead * 0.9 <= took <= dead + 6 * INTERVAL
-    assert "silent" in b.r.status()["reason"]
-
-
-async def test_graceful_stop_hands_over_make_before_break(
-    pair: tuple[Node, Node], world: World
-) -> None:
-    a, b = pair
-    n = len(world.events)
-    t0 = monotonic()
-    await a.r.stop(graceful=True)
-    took = monotonic() - t0
-    assert b.role == "active" and not a.vips.held
-    assert world.index("b", "take", n) < world.index("a", "release", n)
-    assert took < INTERVAL * 3 + 0.5  # faster than failure detection would have been
-    assert "handed over" in b.r.status()["reason"]
-
-
-async def test_drill_handover_timeline(pair: tuple[Node, Node], world: World) -> None:
-    a, b = pair
-    n = len(world.events)
-    tl = await a.r.drill_handover()
-    assert tl["ok"] and tl["drill"] == "handover"
-    assert (a.role, b.role) == ("backup", "active")
-    assert world.index("b", "take", n) < world.index("a", "release", n)
-    assert tl["gap"] == 0.0 and tl["overlap"] >= 0
-    ms = 0.002  # the peer reports its steps in whole milliseconds
-    assert 0 <= tl["vip_added"] <= tl["announcements_sent"] + ms
-    assert tl["announcements_sent"] <= tl["first_heartbeat_as_active"] + ms
-    assert tl["first_heartbeat_as_active"] <= tl["released_here"]
-    assert tl["announce_count"] >= 0 and tl["announcements_sent"] is not None
-    with pytest.raises(DrillError, match="not active"):
-        await a.r.drill_handover()
-
-
-async def test_drill_handover_refused_without_peer(pair: tuple[Node, Node]) -> None:
-    a, b = pair
-    await b.r.stop(graceful=False)
-    await wait_until(lambda: not a.r.fsm.peer_alive(monotonic()))
-    with pytest.raises(DrillError, match="no live backup"):
-        await a.r.drill_handover()
-    assert a.role == "active" and a.vips.held
-
-
-async def test_drill_fault_timeline(pair: tuple[Node, Node]) -> None:
-    a, b = pair
-    tl = await a.r.drill_fault(0.6)
-    assert tl["ok"] and tl["drill"] == "fault"
-    dead = 3 * INTERVAL
-    assert dead * 0.9 <= tl["detection"] <= dead + 6 * INTERVAL
-    ms = 0.002
-    assert tl["detection"] <= tl["vip_added"] + ms
-    assert tl["vip_added"] <= tl["announcements_sent"] + ms
-    assert tl["announcements_sent"] <= tl["first_heartbeat_as_active"] + ms
-    assert tl["gap"] == tl["announcements_sent"]
-    assert b.role == "active"
-    await wait_until(lambda: a.role == "backup")  # the drill is over: back, as backup
-    assert not a.vips.held
-    with pytest.raises(DrillError, match="not active"):
-        await a.r.drill_fault(0.5)
-    with pytest.raises(DrillError, match="dead interval"):
-        await b.r.drill_fault(0.1)
-
-
-async def test_blocking_fault_hands_over_and_recovers(pair: tuple[Node, Node]) -> None:
-    a, b = pair
-    assert a.tracker.emit is not None
-    a.tracker.emit(TrackEvent("gateway:192.0.2.1", True, True, "gateway 192.0.2.1 lost"))
-    await wait_until(lambda: (a.role, b.role) == ("fault", "active"))
-    st = a.r.status()
-    assert st["blocked"] and st["faults"][0]["reason"] == "gateway 192.0.2.1 lost"
-    a.tracker.emit(TrackEvent("gateway:192.0.2.1", False, True, "gateway 192.0.2.1 answers"))
-    await wait_until(lambda: a.role == "backup")
-    assert b.role == "active"  # preempt_delay is 30 s: no flip back yet
-
-
-async def test_odd_health_summaries_do_not_stop_heartbeats(pair: tuple[Node, Node]) -> None:
-    a, b = pair
-    a.health[:] = [("é" * 40, 1, 1)] + [(f"svc{i}", 1, 1) for i in range(40)]  # 80 bytes, 41
-    before = a.r.transport.sent if a.r.transport else {}
-    n = sum(before.values())
-    await wait_until(lambda: a.r.transport is not None and sum(a.r.transport.sent.values()) > n + 3)
-    assert b.r.fsm.peer is not None and b.r.fsm.peer.healthy == 16  # the first 16, sorted
-    a.health[:] = [("web", 2, 2)]
-
-
-async def test_no_healthy_servers_hands_over(pair: tuple[Node, Node]) -> None:
-    a, b = pair
-    a.health[0] = ("web", 0, 2)
-    await wait_until(lambda: (a.role, b.role) == ("backup", "active"))
-    assert a.r.status()["effective_priority"] == 100
-
-
-async def test_take_failure_is_retried(tmp_path: Path, world: World) -> None:
-    a, b = make_pair(tmp_path, world)
-    a.vips.fail_takes = 2
-    await a.r.start()
-    await b.r.start()
-    try:
-        await wait_until(lambda: a.role == "active" and a.vips.held)
-        assert b.role == "backup"
-        await wait_until(lambda: a.vips.announced > 0)  # announced once the take worked
-    finally:
-        await a.r.stop(graceful=False)
+from hacontrol.model import AnnounceConfig, TrackConfig, VipConfig
+
+DEAD = 3 * INTERVAL
+
+
+@sim
+async def test_pair_elects_and_holds(tmp_path: Path) -> None:
+    world = World()
+    async with elected(tmp_path, world) as (a, b):
+        await asyncio.sleep(20 * INTERVAL)
+        assert (a.role, b.role) == ("active", "backup")
+        assert world.holders == {"a"} and a.vips.announced > 0
+        assert a.notifier.calls[-1][0] == "active" and b.notifier.calls[-1][0] == "backup"
+        st = a.r.status()
+        json.dumps(st)  # served as is by the API
+        assert st["role"] == "active" and st["vips_held"] and st["peer"]["name"] == "b"
+        assert st["peer"]["role"] == "backup" and st["peer"]["config_match"]
+        assert st["peer"]["last_heard_ago"] <= INTERVAL
+        assert list(st["peer"]["paths"]) == [str(b.r.cfg.bind)]
+        assert st["transitions"][-1]["to"] == "active" and st["transitions"][-1]["reason"]
+        assert set(st["last_takeover"]) == {"detected", "vip_added", "announced", "hb_active"}
+        assert st["heartbeats"]["received"] and not st["heartbeats"]["rejected"]
+        m = a.r.metrics.registry.get_sample_value
+        assert m("hacontrol_ha_role", {"role": "active"}) == 1
+        moved = {"from_role": "starting", "to_role": "active"}
+        assert m("hacontrol_ha_transitions_total", moved) == 1
+
+
+@sim
+async def test_transition_is_logged_with_stable_keys(tmp_path: Path) -> None:
+    a, b = make_pair(tmp_path, World())
+    with structlog.testing.capture_logs() as logs:
+        async with running(a, b):
+            await wait(lambda: (a.role, b.role) == ("active", "backup"))
+    moves = [e for e in logs if e["event"] == "ha.transition"]
+    assert {(e["node"], e["from_role"], e["to_role"]) for e in moves} == {
+        ("a", "starting", "active"), ("b", "starting", "backup")}  # fmt: skip
+    assert all(e["reason"] and e["log_level"] == "info" for e in moves)
+
+
+@sim
+async def test_lease_is_renewed_while_active(tmp_path: Path) -> None:
+    async with elected(tmp_path, World()) as (a, b):
+        before = a.vips.renews
+        took = await wait(lambda: a.vips.renews >= before + 3)
+        assert took <= 3 * (0.6 / 3 + INTERVAL)  # every lease / 3, checked each tick
+        assert b.vips.renews == 0
+
+
+@sim
+async def test_crash_of_active_backup_takes_over(tmp_path: Path) -> None:
+    async with elected(tmp_path, World()) as (a, b):
+        await a.r.stop(graceful=False)  # silent, VIPs left to the lease
+        took = await wait(lambda: b.role == "active" and b.vips.held)
+        assert DEAD - INTERVAL <= took <= DEAD + INTERVAL  # the last heartbeat: < 1 tick before
+        assert "silent" in b.r.status()["reason"]
+
+
+@sim
+async def test_graceful_stop_hands_over_make_before_break(tmp_path: Path) -> None:
+    world = World()
+    async with elected(tmp_path, world) as (a, b):
+        n = len(world.events)
+        t0 = loop().time()
+        await a.r.stop(graceful=True)
+        took = loop().time() - t0
+        assert b.role == "active" and not a.vips.held
+        assert world.index("b", "take", n) < world.index("a", "release", n)
+        assert took < DEAD  # faster than failure detection would have been
+        assert "handed over" in b.r.status()["reason"]
+
+
+@sim
+async def test_drill_handover_timeline(tmp_path: Path) -> None:
+    world = World()
+    async with elected(tmp_path, world) as (a, b):
+        n = len(world.events)
+        tl = await a.r.drill_handover()
+        assert tl["ok"] and tl["drill"] == "handover"
+        assert (a.role, b.role) == ("backup", "active")
+        assert world.index("b", "take", n) < world.index("a", "release", n)
+        assert tl["gap"] == 0.0 and tl["overlap"] >= 0
+        ms = 0.002  # the peer reports its steps in whole milliseconds
+        assert 0 <= tl["vip_added"] <= tl["announcements_sent"] + ms
+        assert tl["announcements_sent"] <= tl["first_heartbeat_as_active"] + ms
+        assert tl["first_heartbeat_as_active"] <= tl["released_here"]
+        assert tl["announce_count"] > 0
+        with pytest.raises(DrillError, match="not active"):
+            await a.r.drill_handover()
+
+
+@sim
+async def test_drill_handover_refused_without_peer(tmp_path: Path) -> None:
+    async with elected(tmp_path, World()) as (a, b):
         await b.r.stop(graceful=False)
+        await wait(lambda: not a.r.fsm.peer_alive(loop().time()))
+        with pytest.raises(DrillError, match="no live backup"):
+            await a.r.drill_handover()
+        assert a.role == "active" and a.vips.held
 
 
-async def test_start_adopts_or_releases_present_vips(tmp_path: Path, world: World) -> None:
+@sim
+async def test_drill_fault_timeline(tmp_path: Path) -> None:
+    async with elected(tmp_path, World()) as (a, b):
+        tl = await a.r.drill_fault(0.6)
+        assert tl["ok"] and tl["drill"] == "fault"
+        assert DEAD - INTERVAL <= tl["detection"] <= DEAD + INTERVAL
+        ms = 0.002
+        assert tl["detection"] <= tl["vip_added"] + ms
+        assert tl["vip_added"] <= tl["announcements_sent"] + ms
+        assert tl["announcements_sent"] <= tl["first_heartbeat_as_active"] + ms
+        assert tl["gap"] == tl["announcements_sent"]
+        assert b.role == "active"
+        await wait(lambda: a.role == "backup")  # the drill is over: back, as backup
+        assert not a.vips.held
+        with pytest.raises(DrillError, match="not active"):
+            await a.r.drill_fault(0.5)
+        with pytest.raises(DrillError, match="dead interval"):
+            await b.r.drill_fault(0.1)
+
+
+@sim
+async def test_blocking_fault_hands_over_and_recovers(tmp_path: Path) -> None:
+    async with elected(tmp_path, World()) as (a, b):
+        assert a.tracker.emit is not None
+        a.tracker.emit(TrackEvent("gateway:192.0.2.1", True, True, "gateway 192.0.2.1 lost"))
+        await wait(lambda: (a.role, b.role) == ("fault", "active"))
+        st = a.r.status()
+        assert st["blocked"] and st["faults"][0]["reason"] == "gateway 192.0.2.1 lost"
+        a.tracker.emit(TrackEvent("gateway:192.0.2.1", False, True, "gateway 192.0.2.1 answers"))
+        await wait(lambda: a.role == "backup")
+        await asyncio.sleep(20 * INTERVAL)
+        assert b.role == "active"  # preempt_delay is 30 s: no flip back yet
+
+
+@sim
+async def test_odd_health_summaries_do_not_stop_heartbeats(tmp_path: Path) -> None:
+    async with elected(tmp_path, World()) as (a, b):
+        a.health[:] = [("é" * 40, 1, 1)] + [(f"svc{i}", 1, 1) for i in range(40)]  # 80 bytes, 41
+        tr = a.r.transport
+        assert tr is not None
+        n = sum(tr.sent.values())
+        await wait(lambda: sum(tr.sent.values()) > n + 3)
+        assert b.r.fsm.peer is not None and b.r.fsm.peer.healthy == 16  # the first 16, sorted
+
+
+@sim
+async def test_no_healthy_servers_hands_over(tmp_path: Path) -> None:
+    async with elected(tmp_path, World()) as (a, b):
+        a.health[0] = ("web", 0, 2)
+        await wait(lambda: (a.role, b.role) == ("backup", "active"))
+        assert a.r.status()["effective_priority"] == 100
+
+
+@sim
+async def test_take_failure_is_retried(tmp_path: Path) -> None:
+    a, b = make_pair(tmp_path, World())
+    a.vips.fail_takes = 2
+    async with running(a, b):
+        await wait(lambda: a.role == "active" and a.vips.held)
+        assert b.role == "backup"
+        await wait(lambda: a.vips.announced > 0)  # announced once the take worked
+
+
+@sim
+async def test_start_adopts_or_releases_present_vips(tmp_path: Path) -> None:
+    world = World()
     a, b = make_pair(tmp_path, world)
     a.vips.held = b.vips.held = True  # both find the VIPs configured (e.g. after a crash)
     world.holders = {"a", "b"}
-    await a.r.start()
-    await b.r.start()
-    try:
-        await wait_until(lambda: (a.role, b.role) == ("active", "backup"))
-        await wait_until(lambda: world.holders == {"a"})
+    async with running(a, b):
+        await wait(lambda: (a.role, b.role) == ("active", "backup"))
+        await wait(lambda: world.holders == {"a"})
         assert ("b", "release") in [(n, o) for _, n, o in world.events]
-    finally:
-        await a.r.stop(graceful=False)
-        await b.r.stop(graceful=False)
 
 
-async def test_stalled_loop_does_not_fail_over(pair: tuple[Node, Node]) -> None:
-    a, b = pair
-    with structlog.testing.capture_logs() as logs:
-        time.sleep(10 * INTERVAL)  # noqa: ASYNC251 - freezing the loop (both nodes) is the test
-        await asyncio.sleep(10 * INTERVAL)
-    assert (a.role, b.role) == ("active", "backup")
-    assert any(e["event"] == "ha.stall" for e in logs)
-    assert not [e for e in logs if e["event"] == "ha.transition"]
+@sim
+async def test_stalled_loop_does_not_fail_over(tmp_path: Path) -> None:
+    async with elected(tmp_path, World()) as (a, b):
+        with structlog.testing.capture_logs() as logs:
+            loop().advance(10 * INTERVAL)  # the whole loop (both nodes) froze that long
+            await asyncio.sleep(10 * INTERVAL)
+        assert (a.role, b.role) == ("active", "backup")
+        assert {e["node"] for e in logs if e["event"] == "ha.stall"} == {"a", "b"}
+        assert not [e for e in logs if e["event"] == "ha.transition"]
 
 
-async def test_wrong_key_peer_is_rejected(tmp_path: Path, world: World) -> None:
-    a, b = make_pair(tmp_path, world)
+@sim
+async def test_frozen_backup_does_not_seize(tmp_path: Path) -> None:
+    async with elected(tmp_path, World()) as (a, b):
+        with structlog.testing.capture_logs() as logs:
+            loop().freeze("b", 10 * DEAD)  # b alone, like SIGSTOP; a's heartbeats queue up
+            await asyncio.sleep(10 * DEAD + 10 * INTERVAL)
+        assert (a.role, b.role) == ("active", "backup")
+        assert not b.vips.held and not [t for t in b.r.fsm.history if t.to_role is Role.ACTIVE]
+        assert [e["node"] for e in logs if e["event"] == "ha.stall"] == ["b"]
+
+
+@sim
+async def test_frozen_active_yields_to_the_peer_that_took_over(tmp_path: Path) -> None:
+    async with elected(tmp_path, World()) as (a, b):
+        loop().freeze("a", 10 * DEAD)  # b takes over meanwhile
+        took = await wait(lambda: b.role == "active" and b.vips.held)
+        assert a.role == "active" and took <= DEAD + INTERVAL  # a cannot know yet
+        await wait(lambda: a.role == "backup")
+        assert "while this node was stalled" in a.r.fsm.history[-1].reason
+        await asyncio.sleep(20 * INTERVAL)
+        assert (a.role, b.role) == ("backup", "active")  # no flap back before preempt_delay
+        assert len([t for t in b.r.fsm.history if t.to_role is Role.ACTIVE]) == 1
+
+
+@sim
+async def test_wrong_key_peer_is_rejected(tmp_path: Path) -> None:
+    a, b = make_pair(tmp_path, World())
     b.r.key = b"another key entirely, 32 bytes.."
-    await a.r.start()
-    await b.r.start()
-    try:
-        await wait_until(lambda: a.r.status()["heartbeats"]["rejected"].get("bad_mac", 0) >= 3)
+    async with running(a, b):
+        await wait(lambda: a.r.status()["heartbeats"]["rejected"].get("bad_mac", 0) >= 3)
         assert a.r.fsm.peer is None and b.r.fsm.peer is None
+
+
+@sim
+async def test_reconfigure_swaps_notifier_and_digest(tmp_path: Path) -> None:
+    async with elected(tmp_path, World()) as (a, b):
+        fresh = FakeNotifier()
+        with structlog.testing.capture_logs() as logs:
+            a.r.reconfigure(notifier=fresh, digest="cd" * 32)
+            await wait(lambda: b.r.status()["peer"]["config_match"] is False)
+        assert sorted(e["node"] for e in logs if e["event"] == "ha.config_mismatch") == ["a", "b"]
+        await a.r.drill_handover()
+        assert fresh.calls == [("backup", a.r.fsm.reason)] and a.notifier.calls[-1][0] == "active"
+        a.r.reconfigure(digest="ab" * 32)
+        await wait(lambda: b.r.status()["peer"]["config_match"] is True)
+
+
+# -- a tracked gateway, the start-up order, log noise -------------------------------------------
+
+GATEWAY = TrackConfig(gateway=ipaddress.ip_address("192.0.2.1"), gateway_interval=0.2)
+
+
+@sim
+async def test_cut_off_backup_confirms_its_gateway_before_taking(tmp_path: Path) -> None:
+    async with elected(tmp_path, World(), track=GATEWAY) as (a, b):
+        assert b.tracker.probes == 0  # nothing to confirm while the peer is heard
+        b.tracker.gateway_ok = False  # b is cut off: the peer and its gateway gone at once
+        with structlog.testing.capture_logs() as logs:
+            await a.r.stop(graceful=False)
+            await wait(lambda: b.tracker.probes >= 3)  # re-probed while the peer is silent
+        assert b.role == "backup" and not b.vips.held
+        held = [e for e in logs if e["event"] == "ha.takeover_held"]
+        assert len(held) == 1 and "did not answer" in held[0]["reason"]
+        b.tracker.gateway_ok = True  # the gateway answers: b takes over on that answer
+        await wait(lambda: b.role == "active" and b.vips.held)
+        assert "gateway answered" in b.r.status()["reason"]
+
+
+class GatedHandoff:
+    """A hand-off whose ``open()`` takes as long as the test says (nftables takes ~100 ms)."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.opening = asyncio.Event()
+        self.draining = False
+
+    async def open(self) -> None:
+        self.opening.set()
+        await self.gate.wait()
+
+    def due(self, now: float) -> bool:
+        return False
+
+    async def begin(self, now: float, reason: str) -> None:
+        pass
+
+    async def end(self, reason: str) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+
+@sim
+async def test_heartbeats_during_a_slow_start_meet_one_machine(tmp_path: Path) -> None:
+    a, b = make_pair(tmp_path, World())
+    handoff = GatedHandoff()
+    b.r.handoff = handoff  # type: ignore[assignment]
+    await a.start()
+    try:
+        await wait(lambda: a.role == "active" and a.vips.held)
+        starting = asyncio.create_task(b.start())
+        await handoff.opening.wait()
+        tr = a.r.transport
+        assert tr is not None
+        sent = sum(tr.sent.values())
+        await wait(lambda: sum(tr.sent.values()) >= sent + 3)
+        handoff.gate.set()  # heartbeats arrived while the hand-off was opening
+        await starting
+        await wait(lambda: b.role == "backup")
+        await asyncio.sleep(10 * INTERVAL)
+        assert [t.to_role for t in b.r.fsm.history] == [Role.BACKUP]
+        assert [role for role, _ in b.notifier.calls] == ["backup"]
+        m = b.r.metrics.registry.get_sample_value
+        assert m("hacontrol_ha_transitions_total",
+                 {"from_role": "starting", "to_role": "backup"}) == 1  # fmt: skip
     finally:
         await a.r.stop(graceful=False)
         await b.r.stop(graceful=False)
+
+
+@sim
+async def test_tracked_fact_logged_once(tmp_path: Path) -> None:
+    a, b = make_pair(tmp_path, World(), track=GATEWAY)
+    gw = FallCounter("gateway:192.0.2.1", "gateway 192.0.2.1", 1)
+    async with running(a, b):
+        await wait(lambda: a.tracker.emit is not None)
+        assert a.tracker.emit is not None
+        with structlog.testing.capture_logs() as logs:
+            ev = gw.observe(False)  # the tracker's rule makes the event...
+            assert ev is not None
+            a.tracker.emit(ev)  # ...and emits it; the runner logs it
+        track = [e for e in logs if e["event"].startswith("ha.track")]
+        assert len(track) == 1 and track[0]["reason"] == ev.reason, track
+        assert a.r.fsm.blocked
+
+
+def test_roles_map_one_to_one_onto_the_wire() -> None:
+    assert {to_wire(r) for r in Role} == set(pk.WireRole)
+    for r in Role:
+        assert from_wire(to_wire(r)) is r and to_wire(r).name == r.name
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -446,164 +391,6 @@ def test_load_key(keyfile: Path) -> None:
         load_key(str(keyfile) + ".missing")
 
 
-# -- one node per thread: stall one event loop while the other keeps running ------------------
-
-
-SLOW = 0.1
-
-
-class LoopThread:
-    """An event loop in its own thread (a second "process" whose loop can be frozen alone)."""
-
-    def __init__(self) -> None:
-        import threading
-
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Any, within: float = 10.0) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(within)
-
-    def freeze(self, seconds: float) -> None:
-        """Like SIGSTOP + SIGCONT: the loop does nothing for ``seconds``."""
-        self.loop.call_soon_threadsafe(time.sleep, seconds)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
-
-
-@pytest.fixture
-async def threaded(tmp_path: Path, world: World) -> AsyncIterator[tuple[Node, Node, LoopThread]]:
-    a, b = make_pair(tmp_path, world, interval=SLOW)  # two threads share the GIL: more slack
-    th = LoopThread()
-
-    await a.r.start()
-    th.run(b.r.start())
-    try:
-        await wait_until(lambda: (a.role, b.role) == ("active", "backup") and a.vips.held)
-        yield a, b, th
-    finally:
-        await a.r.stop(graceful=False)
-        th.run(b.r.stop(graceful=False))
-        th.close()
-
-
-async def test_frozen_backup_does_not_seize(threaded: tuple[Node, Node, LoopThread]) -> None:
-    a, b, th = threaded
-    th.freeze(1.5)  # 5 dead intervals
-    await asyncio.sleep(1.5 + 10 * SLOW)
-    assert (a.role, b.role) == ("active", "backup")
-    assert not b.vips.held and not [t for t in b.r.fsm.history if t.to_role is Role.ACTIVE]
-
-
-async def test_frozen_active_yields_to_the_peer_that_took_over(
-    threaded: tuple[Node, Node, LoopThread],
-) -> None:
-    a, b, _ = threaded
-    asyncio.get_running_loop().call_soon(time.sleep, 1.5)
-    await asyncio.sleep(0)  # a's loop (this one) is frozen now; b takes over meanwhile
-    await wait_until(lambda: a.role == "backup")
-    assert b.role == "active" and b.vips.held
-    assert "while this node was stalled" in a.r.fsm.history[-1].reason
-    await asyncio.sleep(20 * SLOW)
-    assert (a.role, b.role) == ("backup", "active")  # no flap back before preempt_delay (30 s)
-    assert len([t for t in b.r.fsm.history if t.to_role is Role.ACTIVE]) == 1
-
-
-# -- a tracked gateway, the start-up order, log noise, drill timelines ------------------------
-
-GATEWAY = TrackConfig(gateway=ipaddress.ip_address("192.0.2.1"), gateway_interval=0.2)
-
-
-async def test_cut_off_backup_confirms_its_gateway_before_taking(
-    tmp_path: Path, world: World
-) -> None:
-    a, b = make_pair(tmp_path, world, track=GATEWAY)
-    await a.r.start()
-    await b.r.start()
-    try:
-        await wait_until(lambda: (a.role, b.role) == ("active", "backup") and a.vips.held)
-        assert b.tracker.probes == 0  # nothing to confirm while the peer is heard
-        b.tracker.gateway_ok = False  # b is cut off: the peer and its gateway gone at once
-        with structlog.testing.capture_logs() as logs:
-            await a.r.stop(graceful=False)
-            await wait_until(lambda: b.tracker.probes >= 3)  # re-probed while the peer is silent
-        assert b.role == "backup" and not b.vips.held
-        held = [e for e in logs if e["event"] == "ha.takeover_held"]
-        assert len(held) == 1 and "did not answer" in held[0]["reason"]
-        b.tracker.gateway_ok = True  # the gateway answers: b takes over on that answer
-        await wait_until(lambda: b.role == "active" and b.vips.held)
-        assert "gateway answered" in b.r.status()["reason"]
-    finally:
-        await a.r.stop(graceful=False)
-        await b.r.stop(graceful=False)
-
-
-class GatedHandoff:
-    """A hand-off whose ``open()`` takes as long as the test says (nftables takes ~100 ms)."""
-
-    def __init__(self) -> None:
-        self.gate = asyncio.Event()
-        self.opening = asyncio.Event()
-        self.draining = False
-
-    async def open(self) -> None:
-        self.opening.set()
-        await self.gate.wait()
-
-    def due(self, now: float) -> bool:
-        return False
-
-    async def begin(self, now: float, reason: str) -> None:
-        pass
-
-    async def end(self, reason: str) -> None:
-        pass
-
-    async def close(self) -> None:
-        pass
-
-
-async def test_heartbeats_during_a_slow_start_meet_one_machine(
-    tmp_path: Path, world: World
-) -> None:
-    a, b = make_pair(tmp_path, world)
-    handoff = GatedHandoff()
-    b.r.handoff = handoff  # type: ignore[assignment]
-    await a.r.start()
-    try:
-        await wait_until(lambda: a.role == "active" and a.vips.held)
-        starting = asyncio.create_task(b.r.start())
-        await handoff.opening.wait()
-        assert a.r.transport is not None
-        sent = sum(a.r.transport.sent.values())
-        await wait_until(lambda: sum(a.r.transport.sent.values()) >= sent + 3)  # type: ignore[union-attr]
-        handoff.gate.set()  # heartbeats arrived while the hand-off was opening
-        await starting
-        await wait_until(lambda: b.role == "backup")
-        await asyncio.sleep(10 * INTERVAL)
-        assert [t.to_role for t in b.r.fsm.history] == [Role.BACKUP]
-        assert [role for role, _ in b.notifier.calls] == ["backup"]
-        m = b.r.metrics.registry.get_sample_value
-        assert m("hacontrol_ha_transitions_total",
-                 {"from_role": "starting", "to_role": "backup"}) == 1  # fmt: skip
-    finally:
-        await a.r.stop(graceful=False)
-        await b.r.stop(graceful=False)
-
-
-async def test_tracked_fact_logged_once(tmp_path: Path, world: World) -> None:
-    a, _ = make_pair(tmp_path, world)
-    tracker = LocalTracker(GATEWAY)
-    ev = TrackEvent("gateway:192.0.2.1", True, True, "gateway 192.0.2.1 unreachable")
-    with structlog.testing.capture_logs() as logs:
-        tracker._emit(a.r._on_track, ev)  # the tracker emits, the runner logs
-    track = [e for e in logs if e["event"].startswith("ha.track")]
-    assert len(track) == 1 and track[0]["reason"] == ev.reason, track
-    assert a.r.fsm.blocked
 
 
 def test_releasing_nothing_logs_nothing() -> None:

@@ -1,11 +1,13 @@
-"""Table-driven tests of the pure rise/fall tracker: every edge of the state machine."""
+"""Table-driven tests of the pure rise/fall tracker: every edge of the state machine, on the one
+hysteresis counter that health checks and the HA gateway tracking share."""
 
 from __future__ import annotations
 
 import pytest
 
+from hacontrol.ha.track import FallCounter
 from hacontrol.health.state import Health, ProbeResult
-from hacontrol.health.tracker import Tracker
+from hacontrol.health.tracker import Hysteresis, Tracker
 
 U, UP, D = Health.UNKNOWN, Health.UP, Health.DOWN
 
@@ -123,3 +125,28 @@ def test_force() -> None:
     assert t.force(UP, "no check", now=2.0) is None
     st = t.status()
     assert (st.state, st.since, st.last_reason) == (UP, 1.0, "no check")
+
+
+@pytest.mark.parametrize(
+    ("name", "rise", "fall", "seq", "expected"), CASES, ids=[c[0] for c in CASES]
+)
+def test_hysteresis_alone(
+    name: str, rise: int, fall: int, seq: str, expected: list[Health]
+) -> None:
+    h = Hysteresis(rise, fall)
+    for ch, want in zip(seq, expected, strict=True):
+        before = h.state
+        change = h.observe(ch == "+")
+        assert h.state is want and change == (want if want is not before else None)
+
+
+@pytest.mark.parametrize("fall", [1, 2, 3])
+@pytest.mark.parametrize("seq", ["+", "---+", "-+-+--", "+---++", "--+---+", "------"])
+def test_gateway_tracking_is_the_same_counter_with_rise_1(fall: int, seq: str) -> None:
+    h, fc = Hysteresis(1, fall), FallCounter("gateway:192.0.2.1", "gateway 192.0.2.1", fall)
+    for ch in seq:
+        change, ev = h.observe(ch == "+"), fc.observe(ch == "+")
+        assert (ev is None) == (change is None)
+        if ev is not None:
+            assert ev.failed == (change is D) and ev.reason.endswith("reachable")
+        assert fc.failed == (None if h.state is U else h.state is D)
