@@ -139,7 +139,7 @@ def read_proto(value: Any) -> Proto:
     """A service's protocol as nft prints it: a name (``"tcp"``, when /etc/protocols has it) or a
     number (``6``: with ``-p`` or without /etc/protocols) -> ``"tcp"`` / ``"udp"``."""
     if isinstance(value, str) and value in PROTO_NUM:
-        return value  # type: ignore[return-value]
+        return PROTO_NAME[PROTO_NUM[value]]
     if isinstance(value, int | str) and not isinstance(value, bool) and str(value).isdigit():
         name = PROTO_NAME.get(int(value))
         if name is not None:

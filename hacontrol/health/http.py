@@ -54,7 +54,7 @@ def _short(text: str, limit: int = 40) -> str:
 class HttpSpec:
     """What to send and how to judge the answer; built once per target."""
 
-    __slots__ = ("cap", "expect", "expect_text", "need_body", "needle", "regex", "request")
+    __slots__ = ("expect", "expect_text", "need_body", "needle", "regex", "request")
 
     def __init__(self, check: CheckConfig, address: str, port: int, tls: bool) -> None:
         method = _clean("method", check.method.upper())
@@ -80,11 +80,6 @@ class HttpSpec:
         except re.error as e:
             raise ValueError(f"http check: invalid expect_regex {check.expect_regex!r}: {e}") from e
         self.need_body = self.needle is not None or self.regex is not None
-        self.cap = BODY_CAP
-
-    def judge(self, buf: bytes, eof: bool) -> tuple[bool, str] | None:
-        """The verdict on a whole response received so far (one-shot ``HttpReader``)."""
-        return HttpReader(self).feed(buf, eof)
 
     def status(self, head: bytes, eof: bool) -> tuple[bool, str] | int | None:
         """Judge the status line at the start of ``head``: a verdict, the status code when the

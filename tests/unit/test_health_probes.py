@@ -1,6 +1,7 @@
 """Probes, one attempt each, against servers on loopback in this process (asyncio and uvloop).
 
-Also the pure HTTP response judge (table-driven) and request building.
+Also the HTTP response reader on whole responses (table-driven; every framing case:
+test_http_chunked.py) and request building.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 import uvloop
 
 from hacontrol.health.exec import ExecProbe, build_argv
-from hacontrol.health.http import BODY_CAP, HttpProbe, HttpSpec, HttpsProbe
+from hacontrol.health.http import BODY_CAP, HttpProbe, HttpReader, HttpSpec, HttpsProbe
 from hacontrol.health.tcp import Poller, Probe, TcpProbe
 from hacontrol.model import CheckConfig
 
@@ -243,19 +244,24 @@ def test_http_spec_rejects_bad_input(kw: dict[str, object]) -> None:
     ],
 )
 def test_judge_edges(buf: bytes, eof: bool, want: tuple[bool, str] | None) -> None:
-    assert spec().judge(buf, eof) == want
+    assert HttpReader(spec()).feed(buf, eof) == want
+
+
+def judge(s: HttpSpec, buf: bytes, eof: bool) -> tuple[bool, str] | None:
+    """The verdict on a whole response received so far, in one read."""
+    return HttpReader(s).feed(buf, eof)
 
 
 def test_judge_body_waits_for_content_length_or_eof() -> None:
     s = spec(expect_body="needle")
     head = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"
-    assert s.judge(head + b"nee", False) is None
-    assert s.judge(head + b"needle....", False) == (True, "status 200, body matched")
+    assert judge(s, head + b"nee", False) is None
+    assert judge(s, head + b"needle....", False) == (True, "status 200, body matched")
     nolen = b"HTTP/1.1 200 OK\r\n\r\nneedle"
-    assert s.judge(nolen, False) is None
-    assert s.judge(nolen, True) == (True, "status 200, body matched")
+    assert judge(s, nolen, False) is None
+    assert judge(s, nolen, True) == (True, "status 200, body matched")
     big = b"HTTP/1.1 200 OK\r\n\r\n" + b"y" * (70 * 1024)
-    assert s.judge(big, False) == (False, "body larger than 65536 bytes")  # capped: a clear fail
+    assert judge(s, big, False) == (False, "body larger than 65536 bytes")  # capped: a clear fail
 
 
 async def test_http_no_answer_then_cancel() -> None:
