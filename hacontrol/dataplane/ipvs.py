@@ -37,10 +37,11 @@ from hacontrol import logs
 from hacontrol.dataplane.base import DataplaneError
 from hacontrol.dataplane.diff import Action
 from hacontrol.dataplane.table import (
+    PROTO_NAME,
+    PROTO_NUM,
     DestKey,
     DestSpec,
     Fwd,
-    Proto,
     ServiceKey,
     ServiceSpec,
     Table,
@@ -71,8 +72,6 @@ DEST_U_THRESH, DEST_L_THRESH, DEST_ADDR_FAMILY = 5, 6, 11
 IP_VS_SVC_F_PERSISTENT = 0x1
 FWD_CODE: dict[str, int] = {"nat": 0, "tunnel": 2, "dr": 3}  # IP_VS_CONN_F_MASQ/TUNNEL/DROUTE
 FWD_NAME: dict[int, Fwd] = {0: "nat", 2: "tunnel", 3: "dr"}
-PROTO_NUM: dict[str, int] = {"tcp": socket.IPPROTO_TCP, "udp": socket.IPPROTO_UDP}
-PROTO_NAME: dict[int, Proto] = {socket.IPPROTO_TCP: "tcp", socket.IPPROTO_UDP: "udp"}
 RETRY_AS_SET = {"add_service": "update_service", "add_dest": "update_dest"}
 GONE_OK = (errno.ENOENT, errno.ESRCH)
 

@@ -123,7 +123,9 @@ class NftDataplane(NftRenderer):
             raise DataplaneError(f"nftables: cannot list tables: {err} (needs root/CAP_NET_ADMIN)")
 
     async def snapshot(self, owned: set[ServiceKey]) -> Table:
-        rc, out, err = await self._nft("-j", "list", "table", FAMILY, self.table_name)
+        # -p: protocols as numbers, so the listing is the same with or without /etc/protocols
+        # (ports are numbers unless -S is given); the parser reads both forms anyway
+        rc, out, err = await self._nft("-j", "-p", "list", "table", FAMILY, self.table_name)
         if rc != 0:
             if "No such file or directory" in err:
                 return {}

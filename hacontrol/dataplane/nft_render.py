@@ -25,6 +25,12 @@ Layout of ``table inet <name>``:
   reconciler sees a difference and the next apply repairs it (``nft flush ruleset`` or deleting
   the table reads back as empty). dr/tunnel forwarding and persistence are refused (DataplaneError
   naming the service): they need IPVS.
+
+Reading back never depends on /etc/protocols or /etc/services (a minimal Debian root or a container
+has neither): nft prints a protocol by name only when /etc/protocols names it, else by number, and
+a port by name only with ``-S``; ``read_proto`` and ``read_port`` take both forms, and the dataplane
+asks for numbers anyway (``nft -p``). A port printed by name is looked up in the services database
+nft itself read it from (the only lookup here; numbers need none).
 """
 
 from __future__ import annotations
@@ -32,11 +38,14 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import socket
 from functools import reduce
 from typing import Any, get_args
 
 from hacontrol.dataplane.base import DataplaneError
 from hacontrol.dataplane.table import (
+    PROTO_NAME,
+    PROTO_NUM,
     DestKey,
     DestSpec,
     Proto,
@@ -60,6 +69,7 @@ NAT_CHAINS = {  # name: (type, hook, priority)
     "filter_out": ("filter", "output", 0),
 }
 WEIGHT_MAPS = {4: ("weights4", "ipv4_addr"), 6: ("weights6", "ipv6_addr")}
+PORT_FIELDS = ("sport", "dport")  # payload fields whose values nft may print by service name
 
 
 def _ipfam(family: int) -> str:
@@ -123,6 +133,37 @@ def _service_match(key: ServiceKey) -> list[Json]:
 
 def _comment(key: ServiceKey, spec: ServiceSpec) -> str:
     return f"hc svc {key} {spec.scheduler}"
+
+
+def read_proto(value: Any) -> Proto:
+    """A service's protocol as nft prints it: a name (``"tcp"``, when /etc/protocols has it) or a
+    number (``6``: with ``-p`` or without /etc/protocols) -> ``"tcp"`` / ``"udp"``."""
+    if isinstance(value, str) and value in PROTO_NUM:
+        return PROTO_NAME[PROTO_NUM[value]]
+    if isinstance(value, int | str) and not isinstance(value, bool) and str(value).isdigit():
+        name = PROTO_NAME.get(int(value))
+        if name is not None:
+            return name
+    raise ValueError(f"not the protocol of a service: {value!r}")
+
+
+def read_port(value: Any) -> int:
+    """A port as nft prints it: a number (the default), or a service name (only with ``nft -S``,
+    which resolved it from /etc/services, so the same lookup succeeds here)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        port = value
+    elif isinstance(value, str) and value.isdigit():
+        port = int(value)
+    elif isinstance(value, str) and value:
+        try:
+            port = socket.getservbyname(value)
+        except OSError:
+            raise ValueError(f"unknown service name {value!r}") from None
+    else:
+        raise ValueError(f"not a port: {value!r}")
+    if not 0 <= port <= 65535:
+        raise ValueError(f"port out of range: {value!r}")
+    return port
 
 
 def parse_key(text: str) -> ServiceKey:
@@ -286,9 +327,10 @@ class NftRenderer:
                 for elem in item["map"].get("elem", []):
                     try:
                         proto, vip, port, addr, dport = elem[0]["concat"]
-                        dests.setdefault(ServiceKey(proto, vip, int(port)), {})[
-                            DestKey(addr, int(dport))
-                        ] = DestSpec(int(elem[1]), "nat")
+                        key = ServiceKey(read_proto(proto), vip, read_port(port))
+                        dests.setdefault(key, {})[DestKey(addr, read_port(dport))] = DestSpec(
+                            int(elem[1]), "nat"
+                        )
                     except (KeyError, TypeError, ValueError):
                         broken = True  # a hand-made element: re-render everything
         table: Table = {k: TableService(s, dests.get(k, {})) for k, s in specs.items()}
@@ -336,7 +378,8 @@ def _chain_key(chain: Json) -> str:
 
 def _norm(expr: Any) -> str:
     """Canonical text of a rule's expressions, anonymous set/map elements compared order-free
-    (the two shapes we render: a dnat map and a match against a set); anything else verbatim."""
+    (the two shapes we render: a dnat map and a match against a set), ports as numbers whether
+    nft printed them so or by name; anything else verbatim."""
     if not isinstance(expr, list):
         return json.dumps(expr, sort_keys=True)
     parts: list[str] = []
@@ -344,12 +387,16 @@ def _norm(expr: Any) -> str:
         try:
             if "dnat" in e:
                 m = e["dnat"]["addr"]["map"]
-                data = sorted((int(i), *v["concat"]) for i, v in m["data"]["set"])
+                data = sorted(
+                    (int(i), v["concat"][0], read_port(v["concat"][1])) for i, v in m["data"]["set"]
+                )
                 parts.append(
                     json.dumps(["dnat", e["dnat"]["family"], m["key"], data], sort_keys=True)
                 )
                 continue
             right = e["match"]["right"] if "match" in e else None
+            if isinstance(right, int | str) and _port_field(e["match"]["left"]):
+                e = {"match": {**e["match"], "right": read_port(right)}}
             if isinstance(right, dict) and isinstance(right.get("set"), list):
                 elems = sorted(right["set"], key=str)
                 parts.append(
@@ -360,6 +407,12 @@ def _norm(expr: Any) -> str:
             pass
         parts.append(json.dumps(e, sort_keys=True))
     return "|".join(parts)
+
+
+def _port_field(left: Any) -> bool:
+    """Is a match's left side a port (``tcp dport``, ``udp sport`` ...)?"""
+    payload = left.get("payload") if isinstance(left, dict) else None
+    return isinstance(payload, dict) and payload.get("field") in PORT_FIELDS
 
 
 def _safe_check(table: Table) -> bool:

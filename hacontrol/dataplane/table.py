@@ -13,6 +13,10 @@ from hacontrol.model import Forwarding, Protocol, host_port
 
 Proto = Protocol  # the model's literals: a table holds what a config can say
 Fwd = Forwarding
+# IANA protocol numbers of the protocols a table holds (fixed by the IP header, so no lookup in
+# /etc/protocols, which minimal hosts and containers lack)
+PROTO_NUM: dict[str, int] = {"tcp": 6, "udp": 17}
+PROTO_NAME: dict[int, Proto] = {6: "tcp", 17: "udp"}
 
 
 @dataclass(frozen=True, order=True)

@@ -1,28 +1,42 @@
 """HTTP and HTTPS probes: one request on a fresh connection, minimal response parsing.
 
-The request bytes are built once per target (``HttpSpec``), with ``Connection: close``. Only the
-status line is parsed, unless a body match (substring or regex) is configured; then the body is
-read up to ``BODY_CAP`` bytes, or until ``Content-Length`` or end of stream. Plain HTTP runs on the
-callback socket machinery of ``TcpProbe`` (no Task); HTTPS uses asyncio's ``create_connection``
-with a shared ``SSLContext`` (one Task per check: TLS costs far more than the Task anyway).
+The request bytes are built once per target (``HttpSpec``), with ``Connection: close``. An
+``HttpReader`` reads one response as it arrives: only the status line is parsed, unless a body
+match (substring or regex) is configured; then the rest goes through httptools (llhttp), which
+decodes ``Transfer-Encoding: chunked`` (extensions, trailers), ``Content-Length`` and
+close-delimited bodies, and the match runs over the decoded body once it is complete. A body over
+``BODY_CAP`` bytes, a response over ``RESPONSE_CAP`` bytes on the wire, malformed framing (a bad
+chunk size) or a body cut short fail with a reason saying so. Plain HTTP runs on the callback
+socket machinery of ``TcpProbe`` (no Task); HTTPS uses asyncio's ``create_connection`` with a
+shared ``SSLContext`` (one Task per check: TLS costs far more than the Task anyway).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import re
 import select
 import ssl
 
+import httptools
+
 from hacontrol.health.tcp import Done, Poller, TcpProbe, errno_reason
 from hacontrol.model import CheckConfig
 
-__all__ = ["BODY_CAP", "HttpProbe", "HttpSpec", "HttpsProbe", "tls_context"]
+__all__ = [
+    "BODY_CAP",
+    "RESPONSE_CAP",
+    "HttpProbe",
+    "HttpReader",
+    "HttpSpec",
+    "HttpsProbe",
+    "tls_context",
+]
 
 _EPOLLIN, _EPOLLOUT = select.EPOLLIN, select.EPOLLOUT
-BODY_CAP = 64 * 1024  # bytes of response read at most (headers + body)
+BODY_CAP = 64 * 1024  # bytes of decoded body matched at most; a longer body fails
+RESPONSE_CAP = 4 * BODY_CAP  # bytes read at most (headers, chunk framing, body)
 _HEAD_CAP = 8 * 1024  # a status line longer than this is not HTTP
 _READ_SIZE = 8 * 1024  # per recv: a status line needs one small read; a body takes a few
 
@@ -40,7 +54,7 @@ def _short(text: str, limit: int = 40) -> str:
 class HttpSpec:
     """What to send and how to judge the answer; built once per target."""
 
-    __slots__ = ("cap", "expect", "expect_text", "need_body", "needle", "regex", "request")
+    __slots__ = ("expect", "expect_text", "need_body", "needle", "regex", "request")
 
     def __init__(self, check: CheckConfig, address: str, port: int, tls: bool) -> None:
         method = _clean("method", check.method.upper())
@@ -66,18 +80,18 @@ class HttpSpec:
         except re.error as e:
             raise ValueError(f"http check: invalid expect_regex {check.expect_regex!r}: {e}") from e
         self.need_body = self.needle is not None or self.regex is not None
-        self.cap = BODY_CAP
 
-    def judge(self, buf: bytes, eof: bool) -> tuple[bool, str] | None:
-        """The verdict on the response bytes so far, or None while more are needed."""
-        nl = buf.find(b"\n")
+    def status(self, head: bytes, eof: bool) -> tuple[bool, str] | int | None:
+        """Judge the status line at the start of ``head``: a verdict, the status code when the
+        body must be read too, or None while the line is incomplete."""
+        nl = head.find(b"\n")
         if nl < 0:
             if eof:
-                return False, ("empty response" if not buf else "invalid response")
-            if len(buf) > _HEAD_CAP:
+                return False, ("empty response" if not head else "invalid response")
+            if len(head) > _HEAD_CAP:
                 return False, "invalid response (no status line)"
             return None
-        parts = buf[:nl].split(None, 2)
+        parts = head[:nl].split(None, 2)
         if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
             return False, "invalid response (not HTTP)"
         code = int(parts[1])
@@ -85,22 +99,9 @@ class HttpSpec:
             return False, f"status {code} (expected {self.expect_text})"
         if not self.need_body:
             return True, f"status {code}"
-        end = buf.find(b"\r\n\r\n")
-        skip = 4
-        if end < 0:
-            end, skip = buf.find(b"\n\n"), 2
-        full = eof or len(buf) >= self.cap
-        if end < 0:
-            return (False, "response headers incomplete") if full else None
-        body = buf[end + skip :]
-        if not full:
-            length = _content_length(buf[:end])
-            if length is None or len(body) < length:
-                return None
-            body = body[:length]
-        return self._match(code, body)
+        return code
 
-    def _match(self, code: int, body: bytes) -> tuple[bool, str]:
+    def match(self, code: int, body: bytes) -> tuple[bool, str]:
         if self.needle is not None and self.needle not in body:
             return False, f"body did not match {_short(self.needle.decode())!r}"
         if self.regex is not None and not self.regex.search(body.decode("utf-8", "replace")):
@@ -108,29 +109,111 @@ class HttpSpec:
         return True, f"status {code}, body matched"
 
 
-def _content_length(head: bytes) -> int | None:
-    for line in head.split(b"\n")[1:]:
-        name, sep, value = line.partition(b":")
-        if sep and name.strip().lower() == b"content-length":
-            with contextlib.suppress(ValueError):
-                return int(value.strip())
-    return None
+class _Message:
+    """The httptools callbacks of one response: its decoded body, kept up to ``BODY_CAP``."""
+
+    __slots__ = ("chunks", "complete", "framed", "headers_done", "size")
+
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.framed = False  # Content-Length or Transfer-Encoding: the body has a known end
+        self.headers_done = False
+        self.complete = False
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() in (b"content-length", b"transfer-encoding"):
+            self.framed = True
+
+    def on_headers_complete(self) -> None:
+        self.headers_done = True
+
+    def on_body(self, data: bytes) -> None:
+        self.size += len(data)
+        if self.size <= BODY_CAP:
+            self.chunks.append(data)
+
+    def on_message_complete(self) -> None:
+        self.complete = True
+
+
+def _parser(message: _Message) -> httptools.HttpResponseParser:
+    parser = httptools.HttpResponseParser(message)
+    # a health check reads its own real servers: accept what the old line parser accepted (bare LF
+    # line ends) and the whitespace RFC 9112 allows before a chunk extension; stay strict on the
+    # framing itself (chunk sizes, Content-Length)
+    parser.set_dangerous_leniencies(
+        lenient_optional_cr_before_lf=True, lenient_spaces_after_chunk_size=True
+    )
+    return parser
+
+
+class HttpReader:
+    """One response as it arrives (see the module doc); ``feed`` returns the verdict once known."""
+
+    __slots__ = ("_code", "_head", "_message", "_parser", "_spec", "received")
+
+    def __init__(self, spec: HttpSpec) -> None:
+        self._spec = spec
+        self.received = 0  # bytes so far
+        self._head = b""
+        self._code = 0
+        self._message: _Message | None = None
+        self._parser: httptools.HttpResponseParser | None = None
+
+    def feed(self, data: bytes, eof: bool) -> tuple[bool, str] | None:
+        """Take the next bytes (``eof``: the peer closed); the verdict, or None for more."""
+        self.received += len(data)
+        if self._parser is None:
+            head = self._head = self._head + data if self._head else data
+            got = self._spec.status(head, eof)
+            if not isinstance(got, int):
+                return got
+            self._code, self._head, data = got, b"", head  # the body is needed: parse it all
+            self._message = _Message()
+            self._parser = _parser(self._message)
+        return self._body(data, eof)
+
+    def _body(self, data: bytes, eof: bool) -> tuple[bool, str] | None:
+        msg = self._message
+        assert msg is not None and self._parser is not None
+        if data:
+            try:
+                self._parser.feed_data(data)
+            except httptools.HttpParserUpgrade:
+                return False, "invalid response (protocol upgrade)"
+            except httptools.HttpParserError as e:
+                if not msg.complete:  # bytes after a complete message do not matter
+                    return False, f"invalid response ({e})"
+        if msg.size > BODY_CAP:
+            return False, f"body larger than {BODY_CAP} bytes"
+        if msg.complete:
+            return self._spec.match(self._code, b"".join(msg.chunks))
+        if self.received > RESPONSE_CAP:
+            return False, f"response larger than {RESPONSE_CAP} bytes"
+        if not eof:
+            return None
+        if not msg.headers_done:
+            return False, "response headers incomplete"
+        if msg.framed:
+            return False, f"body incomplete: connection closed after {msg.size} bytes"
+        return self._spec.match(self._code, b"".join(msg.chunks))  # close-delimited: complete
 
 
 class HttpProbe(TcpProbe):
     """Plain HTTP on a fresh non-blocking socket; aborted as soon as the verdict is known."""
 
     kind = "http"
-    __slots__ = ("_buf", "_out", "_spec")
+    __slots__ = ("_out", "_reader", "_spec")
 
     def __init__(self, spec: HttpSpec, address: str, port: int) -> None:
         super().__init__(address, port)
         self._spec = spec
-        self._buf = b""
+        self._reader = HttpReader(spec)
         self._out = b""
 
     def _connected(self) -> None:
-        self._buf = b""
+        self._reader = HttpReader(self._spec)
         self._out = self._spec.request
         self._send()
 
@@ -169,12 +252,11 @@ class HttpProbe(TcpProbe):
         except BlockingIOError:
             return
         except OSError as e:
-            if not self._buf:
+            if not self._reader.received:
                 self._finish(False, errno_reason(e.errno or 0))
                 return
             data = b""
-        buf = self._buf = self._buf + data if self._buf else data
-        verdict = self._spec.judge(buf, not data)
+        verdict = self._reader.feed(data, not data)
         if verdict is not None:
             self._finish(*verdict)
 
@@ -182,7 +264,7 @@ class HttpProbe(TcpProbe):
         if self._watch == 1 and self._out:
             phase = "sending request"
         elif self._watch == 2:
-            phase = "reading response" if self._buf else "no response"
+            phase = "reading response" if self._reader.received else "no response"
         else:
             phase = "connecting" if self._watch == 1 else ""
         self._done = None
@@ -224,7 +306,7 @@ class _TlsAttempt(asyncio.Protocol):
     def __init__(self, spec: HttpSpec, done: Done) -> None:
         self.spec = spec
         self.done: Done | None = done
-        self.buf = b""
+        self.reader = HttpReader(spec)
         self.transport: asyncio.Transport | None = None
         self.task: asyncio.Task[None] | None = None
 
@@ -243,7 +325,7 @@ class _TlsAttempt(asyncio.Protocol):
         return False
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if exc is not None and not self.buf:
+        if exc is not None and not self.reader.received:
             self.finish(False, tls_reason(exc))
         else:
             self.feed(b"", True)
@@ -251,8 +333,7 @@ class _TlsAttempt(asyncio.Protocol):
     def feed(self, data: bytes, eof: bool) -> None:
         if self.done is None:
             return
-        self.buf += data
-        verdict = self.spec.judge(self.buf, eof)
+        verdict = self.reader.feed(data, eof)
         if verdict is not None:
             self.finish(*verdict)
 
@@ -267,7 +348,7 @@ class _TlsAttempt(asyncio.Protocol):
         if self.transport is None:
             phase = "connecting"
         else:
-            phase = "reading response" if self.buf else "no response"
+            phase = "reading response" if self.reader.received else "no response"
         self.done = None
         if self.task is not None:
             self.task.cancel()

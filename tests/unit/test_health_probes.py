@@ -1,6 +1,7 @@
 """Probes, one attempt each, against servers on loopback in this process (asyncio and uvloop).
 
-Also the pure HTTP response judge (table-driven) and request building.
+Also the HTTP response reader on whole responses (table-driven; every framing case:
+test_http_chunked.py) and request building.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import pytest
 import uvloop
 
 from hacontrol.health.exec import ExecProbe, build_argv
-from hacontrol.health.http import HttpProbe, HttpSpec, HttpsProbe
+from hacontrol.health.http import BODY_CAP, HttpProbe, HttpReader, HttpSpec, HttpsProbe
 from hacontrol.health.tcp import Poller, Probe, TcpProbe
 from hacontrol.model import CheckConfig
 
@@ -243,19 +244,24 @@ def test_http_spec_rejects_bad_input(kw: dict[str, object]) -> None:
     ],
 )
 def test_judge_edges(buf: bytes, eof: bool, want: tuple[bool, str] | None) -> None:
-    assert spec().judge(buf, eof) == want
+    assert HttpReader(spec()).feed(buf, eof) == want
+
+
+def judge(s: HttpSpec, buf: bytes, eof: bool) -> tuple[bool, str] | None:
+    """The verdict on a whole response received so far, in one read."""
+    return HttpReader(s).feed(buf, eof)
 
 
 def test_judge_body_waits_for_content_length_or_eof() -> None:
     s = spec(expect_body="needle")
     head = b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n"
-    assert s.judge(head + b"nee", False) is None
-    assert s.judge(head + b"needle....", False) == (True, "status 200, body matched")
+    assert judge(s, head + b"nee", False) is None
+    assert judge(s, head + b"needle....", False) == (True, "status 200, body matched")
     nolen = b"HTTP/1.1 200 OK\r\n\r\nneedle"
-    assert s.judge(nolen, False) is None
-    assert s.judge(nolen, True) == (True, "status 200, body matched")
+    assert judge(s, nolen, False) is None
+    assert judge(s, nolen, True) == (True, "status 200, body matched")
     big = b"HTTP/1.1 200 OK\r\n\r\n" + b"y" * (70 * 1024)
-    assert s.judge(big, False) == (False, "body did not match 'needle'")  # capped, judged
+    assert judge(s, big, False) == (False, "body larger than 65536 bytes")  # capped: a clear fail
 
 
 async def test_http_no_answer_then_cancel() -> None:
@@ -274,6 +280,66 @@ async def test_http_no_answer_then_cancel() -> None:
         assert p.cancel() == "no response"
         assert got == []
         poller.close()
+
+
+CHUNKED_HEAD = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"
+BIG_CHUNK = b"%x\r\n%s\r\n" % (16 * 1024, b"n" * 16 * 1024)
+
+
+def pieces_handler(pieces: list[bytes]) -> Handler:
+    """A real server that sends its response in ``pieces``, each its own write (no Nagle), with
+    a turn of the event loop in between so the probe can read them one by one."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await reader.readuntil(b"\r\n\r\n")
+            sock = writer.get_extra_info("socket")
+            if sock is not None and writer.get_extra_info("sslcontext") is None:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            for piece in pieces:
+                writer.write(piece)
+                await writer.drain()
+                await asyncio.sleep(0)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass  # the probe had its verdict and reset the connection
+        writer.close()
+
+    return handle
+
+
+CHUNKED_CASES = {
+    # the needle split across two chunks, a chunk extension, a trailer field
+    "match split across chunks": (
+        [CHUNKED_HEAD, b"4\r\nxxne\r\n", b"4;ext=1\r\nedle", b"\r\n0\r\nX-T: y\r\n\r\n"],
+        (True, "status 200, body matched"),
+    ),
+    # the reads split inside the chunk-size lines too
+    "split inside size lines": (
+        [CHUNKED_HEAD + b"4", b"\r\nxxne\r\n4", b";a=\"b;c\"\r\nedle\r\n0\r\n", b"\r\n"],
+        (True, "status 200, body matched"),
+    ),
+    "malformed chunk size": (
+        [CHUNKED_HEAD, b"4\r\nxxne\r\n", b"zz\r\nedle\r\n0\r\n\r\n"],
+        (False, "invalid response (Invalid character in chunk size)"),
+    ),
+    "oversized body": (
+        [CHUNKED_HEAD, *[BIG_CHUNK] * 4, b"1\r\nn\r\n", b"6\r\nneedle\r\n0\r\n\r\n"],
+        (False, f"body larger than {BODY_CAP} bytes"),
+    ),
+    "closed before the last chunk": (
+        [CHUNKED_HEAD, b"6\r\nneedle\r\n"],
+        (False, "body incomplete: connection closed after 6 bytes"),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CHUNKED_CASES))
+async def test_http_chunked_real_server(case: str) -> None:
+    pieces, want = CHUNKED_CASES[case]
+    async with serve(pieces_handler(pieces)) as srv:
+        check = CheckConfig(type="http", expect_body="needle")
+        probe = HttpProbe(HttpSpec(check, "127.0.0.1", srv.port, tls=False), "127.0.0.1", srv.port)
+        assert await attempt(probe) == want
 
 
 def make_cert(tmp: Path) -> tuple[Path, Path]:
@@ -330,6 +396,21 @@ async def test_https_verify(tmp_path: Path, verify: bool, want_ok: bool, want: s
         ok, reason = await attempt(probe)
         assert ok is want_ok
         assert reason.startswith(want), reason
+    await asyncio.sleep(0.05)  # let the server side tls transports finish closing
+
+
+async def test_https_chunked_real_server(tmp_path: Path) -> None:
+    """The TLS path reads through the same decoder: a match split across chunks."""
+    crt, pem = make_cert(tmp_path)
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(crt, pem)
+    pieces, want = CHUNKED_CASES["match split across chunks"]
+    async with serve(pieces_handler(pieces), ssl_ctx=ctx) as srv:
+        check = CheckConfig(type="https", verify_tls=False, expect_body="needle")
+        probe = HttpsProbe(
+            HttpSpec(check, "127.0.0.1", srv.port, tls=True), check, "127.0.0.1", srv.port
+        )
+        assert await attempt(probe) == want
     await asyncio.sleep(0.05)  # let the server side tls transports finish closing
 
 

@@ -1,0 +1,190 @@
+"""Reading our nftables table back, whatever form nft printed it in.
+
+nft prints a protocol by name only when /etc/protocols names it (a minimal Debian root or a
+container has no such file: then ``6``), by number with ``-p``, and a port by name only with
+``-S``. The golden listings under ``golden/nft/`` are what nft 1.0.6 printed for one table in each
+form, on a real kernel:
+
+* ``named.json``: ``nft -j list table`` on a host with /etc/protocols (``"tcp"``),
+* ``numeric.json``: ``nft -j -p list table`` (``6``, what the dataplane asks for, and what plain
+  ``nft -j`` prints on a host without /etc/protocols),
+* ``services.json``: ``nft -j -S list table`` (ports as service names: ``"http"``).
+
+Regenerate them (root, nft installed; only when the rendering changes on purpose):
+``python3 tests/unit/test_nft_readback.py --regen``.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hacontrol.dataplane.nft_render import ALTERED, NftRenderer, read_port, read_proto
+from hacontrol.dataplane.table import (
+    DestKey,
+    DestSpec,
+    ServiceKey,
+    ServiceSpec,
+    Table,
+    TableService,
+)
+
+GOLDEN = Path(__file__).parent / "golden" / "nft"
+TABLE_NAME = "hcgolden"
+FORMS = {"named": [], "numeric": ["-p"], "services": ["-S"]}
+
+
+def _svc(sched: str, dests: dict[tuple[str, int], int]) -> TableService:
+    return TableService(
+        ServiceSpec(sched), {DestKey(a, p): DestSpec(w) for (a, p), w in dests.items()}
+    )
+
+
+TABLE: Table = {
+    ServiceKey("tcp", "198.51.100.10", 80): _svc(
+        "wrr", {("192.0.2.11", 8080): 2, ("192.0.2.12", 80): 1, ("192.0.2.13", 80): 0}
+    ),
+    ServiceKey("udp", "198.51.100.10", 53): _svc("rr", {("192.0.2.11", 53): 1}),
+    ServiceKey("tcp", "198.51.100.11", 443): TableService(ServiceSpec("rr"), {}),  # no dest
+    ServiceKey("tcp", "2001:db8:1::10", 443): _svc("sh", {("2001:db8:2::11", 443): 1}),
+    ServiceKey("udp", "2001:db8:1::10", 53): _svc("lc", {("2001:db8:2::12", 53): 0}),
+}
+
+
+def _golden(form: str) -> dict[str, Any]:
+    return dict(json.loads((GOLDEN / f"{form}.json").read_text()))
+
+
+def _elements(doc: dict[str, Any]) -> list[list[Any]]:
+    return [
+        e[0]["concat"]
+        for item in doc["nftables"]
+        if "map" in item
+        for e in item["map"].get("elem", [])
+    ]
+
+
+def test_golden_forms_really_differ() -> None:
+    """The three listings are not the same text: each exercises its own form."""
+    protos = {f: {c[0] for c in _elements(_golden(f))} for f in FORMS}
+    assert protos == {"named": {"tcp", "udp"}, "numeric": {6, 17}, "services": {"tcp", "udp"}}
+    ports = {c[2] for c in _elements(_golden("services"))}
+    assert ports == {"http", "domain", "https"}
+
+
+@pytest.mark.parametrize("form", sorted(FORMS))
+def test_every_form_reads_back_to_the_rendered_table(form: str) -> None:
+    if form == "services":
+        try:
+            socket.getservbyname("http")
+        except OSError:
+            pytest.skip("no services database on this host: nft could not print names either")
+    assert NftRenderer(TABLE_NAME).parse(_golden(form)) == TABLE
+
+
+def test_numeric_listing_needs_no_name_database() -> None:
+    """The form nft prints without /etc/protocols and /etc/services is read without any lookup."""
+    renderer = NftRenderer(TABLE_NAME)
+    doc = _golden("numeric")
+    real = socket.getservbyname
+    try:
+
+        def refuse(*args: Any) -> int:
+            raise AssertionError(f"looked up a service name {args}")
+
+        socket.getservbyname = refuse  # type: ignore[assignment]
+        assert renderer.parse(doc) == TABLE
+    finally:
+        socket.getservbyname = real
+
+
+def test_hand_edit_still_detected_in_numeric_form() -> None:
+    """Accepting numbers does not make the parser blind: an edited weight element or rule still
+    reads back altered."""
+    renderer = NftRenderer(TABLE_NAME)
+    doc = _golden("numeric")
+    for item in doc["nftables"]:
+        rule = item.get("rule")
+        if rule and rule["chain"] == "dnat_pre" and "198.51.100.10:80" in rule["comment"]:
+            rule["expr"][1]["match"]["right"] = 81  # the port of the rule, edited by hand
+    got = renderer.parse(doc)
+    key = ServiceKey("tcp", "198.51.100.10", 80)
+    assert got[key].spec.scheduler == ALTERED + "wrr"
+    assert all(not s.spec.scheduler.startswith(ALTERED) for k, s in got.items() if k != key)
+
+
+def test_unknown_protocol_number_marks_the_table_for_rerender() -> None:
+    renderer = NftRenderer(TABLE_NAME)
+    doc = _golden("numeric")
+    for item in doc["nftables"]:
+        if item.get("map", {}).get("name") == "weights4":
+            item["map"]["elem"][0][0]["concat"][0] = 132  # sctp: no service of ours
+    assert {s.spec.scheduler[: len(ALTERED)] for s in renderer.parse(doc).values()} == {ALTERED}
+
+
+@pytest.mark.parametrize(
+    ("value", "want"),
+    [("tcp", "tcp"), ("udp", "udp"), (6, "tcp"), (17, "udp"), ("6", "tcp"), ("17", "udp")],
+)
+def test_read_proto(value: object, want: str) -> None:
+    assert read_proto(value) == want
+
+
+@pytest.mark.parametrize("value", ["sctp", 132, "132", -6, True, None, "", "6 ", 6.0])
+def test_read_proto_refuses(value: object) -> None:
+    with pytest.raises(ValueError, match="not the protocol of a service"):
+        read_proto(value)
+
+
+@pytest.mark.parametrize(("value", "want"), [(80, 80), ("8080", 8080), (0, 0), (65535, 65535)])
+def test_read_port(value: object, want: int) -> None:
+    assert read_port(value) == want
+
+
+@pytest.mark.parametrize(
+    ("value", "reason"),
+    [
+        (65536, "out of range"),
+        (-1, "out of range"),
+        ("no-such-service-name", "unknown service name"),
+        (True, "not a port"),
+        (None, "not a port"),
+        ("", "not a port"),
+        ({"set": [80]}, "not a port"),
+    ],
+)
+def test_read_port_refuses(value: object, reason: str) -> None:
+    with pytest.raises(ValueError, match=reason):
+        read_port(value)
+
+
+def _regen() -> None:
+    """Apply TABLE in a fresh network namespace and store each listing form."""
+    ns = f"hcgold-{uuid.uuid4().hex[:8]}"
+    batch = json.dumps(NftRenderer(TABLE_NAME).render(TABLE))
+    subprocess.run(["ip", "netns", "add", ns], check=True)
+    try:
+        nft = ["ip", "netns", "exec", ns, "nft"]
+        subprocess.run([*nft, "-j", "-f", "-"], input=batch, text=True, check=True)
+        GOLDEN.mkdir(parents=True, exist_ok=True)
+        for form, opts in FORMS.items():
+            out = subprocess.run(
+                [*nft, "-j", *opts, "list", "table", "inet", TABLE_NAME],
+                capture_output=True, text=True, check=True,
+            ).stdout  # fmt: skip
+            doc = json.loads(out)
+            (GOLDEN / f"{form}.json").write_text(json.dumps(doc, indent=1) + "\n")
+            print(f"wrote {GOLDEN / f'{form}.json'}")
+    finally:
+        subprocess.run(["ip", "netns", "del", ns], check=False)
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--regen"]:
+    _regen()
