@@ -1,8 +1,9 @@
 """The ``hacontrol`` command line: run the daemon, check a config, status, reload, drills, version.
 
 ``hacontrol run -c FILE [--dry-run]`` starts the daemon (hacontrol.daemon); ``check`` validates a
-file; ``status``, ``reload`` and ``drill handover|fault`` talk to a running daemon's API over TCP
-or its unix socket (plain ``http.client``, no event loop); ``lab`` hands over to
+file and prints every error, then their count; ``version`` (or ``--version``) prints the version;
+``status``, ``reload`` and ``drill handover|fault`` talk to a running daemon's API over TCP or its
+unix socket (plain ``http.client``, no event loop); ``lab`` hands over to
 ``hacontrol.lab.demo:main`` when present. The readable text of status and drill results is
 rendered by ``hacontrol.cli_render``.
 """
@@ -101,13 +102,13 @@ def api_call(
 
 
 def _load_config(path: str, err: TextIO) -> Any:
-    from hacontrol.config import ConfigError, load
+    """The config at ``path``, or None after printing its errors and their count."""
+    from hacontrol.config import ConfigError, format_errors, load
 
     try:
         return load(path)
     except ConfigError as exc:
-        for line in str(exc).splitlines():
-            print(line, file=err)
+        print(format_errors(exc), file=err)
         return None
     except OSError as exc:
         print(f"{path}: {exc.strerror or exc}", file=err)
@@ -260,6 +261,7 @@ def cmd_lab(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hacontrol", description="hacontrol: LVS director controller")
+    p.add_argument("--version", action="version", version=f"hacontrol {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def api_opts(sp: argparse.ArgumentParser) -> None:
@@ -324,6 +326,8 @@ def main(
     argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None
 ) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["--version"]:  # the usual spelling; "hacontrol version" prints the same
+        argv = ["version", *argv[1:]]
     if argv[:1] == ["lab"]:  # everything after "lab" belongs to the lab, options included
         args = argparse.Namespace(func=cmd_lab, lab_args=argv[1:])
     else:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from operator import attrgetter
 from typing import Any, Protocol
 
+from hacontrol.config import secrets
 from hacontrol.config.digest import compute_digest
 from hacontrol.ha.handoff_rules import Triple
 from hacontrol.ha.interfaces import Notifier
@@ -67,17 +68,14 @@ class StartError(Exception):
 
 
 def read_token(path: str | None) -> str | None:
-    """The API token from ``api.token_file``; raises StartError when unreadable or empty."""
+    """The API token from ``api.token_file``, by the rule ``hacontrol check`` applies too
+    (``hacontrol.config.secrets.read_token``); raises StartError when it is unusable."""
     if path is None:
         return None
     try:
-        with open(path) as f:
-            token = f.read().strip()
-    except OSError as exc:
-        raise StartError(f"api.token_file {path}: {exc.strerror or exc}") from None
-    if not token:
-        raise StartError(f"api.token_file {path}: the file is empty")
-    return token
+        return secrets.read_token(path)
+    except secrets.SecretError as exc:
+        raise StartError(f"api.token_file {path}: {exc}") from None
 
 
 def sd_notify(message: str) -> bool:

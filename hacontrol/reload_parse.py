@@ -3,8 +3,8 @@
 A reload must never block the event loop (heartbeats, the API, stop): the YAML parse and the
 validation run in ``python -m hacontrol.reload_parse PATH MEMORY``, a child that limits its own
 address space (``RLIMIT_AS``) before reading anything and writes one pickle to stdout: the
-validated ``Config`` or the list of errors (at most ``MAX_ERRORS`` lines). The parent
-(``parse_in_child``) waits on the loop with a deadline; on timeout or cancellation (the daemon
+validated ``Config`` or the list of errors (capped by ``hacontrol.config.limits.MAX_ERRORS``).
+The parent (``parse_in_child``) waits on the loop with a deadline; on timeout or cancellation (the daemon
 stops) it kills the child and reaps it. The child is our own code run by the same interpreter,
 so its pickle is trusted; its output is still capped (``MAX_OUTPUT``).
 """
@@ -24,7 +24,6 @@ from hacontrol.config import ConfigError, load
 from hacontrol.model import Config
 
 __all__ = [
-    "MAX_ERRORS",
     "PARSE_DEADLINE",
     "PARSE_MEMORY",
     "Parse",
@@ -35,7 +34,6 @@ __all__ = [
 
 PARSE_DEADLINE = 30.0  # seconds a reload's parse + validation may take
 PARSE_MEMORY = 1 << 30  # bytes of address space the child may use (RLIMIT_AS)
-MAX_ERRORS = 200  # error lines reported; the rest are counted in one more line
 MAX_OUTPUT = 256 << 20  # bytes of pickle the parent reads at most
 _STDERR_TAIL = 2000
 
@@ -51,18 +49,12 @@ class Refused:
 Parse = Callable[[str], Awaitable[Config | Refused]]
 
 
-def _capped(lines: list[str]) -> list[str]:
-    if len(lines) <= MAX_ERRORS:
-        return lines
-    return [*lines[:MAX_ERRORS], f"... and {len(lines) - MAX_ERRORS} more errors"]
-
-
 def parse_here(path: str, memory: int = PARSE_MEMORY) -> Config | Refused:
     """The verdict on ``path`` in this process (the child's work; never raises for bad input)."""
     try:
         return load(path)
     except ConfigError as exc:
-        return Refused(_capped(str(exc).splitlines()))
+        return Refused(str(exc).splitlines())  # capped by config (limits.MAX_ERRORS)
     except OSError as exc:
         return Refused([f"{path}: {exc.strerror or exc}"])
     except MemoryError:

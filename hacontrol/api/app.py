@@ -4,29 +4,28 @@ The API holds no logic: it reads the status view of a ``Controller`` (the daemon
 commands to it. Every error is a JSON body ``{"error": ..., "status": n}``; a 500 never carries a
 traceback (that goes to the log as ``api.error``). The routes are described in
 ``hacontrol/api/openapi.yaml`` (served at ``GET /v1/openapi.yaml``); a unit test keeps the two in
-step.
+step. The listener, with the JSON answers to requests aiohttp's own parser refuses, is
+``hacontrol.api.server`` (``ApiServer`` and ``parse_listen`` are re-exported here).
 """
 
 from __future__ import annotations
 
 import contextlib
-import errno
 import hmac
 import ipaddress
 import json
 import math
-import os
-import socket
 from collections.abc import Awaitable, Callable, Iterable
 from importlib import resources
-from pathlib import Path
 from typing import Any, Protocol
 
 from aiohttp import web
 
 from hacontrol import logs
+from hacontrol.api.server import ApiServer as ApiServer
+from hacontrol.api.server import json_error
+from hacontrol.api.server import parse_listen as parse_listen
 from hacontrol.ha.runner import DrillError
-from hacontrol.model import host_port
 
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -55,13 +54,6 @@ class Controller(Protocol):
 
 
 CONTROLLER = web.AppKey("controller", Controller)
-
-
-def json_error(status: int, message: str, **extra: Any) -> web.Response:
-    headers = extra.pop("headers", None)
-    return web.json_response(
-        {"error": message, "status": status, **extra}, status=status, headers=headers
-    )
 
 
 @web.middleware
@@ -263,92 +255,3 @@ def route_table(app: web.Application) -> set[tuple[str, str]]:
         if path and r.method != "*":
             out.add((r.method, str(path)))
     return out
-
-
-def parse_listen(listen: str) -> tuple[str, str | int]:
-    """("unix", path) or (host, port) from "unix:/path", "host:port" or "[v6]:port"."""
-    if listen.startswith("unix:"):
-        path = listen[5:]
-        if not path.startswith("/"):
-            raise ValueError(f"api.listen: unix socket path must be absolute: {listen!r}")
-        return "unix", path
-    host, sep, port = listen.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"api.listen: expected host:port or unix:/path, got {listen!r}")
-    return host.strip("[]") or "127.0.0.1", int(port)
-
-
-def _refuse_live_socket(path: str) -> None:
-    """Raise EADDRINUSE when another process serves ``path`` (a second daemon, a dry run next
-    to the real one); a stale socket file is left for the bind to replace."""
-    if not Path(path).is_socket():
-        return
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-        probe.settimeout(1.0)
-        try:
-            probe.connect(path)
-        except OSError:
-            return  # nobody listens: stale
-    raise OSError(errno.EADDRINUSE, f"another process serves {path}")
-
-
-class ApiServer:
-    """Serves an app on TCP host:port or a unix socket (mode 0660, parent dir created)."""
-
-    def __init__(
-        self,
-        app: web.Application,
-        listen: str,
-        socket_mode: int = 0o660,
-        shutdown_timeout: float = 0.3,
-    ) -> None:
-        self.app = app
-        self.shutdown_timeout = shutdown_timeout  # in-flight requests get this long on stop
-        self.listen = listen
-        self.socket_mode = socket_mode
-        self._runner: web.AppRunner | None = None
-        self._unix_path: str | None = None
-        self.bound: str = ""  # the actual address once started (the real port when 0 was asked)
-
-    async def start(self) -> None:
-        host, port = parse_listen(self.listen)
-        runner = web.AppRunner(
-            self.app, access_log=None, handle_signals=False, shutdown_timeout=self.shutdown_timeout
-        )
-        await runner.setup()
-        try:
-            site: web.BaseSite
-            if host == "unix":
-                path = str(port)
-                Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o750)
-                _refuse_live_socket(path)
-                old_umask = os.umask(0o117)
-                try:
-                    site = web.UnixSite(runner, path)
-                    await site.start()
-                finally:
-                    os.umask(old_umask)
-                os.chmod(path, self.socket_mode)
-                self._unix_path = path
-                self.bound = f"unix:{path}"
-            else:
-                assert isinstance(port, int)
-                site = web.TCPSite(runner, host, port, reuse_address=True)
-                await site.start()
-                server = site._server
-                sockets = getattr(server, "sockets", None) or []
-                real_port = sockets[0].getsockname()[1] if sockets else port
-                self.bound = host_port(host, real_port)
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-        if self._unix_path is not None:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(self._unix_path)
-            self._unix_path = None

@@ -1,19 +1,23 @@
 """The ``ha:`` section of the config file: the HA pair's peering, VIPs, tracking and notify hook.
 
 Parsed with the ``Reader`` of ``hacontrol.config.reader`` (so errors share its
-``FILE:LINE: FIELD: reason`` format); produces ``hacontrol.model.HAConfig``. The secret's content is
-read by the HA code, not here: the loader only checks that ``secret_file`` exists (skippable with
-``check_files=False``).
+``FILE:LINE: FIELD: reason`` format); produces ``hacontrol.model.HAConfig``. The key itself is read
+by the HA code, not kept here: the loader checks ``secret_file`` with the rule the daemon applies
+(``hacontrol.config.secrets.read_key``; skippable with ``check_files=False``). The lease is checked
+against ``interval * dead_after`` whenever those three are valid, whatever else is wrong.
 """
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import MISSING, fields, replace
 from typing import Any
 
 from yaml.nodes import Node
 
-from hacontrol.config.reader import IFNAME_RE, Reader, fmt_duration, join, scalar
+from hacontrol.config.limits import DURATIONS
+from hacontrol.config.reader import Reader
+from hacontrol.config.scalars import IFNAME_RE, fmt_duration, join, scalar
+from hacontrol.config.secrets import read_key
 from hacontrol.model import (
     AnnounceConfig,
     Endpoint,
@@ -21,12 +25,14 @@ from hacontrol.model import (
     SyncConfig,
     TrackConfig,
     VipConfig,
+    dead_interval,
 )
 
 HA_KEYS = (
     "bind", "peers", "priority", "preempt", "preempt_delay", "interval", "dead_after",
     "secret_file", "vips", "announce", "lease", "track", "notify", "notify_timeout", "sync",
 )  # fmt: skip
+_DEFAULTS = {f.name: f.default for f in fields(HAConfig) if f.default is not MISSING}
 
 
 def parse_ha(r: Reader, node: Node, *, check_files: bool) -> HAConfig | None:
@@ -44,16 +50,15 @@ def parse_ha(r: Reader, node: Node, *, check_files: bool) -> HAConfig | None:
         kw["priority"] = r.integer(m["priority"], "ha.priority", 1, 254)
     if "preempt" in m:
         kw["preempt"] = r.boolean(m["preempt"], "ha.preempt")
-    for key in ("preempt_delay",):
+    for key in ("preempt_delay", "interval", "notify_timeout"):
         if key in m:
-            kw[key] = r.duration(m[key], join("ha", key), zero=True)
-    for key in ("interval", "notify_timeout"):
-        if key in m:
-            kw[key] = r.duration(m[key], join("ha", key))
+            kw[key] = r.duration(m[key], join("ha", key), *DURATIONS[join("ha", key)])
     if "dead_after" in m:
         kw["dead_after"] = r.integer(m["dead_after"], "ha.dead_after", 2, 1000)
     if "secret_file" in m:
-        kw["secret_file"] = r.file_path(m["secret_file"], "ha.secret_file", check=check_files)
+        kw["secret_file"] = r.file_path(
+            m["secret_file"], "ha.secret_file", check=read_key if check_files else None
+        )
     if "vips" in m:
         kw["vips"] = _vips(r, m["vips"])
     if "announce" in m:
@@ -66,21 +71,30 @@ def parse_ha(r: Reader, node: Node, *, check_files: bool) -> HAConfig | None:
         kw["lease"] = _lease(r, m["lease"])
     if "sync" in m and scalar(m["sync"])[0] != "null":
         kw["sync"] = _sync(r, m["sync"])
+    _check_lease(r, m, kw)
     if not r.clean_since(start):
         return None
     ha = HAConfig(**kw)
     if "lease" not in m and ha.lease is not None:
         # the model's 3s default is too short for a slow heartbeat (1s x 3 = 3s): derive it
         ha = replace(ha, lease=max(ha.lease, 2 * ha.dead_interval))
-    if ha.lease is not None and ha.lease <= ha.dead_interval:
+    return ha
+
+
+def _check_lease(r: Reader, m: dict[str, Node], kw: dict[str, Any]) -> None:
+    """A set lease must outlast the dead interval (checked when the three values are valid)."""
+    lease, interval, dead_after = (
+        kw.get(k, _DEFAULTS[k]) for k in ("lease", "interval", "dead_after")
+    )
+    if "lease" not in m or None in (lease, interval, dead_after):
+        return  # unset (derived from the others), off, or invalid (already reported)
+    if lease <= dead_interval(interval, dead_after):
         r.error(
             m["lease"],
             "ha.lease",
             f"must be greater than interval * dead_after "
-            f"({fmt_duration(ha.dead_interval)}), got {fmt_duration(ha.lease)}",
+            f"({fmt_duration(dead_interval(interval, dead_after))}), got {fmt_duration(lease)}",
         )
-        return None
-    return ha
 
 
 def _peers(r: Reader, node: Node, bind: Endpoint | None) -> tuple[Endpoint, ...]:
@@ -117,11 +131,15 @@ def _vips(r: Reader, node: Node) -> tuple[VipConfig, ...]:
     for i, item in enumerate(items or []):
         p = f"ha.vips[{i}]"
         m = r.mapping(item, p, ("address", "interface"), required=("address", "interface"))
-        if not m or "address" not in m or "interface" not in m:
+        if not m or "address" not in m:
             continue
-        iface = r.string(m["interface"], join(p, "interface"), pattern=IFNAME_RE)
+        iface = (
+            r.string(m["interface"], join(p, "interface"), pattern=IFNAME_RE)
+            if "interface" in m
+            else None
+        )
         addr = r.interface(m["address"], join(p, "address"))
-        if addr is None or iface is None:
+        if addr is None:
             continue
         key = str(addr.ip)
         if key in seen:
@@ -132,7 +150,8 @@ def _vips(r: Reader, node: Node) -> tuple[VipConfig, ...]:
             )
             continue
         seen[key] = i
-        out.append(VipConfig(addr, iface))
+        if iface is not None:
+            out.append(VipConfig(addr, iface))
     return tuple(out)
 
 
@@ -143,10 +162,10 @@ def _announce(r: Reader, node: Node) -> AnnounceConfig | None:
     kw: dict[str, Any] = {}
     if "count" in m:
         kw["count"] = r.integer(m["count"], "ha.announce.count", 0, 100)
-    if "interval" in m:
-        kw["interval"] = r.duration(m["interval"], "ha.announce.interval")
-    if "refresh" in m:
-        kw["refresh"] = r.duration(m["refresh"], "ha.announce.refresh", zero=True)
+    for key in ("interval", "refresh"):
+        if key in m:
+            p = join("ha.announce", key)
+            kw[key] = r.duration(m[key], p, *DURATIONS[p])
     return AnnounceConfig(**kw)
 
 
@@ -166,7 +185,10 @@ def _track(r: Reader, node: Node) -> TrackConfig | None:
     if "gateway" in m and scalar(m["gateway"])[0] != "null":
         kw["gateway"] = r.address(m["gateway"], "ha.track.gateway")
     if "gateway_interval" in m:
-        kw["gateway_interval"] = r.duration(m["gateway_interval"], "ha.track.gateway_interval")
+        kw["gateway_interval"] = r.duration(
+            m["gateway_interval"], "ha.track.gateway_interval",
+            *DURATIONS["ha.track.gateway_interval"],
+        )  # fmt: skip
     if "gateway_fall" in m:
         kw["gateway_fall"] = r.integer(m["gateway_fall"], "ha.track.gateway_fall", 1, 1000)
     if "priority_penalty" in m:
@@ -181,7 +203,7 @@ def _lease(r: Reader, node: Node) -> float | None:
     kind, value = scalar(node)
     if kind == "null" or (kind == "boolean" and value is False) or value == "off":
         return None
-    return r.duration(node, "ha.lease")
+    return r.duration(node, "ha.lease", *DURATIONS["ha.lease"])
 
 
 def _sync(r: Reader, node: Node) -> SyncConfig | None:

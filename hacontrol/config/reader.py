@@ -1,10 +1,12 @@
 """The ``Reader`` that walks a config file's YAML nodes, and the value parsers all sections share.
 
-Owns issue recording (``ConfigIssue``: ``FILE:LINE: FIELD.PATH: reason``; every problem is recorded
-instead of stopping), mapping walking (merge keys, duplicate and unknown keys with hints, the line
-of a value's key) and the conversion of scalars: strings and names, integers, booleans, fractions,
-choices, durations ("200ms", "1.5s"), IP addresses, address/prefix, endpoints, absolute paths,
-file existence and argv lists. Imports only ``yaml`` nodes and ``hacontrol.model``.
+Owns issue recording (into ``hacontrol.config.issues.Issues``: every problem is recorded instead of
+stopping), the walk's time budget (``WalkTimeout``), mapping walking (merge keys, duplicate and
+unknown keys with hints, the line of a value's key) and the conversion of scalars: strings and
+names, integers, booleans, fractions, choices, durations ("200ms", "1.5s", within a field's
+range), IP addresses, address/prefix, endpoints, absolute paths, files checked by a rule (the
+secrets) and argv lists. Imports only ``yaml`` nodes, ``hacontrol.model`` and its siblings
+``issues``, ``limits`` and ``scalars``.
 """
 
 from __future__ import annotations
@@ -12,86 +14,39 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import math
-import os
 import re
-from dataclasses import dataclass
-from dataclasses import field as dc_field
+import time
+from collections.abc import Callable
 from typing import Any
 
-from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from hacontrol.config.issues import ConfigIssue, Issues
+from hacontrol.config.limits import TIME_BUDGET
+from hacontrol.config.scalars import (
+    DURATION_RE,
+    PATTERN_TEXT,
+    TAG,
+    UNITS,
+    describe,
+    fmt_duration,
+    join,
+    scalar,
+)
 from hacontrol.model import Endpoint
 
-NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
-NFT_TABLE_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_-]{0,63}")
-IFNAME_RE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.:@-]{0,14}")  # IFNAMSIZ 16, no '/' or spaces
-PATTERN_TEXT = {
-    NAME_RE.pattern: "1-63 letters, digits, '.', '_' or '-', starting with a letter or digit",
-    NFT_TABLE_RE.pattern: "1-64 letters, digits, '_' or '-', starting with a letter or '_'",
-    IFNAME_RE.pattern: "an interface name (1-15 characters, no '/' or space)",
-}
+
+class WalkTimeout(Exception):
+    """The walk of one file went past its time budget; ``line`` is where it was."""
+
+    def __init__(self, line: int) -> None:
+        super().__init__(f"time budget exceeded at line {line}")
+        self.line = line
 
 
-@dataclass(frozen=True)
-class ConfigIssue:
-    """One problem in a config file; ``str()`` is ``FILE:LINE: FIELD.PATH: reason``."""
-
-    file: str
-    line: int  # 1-based; 0 when the problem is the file itself (unreadable)
-    field: str  # dotted path like services[0].real_servers[1].port, or <syntax>/<root>/<file>
-    reason: str
-    column: int = dc_field(default=0, compare=False, repr=False)  # only orders issues on one line
-
-    def __str__(self) -> str:
-        where = f"{self.file}:{self.line}" if self.line > 0 else self.file
-        return f"{where}: {self.field}: {self.reason}"
-
-
-_TAG = "tag:yaml.org,2002:"
-_CONSTRUCTOR = SafeConstructor()
-_DURATION_RE = re.compile(r"(-?)(\d+(?:\.\d*)?|\.\d+)(ms|s|m|h|)")
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "": 1.0}
-
-
-def join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def fmt_duration(seconds: float) -> str:
-    """200ms, 1s, 1.5s: how durations are shown in messages."""
-    if 0 < seconds < 1 and round(seconds * 1000, 6).is_integer():
-        return f"{round(seconds * 1000)}ms"
-    return f"{seconds:g}s"
-
-
-def scalar(node: Node) -> tuple[str, Any]:
-    """(kind, value) of a node: kind is null|boolean|integer|float|string|list|mapping."""
-    if isinstance(node, MappingNode):
-        return "mapping", None
-    if not isinstance(node, ScalarNode):
-        return "list", None
-    tag = node.tag
-    if tag == _TAG + "null":
-        return "null", None
-    if tag == _TAG + "bool":
-        return "boolean", _CONSTRUCTOR.construct_yaml_bool(node)
-    if tag == _TAG + "int":
-        return "integer", _CONSTRUCTOR.construct_yaml_int(node)
-    if tag == _TAG + "float":
-        return "float", _CONSTRUCTOR.construct_yaml_float(node)
-    return "string", str(node.value)
-
-
-def describe(node: Node) -> str:
-    kind, value = scalar(node)
-    if kind in ("mapping", "list"):
-        return f"a {kind}"
-    if kind == "null":
-        return "null"
-    if kind == "string":
-        return f"string {value!r}"
-    return f"{kind} {node.value}"
+def _clip(text: str, most: int = 200) -> str:
+    """At most ``most`` characters: a message quoting a 1 MB value stays one short line."""
+    return text if len(text) <= most else f"{text[: most - 20]}... ({len(text):,} chars)"
 
 
 class Reader:
@@ -100,10 +55,19 @@ class Reader:
     Each reader method returns the converted value, or None after recording an issue (callers
     that must tell "null" from "invalid" compare ``mark()`` before and after)."""
 
-    def __init__(self, source: str) -> None:
+    def __init__(
+        self,
+        source: str,
+        *,
+        clock: Callable[[], float] = time.thread_time,
+        budget: float = TIME_BUDGET,
+    ) -> None:
         self.source = source
-        self.issues: list[ConfigIssue] = []
+        self.issues = Issues()  # every issue counted, the first MAX_ERRORS (by line) kept
         self._key_line: dict[int, int] = {}  # id(value node) -> line of its key
+        self._clock = clock
+        self.budget = budget
+        self._deadline = clock() + budget
 
     def error(self, where: Node | tuple[int, int] | int, path: str, reason: str) -> None:
         """Record an issue at a node, a (line, column) or a line (1-based)."""
@@ -111,20 +75,23 @@ class Reader:
             line, col = where.start_mark.line + 1, where.start_mark.column
         else:
             line, col = where if isinstance(where, tuple) else (where, 0)
-        self.issues.append(ConfigIssue(self.source, line, path or "<root>", reason, col))
+        self.issues.add(
+            ConfigIssue(self.source, line, _clip(path or "<root>"), _clip(reason, 400), col)
+        )
 
     def key_line(self, node: Node) -> int:
         """The line of the key naming ``node`` ("check:"), or the node's own line."""
         return self._key_line.get(id(node), node.start_mark.line + 1)
 
     def mark(self) -> int:
-        return len(self.issues)
+        return self.issues.recorded
 
     def clean_since(self, mark: int) -> bool:
-        return len(self.issues) == mark
+        return self.issues.recorded == mark
 
-    def sorted_issues(self) -> list[ConfigIssue]:
-        return sorted(self.issues, key=lambda i: (i.line, i.column))
+    def _tick(self, node: Node) -> None:
+        if self._clock() > self._deadline:
+            raise WalkTimeout(node.start_mark.line + 1)
 
     def _pairs(
         self, node: MappingNode, path: str, seen: tuple[int, ...] = ()
@@ -132,9 +99,10 @@ class Reader:
         explicit: dict[str, tuple[Node, Node]] = {}
         merged: dict[str, tuple[Node, Node]] = {}
         for knode, vnode in node.value:
-            if knode.tag == _TAG + "merge":  # YAML merge key "<<: *anchor"
+            if knode.tag == TAG + "merge":  # YAML merge key "<<: *anchor"
                 sources = vnode.value if isinstance(vnode, SequenceNode) else [vnode]
                 for src in sources:
+                    self._tick(src)
                     if id(src) in (*seen, id(node)):
                         self.error(src, path, "'<<' merges a mapping into itself")
                     elif isinstance(src, MappingNode):
@@ -158,6 +126,7 @@ class Reader:
     def mapping(
         self, node: Node, path: str, allowed: tuple[str, ...], required: tuple[str, ...] = ()
     ) -> dict[str, Node] | None:
+        self._tick(node)
         if not isinstance(node, MappingNode):
             self.error(node, path, f"must be a mapping, got {describe(node)}")
             return None
@@ -180,6 +149,7 @@ class Reader:
 
     def sequence(self, node: Node, path: str, *, optional: bool = False) -> list[Node] | None:
         """The items of a list; with ``optional``, null (an empty ``key:``) is an empty list."""
+        self._tick(node)
         if optional and scalar(node)[0] == "null":
             return []
         if isinstance(node, SequenceNode):
@@ -236,7 +206,7 @@ class Reader:
             return None
         value: int | None = self._typed(node, path, ("integer",), "an integer")
         if value is not None and not lo <= value <= hi:
-            self.error(node, path, f"must be {lo}..{hi}, got {value}")
+            self.error(node, path, f"must be {lo}..{hi}, got {node.value}")
             return None
         return value
 
@@ -263,13 +233,16 @@ class Reader:
         self.error(node, path, f"must be one of {', '.join(choices)}, got {text!r}{more}")
         return None
 
-    def duration(self, node: Node, path: str, *, zero: bool = False) -> float | None:
-        """Seconds from "200ms", "1.5s", "2m", "1h" or a plain number of seconds."""
+    def duration(
+        self, node: Node, path: str, lo: float, hi: float, off: bool = False
+    ) -> float | None:
+        """Seconds from "200ms", "1.5s", "2m", "1h" or a plain number of seconds, within
+        ``lo..hi`` (``off``: 0 is accepted too, meaning switched off)."""
         kind, value = scalar(node)
         if kind in ("integer", "float"):
             seconds = float(value)
-        elif kind == "string" and (mt := _DURATION_RE.fullmatch(value.strip())):
-            seconds = float(mt.group(2)) * _UNITS[mt.group(3)] * (-1 if mt.group(1) else 1)
+        elif kind == "string" and (mt := DURATION_RE.fullmatch(value.strip())):
+            seconds = float(mt.group(2)) * UNITS[mt.group(3)] * (-1 if mt.group(1) else 1)
         else:
             self.error(
                 node,
@@ -278,8 +251,11 @@ class Reader:
                 f"of seconds, got {describe(node)}",
             )
             return None
-        if not math.isfinite(seconds) or seconds < 0 or (seconds == 0 and not zero):
-            self.error(node, path, f"must be {'>= 0' if zero else '> 0'}, got {node.value}")
+        if not (math.isfinite(seconds) and (lo <= seconds <= hi or (off and seconds == 0))):
+            span = f"{fmt_duration(lo) if lo else '0'}..{fmt_duration(hi)}"
+            self.error(
+                node, path, f"must be {'0 (off) or ' if off else ''}{span}, got {node.value}"
+            )
             return None
         return round(seconds, 9)
 
@@ -367,17 +343,23 @@ class Reader:
         return text
 
     def file_path(
-        self, node: Node, path: str, *, check: bool, optional: bool = False
+        self,
+        node: Node,
+        path: str,
+        *,
+        check: Callable[[str], object] | None,
+        optional: bool = False,
     ) -> str | None:
-        """An absolute path; with ``check``, also an existing readable file (the HA secret, the
-        API token; the check is skipped when the path itself is invalid)."""
+        """An absolute path; with ``check`` (a rule of ``hacontrol.config.secrets``), also a
+        file that passes it: its ``ValueError`` is recorded (the check is skipped when the path
+        itself is invalid)."""
         start = self.mark()
         filename = self.abs_path(node, path, optional=optional)
-        if check and filename and self.clean_since(start):
-            if not os.path.isfile(filename):
-                self.error(node, path, f"file not found: {filename}")
-            elif not os.access(filename, os.R_OK):
-                self.error(node, path, f"file not readable: {filename}")
+        if check is not None and filename and self.clean_since(start):
+            try:
+                check(filename)
+            except ValueError as exc:
+                self.error(node, path, f"{filename}: {exc}")
         return filename
 
     def argv(self, node: Node, path: str) -> tuple[str, ...] | None:

@@ -15,7 +15,10 @@ from yaml.nodes import Node, ScalarNode
 
 from hacontrol.config.digest import compute_digest
 from hacontrol.config.ha import parse_ha
-from hacontrol.config.reader import NAME_RE, NFT_TABLE_RE, Reader
+from hacontrol.config.limits import DURATIONS
+from hacontrol.config.reader import Reader
+from hacontrol.config.scalars import NAME_RE, NFT_TABLE_RE
+from hacontrol.config.secrets import read_token
 from hacontrol.config.services import parse_defaults, parse_services
 from hacontrol.model import (
     ApiConfig,
@@ -72,8 +75,9 @@ def _parse_api(r: Reader, node: Node, check_files: bool) -> ApiConfig | None:
         kw["listen"] = _listen(r, m["listen"], "api.listen")
     if "token_file" in m:
         kw["token_file"] = r.file_path(
-            m["token_file"], "api.token_file", check=check_files, optional=True
-        )
+            m["token_file"], "api.token_file", check=read_token if check_files else None,
+            optional=True,
+        )  # fmt: skip
     return ApiConfig(**kw)
 
 
@@ -117,7 +121,10 @@ def _parse_dataplane(r: Reader, node: Node) -> DataplaneConfig | None:
     if "kind" in m:
         kw["kind"] = r.choice(m["kind"], "dataplane.kind", kinds)
     if "resync_interval" in m:
-        kw["resync_interval"] = r.duration(m["resync_interval"], "dataplane.resync_interval")
+        kw["resync_interval"] = r.duration(
+            m["resync_interval"], "dataplane.resync_interval",
+            *DURATIONS["dataplane.resync_interval"],
+        )  # fmt: skip
     if "nft_table" in m:
         kw["nft_table"] = r.string(m["nft_table"], "dataplane.nft_table", pattern=NFT_TABLE_RE)
     if "keep_on_stop" in m:

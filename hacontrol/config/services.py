@@ -4,6 +4,8 @@ Owns the check fields (``CHECK_KEYS``, which apply to which check type, per-fiel
 merge of a service's ``check:`` over ``defaults.check`` over the model defaults with the checks of
 the combination (timeout < interval, exec needs a command), and the service-level rules (unique
 names and protocol/vip/port, address families, ports under dr/tunnel, duplicate real servers).
+A rule across fields is checked whenever the fields it reads are valid, whatever else is wrong in
+the service, so one run of ``check`` reports every problem.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from typing import Any, get_args
 
 from yaml.nodes import MappingNode, Node, ScalarNode
 
-from hacontrol.config.reader import NAME_RE, Reader, fmt_duration, join, scalar
+from hacontrol.config.limits import DURATIONS
+from hacontrol.config.reader import Reader
+from hacontrol.config.scalars import NAME_RE, fmt_duration, join, scalar
 from hacontrol.model import (
     SCHEDULERS,
     CheckConfig,
@@ -24,6 +28,7 @@ from hacontrol.model import (
     Protocol,
     RealServer,
     ServiceConfig,
+    host_port,
 )
 
 SERVICE_KEYS = (
@@ -103,8 +108,8 @@ def _host(r: Reader, node: Node, path: str) -> str | None:
 
 _CHECK_PARSERS: dict[str, Any] = {
     "type": lambda r, n, p: r.choice(n, p, CHECK_TYPES),
-    "interval": lambda r, n, p: r.duration(n, p),
-    "timeout": lambda r, n, p: r.duration(n, p),
+    "interval": lambda r, n, p: r.duration(n, p, *DURATIONS["check.interval"]),
+    "timeout": lambda r, n, p: r.duration(n, p, *DURATIONS["check.timeout"]),
     "rise": lambda r, n, p: r.integer(n, p, 1, 1000),
     "fall": lambda r, n, p: r.integer(n, p, 1, 1000),
     "jitter": lambda r, n, p: r.fraction(n, p),
@@ -140,13 +145,14 @@ def _validate_check(
             values[key] = s.value
         elif service_level and key in own:
             r.error(s.at, s.path, f"only applies to {'/'.join(only)} checks, not {ctype}")
-    if not all(s.valid for s in merged.values()):
-        return None  # the field errors are reported; combinations of invalid values are noise
+    # a rule is checked when the fields it reads are valid (invalid ones are reported already)
+    valid = {k: s.valid for k, s in merged.items()}
     interval = values.get("interval", _DEFAULT_CHECK.interval)
     timeout = values.get("timeout", _DEFAULT_CHECK.timeout)
     ts, its = merged.get("timeout"), merged.get("interval")
     involved_own = "timeout" in own or "interval" in own
-    if timeout >= interval and (involved_own or not service_level):
+    both_valid = valid.get("timeout", True) and valid.get("interval", True)
+    if both_valid and timeout >= interval and (involved_own or not service_level):
         if ts is not None and ("timeout" in own or "interval" not in own):
             r.error(
                 ts.at,
@@ -161,14 +167,19 @@ def _validate_check(
                 f"must be greater than timeout "
                 f"({fmt_duration(timeout)}), got {fmt_duration(interval)}",
             )
-    if service_level and ctype == "exec" and not values.get("command"):
+    if (
+        service_level
+        and ctype == "exec"
+        and valid.get("command", True)
+        and not values.get("command")
+    ):
         r.error(
             r.key_line(where) if where is not None else 0,
             join(path, "command"),
             "exec checks need a command: a list "
             "[program, args...]; {address} and {port} are substituted",
         )
-    if not r.clean_since(start):
+    if not r.clean_since(start) or not all(valid.values()):
         return None
     return CheckConfig(**values)
 
@@ -193,27 +204,28 @@ def parse_services(
     names: dict[str, int] = {}
     keys: dict[tuple[str, str, int], int] = {}
     for i, item in enumerate(items):
-        svc = _parse_service(r, item, f"services[{i}]", defaults)
-        if svc is None:
-            continue
         p = f"services[{i}]"
-        if svc.name in names:
+        svc, name, key = _parse_service(r, item, p, defaults)
+        if name is not None and name in names:
             r.error(
                 value_node(item, "name"),
                 join(p, "name"),
-                f"duplicate service name {svc.name!r} (services[{names[svc.name]}])",
+                f"duplicate service name {name!r} (services[{names[name]}])",
             )
-        names.setdefault(svc.name, i)
-        key = (svc.protocol, str(svc.vip), svc.port)
-        if key in keys:
+        if name is not None:
+            names.setdefault(name, i)
+        if key is not None and key in keys:
+            proto, vip, port = key
             r.error(
                 item,
                 p,
-                f"duplicate service {svc.protocol} {svc.vip_endpoint} "
+                f"duplicate service {proto} {host_port(vip, port)} "
                 f"(same protocol, vip and port as services[{keys[key]}])",
             )
-        keys.setdefault(key, i)
-        out.append(svc)
+        if key is not None:
+            keys.setdefault(key, i)
+        if svc is not None:
+            out.append(svc)
     return tuple(out)
 
 
@@ -228,14 +240,19 @@ def value_node(node: Node, key: str) -> Node:
 
 def _parse_service(
     r: Reader, node: Node, p: str, defaults: dict[str, Setting]
-) -> ServiceConfig | None:
+) -> tuple[ServiceConfig | None, str | None, tuple[str, str, int] | None]:
+    """(the service or None, its name, its (protocol, vip, port)): the name and the key when
+    valid even if the rest of the service is not, for the checks across services."""
     start = r.mark()
     m = r.mapping(node, p, SERVICE_KEYS, required=("name", "vip", "port"))
     if m is None:
-        return None
+        return None, None, None
     kw: dict[str, Any] = {}
     if "name" in m:
+        before = r.mark()
         kw["name"] = r.string(m["name"], join(p, "name"), pattern=NAME_RE)
+        if not r.clean_since(before):
+            kw["name"] = None  # not compared with the other names either
     if "vip" in m:
         kw["vip"] = r.address(m["vip"], join(p, "vip"))
     if "port" in m:
@@ -249,7 +266,9 @@ def _parse_service(
         if key in m:
             kw[key] = r.choice(m[key], join(p, key), choices)
     if "persistence" in m:
-        kw["persistence"] = r.duration(m["persistence"], join(p, "persistence"), zero=True)
+        kw["persistence"] = r.duration(
+            m["persistence"], join(p, "persistence"), *DURATIONS["services[].persistence"]
+        )
         if kw["persistence"] is not None and kw["persistence"] != int(kw["persistence"]):
             r.error(
                 m["persistence"],
@@ -276,9 +295,14 @@ def _parse_service(
             join(p, "sorry_server"),
             f"IPv{sorry.address.version} sorry server for an IPv{vip.version} vip {vip}",
         )
+    proto = kw.get("protocol", "tcp")
+    ident: tuple[str, str, int] | None = None
+    if proto is not None and vip is not None and port is not None:
+        ident = (str(proto), str(vip), int(port))
     if not r.clean_since(start):
-        return None
-    return ServiceConfig(**kw)
+        name: str | None = kw.get("name")
+        return None, name, ident
+    return ServiceConfig(**kw), str(kw["name"]), ident
 
 
 def _parse_real_servers(
@@ -307,14 +331,19 @@ def _parse_real_servers(
                 )
             elif addr == vip:
                 r.error(m["address"], join(rp, "address"), f"is the service vip {vip}")
-        if fwd in ("dr", "tunnel") and "port" in m and rs_port is not None and rs_port != port:
+        if (
+            fwd in ("dr", "tunnel")
+            and "port" in m
+            and None not in (rs_port, port)
+            and rs_port != port
+        ):
             r.error(
                 m["port"],
                 join(rp, "port"),
                 f"must equal the service port ({port}) with "
                 f"forwarding {fwd}: only nat can translate ports, got {rs_port}",
             )
-        if not r.clean_since(start) or addr is None or rs_port is None or weight is None:
+        if addr is None or rs_port is None:
             continue
         key = (str(addr), rs_port)
         if key in seen:
@@ -326,5 +355,6 @@ def _parse_real_servers(
             )
             continue
         seen[key] = j
-        out.append(RealServer(addr, rs_port, weight))
+        if r.clean_since(start) and weight is not None:
+            out.append(RealServer(addr, rs_port, weight))
     return tuple(out)

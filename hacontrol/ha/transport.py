@@ -24,6 +24,7 @@ from typing import cast
 
 from hacontrol import logs
 from hacontrol.clock import Clock
+from hacontrol.config.secrets import SecretError, read_key
 from hacontrol.ha.packet import (
     DECODE_REASONS,
     DIGEST_LEN,
@@ -72,15 +73,13 @@ def next_epoch(state_dir: str | os.PathLike[str], wall_ms: int | None = None) ->
 
 
 def load_key(path: str) -> bytes:
-    """The shared HA key from ``secret_file`` (surrounding whitespace stripped, >= 16 bytes)."""
-    p = Path(path)
+    """The shared HA key from ``secret_file``, by the rule ``hacontrol check`` applies too
+    (``hacontrol.config.secrets.read_key``: whitespace stripped, >= 16 bytes)."""
     try:
-        key = p.read_bytes().strip()
-        mode = p.stat().st_mode
-    except OSError as e:
-        raise ValueError(f"ha.secret_file {path}: {e.strerror or e}") from e
-    if len(key) < 16:
-        raise ValueError(f"ha.secret_file {path}: the key must be at least 16 bytes")
+        key = read_key(path)
+        mode = Path(path).stat().st_mode
+    except (SecretError, OSError) as e:
+        raise ValueError(f"ha.secret_file {path}: {getattr(e, 'strerror', None) or e}") from e
     if mode & (stat.S_IRWXG | stat.S_IRWXO):
         log.warning("ha.key", reason="secret file is readable by group/others", path=path)
     return key

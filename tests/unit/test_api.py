@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import os
 import socket
 import stat
@@ -384,3 +387,69 @@ def test_without_a_token_file_only_local_listeners_mutate(sockname: Any, allowed
     # with a token file the listener does not matter, the token does
     with pytest.raises(web.HTTPUnauthorized):
         _check_token(_request_on(sockname, token="s3cret"))
+
+
+def _raw_exchange(host: str, port: int, data: bytes) -> tuple[str, dict[str, str], bytes]:
+    """Send ``data`` on a fresh TCP connection; (status line, headers, body) of the answer,
+    read until the server closes (bounded: 10 s, 1 MB)."""
+    with socket.create_connection((host, port), timeout=10) as conn:
+        with contextlib.suppress(OSError):  # the server may answer and close mid-send
+            conn.sendall(data)
+        raw = b""
+        while len(raw) < 1 << 20 and (chunk := conn.recv(65536)):
+            raw += chunk
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines)}
+    return status, headers, body
+
+
+HUGE_HEADER = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 65536 + b"\r\n\r\n"
+MANY_HEADERS = (
+    b"GET /healthz HTTP/1.1\r\nHost: x\r\n"
+    + b"".join(b"X-H%d: 1\r\n" % i for i in range(200))
+    + b"\r\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("request_bytes", "why"),
+    [
+        (HUGE_HEADER, "bytes when reading"),
+        (MANY_HEADERS, "too many headers"),
+        (b"NOT AN HTTP REQUEST\r\n\r\n", "invalid method"),
+        (b"GET /healthz HTTP/9.9\r\nHost: x\r\n\r\n", "bad status line"),
+    ],
+    ids=["64kb-header", "200-headers", "bad-request-line", "bad-version"],
+)
+async def test_parser_refusals_are_json_on_a_real_socket(request_bytes: bytes, why: str) -> None:
+    """aiohttp's own parser answers these before any middleware; they must be JSON too."""
+    server = ApiServer(create_app(FakeController()), "127.0.0.1:0")
+    await server.start()
+    try:
+        host, port = server.bound.rsplit(":", 1)
+        status, headers, body = await asyncio.to_thread(
+            _raw_exchange, host, int(port), request_bytes
+        )
+        assert status.split(" ", 2)[1] == "400", status
+        assert headers["content-type"].split(";")[0] == "application/json"
+        doc = json.loads(body)
+        assert doc["status"] == 400 and doc["error"].startswith("bad request: ")
+        assert why in doc["error"].lower()
+        assert len(body) < 400
+        # the server still serves well-formed requests
+        ok = b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+        status, headers, body = await asyncio.to_thread(_raw_exchange, host, int(port), ok)
+        assert status.split(" ", 2)[1] == "200" and json.loads(body) == {"status": "ok"}
+    finally:
+        await server.stop()
+
+
+async def test_oversized_body_is_json_413(
+    ctl_client: tuple[FakeController, TestClient[Any, Any]],
+) -> None:
+    _ctl, client = ctl_client
+    resp = await client.post(
+        "/v1/reload", data=b"x" * (65 * 1024), headers={"Authorization": "Bearer s3cret"}
+    )
+    await _error(resp, 413)

@@ -62,15 +62,55 @@ def test_check_ok(tmp_path: Path) -> None:
 
 
 def test_check_reports_every_error(tmp_path: Path) -> None:
-    bad = GOOD.replace("port: 80", "port: eighty").replace("weight: 3", "weight: -1")
+    """Field errors and cross-field ones (a duplicate service) in one run, then the count."""
+    bad = (
+        GOOD.replace("port: 80", "port: eighty").replace("weight: 3", "weight: -1")
+        + "  - {name: dns2, vip: 192.0.2.10, port: 53, protocol: udp, scheduler: nope}\n"
+    )
     path = write(tmp_path, bad)
     rc, out, err = run(["check", "-c", str(path)])
     assert rc == 1 and out == ""
-    lines = err.splitlines()
-    assert len(lines) == 2
+    *lines, last = err.splitlines()
+    assert last == f"{path}: 4 errors"
     for line in lines:
-        assert re.fullmatch(rf"{re.escape(str(path))}:\d+: services\[0\]\.\S+: .+", line), line
-    assert "services[0].port" in lines[0] and "weight" in lines[1]
+        assert re.fullmatch(rf"{re.escape(str(path))}:\d+: services\[\d\]\S*: .+", line), line
+    assert [line.split(": ", 2)[1] for line in lines] == [
+        "services[0].port", "services[0].real_servers[0].weight",
+        "services[2]", "services[2].scheduler",
+    ]  # fmt: skip
+    assert "same protocol, vip and port as services[1]" in lines[2]
+
+
+def test_check_refuses_a_short_secret_that_run_refuses(tmp_path: Path) -> None:
+    key = tmp_path / "ha.key"
+    key.write_text("  8bytes!  \n")
+    ha = (
+        f"ha: {{bind: '192.0.2.1:5405', peers: ['192.0.2.2:5405'], secret_file: {key}}}\n"
+    )
+    path = write(tmp_path, GOOD + ha)
+    rc, out, err = run(["check", "-c", str(path)])
+    assert rc == 1 and out == ""
+    assert err.splitlines() == [
+        f"{path}:20: ha.secret_file: {key}: the key must be at least 16 bytes (surrounding "
+        "whitespace not counted), got 7",
+        f"{path}: 1 error",
+    ]
+    key.write_text("0123456789abcdef\n")
+    assert run(["check", "-c", str(path)])[0] == 0
+
+
+def test_check_refuses_an_alias_bomb_quickly(tmp_path: Path) -> None:
+    """A merge-key bomb: one <root> error and the count, not a CPU pinned."""
+    text = "node: {name: d1}\nx-0: &a0 {k: 1}\n" + "".join(
+        f"x-{i}: &a{i} {{<<: [{', '.join([f'*a{i - 1}'] * 8)}], k{i}: 1}}\n" for i in range(1, 12)
+    )
+    path = tmp_path / "bomb.yaml"
+    path.write_text(text)
+    rc, out, err = run(["check", "-c", str(path)])
+    assert rc == 1 and out == ""
+    first, last = err.splitlines()
+    assert first.startswith(f"{path}:") and ": <root>: " in first and "alias bomb" in first
+    assert last == f"{path}: 1 error"
 
 
 def test_check_missing_file(tmp_path: Path) -> None:
@@ -80,13 +120,15 @@ def test_check_missing_file(tmp_path: Path) -> None:
 
 def test_version() -> None:
     assert run(["version"]) == (0, f"hacontrol {__version__}\n", "")
+    assert run(["--version"]) == (0, f"hacontrol {__version__}\n", "")
 
 
-def test_python_dash_m_entry() -> None:
+@pytest.mark.parametrize("arg", ["version", "--version"])
+def test_python_dash_m_entry(arg: str) -> None:
     r = subprocess.run(
-        [sys.executable, "-m", "hacontrol", "version"], capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "hacontrol", arg], capture_output=True, text=True, timeout=60
     )
-    assert r.returncode == 0 and r.stdout.strip() == f"hacontrol {__version__}"
+    assert r.returncode == 0 and r.stdout == f"hacontrol {__version__}\n"
 
 
 def test_usage_error_exit_code() -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import re
 import textwrap
 from pathlib import Path
 
@@ -222,7 +223,7 @@ BAD: list[tuple[str, str, list[str]]] = [
     (
         "persistence-negative",
         BASE + "    persistence: -5s\n",
-        ["bad.yaml:8: services[0].persistence: must be >= 0, got -5s"],
+        ["bad.yaml:8: services[0].persistence: must be 0..24h, got -5s"],
     ),
     (
         "persistence-fractional",
@@ -268,7 +269,7 @@ BAD: list[tuple[str, str, list[str]]] = [
         [
             "bad.yaml:8: services[0].check.interval: must be a duration like 200ms, 1s, 1.5s, "
             "2m or a number of seconds, got string 'fast'",
-            "bad.yaml:8: services[0].check.timeout: must be > 0, got 0s",
+            "bad.yaml:8: services[0].check.timeout: must be 10ms..10m, got 0s",
         ],
     ),
     (
@@ -341,7 +342,7 @@ BAD: list[tuple[str, str, list[str]]] = [
             "got 'ipvsadm' (did you mean 'ipvs'?)",
             "bad.yaml:8: dataplane.nft_table: must be 1-64 letters, digits, '_' or '-', "
             "starting with a letter or '_', got 'my table'",
-            "bad.yaml:8: dataplane.resync_interval: must be > 0, got 0",
+            "bad.yaml:8: dataplane.resync_interval: must be 1s..1h, got 0",
         ],
     ),
     (
@@ -466,7 +467,7 @@ BAD += [
             "bad.yaml:6: ha.track.gateway_fall: must be 1..1000, got 0",
             "bad.yaml:6: ha.track.priority_penalty: must be 0..254, got 300",
             "bad.yaml:7: ha.announce.count: must be 0..100, got -1",
-            "bad.yaml:7: ha.announce.interval: must be > 0, got 0ms",
+            "bad.yaml:7: ha.announce.interval: must be 10ms..10s, got 0ms",
         ],
     ),
 ]
@@ -540,7 +541,7 @@ def test_secret_file_existence_is_checked_unless_disabled(tmp_path: Path) -> Non
     missing = tmp_path / "missing.key"
     text = HA_BASE.replace("/etc/hacontrol/ha.key", str(missing))
     assert _errors(text, check_files=True) == [
-        f"bad.yaml:5: ha.secret_file: file not found: {missing}"
+        f"bad.yaml:5: ha.secret_file: {missing}: cannot read: No such file or directory"
     ]
     assert _ok(text, check_files=False).ha is not None
     missing.write_bytes(b"k" * 32)
@@ -552,7 +553,7 @@ def test_token_file_existence_is_checked(tmp_path: Path) -> None:
     token = tmp_path / "token"
     text = BASE + f"api: {{listen: '[::1]:9480', token_file: {token}}}\n"
     assert _errors(text, check_files=True) == [
-        f"bad.yaml:8: api.token_file: file not found: {token}"
+        f"bad.yaml:8: api.token_file: {token}: cannot read: No such file or directory"
     ]
     token.write_text("t")
     assert _ok(text, check_files=True).api.token_file == str(token)
@@ -679,11 +680,11 @@ def test_same_vip_port_different_protocol_is_allowed() -> None:
 def test_dataplane_shorthand_and_mapping() -> None:
     assert _ok(BASE + "dataplane: nftables\n").dataplane.kind == "nftables"
     dp = _ok(
-        BASE + "dataplane: {kind: memory, resync_interval: 500ms, nft_table: hc_1,"
+        BASE + "dataplane: {kind: memory, resync_interval: 1500ms, nft_table: hc_1,"
         " keep_on_stop: false, state_dir: /tmp/hc}\n"
     ).dataplane
     assert (dp.kind, dp.resync_interval, dp.nft_table, dp.keep_on_stop, dp.state_dir) == (
-        "memory", 0.5, "hc_1", False, "/tmp/hc",
+        "memory", 1.5, "hc_1", False, "/tmp/hc",
     )  # fmt: skip
 
 
@@ -865,3 +866,327 @@ def test_docs_describe_every_key() -> None:
     )  # fmt: skip
     missing = [k for k in keys if f"`{k}`" not in doc and f".{k}`" not in doc]
     assert missing == []
+
+
+# -- cross-field rules are checked whatever else is wrong: one run shows every problem ----------
+
+
+def test_cross_field_errors_come_with_the_field_errors() -> None:
+    text = """\
+    node: {name: d1}
+    services:
+      - name: web
+        vip: 192.0.2.10
+        port: 80
+        scheduler: nope
+        check: {type: tcp, path: /x, interval: 1s, timeout: 2s}
+        real_servers:
+          - {address: 198.51.100.2, weight: -1}
+          - {address: 198.51.100.2}
+      - name: web
+        vip: 192.0.2.10
+        port: 80
+        forwarding: dr
+        real_servers: [{address: 198.51.100.3, port: 81}]
+    ha:
+      bind: "192.0.2.11:5405"
+      peers: ["192.0.2.12:5405"]
+      secret_file: relative.key
+      interval: 1s
+      lease: 2s
+      vips:
+        - {address: 192.0.2.23/24, interface: "bad/name"}
+        - {address: 192.0.2.23/24, interface: eth0}
+    """
+    assert _errors(text) == [
+        "bad.yaml:6: services[0].scheduler: must be one of rr, wrr, lc, wlc, lblc, lblcr, dh, "
+        "sh, sed, nq, mh, fo, ovf, got 'nope'",
+        "bad.yaml:7: services[0].check.path: only applies to http/https checks, not tcp",
+        "bad.yaml:7: services[0].check.timeout: must be less than interval (1s), got 2s",
+        "bad.yaml:9: services[0].real_servers[0].weight: must be 0..65535, got -1",
+        "bad.yaml:10: services[0].real_servers[1]: duplicate real server 198.51.100.2:80 "
+        "(also services[0].real_servers[0])",
+        "bad.yaml:11: services[1]: duplicate service tcp 192.0.2.10:80 (same protocol, vip and "
+        "port as services[0])",
+        "bad.yaml:11: services[1].name: duplicate service name 'web' (services[0])",
+        "bad.yaml:15: services[1].real_servers[0].port: must equal the service port (80) with "
+        "forwarding dr: only nat can translate ports, got 81",
+        "bad.yaml:19: ha.secret_file: must be an absolute path, got 'relative.key'",
+        "bad.yaml:21: ha.lease: must be greater than interval * dead_after (3s), got 2s",
+        "bad.yaml:23: ha.vips[0].interface: must be an interface name (1-15 characters, no '/' "
+        "or space), got 'bad/name'",
+        "bad.yaml:24: ha.vips[1].address: duplicate vip 192.0.2.23 (also ha.vips[0])",
+    ]
+
+
+def test_no_cross_field_error_from_an_invalid_value() -> None:
+    """A rule reading an invalid field stays quiet: the field's own error is the one line."""
+    text = BASE.replace("port: 80\n    real", "port: 0\n    forwarding: dr\n    real")
+    assert _errors(text + "      - {address: 198.51.100.3, port: 81}\n") == [
+        "bad.yaml:5: services[0].port: must be 1..65535, got 0",
+    ]
+    assert _errors(HA_BASE + "  interval: 0\n  lease: 1s\n") == [
+        "bad.yaml:6: ha.interval: must be 10ms..10s, got 0",
+    ]
+
+
+# -- duration fields: each has a documented range ------------------------------------------------
+
+# where each duration field goes in a config (a template with {v})
+DURATION_AT = {
+    "check.interval": BASE + "    check: {interval: VALUE, timeout: 10ms}\n",
+    "check.timeout": BASE + "    check: {timeout: VALUE, interval: 1h}\n",
+    "services[].persistence": BASE + "    persistence: VALUE\n",
+    "dataplane.resync_interval": BASE + "dataplane: {resync_interval: VALUE}\n",
+    "ha.interval": HA_BASE + "  interval: VALUE\n  lease: 24h\n",
+    "ha.preempt_delay": HA_BASE + "  preempt_delay: VALUE\n",
+    "ha.notify_timeout": HA_BASE + "  notify_timeout: VALUE\n",
+    "ha.lease": HA_BASE + "  interval: 10ms\n  lease: VALUE\n",
+    "ha.announce.interval": HA_BASE + "  announce: {interval: VALUE}\n",
+    "ha.announce.refresh": HA_BASE + "  announce: {refresh: VALUE}\n",
+    "ha.track.gateway_interval": HA_BASE + "  track: {gateway_interval: VALUE}\n",
+}
+
+
+def test_every_duration_field_has_a_case() -> None:
+    from hacontrol.config.limits import DURATIONS
+
+    assert set(DURATION_AT) == set(DURATIONS)
+
+
+@pytest.mark.parametrize("field", sorted(DURATION_AT))
+def test_duration_bounds(field: str) -> None:
+    from hacontrol.config.limits import DURATIONS
+    from hacontrol.config.scalars import fmt_duration
+
+    span, template = DURATIONS[field], DURATION_AT[field]
+    _ok(template.replace("VALUE", str(span.lo)))  # both ends are in range
+    _ok(template.replace("VALUE", str(span.hi)))
+    outside = [str(span.hi * 1.001), "1.0e+12", "-1"] + ([str(span.lo * 0.999)] if span.lo else [])
+    lo = fmt_duration(span.lo) if span.lo else "0"
+    for v in outside:
+        errors = _errors(template.replace("VALUE", v))
+        want = f"must be {'0 (off) or ' if span.off else ''}{lo}..{fmt_duration(span.hi)}, got {v}"
+        assert len(errors) == 1 and errors[0].endswith(f"{field.split('.')[-1]}: {want}"), errors
+    if span.off:
+        _ok(template.replace("VALUE", "0"))
+
+
+def test_interval_from_the_issue_is_refused() -> None:
+    assert _errors(HA_BASE + "  interval: 0.000000001\n") == [
+        "bad.yaml:6: ha.interval: must be 10ms..10s, got 0.000000001"
+    ]
+    assert _errors(HA_BASE + "  interval: 1000000000000\n") == [
+        "bad.yaml:6: ha.interval: must be 10ms..10s, got 1000000000000"
+    ]
+
+
+def test_docs_give_each_duration_range() -> None:
+    from hacontrol.config.limits import DURATIONS
+    from hacontrol.config.scalars import fmt_duration
+
+    doc = (CONFIGS.parent / "docs" / "config.md").read_text()
+    for field, span in DURATIONS.items():
+        key = field.rsplit(".", 1)[-1]
+        rows = [ln for ln in doc.splitlines() if ln.startswith(f"| `{key}`") or f".{key}`" in ln]
+        lo = fmt_duration(span.lo) if span.lo else "0"
+        want = f"{lo}..{fmt_duration(span.hi)}"
+        assert any(want in row for row in rows), (field, want)
+
+
+# -- hostile files: alias and merge-key bombs, deep nesting, floods of errors, slow walks -------
+
+
+def _laughs(levels: int = 9) -> str:
+    """The billion laughs: each level a list of ten aliases of the one before (10^9 nodes)."""
+    lines = ["node: {name: d1}", 'x-l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    lines += [f"x-l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]" for i in range(1, levels + 1)]
+    return "\n".join(lines) + f"\nservices: *l{levels}\n"
+
+
+def _merge_bomb(levels: int = 11, fan: int = 8, leaf: str = "{k: 1}") -> str:
+    """Nested merge keys, ``<<: [*a, *a, ...]``: each level merges the one before ``fan`` times
+    (the shape of the 1,147-byte file of the report)."""
+    lines = ["node: {name: d1}", f"x-0: &a0 {leaf}"]
+    lines += [
+        f"x-{i}: &a{i} {{<<: [{', '.join([f'*a{i - 1}'] * fan)}], k{i}: 1}}"
+        for i in range(1, levels + 1)
+    ]
+    return "\n".join(lines) + f"\nservices:\n  - {{<<: *a{levels}, name: web, vip: 192.0.2.10}}\n"
+
+
+BOMBS = {
+    "billion-laughs": (_laughs(), 7),
+    "merge-keys": (_merge_bomb(), 8),
+    # each expansion of the leaf is an error: the 894-byte file that printed 1,000,000 lines
+    "merge-keys-each-an-error": (_merge_bomb(levels=6, fan=10, leaf="{<<: [1]}"), 7),
+    "alias-list-of-a-service": (
+        "node: {name: d1}\nx-s: &s {name: web, vip: 192.0.2.10, port: 0, wat: 1}\n"
+        + "x-a: &a [" + ", ".join(["*s"] * 100) + "]\n"
+        + "x-b: &b [" + ", ".join(["*a"] * 100) + "]\n"
+        + "services: [" + ", ".join(["*b"] * 100) + "]\n",
+        5,
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("name", sorted(BOMBS))
+def test_alias_bombs_are_refused_with_one_line(name: str) -> None:
+    text, line = BOMBS[name]
+    assert len(text) < 2000
+    with pytest.raises(ConfigError) as ei:
+        loads(text, source="bomb.yaml", check_files=False)
+    err = ei.value
+    assert len(err.errors) == 1 and err.total == 1
+    issue = err.errors[0]
+    assert (issue.line, issue.field) == (line, "<root>"), str(issue)
+    assert issue.reason.startswith("aliases and merge keys expand this node to ")
+    assert issue.reason.endswith("at least 200,000): refused as an alias bomb")
+    assert len(format_errors(err)) < 400
+
+
+def test_aliases_within_the_bound_still_work() -> None:
+    """A pool of real servers shared by two services, a check merged into both: fine."""
+    pool = ", ".join(f"{{address: 198.51.100.{i}}}" for i in range(1, 101))
+    cfg = _ok(
+        f"""\
+        node: {{name: d1}}
+        x-pool: &pool [{pool}]
+        x-check: &chk {{type: http, path: /healthz}}
+        services:
+          - {{name: web, vip: 192.0.2.10, port: 80, check: {{<<: *chk}}, real_servers: *pool}}
+          - {{name: tls, vip: 192.0.2.10, port: 443, check: *chk, real_servers: *pool}}
+        """
+    )
+    assert [len(s.real_servers) for s in cfg.services] == [100, 100]
+
+
+def test_error_flood_is_capped_and_counted() -> None:
+    """300 services reached through aliases, each with 2 errors: 100 lines, then the count."""
+    text = (
+        "node: {name: d1}\nx-s: &s {name: web, vip: 192.0.2.10, port: 0, wat: 1}\n"
+        + "services: ["
+        + ", ".join(["*s"] * 300)
+        + "]\n"
+    )
+    with pytest.raises(ConfigError) as ei:
+        loads(text, source="f.yaml", check_files=False)
+    err = ei.value
+    assert len(err.errors) == 100
+    assert err.total == 300 * 2 + 299  # a bad port, an unknown key; the name is a duplicate
+    lines = format_errors(err).splitlines()
+    assert lines[0] == "f.yaml:2: services[1].name: duplicate service name 'web' (services[0])"
+    assert lines[-2:] == [f"... and {err.total - 100} more", f"f.yaml: {err.total} errors"]
+    assert len(lines) == 102
+
+
+def test_the_same_error_through_many_aliases_is_reported_once() -> None:
+    text = _merge_bomb(levels=3, fan=10, leaf="{<<: [1]}")  # 1000 expansions of one bad value
+    allowed = ", ".join(config.SERVICE_KEYS)
+    assert _errors(text) == [
+        "bad.yaml:2: services[0]: '<<' needs a mapping or a list of mappings",
+        f"bad.yaml:3: services[0].k1: unknown key (allowed: {allowed})",
+        f"bad.yaml:4: services[0].k2: unknown key (allowed: {allowed})",
+        f"bad.yaml:5: services[0].k3: unknown key (allowed: {allowed})",
+        "bad.yaml:7: services[0].port: missing (required)",
+    ]
+
+
+@pytest.mark.parametrize("kind", ["flow", "block", "merge-chain"])
+def test_deep_nesting_is_refused(kind: str) -> None:
+    if kind == "flow":  # deeper than libyaml's own limit (1000): the Python composer recurses
+        text = "node: {name: d1}\nservices: " + "[" * 5000 + "]" * 5000 + "\n"
+    elif kind == "block":
+        text = "node: {name: d1}\nservices:\n" + "".join("  " * i + "-\n" for i in range(200))
+    else:  # each level merges the one before: the walk would recurse once per level
+        text = "node: {name: d1}\nx-0: &m0 {a: 1}\n" + "".join(
+            f"x-{i}: &m{i} {{<<: *m{i - 1}}}\n" for i in range(1, 300)
+        )
+    with pytest.raises(ConfigError) as ei:
+        loads(text, source="deep.yaml", check_files=False)
+    (issue,) = ei.value.errors
+    assert issue.field == "<root>" and "nested more than 64 levels deep" in issue.reason
+    assert issue.line >= 2
+
+
+def test_the_walk_stops_at_its_time_budget() -> None:
+    """A clock that moves 1 s per look: the walk stops after the 60 s budget, at a line."""
+    ticks = iter(range(10**6))
+    text = BASE + "".join(
+        f"  - {{name: s{i}, vip: 192.0.2.10, port: {i + 1}, scheduler: x}}\n" for i in range(1, 200)
+    )
+    with pytest.raises(ConfigError) as ei:
+        loads(text, source="slow.yaml", check_files=False, clock=lambda: float(next(ticks)))
+    last = ei.value.errors[-1]
+    assert last.field == "<root>" and last.reason.startswith("validation took longer than 1m")
+    assert 8 <= last.line < 206  # somewhere in the services, not at the end
+    assert 0 < len(ei.value.errors) < 100  # the errors found before it are kept
+
+
+def test_huge_numbers_and_values_are_errors_not_crashes() -> None:
+    errors = _errors(BASE.replace("port: 80\n    real", "port: " + "9" * 5000 + "\n    real"))
+    assert len(errors) == 1 and errors[0].startswith("bad.yaml:5: services[0].port: must be 1..")
+    assert len(errors[0]) < 500 and errors[0].endswith(" chars)")
+    errors = _errors(BASE.replace("name: web", "name: " + "w" * 100_000))
+    assert len(errors) == 1 and len(errors[0]) < 500
+
+
+# -- the secret files: check applies the rules run applies -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"", "the file is empty"),
+        (b" \n\t\n", "the file holds only whitespace"),
+        (b"8 bytes!\n", "the key must be at least 16 bytes (surrounding whitespace not counted), "
+         "got 8"),
+        (b"k" * 4097, "the file is larger than 4096 bytes"),
+    ],
+)  # fmt: skip
+def test_secret_file_content_is_checked_like_run_does(
+    tmp_path: Path, content: bytes, reason: str
+) -> None:
+    from hacontrol.ha.transport import load_key
+
+    key = tmp_path / "ha.key"
+    key.write_bytes(content)
+    text = HA_BASE.replace("/etc/hacontrol/ha.key", str(key))
+    assert _errors(text, check_files=True) == [f"bad.yaml:5: ha.secret_file: {key}: {reason}"]
+    with pytest.raises(ValueError, match=re.escape(reason)):
+        load_key(str(key))  # what the daemon reads at start
+    key.write_bytes(b"  " + b"k" * 16 + b"\n")
+    assert _ok(text, check_files=True).ha is not None
+    assert load_key(str(key)) == b"k" * 16
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"", "the file is empty"),
+        (b"\n  \n", "the file holds only whitespace"),
+        (b"one\ntwo\n", "the token must be one line without control characters"),
+        ("t\u00f6ken".encode(), "the token must be ASCII text"),
+    ],
+)
+def test_token_file_content_is_checked_like_run_does(
+    tmp_path: Path, content: bytes, reason: str
+) -> None:
+    from hacontrol.process import StartError, read_token
+
+    token = tmp_path / "token"
+    token.write_bytes(content)
+    text = BASE + f"api: {{listen: '[::1]:9480', token_file: {token}}}\n"
+    assert _errors(text, check_files=True) == [f"bad.yaml:8: api.token_file: {token}: {reason}"]
+    with pytest.raises(StartError, match=re.escape(reason)):
+        read_token(str(token))
+    token.write_bytes(b" s3cret token\n")
+    assert _ok(text, check_files=True).api.token_file == str(token)
+    assert read_token(str(token)) == "s3cret token"
+
+
+def test_secret_file_that_is_a_directory(tmp_path: Path) -> None:
+    text = HA_BASE.replace("/etc/hacontrol/ha.key", str(tmp_path))
+    assert _errors(text, check_files=True) == [
+        f"bad.yaml:5: ha.secret_file: {tmp_path}: cannot read: Is a directory"
+    ]

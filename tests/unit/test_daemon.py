@@ -298,7 +298,8 @@ async def test_start_refuses_unreadable_token(tmp_path: Path, backends: list[Bac
     path = tmp_path / "c.yaml"
     api = f'api: {{listen: "unix:{tmp_path}/api.sock", token_file: {token}}}'
     path.write_text(config_text(tmp_path, [backends[0].port], [1], api=api))
-    d = Daemon(load(str(path)), dataplane=MemoryDataplane())
+    # check_files=False: load refuses it too (as `check` does); here the daemon's own check
+    d = Daemon(load(str(path), check_files=False), dataplane=MemoryDataplane())
     with pytest.raises(StartError, match="empty"):
         await d.start()
 
@@ -572,7 +573,7 @@ async def test_start_refuses_a_bad_ha_key(tmp_path: Path, backends: list[Backend
     path.write_text(config_text(tmp_path, [backends[0].port], [1]) + ha_text(tmp_path))
     (tmp_path / "ha.key").write_text("short")
     dp = MemoryDataplane()
-    d = Daemon(load(str(path)), dataplane=dp, serve_api=False)
+    d = Daemon(load(str(path), check_files=False), dataplane=dp, serve_api=False)
     with pytest.raises(StartError, match="at least 16 bytes"):
         await d.start()
     assert not dp.table  # refused before the kernel was touched
