@@ -130,6 +130,7 @@ class AnnounceConfig:
 @dataclass(frozen=True)
 class TrackConfig:
     interfaces: tuple[str, ...] = ()
+    vip_interfaces: bool = True  # also track the interface of every VIP (as keepalived does)
     gateway: IPAddress | None = None
     gateway_interval: float = 1.0
     gateway_fall: int = 3

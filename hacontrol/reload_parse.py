@@ -5,8 +5,8 @@ validation run in ``python -m hacontrol.reload_parse PATH MEMORY``, a child that
 address space (``RLIMIT_AS``) before reading anything and writes one pickle to stdout: the
 validated ``Config`` or the list of errors (capped by ``hacontrol.config.limits.MAX_ERRORS``).
 The parent (``parse_in_child``) waits on the loop with a deadline; on timeout or cancellation
-(the daemon stops) it kills the child and reaps it. The child is our own code run by the same interpreter,
-so its pickle is trusted; its output is still capped (``MAX_OUTPUT``).
+(the daemon stops) it kills the child and reaps it. The child is our own code run by the same
+interpreter, so its pickle is trusted; its output is still capped (``MAX_OUTPUT``).
 """
 
 from __future__ import annotations

@@ -170,11 +170,14 @@ def _announce(r: Reader, node: Node) -> AnnounceConfig | None:
 
 
 def _track(r: Reader, node: Node) -> TrackConfig | None:
-    keys = ("interfaces", "gateway", "gateway_interval", "gateway_fall", "priority_penalty")
+    keys = ("interfaces", "vip_interfaces", "gateway", "gateway_interval", "gateway_fall",
+            "priority_penalty")  # fmt: skip
     m = r.mapping(node, "ha.track", keys)
     if m is None:
         return None
     kw: dict[str, Any] = {}
+    if "vip_interfaces" in m:
+        kw["vip_interfaces"] = r.boolean(m["vip_interfaces"], "ha.track.vip_interfaces")
     if "interfaces" in m and (
         items := r.sequence(m["interfaces"], "ha.track.interfaces", optional=True)
     ):

@@ -3,6 +3,8 @@
 Pure: bytes in, values out; no sockets, no clock. The layout is specified in docs/ha-wire.md and
 pinned by the golden vectors in tests/unit/golden/ha/. ``decode`` raises only ``PacketError`` whose
 ``reason`` is one of ``DECODE_REASONS``; ``ReplayGuard.check`` returns ``"replayed"`` or None.
+Each packet carries the sender's boot nonce and the echo of the peer's; what they mean for
+liveness is decided in hacontrol.ha.freshness.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import struct
 from dataclasses import dataclass
 
 MAGIC = b"HACP"
-VERSION = 1
+VERSION = 2  # 2: the boot nonce and its echo (freshness both ways)
 MAC_LEN = 32
 DIGEST_LEN = 32
+NONCE_LEN = 8
+NO_NONCE = bytes(NONCE_LEN)  # the echo of a node that has heard no peer in this boot
 MAX_NAME = 64
 MAX_SERVICES = 16
 MAX_PACKET = 1400
@@ -24,9 +28,10 @@ NO_TIME = 0xFFFFFFFF  # "never" in the takeover block's millisecond fields
 U32_MAX = 0xFFFFFFFF
 U16_MAX = 0xFFFF
 
-# magic, version, type, flags, role, priority, effective priority, epoch, seq, digest,
-# then the takeover block: detected_ago_ms, vip_added_ago_ms, announced_ago_ms, announce_count
-_FIXED = struct.Struct("!4sBBBBBBQQ32sIIII")
+# magic, version, type, flags, role, priority, effective priority, epoch, seq, nonce, echo,
+# digest, then the takeover block: detected_ago_ms, vip_added_ago_ms, announced_ago_ms,
+# announce_count
+_FIXED = struct.Struct(f"!4sBBBBBBQQ{NONCE_LEN}s{NONCE_LEN}s32sIIII")
 _MIN_LEN = _FIXED.size + 1 + 1 + 1 + MAC_LEN  # + name len, 1-byte name, service count, MAC
 
 DECODE_REASONS = ("truncated", "oversized", "bad_magic", "bad_version", "bad_mac", "malformed")
@@ -87,6 +92,8 @@ class Message:
     effective_priority: int
     epoch: int
     seq: int
+    nonce: bytes = NO_NONCE  # the sender's boot nonce (random, set by the transport)
+    echo: bytes = NO_NONCE  # the receiver's boot nonce as the sender last heard it
     digest: bytes = bytes(DIGEST_LEN)
     flags: int = 0
     health: tuple[ServiceHealth, ...] = ()
@@ -106,6 +113,8 @@ def _check(msg: Message) -> None:
         raise ValueError("priority must be 1..254, effective priority 0..255")
     if not (0 <= msg.epoch < 2**64 and 0 <= msg.seq < 2**64):
         raise ValueError("epoch and seq are u64")
+    if len(msg.nonce) != NONCE_LEN or len(msg.echo) != NONCE_LEN:
+        raise ValueError(f"nonce and echo must be {NONCE_LEN} bytes")
     if len(msg.digest) != DIGEST_LEN:
         raise ValueError(f"digest must be {DIGEST_LEN} bytes")
     if msg.flags & ~_KNOWN_FLAGS or not 0 <= msg.flags <= 255:
@@ -142,6 +151,8 @@ def encode(msg: Message, key: bytes) -> bytes:
             msg.effective_priority,
             msg.epoch,
             msg.seq,
+            msg.nonce,
+            msg.echo,
             msg.digest,
             t.detected_ago_ms,
             t.vip_added_ago_ms,
@@ -199,9 +210,8 @@ def decode(data: bytes, key: bytes) -> Message:
     body, tag = data[:-MAC_LEN], data[-MAC_LEN:]
     if not hmac.compare_digest(mac(body, key), tag):
         raise PacketError("bad_mac")
-    (_, _, mtype, flags, role, prio, eff, epoch, seq, digest, det, vip, ann, count) = (
-        _FIXED.unpack_from(body, 0)
-    )
+    (_, _, mtype, flags, role, prio, eff, epoch, seq, nonce, echo, digest, det, vip, ann,
+     count) = _FIXED.unpack_from(body, 0)  # fmt: skip
     if mtype not in MsgType._value2member_map_:
         raise PacketError("malformed", f"type {mtype}")
     if role not in WireRole._value2member_map_:
@@ -230,6 +240,8 @@ def decode(data: bytes, key: bytes) -> Message:
         effective_priority=eff,
         epoch=epoch,
         seq=seq,
+        nonce=nonce,
+        echo=echo,
         digest=digest,
         flags=flags & _KNOWN_FLAGS,
         health=tuple(health),

@@ -194,6 +194,7 @@ class HaRunner:
         self.transport = HaTransport(
             self.cfg.bind, self.cfg.peers, self.key, node=self.node, epoch=self.epoch,
             metrics=self.metrics, clock=self.clock, on_message=self._on_message,
+            on_learn=lambda: self._send_heartbeat(self.clock()),  # echo a new peer nonce now
         )  # fmt: skip
         if self._attach is not None:
             await self._attach(self.transport)

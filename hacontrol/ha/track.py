@@ -3,10 +3,11 @@
 ``LocalTracker`` implements ``hacontrol.ha.interfaces.Tracker``: ``await run(emit)`` watches until
 cancelled and calls ``emit(TrackEvent)`` with each item's first known state and every change.
 
-- Interfaces (``track.interfaces``): link state from rtnetlink link events (RTNLGRP_LINK: a
-  netlink socket read from the event loop, messages decoded by pyroute2's marshal), after an
-  initial dump (pyroute2 ``IPRoute`` on a worker thread: any event loop, uvloop included).
-  A link is up when it is administratively up and running
+- Interfaces (``track.interfaces``, plus the interface of every VIP unless
+  ``track.vip_interfaces`` is off: ``tracked_interfaces``): link state from rtnetlink link
+  events (RTNLGRP_LINK: a netlink socket read from the event loop, messages decoded by
+  pyroute2's marshal), after an initial dump (pyroute2 ``IPRoute`` on a worker thread: any
+  event loop, uvloop included). A link is up when it is administratively up and running
   (IFF_UP and IFF_RUNNING: carrier present); a missing interface counts as down. Events name
   ``interface:<ifname>``, reasons "interface eth1 down" / "interface eth1 up" / "interface eth1
   missing". A lost netlink event (socket overrun) triggers a fresh dump.
@@ -30,6 +31,7 @@ import os
 import socket
 import struct
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 from pyroute2 import IPRoute
@@ -59,6 +61,15 @@ Emit = Callable[[TrackEvent], None]
 def link_up(flags: int) -> bool:
     """Administratively up and running (carrier, operstate up/unknown)."""
     return bool(flags & IFF_UP) and bool(flags & IFF_RUNNING)
+
+
+def tracked_interfaces(ha: HAConfig) -> tuple[str, ...]:
+    """``track.interfaces``, then each VIP's interface not already listed (unless
+    ``track.vip_interfaces`` is off): a node whose VIP link lost carrier must not hold them."""
+    names = list(ha.track.interfaces)
+    if ha.track.vip_interfaces:
+        names += [v.interface for v in ha.vips]
+    return tuple(dict.fromkeys(names))
 
 
 class LinkStates:
@@ -245,8 +256,9 @@ class LocalTracker:
 
     @classmethod
     def from_config(cls, ha: HAConfig) -> LocalTracker | None:
-        """A tracker for ``ha.track``, or None when nothing is tracked."""
-        t = ha.track
+        """A tracker for ``ha.track`` (and the VIPs' interfaces), or None when nothing is
+        tracked."""
+        t = replace(ha.track, interfaces=tracked_interfaces(ha))
         return cls(t) if t.interfaces or t.gateway is not None else None
 
     def _emit(self, emit: Emit, event: TrackEvent | None) -> None:

@@ -1,11 +1,16 @@
 """The heartbeat transport: one UDP socket bound to ``ha.bind``, sending to every peer path.
 
-Each outgoing message is stamped with this daemon's boot epoch and a fresh sequence number per
-path, encoded and MAC'd (hacontrol.ha.packet). Each incoming datagram is decoded, replay-checked
-per peer node and handed to ``on_message(msg, path, now)``; a dropped one is counted in
-``hb_rejected{reason}`` and logged as ``ha.drop`` (at most once per reason per ``log_every``
-seconds, with the number suppressed). Also here: ``next_epoch`` (the persistent boot epoch),
-``load_key`` (the shared secret) and ``digest_bytes`` (the config digest as sent).
+Each outgoing message is stamped with this daemon's boot epoch, a fresh sequence number per path,
+its random boot nonce and the echo of the peer's (hacontrol.ha.freshness), encoded and MAC'd
+(hacontrol.ha.packet). Each incoming datagram is checked in this order: its source address must
+be one of ``ha.peers`` (else ``foreign``, before any decoding), it must decode with our key, not
+carry our own name, and pass ``Freshness.check``: only a packet that echoes our boot nonce
+(``alive``) is handed to ``on_message(msg, path, now)``; an ``unconfirmed`` one only teaches us
+the peer's nonce (``on_learn()`` is then called, so the owner can answer at once) and is counted
+as such. A dropped one is counted in ``hb_rejected{reason}`` and logged as ``ha.drop`` (at most once
+per reason per ``log_every`` seconds, with the number suppressed; ``unconfirmed`` at info level:
+every restart of either node sees one or two). Also here: ``next_epoch`` (the persistent boot
+epoch), ``new_nonce``, ``load_key`` (the shared secret) and ``digest_bytes`` (the config digest).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import asyncio
 import contextlib
 import dataclasses
 import hashlib
+import ipaddress
 import os
 import socket
 import stat
@@ -25,9 +31,12 @@ from typing import cast
 from hacontrol import logs
 from hacontrol.clock import Clock
 from hacontrol.config.secrets import SecretError, read_key
+from hacontrol.ha.freshness import Freshness
 from hacontrol.ha.packet import (
     DECODE_REASONS,
     DIGEST_LEN,
+    NO_NONCE,
+    NONCE_LEN,
     Message,
     PacketError,
     ReplayGuard,
@@ -39,7 +48,7 @@ from hacontrol.model import Endpoint, host_port
 
 log = logs.get("hacontrol.ha.transport")
 
-DROP_REASONS = (*DECODE_REASONS, "replayed", "self")
+DROP_REASONS = ("foreign", *DECODE_REASONS, "self", "replayed", "unconfirmed")
 EPOCH_FILE = "ha-epoch"
 _TOS_NETWORK_CONTROL = 0xC0  # DSCP CS6, as routing protocols and VRRP use
 
@@ -72,6 +81,13 @@ def next_epoch(state_dir: str | os.PathLike[str], wall_ms: int | None = None) ->
     return epoch
 
 
+def new_nonce() -> bytes:
+    """A random boot nonce (never all zero: that is the echo of "heard no peer yet")."""
+    while (nonce := os.urandom(NONCE_LEN)) == NO_NONCE:  # pragma: no cover - 2**-64
+        pass
+    return nonce
+
+
 def load_key(path: str) -> bytes:
     """The shared HA key from ``secret_file``, by the rule ``hacontrol check`` applies too
     (``hacontrol.config.secrets.read_key``: whitespace stripped, >= 16 bytes)."""
@@ -102,6 +118,17 @@ def _path(addr: tuple[str | int, ...]) -> str:
     return host_port(str(addr[0]), int(addr[1]))
 
 
+def _source(addr: tuple[str | int, ...]) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """The source address of a datagram (an IPv6 zone dropped; IPv4-mapped IPv6 unmapped)."""
+    try:
+        ip = ipaddress.ip_address(str(addr[0]).split("%", 1)[0])
+    except ValueError:
+        return None
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    return ip
+
+
 class HaTransport(asyncio.DatagramProtocol):
     def __init__(
         self,
@@ -114,7 +141,9 @@ class HaTransport(asyncio.DatagramProtocol):
         metrics: Metrics,
         clock: Clock,
         on_message: Callable[[Message, str, float], None],
+        on_learn: Callable[[], None] | None = None,
         guard: ReplayGuard | None = None,
+        nonce: bytes | None = None,
         log_every: float = 5.0,
     ) -> None:
         if not key:
@@ -125,12 +154,15 @@ class HaTransport(asyncio.DatagramProtocol):
         self.bind, self.peers, self.key, self.node = bind, tuple(peers), key, node
         self.epoch, self.seq = epoch, 0
         self.metrics, self.clock, self.on_message = metrics, clock, on_message
-        self.guard = guard or ReplayGuard()
+        self.on_learn = on_learn
+        self.fresh = Freshness(nonce if nonce is not None else new_nonce(), guard)
+        self.allowed = frozenset(p.address for p in self.peers)  # the only sources accepted
         self.log_every = log_every
         self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self.received: dict[str, int] = {}
         self.sent: dict[str, int] = {}
         self.send_errors = 0
+        self.unconfirmed: dict[str, float] = {}  # peer node -> when its last unconfirmed came
         self._transport: asyncio.DatagramTransport | None = None
         self._last_log: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
@@ -170,7 +202,10 @@ class HaTransport(asyncio.DatagramProtocol):
         n = 0
         for peer in self.peers:
             self.seq += 1
-            data = encode(dataclasses.replace(msg, epoch=self.epoch, seq=self.seq), self.key)
+            stamped = dataclasses.replace(
+                msg, epoch=self.epoch, seq=self.seq, nonce=self.nonce, echo=self.fresh.echo
+            )
+            data = encode(stamped, self.key)
             path = str(peer)
             try:
                 self._transport.sendto(data, _addr(peer))
@@ -182,6 +217,11 @@ class HaTransport(asyncio.DatagramProtocol):
             self.metrics.hb_sent.labels(path=path).inc()
         return n
 
+    @property
+    def nonce(self) -> bytes:
+        """This boot's nonce (sent in every packet)."""
+        return self.fresh.nonce
+
     def error_received(self, exc: Exception) -> None:
         self.send_errors += 1
         self._ratelimited("send_error", "ha.send_error", reason=str(exc))
@@ -189,6 +229,9 @@ class HaTransport(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
         now = self.clock()
         path = _path(addr)
+        if _source(addr) not in self.allowed:
+            self._drop("foreign", path, "the source is not one of ha.peers")
+            return
         try:
             msg = decode(data, self.key)
         except PacketError as e:
@@ -197,23 +240,34 @@ class HaTransport(asyncio.DatagramProtocol):
         if msg.node == self.node:
             self._drop("self", path, "a packet carrying this node's own name")
             return
-        if self.guard.check(msg.node, msg.epoch, msg.seq) is not None:
+        verdict = self.fresh.check(msg.node, msg.epoch, msg.seq, msg.nonce, msg.echo)
+        if verdict.kind == "replayed":
             self._drop("replayed", path, f"epoch {msg.epoch} seq {msg.seq}")
             return
-        self.received[path] = self.received.get(path, 0) + 1
-        self.metrics.hb_received.labels(path=path).inc()
-        self.on_message(msg, path, now)
+        if verdict.kind == "unconfirmed":
+            self.unconfirmed[msg.node] = now
+            why = f"{msg.node} epoch {msg.epoch} does not echo this boot's nonce (yet)"
+            self._drop("unconfirmed", path, why, level="info")
+        else:
+            self.received[path] = self.received.get(path, 0) + 1
+            self.metrics.hb_received.labels(path=path).inc()
+            self.unconfirmed.pop(msg.node, None)
+            self.on_message(msg, path, now)
+        if verdict.learned and self.on_learn is not None:
+            self.on_learn()  # answer now: the peer confirms us within a round trip
 
-    def _drop(self, reason: str, source: str, detail: str) -> None:
+    def _drop(self, reason: str, source: str, detail: str, level: str = "warning") -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
         self.metrics.hb_rejected.labels(reason=reason).inc()
-        self._ratelimited(reason, "ha.drop", reason=reason, source=source, detail=detail)
+        self._ratelimited(
+            reason, "ha.drop", level=level, reason=reason, source=source, detail=detail
+        )
 
-    def _ratelimited(self, key: str, event: str, **fields: object) -> None:
+    def _ratelimited(self, key: str, event: str, level: str = "warning", **fields: object) -> None:
         now = self.clock()
         last = self._last_log.get(key)
         if last is not None and now - last < self.log_every:
             self._suppressed[key] = self._suppressed.get(key, 0) + 1
             return
         self._last_log[key] = now
-        log.warning(event, suppressed=self._suppressed.pop(key, 0), **fields)
+        getattr(log, level)(event, suppressed=self._suppressed.pop(key, 0), **fields)

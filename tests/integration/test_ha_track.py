@@ -26,7 +26,7 @@ pytestmark = pytest.mark.root
 DRIVER = r"""
 import asyncio, ipaddress, json, sys, time
 from hacontrol.ha.track import LocalTracker
-from hacontrol.model import TrackConfig
+from hacontrol.model import Endpoint, HAConfig, TrackConfig, VipConfig
 from hacontrol import logs
 
 logs.configure(stream=sys.stderr)
@@ -37,6 +37,13 @@ cfg = TrackConfig(
     gateway_interval=opt.get("interval", 0.2),
     gateway_fall=opt.get("fall", 3),
 )
+tracker = LocalTracker(cfg)
+if "vips" in opt:  # as the daemon builds it: from the ha section, VIP interfaces by default
+    ha = HAConfig(
+        bind=Endpoint(ipaddress.ip_address("192.0.2.11"), 5405), peers=(), secret_file="-",
+        vips=tuple(VipConfig(ipaddress.ip_interface(a), i) for a, i in opt["vips"]), track=cfg,
+    )
+    tracker = LocalTracker.from_config(ha)
 
 def emit(ev):
     print(json.dumps({"t": time.monotonic(), "name": ev.name, "failed": ev.failed,
@@ -45,7 +52,7 @@ def emit(ev):
 async def main():
     print(json.dumps({"ready": time.monotonic()}), flush=True)
     try:
-        await asyncio.wait_for(LocalTracker(cfg).run(emit), opt.get("seconds", 60))
+        await asyncio.wait_for(tracker.run(emit), opt.get("seconds", 60))
     except TimeoutError:
         pass
 
@@ -178,6 +185,25 @@ def test_interface_down_up_missing(net: Net, uvloop: bool) -> None:
         assert [e for e in ev.seen if e.get("name") == "interface:eth0"] == [
             e for e in ev.seen if e.get("reason") == "interface eth0 up"
         ][:1]
+    finally:
+        ev.stop()
+
+
+def test_a_vips_interface_is_tracked_by_default(net: Net) -> None:
+    """No ``track.interfaces``: the VIP's interface is watched anyway, and losing its carrier
+    (the far end of the veth goes down: IFF_UP stays, IFF_RUNNING goes) is a blocking fault."""
+    ev = Events(net.d, vips=[["192.0.2.100/24", "eth1"]], seconds=60)
+    try:
+        first = ev.expect(reason("interface eth1 up"), 10, "initial eth1 state")
+        assert first["blocking"] is True and first["failed"] is False
+        net.peer.down("eth1")
+        down = ev.expect(reason("interface eth1 down"), 5, "eth1 carrier loss")
+        assert down["failed"] is True and down["blocking"] is True
+        link = json.loads(net.d.ip("-j", "link", "show", "eth1").stdout)[0]
+        assert {"UP", "NO-CARRIER"} <= set(link["flags"]), link  # admin up, no carrier
+        net.peer.up("eth1")
+        ev.expect(reason("interface eth1 up"), 5, "eth1 carrier back")
+        assert not [e for e in ev.seen if "eth0" in e.get("reason", "")]  # eth0: no VIP there
     finally:
         ev.stop()
 

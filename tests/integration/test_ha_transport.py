@@ -1,6 +1,8 @@
-"""The heartbeat transport between two network namespaces on a veth: valid heartbeats flow both
-ways; forged, truncated, oversized, replayed, wrong-version and self-named packets sent from a raw
-UDP socket are dropped and counted by reason, and never reach the receiver's callback."""
+"""The heartbeat transport between two network namespaces on a veth: after the nonce handshake
+valid heartbeats flow both ways; forged, truncated, oversized, replayed, wrong-version,
+self-named and unconfirmed packets sent from a plain UDP socket at the peer's address, and any
+packet from another address (foreign), are dropped and counted by reason, and never reach the
+receiver's callback."""
 
 from __future__ import annotations
 
@@ -59,6 +61,8 @@ def transport(
     epoch: int = 1,
     metrics: Metrics | None = None,
     guard: p.ReplayGuard | None = None,
+    on_learn: Callable[[], None] | None = None,
+    nonce: bytes | None = None,
 ) -> HaTransport:
     """A transport with the test key on the monotonic clock (fresh metrics unless given)."""
     return HaTransport(
@@ -70,7 +74,9 @@ def transport(
         metrics=Metrics() if metrics is None else metrics,
         clock=monotonic,
         on_message=on_message,
+        on_learn=on_learn,
         guard=guard,
+        nonce=nonce,
     )
 
 
@@ -107,55 +113,57 @@ async def test_heartbeats_both_ways_and_drops_by_reason(lab: NetnsLab) -> None:
     ma, mb = Metrics(), Metrics()
     got_a: list[tuple[p.Message, str]] = []
     got_b: list[tuple[p.Message, str]] = []
-    ta = transport(
-        ep(A_IP),
-        [ep(B_IP)],
-        "dir-a",
-        lambda m, path, now: got_a.append((m, path)),
-        epoch=7,
-        metrics=ma,
-    )
-    tb = transport(
-        ep(B_IP),
-        [ep(A_IP)],
-        "dir-b",
-        lambda m, path, now: got_b.append((m, path)),
-        epoch=9,
-        metrics=mb,
-    )
+    learned = {"a": 0, "b": 0}
+
+    def learn(side: str) -> Callable[[], None]:
+        return lambda: learned.__setitem__(side, learned[side] + 1)
+
+    ta = transport(ep(A_IP), [ep(B_IP)], "dir-a", lambda m, path, now: got_a.append((m, path)),
+                   epoch=7, metrics=ma, on_learn=learn("a"))  # fmt: skip
+    tb = transport(ep(B_IP), [ep(A_IP)], "dir-b", lambda m, path, now: got_b.append((m, path)),
+                   epoch=9, metrics=mb, on_learn=learn("b"))  # fmt: skip
     await ta.open(udp(lab["a"], A_IP, PORT))
     await tb.open(udp(lab["b"], B_IP, PORT))
-    raw = udp(lab["a"], A_IP, 6000)
+    lab["a"].addr("eth0", "192.0.2.50/24")  # an address on the segment that is not a peer
+    raw = udp(lab["a"], A_IP, 6000)  # the peer's address, another port
+    stranger = udp(lab["a"], "192.0.2.50", PORT)
     try:
+        # the handshake: a's first packet echoes nobody, so it only teaches b a's nonce; b's
+        # answer echoes it (alive at a), and from then on a's packets echo b's nonce
+        assert ta.send(hb("dir-a")) == 1
+        await wait_for(lambda: tb.dropped["unconfirmed"] == 1 and learned["b"] == 1)
+        assert got_b == [] and tb.fresh.echo == ta.nonce
+        assert tb.send(hb("dir-b")) == 1
+        await wait_for(lambda: len(got_a) == 1 and learned["a"] == 1)
+        assert got_a[0][0].echo == ta.nonce and ta.fresh.echo == tb.nonce
         for _ in range(5):
             assert ta.send(hb("dir-a")) == 1
             assert tb.send(hb("dir-b")) == 1
-        await wait_for(lambda: len(got_a) == 5 and len(got_b) == 5)
-        assert [m.seq for m, _ in got_b] == [1, 2, 3, 4, 5]
-        assert {m.epoch for m, _ in got_b} == {7} and {path for _, path in got_b} == {
-            f"{A_IP}:{PORT}"
-        }
-        assert (
-            mb.registry.get_sample_value(
-                "hacontrol_ha_heartbeats_received_total", {"path": f"{A_IP}:{PORT}"}
-            )
-            == 5
-        )
-        assert (
-            ma.registry.get_sample_value(
-                "hacontrol_ha_heartbeats_sent_total", {"path": f"{B_IP}:{PORT}"}
-            )
-            == 5
-        )
+        await wait_for(lambda: len(got_a) == 6 and len(got_b) == 5)
+        assert [m.seq for m, _ in got_b] == [2, 3, 4, 5, 6]
+        assert {m.epoch for m, _ in got_b} == {7} and {m.echo for m, _ in got_b} == {tb.nonce}
+        assert {path for _, path in got_b} == {f"{A_IP}:{PORT}"}
+        assert mb.registry.get_sample_value(
+            "hacontrol_ha_heartbeats_received_total", {"path": f"{A_IP}:{PORT}"}
+        ) == 5  # fmt: skip
+        assert ma.registry.get_sample_value(
+            "hacontrol_ha_heartbeats_sent_total", {"path": f"{B_IP}:{PORT}"}
+        ) == 6  # fmt: skip
 
-        good = p.encode(dataclasses.replace(hb("dir-x"), epoch=1, seq=1), KEY)
+        def x(seq: int, echo: bytes = tb.nonce) -> p.Message:  # a third node's, echoing b
+            return dataclasses.replace(hb("dir-x"), epoch=1, seq=seq, nonce=b"x" * 8, echo=echo)
+
+        # a genuine-looking packet of dir-a (the test has the key), sent from a's address
+        good = p.encode(dataclasses.replace(hb("dir-a"), epoch=7, seq=ta.seq + 30,
+                                            nonce=ta.nonce, echo=tb.nonce), KEY)  # fmt: skip
         bad = {
-            "bad_mac": p.encode(dataclasses.replace(hb("dir-x"), epoch=1, seq=2), b"wrong key"),
+            "bad_mac": p.encode(x(2), b"wrong key"),
             "truncated": good[:50],
             "oversized": good + bytes(1450 - len(good)),
-            "bad_version": good[:4] + b"\x02" + good[5:],
+            "bad_version": good[:4] + b"\x01" + good[5:],
             "bad_magic": b"VRRP" + good[4:],
             "self": p.encode(dataclasses.replace(hb("dir-b"), epoch=99, seq=1), KEY),
+            "unconfirmed": p.encode(x(3, echo=b"\x05" * 8), KEY),  # echoes a nonce not b's
         }
         raw.sendto(good, (B_IP, PORT))  # accepted once ...
         await wait_for(lambda: len(got_b) == 6)
@@ -164,18 +172,22 @@ async def test_heartbeats_both_ways_and_drops_by_reason(lab: NetnsLab) -> None:
         raw.sendto(replay_old, (B_IP, PORT))  # an older boot epoch of dir-a
         for data in bad.values():
             raw.sendto(data, (B_IP, PORT))
-        expect = {**dict.fromkeys(bad, 1), "replayed": 2}
+        for data in (good, p.encode(x(4), KEY), b"junk"):  # from a non-peer address
+            stranger.sendto(data, (B_IP, PORT))
+        expect = {**dict.fromkeys(bad, 1), "unconfirmed": 2, "replayed": 2, "foreign": 3}
         await wait_for(lambda: all(tb.dropped[r] >= n for r, n in expect.items()))
         tb.send(hb("dir-b"))
         ta.send(hb("dir-a"))  # still flowing after the garbage
-        await wait_for(lambda: len(got_b) == 7 and len(got_a) == 6)
+        await wait_for(lambda: len(got_b) == 7 and len(got_a) == 7)
         assert {r: n for r, n in tb.dropped.items() if n} == expect
         for reason, n in expect.items():
             assert rejected(mb, reason) == n
-        assert len(got_b) == 7 and all(m.node in ("dir-a", "dir-x") for m, _ in got_b)
+        assert len(got_b) == 7 and all(m.node == "dir-a" for m, _ in got_b)
+        assert got_b[-1][0].node == "dir-a" and tb.fresh.echo == ta.nonce
         assert sum(ta.dropped.values()) == 0
     finally:
         raw.close()
+        stranger.close()
         ta.close()
         tb.close()
 
@@ -200,10 +212,14 @@ async def test_ipv6_heartbeats(lab: NetnsLab) -> None:
     await ta.open(udp6(lab["a"], a6))
     await tb.open(udp6(lab["b"], b6))
     try:
+        ta.send(hb("dir-a"))  # teaches b a's nonce; b's answer teaches a b's
+        await wait_for(lambda: tb.fresh.echo == ta.nonce)
+        tb.send(hb("dir-b"))
+        await wait_for(lambda: ta.fresh.echo == tb.nonce)
         for _ in range(3):
             ta.send(hb("dir-a"))
         await wait_for(lambda: len(got) == 3)
-        assert set(got) == {f"[{a6}]:{PORT}"}
+        assert set(got) == {f"[{a6}]:{PORT}"} and tb.dropped["unconfirmed"] == 1
     finally:
         ta.close()
         tb.close()
@@ -220,27 +236,19 @@ async def test_two_paths_reordered_are_all_accepted(lab: NetnsLab) -> None:
     mb1, mb2, ma = Metrics(), Metrics(), Metrics()
     got: list[int] = []
     guard = p.ReplayGuard()
-    tb1 = transport(
-        ep(B_IP),
-        [ep(A_IP)],
-        "dir-b",
-        lambda m, path, now: got.append(m.seq),
-        metrics=mb1,
-        guard=guard,
-    )
-    tb2 = transport(
-        ep(B_IP, PORT + 1),
-        [ep(A_IP)],
-        "dir-b",
-        lambda m, path, now: got.append(m.seq),
-        metrics=mb2,
-        guard=guard,
-    )
+    b_nonce = bytes.fromhex("b0b1b2b3b4b5b6b7")  # one node b, listening on two ports
+    tb1, tb2 = (
+        transport(ep(B_IP, port), [ep(A_IP)], "dir-b", lambda m, path, now: got.append(m.seq),
+                  metrics=m, guard=guard, nonce=b_nonce)
+        for port, m in ((PORT, mb1), (PORT + 1, mb2))
+    )  # fmt: skip
     ta = transport(ep(A_IP), [ep(B_IP), ep(B_IP, PORT + 1)], "dir-a", epoch=3, metrics=ma)
     await tb1.open(udp(lab["b"], B_IP, PORT))
     await tb2.open(udp(lab["b"], B_IP, PORT + 1))
     await ta.open(udp(lab["a"], A_IP, PORT))
     try:
+        tb1.send(hb("dir-b"))  # a learns b's nonce
+        await wait_for(lambda: ta.fresh.echo == b_nonce)
         for _ in range(20):
             assert ta.send(hb("dir-a")) == 2
         await wait_for(lambda: len(got) == 40)

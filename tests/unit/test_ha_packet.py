@@ -1,5 +1,6 @@
 """The heartbeat codec: golden vectors (bytes <-> fields), every drop reason, the replay guard, and
-hypothesis fuzzing of the decoder (it raises nothing but PacketError).
+hypothesis fuzzing of the decoder (it raises nothing but PacketError). The freshness rules the
+nonce and its echo drive are in test_ha_freshness.py.
 
 Regenerate the golden files (only when the wire format changes on purpose, with a version bump):
 ``python3 tests/unit/test_ha_packet.py --regen``.
@@ -41,6 +42,8 @@ VECTORS: dict[str, p.Message] = {
         effective_priority=100,
         epoch=1764150000000,
         seq=41,
+        nonce=bytes.fromhex("b0b0b0b0b0b0b0b1"),
+        echo=bytes.fromhex("a0a0a0a0a0a0a0a1"),
         digest=bytes(range(32)),
         health=(p.ServiceHealth("web", 3, 3),),
     ),
@@ -52,6 +55,8 @@ VECTORS: dict[str, p.Message] = {
         effective_priority=100,
         epoch=1764150000123,
         seq=2**40 + 7,
+        nonce=bytes.fromhex("a0a0a0a0a0a0a0a1"),
+        echo=bytes.fromhex("b0b0b0b0b0b0b0b1"),
         digest=bytes.fromhex("aa" * 32),
         flags=p.FLAG_VIPS_HELD | p.FLAG_BLOCKED,
         health=(p.ServiceHealth("dns", 0, 2), p.ServiceHealth("web", 2, 3)),
@@ -65,10 +70,58 @@ VECTORS: dict[str, p.Message] = {
         effective_priority=254,
         epoch=2**64 - 1,
         seq=2**64 - 1,
+        nonce=b"\xff" * 8,
+        echo=b"\xfe" * 8,
         digest=bytes.fromhex("5f" * 32),
         flags=p.FLAG_VIPS_HELD | p.FLAG_YIELDING,
         health=tuple(p.ServiceHealth(f"svc{i:02d}", i, 16) for i in range(16)),
         takeover=p.Takeover(p.NO_TIME, p.NO_TIME, p.NO_TIME, 0),
+    ),
+    # the nonce handshake of a restart: dir-b's first heartbeat of a new boot has heard nobody
+    # (echo all zero); dir-a, active, still echoes dir-b's previous boot; dir-a's next one,
+    # sent at once on learning the new nonce, echoes it: from then on dir-b counts dir-a alive
+    "heartbeat_first_of_boot": p.Message(
+        type=p.MsgType.HEARTBEAT,
+        node="dir-b",
+        role=p.WireRole.STARTING,
+        priority=100,
+        effective_priority=100,
+        epoch=1764150060000,
+        seq=1,
+        nonce=bytes.fromhex("b1b2b3b4b5b6b7b8"),
+        echo=p.NO_NONCE,
+        digest=bytes(range(32)),
+        health=(p.ServiceHealth("web", 3, 3),),
+    ),
+    "heartbeat_echo_stale": p.Message(
+        type=p.MsgType.HEARTBEAT,
+        node="dir-a",
+        role=p.WireRole.ACTIVE,
+        priority=150,
+        effective_priority=150,
+        epoch=1764150000123,
+        seq=2**40 + 9,
+        nonce=bytes.fromhex("a0a0a0a0a0a0a0a1"),
+        echo=bytes.fromhex("b0b0b0b0b0b0b0b1"),
+        digest=bytes(range(32)),
+        flags=p.FLAG_VIPS_HELD,
+        health=(p.ServiceHealth("web", 3, 3),),
+        takeover=p.Takeover(60000, 59998, 59997, 10),
+    ),
+    "heartbeat_echo_fresh": p.Message(
+        type=p.MsgType.HEARTBEAT,
+        node="dir-a",
+        role=p.WireRole.ACTIVE,
+        priority=150,
+        effective_priority=150,
+        epoch=1764150000123,
+        seq=2**40 + 10,
+        nonce=bytes.fromhex("a0a0a0a0a0a0a0a1"),
+        echo=bytes.fromhex("b1b2b3b4b5b6b7b8"),
+        digest=bytes(range(32)),
+        flags=p.FLAG_VIPS_HELD,
+        health=(p.ServiceHealth("web", 3, 3),),
+        takeover=p.Takeover(60002, 60000, 59999, 10),
     ),
 }
 
@@ -78,6 +131,8 @@ def to_json(m: p.Message) -> dict[str, Any]:
     d["type"] = m.type.name.lower()
     d["role"] = m.role.name.lower()
     d["digest"] = m.digest.hex()
+    d["nonce"] = m.nonce.hex()
+    d["echo"] = m.echo.hex()
     d["health"] = [dataclasses.asdict(s) for s in m.health]
     return d
 
@@ -91,6 +146,8 @@ def from_json(d: dict[str, Any]) -> p.Message:
         effective_priority=d["effective_priority"],
         epoch=d["epoch"],
         seq=d["seq"],
+        nonce=bytes.fromhex(d["nonce"]),
+        echo=bytes.fromhex(d["echo"]),
         digest=bytes.fromhex(d["digest"]),
         flags=d["flags"],
         health=tuple(p.ServiceHealth(**s) for s in d["health"]),
@@ -100,6 +157,8 @@ def from_json(d: dict[str, Any]) -> p.Message:
 
 def regen() -> None:
     GOLDEN.mkdir(parents=True, exist_ok=True)
+    for old in [*GOLDEN.glob("*.bin"), *GOLDEN.glob("*.json")]:
+        old.unlink()  # a vector of a version the decoder no longer speaks goes with it
     for name, msg in VECTORS.items():
         (GOLDEN / f"{name}.bin").write_bytes(p.encode(msg, KEY))
         doc = {"key": KEY.decode(), "message": to_json(msg)}
@@ -125,12 +184,19 @@ def test_golden_decode_and_reencode(name: str) -> None:
 
 def test_golden_fixed_header_layout() -> None:
     raw = (GOLDEN / "heartbeat_backup.bin").read_bytes()
-    assert raw[:4] == b"HACP" and raw[4] == 1 and raw[5] == 1  # magic, version, heartbeat
+    assert raw[:4] == b"HACP" and raw[4] == 2 and raw[5] == 1  # magic, version, heartbeat
     assert raw[7] == 1 and raw[8] == 100 and raw[9] == 100  # role backup, priorities
     assert struct.unpack("!QQ", raw[10:26]) == (1764150000000, 41)
-    assert raw[26:58] == bytes(range(32))
-    assert raw[74] == 5 and raw[75:80] == b"dir-b"  # name after the 16-byte takeover block
-    assert len(raw) == 74 + 1 + 5 + 1 + (1 + 3 + 4) + 32
+    assert raw[26:34] == bytes.fromhex("b0b0b0b0b0b0b0b1")  # the sender's boot nonce
+    assert raw[34:42] == bytes.fromhex("a0a0a0a0a0a0a0a1")  # the echo of the peer's
+    assert raw[42:74] == bytes(range(32))
+    assert raw[90] == 5 and raw[91:96] == b"dir-b"  # name after the 16-byte takeover block
+    assert len(raw) == 90 + 1 + 5 + 1 + (1 + 3 + 4) + 32
+
+
+def test_smallest_packet() -> None:
+    raw = (GOLDEN / "heartbeat_starting_minimal.bin").read_bytes()
+    assert len(raw) == 125 == p._MIN_LEN
 
 
 def valid() -> bytes:
@@ -148,7 +214,8 @@ def remac(body: bytes) -> bytes:
         (valid()[:40], "truncated"),
         (valid() + bytes(p.MAX_PACKET), "oversized"),
         (b"XACP" + valid()[4:], "bad_magic"),
-        (valid()[:4] + b"\x02" + valid()[5:], "bad_version"),
+        (valid()[:4] + b"\x01" + valid()[5:], "bad_version"),  # the format before the nonce
+        (valid()[:4] + b"\x03" + valid()[5:], "bad_version"),
         (valid()[:4] + b"\x00" + valid()[5:], "bad_version"),
         (valid()[:-1] + bytes([valid()[-1] ^ 1]), "bad_mac"),
         (valid()[:20] + bytes([valid()[20] ^ 0x80]) + valid()[21:], "bad_mac"),
@@ -158,11 +225,11 @@ def remac(body: bytes) -> bytes:
         (remac(valid()[:7] + b"\x07" + valid()[8:-32]), "malformed"),  # unknown role
         (remac(valid()[:8] + b"\x00" + valid()[9:-32]), "malformed"),  # priority 0
         (remac(valid()[:8] + b"\xff" + valid()[9:-32]), "malformed"),  # priority 255
-        (remac(valid()[:74] + b"\x00" + valid()[75:-32]), "malformed"),  # empty name
-        (remac(valid()[:74] + b"\x41" + valid()[75:-32]), "malformed"),  # name too long
-        (remac(valid()[:74] + b"\x05\xff\xfe" + valid()[77:-32]), "malformed"),  # not utf-8
-        (remac(valid()[:80] + b"\x11" + valid()[81:-32]), "malformed"),  # 17 services
-        (remac(valid()[:80] + b"\x03" + valid()[81:-32]), "malformed"),  # count past the end
+        (remac(valid()[:90] + b"\x00" + valid()[91:-32]), "malformed"),  # empty name
+        (remac(valid()[:90] + b"\x41" + valid()[91:-32]), "malformed"),  # name too long
+        (remac(valid()[:90] + b"\x05\xff\xfe" + valid()[93:-32]), "malformed"),  # not utf-8
+        (remac(valid()[:96] + b"\x11" + valid()[97:-32]), "malformed"),  # 17 services
+        (remac(valid()[:96] + b"\x03" + valid()[97:-32]), "malformed"),  # count past the end
     ],
 )
 def test_drop_reasons(data: bytes, reason: str) -> None:
@@ -204,6 +271,8 @@ def test_unknown_flags_are_ignored_on_receive() -> None:
         {"epoch": 2**64},
         {"seq": -1},
         {"digest": b"short"},
+        {"nonce": b"short"},
+        {"echo": bytes(9)},
         {"flags": 0x40},
         {"health": tuple(p.ServiceHealth(f"s{i}", 0, 0) for i in range(17))},
         {"health": (p.ServiceHealth("s", 2, 1),)},
@@ -266,7 +335,7 @@ def test_replay_guard_window_bounds() -> None:
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(st.binary(max_size=1600))
 def test_fuzz_random_bytes(data: bytes) -> None:
-    for candidate in (data, b"HACP\x01" + data):
+    for candidate in (data, b"HACP" + bytes([p.VERSION]) + data):
         try:
             p.decode(candidate, KEY)
         except p.PacketError as e:

@@ -152,3 +152,47 @@ def test_from_config_none_when_nothing_tracked() -> None:
         HAConfig(**base, track=TrackConfig(interfaces=("eth0",)))  # type: ignore[arg-type]
     )
     assert t is not None and t.links.names == ("eth0",) and t.gateway is None
+
+
+HA_YAML = """\
+node: {name: dir-a}
+ha:
+  bind: 192.0.2.11:5405
+  peers: [192.0.2.12:5405]
+  secret_file: /nonexistent/ha.key
+  vips:
+    - {address: 198.51.100.10/24, interface: eth0}
+    - {address: 192.0.2.1/24, interface: eth1}
+    - {address: 198.51.100.11/24, interface: eth0}
+"""
+
+
+@pytest.mark.parametrize(
+    ("track", "tracked"),
+    [
+        ("", ("eth0", "eth1")),  # by default: every VIP's interface, once
+        ("  track: {interfaces: [eth2, eth1]}\n", ("eth2", "eth1", "eth0")),
+        ("  track: {vip_interfaces: false}\n", ()),
+        ("  track: {vip_interfaces: false, interfaces: [eth1]}\n", ("eth1",)),
+    ],
+)
+def test_vip_interfaces_are_tracked_by_default(track: str, tracked: tuple[str, ...]) -> None:
+    from hacontrol.config import loads
+    from hacontrol.ha.track import LocalTracker, tracked_interfaces
+
+    cfg = loads(HA_YAML + track, check_files=False)
+    assert cfg.ha is not None
+    assert tracked_interfaces(cfg.ha) == tracked
+    t = LocalTracker.from_config(cfg.ha)
+    if tracked:
+        assert t is not None and t.links.names == tracked
+    else:
+        assert t is None  # nothing to watch
+
+
+def test_vip_interfaces_must_be_a_boolean() -> None:
+    from hacontrol.config import ConfigError, loads
+
+    with pytest.raises(ConfigError) as e:
+        loads(HA_YAML + "  track: {vip_interfaces: maybe}\n", check_files=False)
+    assert "ha.track.vip_interfaces" in str(e.value)

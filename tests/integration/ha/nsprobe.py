@@ -1,7 +1,8 @@
 """Looking into and poking at network namespaces from the test process, for the HA pair tests.
 
 ``Ns.call`` (hacontrol.lab.netns) runs the helpers below on a thread inside a namespace:
-reading a neighbour entry, sending a datagram, capturing a frame.
+reading a neighbour entry, sending a datagram, capturing a frame or recording a stream of them,
+making a socket there.
 ``addresses`` reads a namespace's addresses and lifetimes (``ip -j addr``); ``nft_filter`` /
 ``nft_clear`` install and remove the test's own nftables table ``hctest`` (never the daemon's);
 ``wait_for`` polls a condition with a deadline.
@@ -109,6 +110,50 @@ def capture_udp(ns: Ns, ifname: str, dst: str, dport: int, timeout: float = 10.0
         raise AssertionError(f"no UDP to {dst}:{dport} seen on {ns.name} {ifname}")
 
     return ns.call(cap)
+
+
+def record_udp(ns: Ns, sources: Iterable[str], dport: int, seconds: float,
+               limit: int = 1000) -> list[tuple[bytes, str]]:  # fmt: skip
+    """Every IPv4 UDP datagram from one of ``sources`` to port ``dport`` that ``ns`` receives on
+    any interface within ``seconds`` (at most ``limit``): (payload, destination address). An
+    AF_PACKET tap, as an attacker on the segment would record them."""
+    src = {socket.inet_aton(a) for a in sources}
+
+    def rec() -> list[tuple[bytes, str]]:
+        out: list[tuple[bytes, str]] = []
+        with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL)) as s:
+            s.settimeout(0.2)
+            deadline = time.monotonic() + seconds
+            while time.monotonic() < deadline and len(out) < limit:
+                try:
+                    frame, where = s.recvfrom(65535)
+                except TimeoutError:
+                    continue
+                if where[2] == socket.PACKET_OUTGOING or frame[12:14] != b"\x08\x00":
+                    continue
+                ip = frame[14:]
+                if ip[9] != socket.IPPROTO_UDP or bytes(ip[12:16]) not in src:
+                    continue
+                udp = ip[(ip[0] & 0x0F) * 4 :]
+                if int.from_bytes(udp[2:4], "big") == dport:
+                    payload = bytes(udp[8 : int.from_bytes(udp[4:6], "big")])
+                    out.append((payload, socket.inet_ntoa(ip[16:20])))
+        return out
+
+    return ns.call(rec)
+
+
+def udp_socket(ns: Ns, bind: tuple[str, int] | None = None) -> socket.socket:
+    """A UDP socket made inside ``ns`` (optionally bound), usable from any thread."""
+
+    def make() -> socket.socket:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        if bind is not None:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(bind)
+        return s
+
+    return ns.call(make)
 
 
 def _nft(ns: Ns, rules: str) -> None:

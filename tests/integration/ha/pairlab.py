@@ -66,6 +66,7 @@ class Spec:
     gateway: bool = False  # a gateway namespace, tracked by both directors
     gateway_fall: int = 3  # missed 100 ms probes before the gateway counts as lost
     real_server: bool = False  # an HTTP real server behind the VIP (nftables data plane)
+    track_links: bool = True  # list both links in track.interfaces (False: the VIPs' default)
 
     @property
     def dead(self) -> float:
@@ -144,7 +145,7 @@ class HaPair:
             services = [{"name": "web", "vip": VIP, "port": HTTP_PORT, "scheduler": "rr",
                          "forwarding": "nat", "check": check,
                          "real_servers": [{"address": RS, "port": HTTP_PORT}]}]  # fmt: skip
-        track: dict[str, Any] = {"interfaces": [PUB, INSIDE]}
+        track: dict[str, Any] = {"interfaces": [PUB, INSIDE]} if sp.track_links else {}
         if sp.gateway:
             track.update(gateway=GATEWAY, gateway_interval="100ms", gateway_fall=sp.gateway_fall)
         return {

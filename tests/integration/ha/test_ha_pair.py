@@ -5,7 +5,8 @@ daemons in namespaces (tests/integration/ha/pairlab):
   real server through the VIP (nftables NAT on the directors): no request fails, the peer takes
   over by the handover (not by the dead interval), the client's entry moves to its MAC;
 - forged (wrong key), truncated, oversized, replayed and wrong-version heartbeats sent at the live
-  active from the client's network: each dropped, counted by reason in its /metrics, no role
+  active from the peer's address (director-b's namespace), and a genuine one from the client's
+  address (not a peer: ``foreign``): each dropped, counted by reason in its /metrics, no role
   change on either node. The genuine packet they derive from is captured off director-b's wire;
 - ``hacontrol drill fault``: the peer takes over by the dead interval, the drill's timeline says
   when, and the drilled node comes back as backup.
@@ -95,7 +96,7 @@ def test_bad_heartbeats_are_dropped_and_counted(make_pair: MakePair) -> None:
         b"not the shared key at all",
     )  # fmt: skip
     v2 = bytearray(genuine)
-    v2[4] = 2  # a well-signed packet of an unknown version
+    v2[4] = pk.VERSION + 1  # a well-signed packet of an unknown version
     v2[-pk.MAC_LEN :] = hmac.new(key, bytes(v2[: -pk.MAC_LEN]), sha256).digest()
     bad = {
         "bad_mac": forged,
@@ -104,27 +105,30 @@ def test_bad_heartbeats_are_dropped_and_counted(make_pair: MakePair) -> None:
         "replayed": genuine,
         "bad_version": bytes(v2),
     }
+
     n = 3
     wait_for(lambda: pair.ha(A)["heartbeats"]["received"], 10, "a receiving heartbeats")
-    before = {reason: pair.metric(A, REJECTED, reason=reason) for reason in bad}
+    reasons = [*bad, "foreign"]  # foreign: even genuine bytes, from an address not in ha.peers
+    before = {reason: pair.metric(A, REJECTED, reason=reason) for reason in reasons}
     roles = {name: pair.transitions(name) for name in (A, B)}
 
     packets = [p for p in bad.values() for _ in range(n)]
-    nsprobe.send_udp(pair.lab["client"], a_pub, HB_PORT, packets)  # from the public network
+    nsprobe.send_udp(pair.lab[B], a_pub, HB_PORT, packets)  # from the peer's own address
+    nsprobe.send_udp(pair.lab["client"], a_pub, HB_PORT, [genuine] * n)  # from the public net
 
     def counted() -> bool:
-        return all(pair.metric(A, REJECTED, reason=r) == before[r] + n for r in bad)
+        return all(pair.metric(A, REJECTED, reason=r) == before[r] + n for r in reasons)
 
     wait_for(
         counted,
         10,
         f"{n} drops per reason at a",
-        lambda: str({r: pair.metric(A, REJECTED, reason=r) - before[r] for r in bad}),
+        lambda: str({r: pair.metric(A, REJECTED, reason=r) - before[r] for r in reasons}),
     )
     status_rejected = pair.ha(A)["heartbeats"]["rejected"]
-    assert all(status_rejected.get(r, 0) >= n for r in bad), status_rejected
+    assert all(status_rejected.get(r, 0) >= n for r in reasons), status_rejected
     logged = {e["reason"] for e in pair.events(A, "ha.drop")}
-    assert set(bad) <= logged, logged
+    assert set(reasons) <= logged, logged
     # nothing changed: the same roles and histories, the peer still alive, the VIPs still at a
     assert {name: pair.transitions(name) for name in (A, B)} == roles
     assert (pair.role(A), pair.role(B)) == ("active", "backup")
