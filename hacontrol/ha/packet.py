@@ -66,6 +66,10 @@ class WireRole(enum.IntEnum):
     STOPPING = 4
 
 
+_MSG_TYPES = frozenset(m.value for m in MsgType)
+_WIRE_ROLES = frozenset(r.value for r in WireRole)
+
+
 @dataclass(frozen=True)
 class ServiceHealth:
     name: str
@@ -212,9 +216,9 @@ def decode(data: bytes, key: bytes) -> Message:
         raise PacketError("bad_mac")
     (_, _, mtype, flags, role, prio, eff, epoch, seq, nonce, echo, digest, det, vip, ann,
      count) = _FIXED.unpack_from(body, 0)  # fmt: skip
-    if mtype not in MsgType._value2member_map_:
+    if mtype not in _MSG_TYPES:
         raise PacketError("malformed", f"type {mtype}")
-    if role not in WireRole._value2member_map_:
+    if role not in _WIRE_ROLES:
         raise PacketError("malformed", f"role {role}")
     if not 1 <= prio <= 254:
         raise PacketError("malformed", f"priority {prio}")

@@ -56,7 +56,7 @@ class _Child(asyncio.SubprocessProtocol):
             return
         rc = transport.get_returncode()
         transport.close()
-        self.probe._exited(self.gen, rc, self.out[2] or self.out[1])
+        self.probe.exited(self.gen, rc, self.out[2] or self.out[1])
 
 
 class ExecProbe:
@@ -112,7 +112,7 @@ class ExecProbe:
         if self._task is asyncio.current_task():
             self._task = None
 
-    def _exited(self, gen: int, rc: int | None, output: bytes) -> None:
+    def exited(self, gen: int, rc: int | None, output: bytes) -> None:
         if gen != self._gen:
             return
         self._child = None

@@ -92,7 +92,7 @@ class _Target:
     def _done(self, ok: bool, reason: str) -> None:
         if self.inflight:
             self.inflight = False
-            self.checker._complete(self, ok, reason)
+            self.checker.complete(self, ok, reason)
 
 
 class HealthChecker:
@@ -332,9 +332,9 @@ class HealthChecker:
     def _timeout(self, t: _Target, now: float) -> None:
         phase = t.probe.cancel() if t.probe is not None else ""
         t.inflight = False
-        self._complete(t, False, f"{t.timeout_reason} ({phase})" if phase else t.timeout_reason)
+        self.complete(t, False, f"{t.timeout_reason} ({phase})" if phase else t.timeout_reason)
 
-    def _complete(self, t: _Target, ok: bool, reason: str) -> None:
+    def complete(self, t: _Target, ok: bool, reason: str) -> None:
         """One probe result (the hot path: 10,000 a second at scale, so kept flat)."""
         now = self._clock()
         latency = now - t.started

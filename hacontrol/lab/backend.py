@@ -25,7 +25,7 @@ class Backend:
         self.hang = False
         self._stuck: list[asyncio.StreamWriter] = []
 
-    def _write_count(self) -> None:
+    def write_count(self) -> None:
         if self.count_file:
             tmp = f"{self.count_file}.tmp"
             with open(tmp, "w") as f:
@@ -51,7 +51,7 @@ class Backend:
             code = path.split(b"/")[2][:3]
             status = code + b" X"
         self.count += 1
-        self._write_count()
+        self.write_count()
         writer.write(
             b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain\r\nConnection: close\r\n"
             b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body
@@ -72,7 +72,7 @@ def _split(listen: str) -> tuple[str, int]:
 
 async def amain(args: argparse.Namespace) -> None:
     b = Backend(args.name, args.count_file)
-    b._write_count()
+    b.write_count()
     host, port = _split(args.listen)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     server = await asyncio.start_server(
