@@ -68,6 +68,10 @@ grep -rlI --null -F "$STAGE" "$V" | xargs -0 -r sed -i "s|$STAGE||g"
 # and dpkg then owns every file it removes. Validated by the source's hash, not its mtime.
 "$V/bin/python" -m compileall -q -j0 -s "$STAGE" -p / --invalidation-mode checked-hash \
     "$V/lib" >/dev/null
+# The libraries' compiled extensions come with their debug symbols: not needed to run them.
+if command -v strip >/dev/null; then
+    find "$V" -name '*.so' -type f -exec strip --strip-unneeded {} +
+fi
 if grep -rlI -F "$WORK" "$STAGE" >/dev/null; then
     grep -rlI -F "$WORK" "$STAGE" >&2
     die "build paths left in the staged files (above)"
@@ -88,6 +92,10 @@ install -m 0644 deploy/hacontrol.sysctl.conf "$STAGE/usr/lib/sysctl.d/60-hacontr
 install -m 0640 deploy/etc-hacontrol/hacontrol.yaml "$STAGE/etc/hacontrol/hacontrol.yaml"
 install -m 0644 docs/install.md docs/config.md docs/api.md "$STAGE/usr/share/doc/hacontrol/"
 install -m 0644 packaging/debian/copyright "$STAGE/usr/share/doc/hacontrol/copyright"
+printf 'hacontrol (%s) unstable; urgency=medium\n\n  * Built by scripts/package.sh from %s.\n\n -- %s  %s\n' \
+    "$VERSION" "$(git describe --always --dirty 2>/dev/null || echo 'a source tree')" \
+    "$(sed -n 's/^Maintainer: //p' packaging/debian/control.in)" "$(date -R)" |
+    gzip -9n >"$STAGE/usr/share/doc/hacontrol/changelog.gz"
 
 # --- control files -------------------------------------------------------------------------------
 log "control"

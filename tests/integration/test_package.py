@@ -117,6 +117,10 @@ def test_the_package_runs_as_installed(root: Root) -> None:
     # The venv runs on the root's own Debian python3.11 and nothing of the system's site-packages.
     assert root.run("readlink -f /opt/hacontrol/bin/python").strip() == "/usr/bin/python3.11"
     assert "include-system-site-packages = false" in root.run("cat /opt/hacontrol/pyvenv.cfg")
+    # The libraries' compiled (and stripped) extensions load on the root's interpreter.
+    root.run("/opt/hacontrol/bin/python -c 'import aiohttp._http_parser, uvloop.loop, "
+             "multidict._multidict, frozenlist._frozenlist, propcache._helpers_c; "
+             "from yaml import CSafeLoader'")  # fmt: skip
     # The nftables data plane and the HA hand-off run `nft`: a dependency, installed.
     assert root.run("command -v nft").strip() == "/usr/sbin/nft"
 
