@@ -20,6 +20,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
+# Nothing of the caller's Python environment may leak in (a PYTHONPATH naming this checkout makes
+# pip think hacontrol is already installed, and installs nothing).
+unset PYTHONPATH PYTHONHOME PYTHONUSERBASE PYTHONSTARTUP VIRTUAL_ENV PIP_TARGET PIP_PREFIX PIP_USER
+export PYTHONNOUSERSITE=1
 PYTHON=/usr/bin/python3.11  # what the target has: the venv links to it by this path
 DIST=${DIST:-$ROOT/dist}
 PREFIX=/opt/hacontrol
@@ -50,13 +54,15 @@ mkdir "$WORK/src"
 git ls-files -z -co --exclude-standard | tar --null -T - -cf - | tar -xf - -C "$WORK/src"
 pip_q "$WORK/build-venv/bin/python" -m build -q --wheel --outdir "$WORK/wheel" "$WORK/src"
 WHEEL=$(ls "$WORK"/wheel/hacontrol-"$VERSION"-*.whl)
-cp "$WHEEL" "$DIST/"
+cp "$WHEEL" "$DIST/.$(basename "$WHEEL").tmp" && mv -f "$DIST/.$(basename "$WHEEL").tmp" "$DIST/$(basename "$WHEEL")"
 
 # --- the venv under /opt/hacontrol ---------------------------------------------------------------
 log "venv $PREFIX (Python $PYVER)"
 V=$STAGE$PREFIX
 "$PYTHON" -m venv "$V"
-pip_q "$V/bin/python" -m pip install -q --disable-pip-version-check --no-compile "$WHEEL"
+# From $WORK: `python -m` puts the working directory on sys.path, and a hacontrol.egg-info left
+# in the checkout by an editable install would count as hacontrol already installed.
+(cd "$WORK" && pip_q "$V/bin/python" -m pip install -q --disable-pip-version-check --no-compile "$WHEEL")
 "$V/bin/python" -m pip uninstall -q -y pip setuptools >/dev/null 2>&1 || true
 # bin/: only hacontrol and the interpreter links (the libraries' own tools are not for operators).
 find "$V/bin" -mindepth 1 ! -name hacontrol ! -name 'python*' -delete
@@ -114,7 +120,9 @@ sed -e "s/@VERSION@/$VERSION/" -e "s/@ARCH@/$ARCH/" -e "s/@SIZE@/$SIZE/" \
     LC_ALL=C sort -z | xargs -0 md5sum) >"$D/md5sums"
 
 DEB=$DIST/hacontrol_${VERSION}_${ARCH}.deb
-dpkg-deb --root-owner-group -Zxz --build "$STAGE" "$DEB" >/dev/null
+# Written aside and renamed: an interrupted build never leaves a fresh-looking partial .deb.
+dpkg-deb --root-owner-group -Zxz --build "$STAGE" "$WORK/out.deb" >/dev/null
+mv -f "$WORK/out.deb" "$DEB"
 log "$(du -h "$DEB" | cut -f1) $DEB"
 log "$(du -h "$DIST/$(basename "$WHEEL")" | cut -f1) $DIST/$(basename "$WHEEL")"
 echo "$DEB"
