@@ -7,7 +7,6 @@ import sys
 from typing import Any
 
 import structlog
-from structlog._config import BoundLoggerLazyProxy
 
 
 def configure(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
@@ -43,5 +42,19 @@ def get(name: str | None = None) -> Any:
     configuration, printing to stdout)."""
     if not name:
         return structlog.get_logger()
-    # get_logger(logger=...) clashes with wrap_logger's own ``logger`` parameter: build the proxy
-    return BoundLoggerLazyProxy(None, initial_values={"logger": name}, logger_factory_args=())
+    return NamedLogger(name)
+
+
+class NamedLogger:
+    """structlog's logger with ``logger=name`` bound, made anew from the current configuration
+    at each use, as structlog's own lazy proxy does with ``cache_logger_on_first_use=False``
+    (that proxy cannot carry a ``logger`` key: ``get_logger(logger=...)`` clashes with
+    ``wrap_logger``'s own ``logger`` parameter). Public structlog API only."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __getattr__(self, attr: str) -> Any:
+        return getattr(structlog.get_logger().bind(logger=self.name), attr)
