@@ -92,8 +92,8 @@ def _make(kind: str, cfg: DataplaneConfig, proc: str) -> Dataplane:
     if kind == "ipvs":
         if not ipvs_available(proc):
             raise DataplaneError(
-                f"ipvs: kernel has no IPVS ({proc} missing after requesting the genl family "
-                "IPVS; is ip_vs built for this kernel? modprobe ip_vs)"
+                "ipvs: kernel has no IPVS (the genl family request did not load it, "
+                f"{proc} missing; modprobe ip_vs)"
             )
         try:
             # lazy: pyroute2's IPVS is only imported when used
