@@ -1,10 +1,5 @@
-"""The seed's host set up by the daemon, on a kernel with IPVS as modules (the qemu guest).
-
-(a) ``dataplane: auto`` with ip_vs NOT loaded: the plane choice requests the genl family IPVS,
-the kernel loads ip_vs, the choice is ipvs; a wrr service added through the plane then loads
-ip_vs_wrr (the kernel's own request_module on an unknown scheduler).
-(b) SNAT of a real server's own traffic following the active director, over a failover between
-two directors (network namespaces of the guest, each with its own IPVS table):
+"""SNAT of a real server's own traffic following the active director, over a failover (the
+qemu guest; each director is a network namespace with its own IPVS table):
 
     outside (203.0.113.2: whoami :9000)      -- bridge "bo" --  d1 o0 203.0.113.11 | d2 o0 .12
     rs (198.51.100.2, gw 198.51.100.1: :8080) -- bridge "bi" --  d1 i0 198.51.100.11 | d2 i0 .12
@@ -17,85 +12,18 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 
 import pytest
-from ipvslab import ipvsadm, wait_for
+from ipvslab import wait_for
 
 from hacontrol.config import loads
-from hacontrol.dataplane.diff import Action
-from hacontrol.dataplane.select import IPVS_PROC, choose_plane, open_plane
 from hacontrol.dataplane.snat import SnatTable
-from hacontrol.dataplane.table import ServiceKey, ServiceSpec
 from hacontrol.host.sysctl import host_check, read_sysctl
 from hacontrol.lab.netns import NetnsLab, Ns, wait_tcp
-from hacontrol.model import DataplaneConfig
 
 pytestmark = pytest.mark.ipvs
-
-IPVS_MODULES = ("ip_vs_rr", "ip_vs_wrr", "ip_vs_sh", "ip_vs_mh", "ip_vs")  # dependents first
-
-
-def have_proc() -> bool:
-    return os.path.exists(IPVS_PROC)
-
-
-def loaded(module: str) -> bool:
-    with open("/proc/modules", encoding="ascii") as f:
-        return any(line.split()[0] == module for line in f)
-
-
-def unload_ipvs() -> None:
-    """Empty the table, stop the sync daemons, unload ip_vs and its schedulers. A namespace of
-    an earlier test still being torn down may hold a scheduler for a moment: retry, bounded."""
-    ipvsadm("-C")
-    for state in ("master", "backup"):
-        subprocess.run(["ipvsadm", "--stop-daemon", state], capture_output=True, timeout=30)
-    deadline = time.monotonic() + 60
-    while True:
-        r = subprocess.run(
-            ["modprobe", "-r", *IPVS_MODULES], capture_output=True, text=True, timeout=60
-        )
-        if r.returncode == 0 and not loaded("ip_vs"):
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"cannot unload ip_vs: {r.stderr.strip()}")
-        time.sleep(0.5)
-
-
-@pytest.fixture
-def no_ipvs() -> Iterator[None]:
-    """ip_vs unloaded for the test; the harness's modules loaded again afterwards."""
-    unload_ipvs()
-    try:
-        yield
-    finally:
-        ipvsadm("-C")
-        subprocess.run(["modprobe", "-a", *IPVS_MODULES], capture_output=True, timeout=60)
-
-
-async def test_auto_loads_ip_vs_and_a_scheduler_on_demand(no_ipvs: None) -> None:
-    assert not have_proc() and not loaded("ip_vs") and not loaded("ip_vs_wrr")
-    choice = await choose_plane(DataplaneConfig(kind="auto"))
-    print("choice:", choice)
-    assert choice.kind == "ipvs"
-    assert choice.reason == "ipvs: auto, loaded on demand via genl family request"
-    assert have_proc() and loaded("ip_vs")
-
-    # the daemon's path: open the plane the config asks for; add a wrr service through it
-    plane, again = await open_plane(DataplaneConfig(kind="auto"))
-    try:
-        assert plane.kind == "ipvs" and again.reason.startswith("ipvs: auto, kernel has IPVS")
-        assert not loaded("ip_vs_wrr")
-        key = ServiceKey("tcp", "198.51.100.10", 80)
-        await plane.apply({}, [Action("add_service", key, spec=ServiceSpec("wrr"))])
-        assert loaded("ip_vs_wrr")
-        assert "TCP  198.51.100.10:80 wrr" in ipvsadm("-Ln")
-    finally:
-        await plane.close()
-
 
 VIP, GW = "203.0.113.10", "198.51.100.1"
 RS, OUTSIDE = "198.51.100.2", "203.0.113.2"
