@@ -9,7 +9,6 @@ qemu guest; each director is a network namespace with its own IPVS table):
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
@@ -79,21 +78,7 @@ class Pair:
 
 
 @pytest.fixture
-def dev_stdin() -> Iterator[None]:
-    """nft reads a batch from ``-f -`` as /dev/stdin, a symlink udev makes; the guest's bare
-    devtmpfs has none (tests/vm/stage2 could make it): made for the test, removed after."""
-    made = not os.path.lexists("/dev/stdin")
-    if made:
-        os.symlink("/proc/self/fd/0", "/dev/stdin")
-    try:
-        yield
-    finally:
-        if made:
-            os.unlink("/dev/stdin")
-
-
-@pytest.fixture
-def pair(clean_ipvs: None, dev_stdin: None) -> Iterator[Pair]:
+def pair(clean_ipvs: None) -> Iterator[Pair]:
     with NetnsLab() as lab:
         sw, out, rs = lab.add("sw"), lab.add("out"), lab.add("rs")
         d1, d2 = lab.add("d1", forward=True), lab.add("d2", forward=True)
