@@ -17,12 +17,13 @@ but ``KeepalivedError``.
 
 from __future__ import annotations
 
-import glob
 import os
 import re
 import stat
 from collections import deque
 from dataclasses import dataclass, field
+
+from hacontrol.migrate.keepalived_glob import MAX_BRACE_ALTERNATIVES, match_include
 
 MAX_FILE_BYTES = 1 << 20  # one file
 MAX_TOTAL_BYTES = 8 << 20  # all files together
@@ -32,7 +33,6 @@ MAX_LINE = 1022  # bytes; keepalived reads lines into a 1024-byte buffer ("line 
 MAX_LINES = 200_000  # logical lines, after the expansion of multi-line definitions
 MAX_SUBSTITUTIONS = 1000  # in one line
 MAX_ERRORS = 100
-MAX_BRACE_ALTERNATIVES = 256
 
 _DEF_RE = re.compile(r"\$([A-Za-z_][A-Za-z0-9_]*)=[ \t]*(.*)\Z", re.S)
 _REF_RE = re.compile(
@@ -177,27 +177,20 @@ class Source:
         if not pattern:
             self._error(frame.display, line, f"include{kind}: no file name")
             return
-        alternatives = expand_braces(pattern)
-        if alternatives is None:
+        matched = match_include(pattern, frame.directory)
+        if matched is None:
             self._error(frame.display, line, f"include {pattern}: more than "
                         f"{MAX_BRACE_ALTERNATIVES} alternatives in braces")
             return
-        found: list[str] = []
-        for alt in alternatives:
-            full = alt if os.path.isabs(alt) else os.path.join(frame.directory, alt)
-            if glob.has_magic(alt):
-                matches = sorted(glob.glob(full))
-                if not matches:
-                    why = f"include{kind} {alt}: no file matches"
-                    if kind in ("w", "a"):
-                        self._error(frame.display, line, why)
-                    else:
-                        self.warnings.append(Issue(frame.display, line, why + " (nothing read)"))
-                found.extend(matches)
-            elif os.path.lexists(full):
-                found.append(full)
+        found, missing, unmatched = matched
+        for alt in missing:
+            self._error(frame.display, line, f"include{kind} {alt}: no such file")
+        for alt in unmatched:
+            why = f"include{kind} {alt}: no file matches"
+            if kind in ("w", "a"):
+                self._error(frame.display, line, why)
             else:
-                self._error(frame.display, line, f"include{kind} {alt}: no such file")
+                self.warnings.append(Issue(frame.display, line, why + " (nothing read)"))
         opened: list[tuple[str, str]] = []
         for path in found:
             display = os.path.normpath(path)
@@ -378,53 +371,3 @@ def decomment(raw: str) -> tuple[str, bool, bool]:
         out.append(c)
         i += 1
     return "".join(out).rstrip(" \t"), cont, quote
-
-
-def expand_braces(pattern: str) -> list[str] | None:
-    """csh-style ``{a,b}`` alternatives (nested), as glibc's GLOB_BRACE; None beyond
-    ``MAX_BRACE_ALTERNATIVES``."""
-    results = [pattern]
-    done: list[str] = []
-    while results:
-        p = results.pop(0)
-        span = _first_brace(p)
-        if span is None:
-            done.append(p)
-        else:
-            start, end, parts = span
-            results[0:0] = [p[:start] + part + p[end + 1 :] for part in parts]
-        if len(done) + len(results) > MAX_BRACE_ALTERNATIVES:
-            return None
-    return done
-
-
-def _first_brace(p: str) -> tuple[int, int, list[str]] | None:
-    """(index of ``{``, index of its ``}``, the comma-separated parts at its top level) of the
-    first brace group that has a comma, or None."""
-    i = 0
-    while i < len(p):
-        if p[i] == "\\":
-            i += 2
-            continue
-        if p[i] == "{":
-            depth, j, parts, last = 0, i, [], i + 1
-            while j < len(p):
-                c = p[j]
-                if c == "\\":
-                    j += 2
-                    continue
-                if c == "{":
-                    depth += 1
-                elif c == "}":
-                    depth -= 1
-                    if depth == 0:
-                        parts.append(p[last:j])
-                        if len(parts) > 1:
-                            return i, j, parts
-                        break
-                elif c == "," and depth == 1:
-                    parts.append(p[last:j])
-                    last = j + 1
-                j += 1
-        i += 1
-    return None

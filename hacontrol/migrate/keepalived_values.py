@@ -51,13 +51,14 @@ class Ctx:
     def integer(self, node: Node, text: str | None, lo: int, hi: int, what: str) -> int | None:
         if text is None:
             return None
+        what = "" if what == node.keyword else f"{what} "
         try:
             v = int(text, 10)
         except ValueError:
-            self.error(node, f"{what} {text!r} is not a whole number")
+            self.error(node, f"{what}{text!r} is not a whole number")
             return None
         if not lo <= v <= hi:
-            self.error(node, f"{what} {v} is out of keepalived's range {lo}..{hi}")
+            self.error(node, f"{what}{v} is out of keepalived's range {lo}..{hi}")
             return None
         return v
 
@@ -70,7 +71,8 @@ class Ctx:
         except ValueError:
             v = float("nan")
         if not (v == v and lo <= v <= 365 * 86400) or not _decimal(text):
-            self.error(node, f"{what} {text!r} is not a number of seconds")
+            what = "" if what == node.keyword else f"{what} "
+            self.error(node, f"{what}{text!r} is not a number of seconds")
             return None
         return round(v, 6)
 
