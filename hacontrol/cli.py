@@ -259,6 +259,12 @@ def cmd_lab(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return int(demo.main(list(args.lab_args)) or 0)
 
 
+def cmd_import_keepalived(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from hacontrol.migrate.command import run
+
+    return run(args.file, args.output, args.host, args.secret_file, out, err)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="hacontrol", description="hacontrol: LVS director controller")
     p.add_argument("--version", action="version", version=f"hacontrol {__version__}")
@@ -310,6 +316,15 @@ def parser() -> argparse.ArgumentParser:
         if kind == "fault":
             dp.add_argument("--seconds", type=float, required=True, help="fault length")
         dp.set_defaults(func=cmd_drill)
+
+    sp = sub.add_parser(
+        "import-keepalived", help="convert a keepalived.conf (docs/migrate-from-keepalived.md)"
+    )
+    sp.add_argument("file", help="the keepalived.conf (its includes are read too)")
+    sp.add_argument("-o", "--output", help="write the YAML here (default: stdout)")
+    sp.add_argument("--host", help="config-id for @host lines (default: this host's name)")
+    sp.add_argument("--secret-file", help="ha.secret_file to write (default /etc/hacontrol/ha.key)")
+    sp.set_defaults(func=cmd_import_keepalived)
 
     sp = sub.add_parser("version", help="print the version")
     sp.set_defaults(func=cmd_version)
