@@ -1,7 +1,9 @@
 """The daemon's HA seam: what ``hacontrol.daemon.Daemon`` does with its HA pair member.
 
 With an ``ha:`` section the daemon runs one ``hacontrol.ha.runner.HaRunner`` over a ``VipGroup``,
-a ``LocalTracker`` and a ``CommandNotifier``. This module builds it from the config
+a ``LocalTracker`` and a ``CommandNotifier`` (with ``ha.protocol: vrrp3`` a
+``hacontrol.ha.vrrp_runner.VrrpRunner`` over the same three instead: VRRPv3, to pair with
+keepalived). This module builds it from the config
 (``build_ha``; none in a dry run), stops it (``stop_ha``: hand over, release the VIPs, close the
 VIP group), hands it what a reload may change live (``apply_ha_live``, through the runner's
 ``reconfigure``: notify command, config digest, hand-off services; never the VIPs), adds the
@@ -31,6 +33,7 @@ from hacontrol.ha.runner import DrillError, HaRunner, HealthSummary
 from hacontrol.ha.track import LocalTracker
 from hacontrol.ha.transport import load_key
 from hacontrol.ha.vip import VipGroup
+from hacontrol.ha.vrrp_runner import VrrpRunner
 from hacontrol.metrics import Metrics
 from hacontrol.model import Config
 from hacontrol.process import HaComponent, StartError
@@ -68,6 +71,14 @@ def build_ha(
     if dry_run:
         log.warning("ha.disabled", reason="dry run: no heartbeats, no VIPs; role standalone")
         return None, None
+    if ha.protocol == "vrrp3":
+        vips = VipGroup.from_config(ha, metrics, clock=clock)
+        vrrp = VrrpRunner(ha, cfg.node_name, clock=clock, metrics=metrics, vips=vips,
+                          notifier=CommandNotifier.from_config(ha, cfg.node_name),
+                          tracker=LocalTracker.from_config(ha))  # fmt: skip
+        return vrrp, vips
+    if ha.secret_file is None:  # the loader requires it with the own protocol
+        raise StartError("ha.secret_file is required by the own protocol")
     try:
         key = load_key(ha.secret_file)
     except ValueError as exc:
