@@ -186,6 +186,7 @@ class Machine:
     started: float = 0.0
     last: Advertised | None = None
     faulted: bool = False
+    preempting: int | None = None  # the lower priority ignored since the timer was last reset
     out: list[Action] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -228,7 +229,7 @@ class Machine:
         self.state = to
 
     def _backup(self, now: float, down: float, reason: str) -> None:
-        was_master = self.state is State.MASTER
+        was_master, self.preempting = self.state is State.MASTER, None
         self._go(State.BACKUP, reason)
         self.deadline = now + down
         if was_master:
@@ -253,9 +254,15 @@ class Machine:
         if self.deadline is None or now < self.deadline:
             return
         if self.state is State.BACKUP:
-            self._master(now, f"no advertisement for {self.master_down:.2f}s (Master_Down_Interval)"
-                         if self.last is None or self.last.priority else
-                         f"the master stopped (priority 0) and {self.skew:.3f}s skew passed")
+            if self.preempting is not None:
+                why = (f"preempt: the master's priority {self.preempting} is lower than ours "
+                       f"({self.params.priority}); its advertisements ignored for "
+                       f"{self.master_down:.2f}s (Master_Down_Interval)")
+            elif self.last is not None and self.last.priority == 0:
+                why = f"the master stopped (priority 0) and {self.skew:.3f}s skew passed"
+            else:
+                why = f"no advertisement for {self.master_down:.2f}s (Master_Down_Interval)"
+            self._master(now, why)
         elif self.state is State.MASTER:
             self.out.append(Send(self.params.priority))
             self.deadline = max(self.deadline + self.adver, now + self.adver / 10)
@@ -265,12 +272,14 @@ class Machine:
         p = self.params
         if self.state is State.BACKUP:
             if ev.priority == 0:
-                self.deadline = ev.now + self.skew
+                self.deadline, self.preempting = ev.now + self.skew, None
                 self.out.append(Note("vrrp.master_stopped", "priority 0: take over after skew"))
             elif (not p.preempt or ev.priority >= p.priority
                   or ev.now < self.started + p.preempt_delay):
                 self.master_adver_cs = ev.max_adver_cs or p.adver_cs
-                self.deadline = ev.now + self.master_down
+                self.deadline, self.preempting = ev.now + self.master_down, None
+            else:
+                self.preempting = ev.priority
         elif self.state is State.MASTER:
             if ev.priority == 0:
                 self.out.append(Send(p.priority))
