@@ -101,7 +101,8 @@ class Capture:
 
     def __init__(self, c: Cluster, path: Path) -> None:
         self.c, self.path = c, path
-        self.proc = c.ns("switch").popen("tcpdump", "-i", "in-a", "-U", "-w", str(path),
+        self.proc = c.ns("switch").popen("tcpdump", "-i", "in-a", "-U", "--immediate-mode", "-w",
+                                         str(path),
                                          "ip proto 112", stdout=subprocess.DEVNULL,
                                          stderr=subprocess.DEVNULL)  # fmt: skip
         until(path.exists, 30, "tcpdump started", None)
@@ -244,3 +245,32 @@ def test_unicast_hacontrol_master_dies_then_preempts_then_stops_cleanly(
     assert any(a["src"] == A_IN and a["prio"] == "0" for a in adverts(lines))
     assert s.longest_double(1) < 0.5, "two VIP holders beyond one advertisement interval"
     assert s.longest_double(2) < 0.5, "two masters beyond one advertisement interval"
+
+
+def test_migration_end_two_hacontrol_in_vrrp_mode_then_the_switch_to_the_own_protocol(
+    cluster: Cluster, pair_of: Callable[..., MixedPair]
+) -> None:
+    """docs/migrate-from-keepalived.md, steps 4-5: two hacontrol daemons in VRRP mode pair with
+    each other; then the backup stops, the master is killed (the VIPs stay for their lease) and
+    restarted with the own protocol: it adopts them, the VIP group never leaves it; the other
+    joins as backup over the own protocol."""
+    pair = pair_of({A: "hacontrol", B: "hacontrol"}, advert=0.5, unicast=False)
+    for n in (A, B):
+        pair.start(n)
+    until(only(pair, A, B), 90, "two hacontrol in VRRP mode: a master, b backup", pair)
+    pair.stop(B, signal.SIGTERM)  # the backup stops: nothing moves
+    with Sampler(pair) as s:
+        pair.stop(A, signal.SIGKILL)  # the master killed: its VIPs stay for their lease
+        cluster.write_config(A)  # the lab's own-protocol config (bind, peers, secret_file)
+        offset = cluster.log_path(A).stat().st_size
+        cluster.start_daemon(A)
+        until(lambda: pair.role(A) == "active", 60, "a active over the own protocol", pair)
+        with open(cluster.log_path(A)) as f:
+            f.seek(offset)
+            new = f.read()
+        assert '"ha.start"' in new and '"vrrp.start"' not in new
+        cluster.write_config(B)
+        cluster.start_daemon(B)
+        until(lambda: pair.role(B) == "backup" and pair.holders() == [A], 60,
+              "b backup over the own protocol", pair)  # fmt: skip
+    assert all(h == [A] for _, h, _ in s.samples), "the VIP group stayed on a, alone"
