@@ -8,13 +8,35 @@ RFC 5798 timers as they stand) and ``unavailable``: what the own protocol has an
 
 from __future__ import annotations
 
+import ipaddress
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from hacontrol.ha import vrrp_fsm as vf
+from hacontrol.ha.interfaces import VipManager
+from hacontrol.ha.vrrp_transport import VrrpTransport
+from hacontrol.model import HAConfig, VrrpConfig
 
-if TYPE_CHECKING:
-    from hacontrol.ha.vrrp_runner import VrrpRunner
+
+class VrrpView(Protocol):
+    """The runner's public values the status is built from (hacontrol.ha.vrrp_runner)."""
+
+    cfg: HAConfig
+    vc: VrrpConfig
+    node: str
+    fsm: vf.Machine | None
+    transport: VrrpTransport
+    vips: VipManager
+    held: bool
+    reason: str
+    since: float
+    version: int
+    advertised: tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, ...]
+    history: list[tuple[float, str, str, str]]
+    faults: dict[str, str]
+
+    @property
+    def role(self) -> str: ...
 
 ROLE = {vf.State.INITIALIZE: "starting", vf.State.BACKUP: "backup",
         vf.State.MASTER: "active", vf.State.FAULT: "fault"}  # fmt: skip
@@ -30,7 +52,7 @@ UNAVAILABLE = {
     "priority_penalty": "a failed tracked item is a fault (priority 0), never a lower priority",
 }
 
-__all__ = ["ROLE", "UNAVAILABLE", "vrrp_status", "wall"]
+__all__ = ["ROLE", "UNAVAILABLE", "VrrpView", "vrrp_status", "wall"]
 
 
 def wall(now: float, at: float) -> str:
@@ -38,7 +60,7 @@ def wall(now: float, at: float) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(time.time() - (now - at)))
 
 
-def vrrp_status(r: VrrpRunner, now: float) -> dict[str, Any]:
+def vrrp_status(r: VrrpView, now: float) -> dict[str, Any]:
     def ago(at: float | None) -> float | None:
         return None if at is None else round(max(0.0, now - at), 3)
 

@@ -16,6 +16,7 @@ unicast (hacontrol master first).
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -31,7 +32,7 @@ import pytest
 
 from hacontrol.lab.mixed import VRID, Kind, MixedPair
 from hacontrol.lab.netns import NetnsLab
-from hacontrol.lab.topology import GATEWAY, INSIDE_IF, PUBLIC_IF, VIP, Cluster, Timing
+from hacontrol.lab.topology import API, GATEWAY, INSIDE_IF, PUBLIC_IF, VIP, Cluster, Timing
 
 pytestmark = [
     pytest.mark.root,
@@ -203,6 +204,7 @@ def test_multicast_keepalived_master_dies_then_preempts_then_stops_cleanly(
         for n in (A, B):
             pair.start(n)
         until(only(pair, A, B), 90, "keepalived (a) master, hacontrol (b) backup", pair)
+        check_status_and_drill(cluster, B, peer=A_IN)
         crash(pair, A)
         until(only_holder(pair, B), 60, "hacontrol (b) takes over from the dead keepalived", pair)
         assert "Master_Down_Interval" in pair.log_text(B)
@@ -217,6 +219,23 @@ def test_multicast_keepalived_master_dies_then_preempts_then_stops_cleanly(
     assert any(a["src"] == A_IN and a["prio"] == "0" for a in adverts(lines))
     assert s.longest_double(1) < 1.0, "two VIP holders beyond one advertisement interval"
     assert s.longest_double(2) < 1.0, "two masters beyond one advertisement interval"
+
+
+def check_status_and_drill(c: Cluster, name: str, peer: str) -> None:
+    """A backup's status says the protocol, the VRRP state, the master heard and what is
+    unavailable; a drill is refused (409) with the reason."""
+    r = c.hacontrol(name, "status", "--api", API, "--json")
+    ha = json.loads(r.stdout)["ha"]
+    assert ha["protocol"] == "vrrp3" and ha["vrrp"]["state"] == "BACKUP"
+    assert ha["vrrp"]["destinations"] == ["224.0.0.18"] and ha["peer"]["name"] == peer
+    assert ha["peer"]["priority"] == 150 and ha["peer"]["alive"]
+    assert {u["feature"] for u in ha["unavailable"]} >= {
+        "authentication", "health_summaries", "drills", "handover_without_loss",
+        "replay_freshness",
+    }  # fmt: skip
+    assert ha["heartbeats"]["received"]["vrrp"] > 0 and ha["heartbeats"]["sent"]["vrrp"] == 0
+    d = c.hacontrol(name, "drill", "handover", "--api", API, "-c", str(c.config_path(name)))
+    assert d.returncode != 0 and "409" in d.stderr + d.stdout and "vrrp3" in d.stderr + d.stdout
 
 
 def only_holder(pair: MixedPair, name: str) -> Callable[[], bool]:
