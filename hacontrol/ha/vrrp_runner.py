@@ -81,6 +81,7 @@ class VrrpRunner:
         self._timer: asyncio.TimerHandle | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._renewed = 0.0
+        self._mismatch: frozenset[Address] = frozenset(self.advertised)
 
     # -- HaComponent -----------------------------------------------------------------------
 
@@ -103,7 +104,10 @@ class VrrpRunner:
             self.notifier = notifier
 
     async def start(self) -> None:
-        self.transport.open()  # HaIoError: no such interface / address; the daemon stops
+        try:
+            self.transport.open()
+        except HaIoError as e:  # the daemon refuses to start (StartError) with this
+            raise ValueError(f"ha.vrrp.interface {self.vc.interface}: {e}") from None
         src = self.transport.source
         assert src is not None  # open() chose it
         self.fsm = vf.Machine(vf.Params(
@@ -197,11 +201,13 @@ class VrrpRunner:
         if adv.legacy_sum:
             log.warning("vrrp.legacy_checksum", source=str(src), reason="the checksum covers "
                         "the multicast group, not our address: keepalived before 2.1")  # fmt: skip
-        if set(adv.addresses) != set(self.advertised):
+        theirs = frozenset(adv.addresses)
+        if theirs != self._mismatch and theirs != set(self.advertised):  # once per change
             log.warning("vrrp.address_mismatch", source=str(src),
                         theirs=sorted(map(str, adv.addresses)),
                         ours=sorted(map(str, self.advertised)),
                         reason="the peer advertises other VIPs for this router")  # fmt: skip
+        self._mismatch = theirs
         self.feed(vf.Received(now, src, adv.priority, adv.max_adver_cs))
 
     def _transition(self, t: vf.Transition, now: float) -> None:
