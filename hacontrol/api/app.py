@@ -39,6 +39,9 @@ class Controller(Protocol):
     def status(self) -> dict[str, Any]:
         """The status document (see hacontrol.status.build_status)."""
 
+    async def refresh_counters(self) -> None:
+        """Read the data plane's connection and traffic counters, for the next status."""
+
     def metrics_text(self) -> bytes:
         """Prometheus text exposition."""
 
@@ -152,6 +155,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def get_status(request: web.Request) -> web.Response:
     _only_params(request, ("service",))
+    await request.app[CONTROLLER].refresh_counters()
     doc = request.app[CONTROLLER].status()
     name = request.query.get("service")
     if name is not None:
@@ -164,6 +168,7 @@ async def get_status(request: web.Request) -> web.Response:
 
 async def get_metrics(request: web.Request) -> web.Response:
     _only_params(request, ())
+    await request.app[CONTROLLER].refresh_counters()
     return web.Response(
         body=request.app[CONTROLLER].metrics_text(), headers={"Content-Type": METRICS_CONTENT_TYPE}
     )

@@ -42,6 +42,10 @@ class FakeController:
         self.fail = False
         self.drills: list[tuple[str, float | None]] = []
         self.drill_error: Exception | None = None
+        self.refreshes = 0
+
+    async def refresh_counters(self) -> None:
+        self.refreshes += 1
 
     def status(self) -> dict[str, Any]:
         if self.fail:
