@@ -90,6 +90,11 @@ def set_level(_logger: Any, method: str, event: MutableMapping[str, Any]) -> Any
     return event
 
 
+def event_first(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:
+    """Processor: the ``event`` key leads each JSON line (``{"event": "health.change", ...``)."""
+    return {"event": event.pop("event", None), **event}
+
+
 class PriorityPrefix:
     """Wraps the final renderer: ``<N>`` (the event's syslog priority) before each line."""
 
@@ -115,6 +120,7 @@ def configure(
         if fmt == "console"
         else structlog.processors.JSONRenderer(sort_keys=False)
     )
+    last: list[Any] = [] if fmt == "console" else [event_first]
     if journal if journal is not None else journal_stream(stream):
         renderer = PriorityPrefix(renderer)
     structlog.configure(
@@ -124,6 +130,7 @@ def configure(
             set_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            *last,
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(

@@ -111,6 +111,7 @@ def test_prefix_on_the_journal(pipe: tuple[Any, Any], monkeypatch: pytest.Monkey
     log.debug("filtered.out", reason="below the configured level")
     lines = read_lines(reader, writer)
     assert [line[:3] for line in lines] == ["<4>", "<6>", "<4>", "<3>"]
+    assert lines[0].startswith('<4>{"event": "health.change", ')
     events = [json.loads(line[3:]) for line in lines]  # the body stays plain JSON
     down = events[0]
     assert down["event"] == "health.change" and down["level"] == "warning"
