@@ -84,6 +84,16 @@ def ipvsadm_conns() -> dict[str, tuple[int, int]]:
     }
 
 
+def ipvsadm_stats() -> dict[str, tuple[int, ...]]:
+    """real server -> (Conns, InPkts, OutPkts, InBytes, OutBytes), ``ipvsadm -Ln --stats``."""
+    dest = re.compile(r"^\s+->\s+(\S+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s+(\d+)\s*$")
+    return {
+        m.group(1): tuple(int(x) for x in m.groups()[1:])
+        for m in map(dest.match, ipvsadm("-Ln", "--stats", "--exact").splitlines())
+        if m
+    }
+
+
 @pytest.fixture(scope="module")
 def director(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Director]:
     ipvsadm("-C")
@@ -143,12 +153,29 @@ def test_active_connection_through_the_vip(director: Director) -> None:
         )  # fmt: skip
         (rs,) = busy
         assert ipvsadm_conns()[rs][0] == 1  # the kernel's own view agrees
-        assert metric("hacontrol_real_server_bytes_total", direction="in")[rs] > 0
+
+        def row() -> dict[str, Any]:
+            doc = json.loads(get("/v1/status"))
+            (r,) = [r for r in doc["services"][0]["real_servers"]
+                    if f"{r['address']}:{r['port']}" == rs]  # fmt: skip
+            return r  # type: ignore[no-any-return]
+
+        def traffic_agrees() -> tuple[int, ...] | None:
+            """The traffic counters equal ipvsadm's (the kernel folds its per-CPU counters in
+            every 2 s, so the first bytes show up after a while)."""
+            t = row()["traffic"]
+            mine = tuple(t[k] for k in ("connections", "packets_in", "packets_out", "bytes_in",
+                                        "bytes_out"))  # fmt: skip
+            return mine if mine == ipvsadm_stats()[rs] and t["bytes_in"] > 0 else None
+
+        conns, _pin, _pout, bytes_in, _bout = wait_for(
+            traffic_agrees, 60, "traffic counters that agree with ipvsadm --stats"
+        )
+        assert conns >= 1
+        assert metric("hacontrol_real_server_bytes_total", direction="in")[rs] >= bytes_in
         assert metric("hacontrol_real_server_scheduled_connections_total")[rs] >= 1
         doc = json.loads(get("/v1/status"))
-        (row,) = [r for r in doc["services"][0]["real_servers"]
-                  if f"{r['address']}:{r['port']}" == rs]  # fmt: skip
-        assert row["connections"]["active"] == 1 and row["traffic"]["bytes_in"] > 0
+        assert row()["connections"]["active"] == 1
         line = next(x for x in render_status(doc).splitlines() if x.strip().startswith(rs))
         assert re.search(r"\s1/\d+\s", line), line
     finally:
