@@ -12,9 +12,9 @@ with ``<N>``, the syslog priority of that level: journald (``SyslogLevelPrefix=y
 strips it and sets PRIORITY, so ``journalctl -p warning`` filters and ``journalctl -o cat | jq``
 still reads plain JSON. Off the journal nothing is prefixed.
 
-Events are filtered by the call's level before any of this (structlog's filtering logger keeps a
-disabled debug call nearly free), so ``logging.level: warning`` drops an info call even when
-``event_level`` would have raised it.
+``logging.level`` filters on the effective level: with ``warning``, a server going down is still
+logged though its call is at info. (Calls below info are dropped before any processing, by
+structlog's filtering logger, so a disabled debug call stays nearly free.)
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ __all__ = ["PRIORITY", "configure", "event_level", "get", "journal_stream", "pri
 # syslog(3) priorities of structlog's level names (journald's PRIORITY field)
 PRIORITY: dict[str, int] = {
     "critical": 2,
+    "fatal": 2,
     "exception": 3,
     "error": 3,
     "warning": 4,
@@ -41,7 +42,9 @@ PRIORITY: dict[str, int] = {
     "debug": 7,
 }
 _RANK = {"debug": 0, "info": 1, "notice": 2, "warning": 3, "warn": 3, "error": 4}
-_RANK.update({"exception": 4, "critical": 5})
+_RANK.update({"exception": 4, "critical": 5, "fatal": 5})
+_NUMBER = {"debug": 10, "info": 20, "notice": 25, "warning": 30, "warn": 30, "error": 40}
+_NUMBER.update({"exception": 40, "critical": 50, "fatal": 50})  # logging's level numbers
 
 
 def _raised(event: Mapping[str, Any]) -> str | None:
@@ -95,6 +98,19 @@ def event_first(_logger: Any, _method: str, event: MutableMapping[str, Any]) -> 
     return {"event": event.pop("event", None), **event}
 
 
+class MinLevel:
+    """Processor: drop an event whose effective level is below ``threshold`` (a logging level
+    number)."""
+
+    def __init__(self, threshold: int) -> None:
+        self.threshold = threshold
+
+    def __call__(self, _logger: Any, _method: str, event: MutableMapping[str, Any]) -> Any:
+        if _NUMBER.get(str(event["level"]), logging.INFO) < self.threshold:
+            raise structlog.DropEvent
+        return event
+
+
 class PriorityPrefix:
     """Wraps the final renderer: ``<N>`` (the event's syslog priority) before each line."""
 
@@ -123,19 +139,20 @@ def configure(
     last: list[Any] = [] if fmt == "console" else [event_first]
     if journal if journal is not None else journal_stream(stream):
         renderer = PriorityPrefix(renderer)
+    threshold = logging.getLevelName(level.upper()) if isinstance(level, str) else level
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
             set_level,
+            MinLevel(threshold),
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
             *last,
             renderer,
         ],
-        wrapper_class=structlog.make_filtering_bound_logger(
-            logging.getLevelName(level.upper()) if isinstance(level, str) else level
-        ),
+        # info calls pass the filter when the threshold is higher: ``event_level`` may raise them
+        wrapper_class=structlog.make_filtering_bound_logger(min(threshold, logging.INFO)),
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )

@@ -120,6 +120,20 @@ def test_prefix_on_the_journal(pipe: tuple[Any, Any], monkeypatch: pytest.Monkey
     assert [e["level"] for e in events] == ["warning", "info", "warning", "error"]
 
 
+def test_level_filters_on_the_effective_level(pipe: tuple[Any, Any]) -> None:
+    reader, writer = pipe
+    logs.configure("warning", "json", stream=writer, journal=True)
+    log = logs.get("x")
+    log.info("health.change", **{"from": "up", "to": "down"})  # raised: kept
+    log.info("health.change", **{"from": "down", "to": "up"})  # a recovery at info: dropped
+    log.info("daemon.start", reason="r")
+    log.debug("ha.transition", to_role="active")  # below info: dropped before any processing
+    log.error("dataplane.error", error="x")
+    lines = read_lines(reader, writer)
+    assert [(x[:3], json.loads(x[3:])["event"]) for x in lines] == [
+        ("<4>", "health.change"), ("<3>", "dataplane.error")]  # fmt: skip
+
+
 def test_no_prefix_off_the_journal(pipe: tuple[Any, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     reader, writer = pipe
     monkeypatch.setenv("JOURNAL_STREAM", "1:2")  # systemd's, for another stream (not ours)
