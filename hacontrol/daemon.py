@@ -28,7 +28,7 @@ from typing import Any, TextIO
 
 from aiohttp import web
 
-from hacontrol import __version__, logs
+from hacontrol import __version__, caps, logs
 from hacontrol.api.app import ApiServer, create_app
 from hacontrol.clock import Clock, loop_clock
 from hacontrol.daemon_ha import (
@@ -45,7 +45,7 @@ from hacontrol.dataplane.desired import desired_table
 from hacontrol.dataplane.ipvs_sync import SyncDaemons
 from hacontrol.dataplane.owned import OwnedStore
 from hacontrol.dataplane.reconciler import Reconciler
-from hacontrol.dataplane.select import open_dataplane
+from hacontrol.dataplane.select import open_dataplane, resolve_kind
 from hacontrol.dataplane.table import Table
 from hacontrol.ha.runner import DrillError
 from hacontrol.ha.vip import VipGroup
@@ -57,6 +57,7 @@ from hacontrol.process import HaComponent, StartError, choose_loop, local_listen
 from hacontrol.reload import Reloader, TargetCounts
 from hacontrol.reload_parse import Parse, parse_in_child
 from hacontrol.running_config import RunningConfig
+from hacontrol.systemd import SystemdLink
 
 __all__ = ["Daemon", "DrillError", "DrillUnavailable", "StartError", "run_daemon"]
 
@@ -106,6 +107,7 @@ class Daemon:
         self._running = False
         self.configure_logging = False  # run_daemon: a reload applies a new logging section
         self.loop_reason = "set by run_daemon"  # which event loop runs and why (daemon.start)
+        self.systemd = SystemdLink.from_env(self)  # watchdog, STATUS= (inert outside systemd)
 
     @property
     def config(self) -> Config:
@@ -217,7 +219,8 @@ class Daemon:
         self._sync = await start_sync(cfg, dp, self.clock)  # before HA: the VIPs may move
         await self.health.start()
         if self.serve_api:
-            self.api = ApiServer(create_app(self, self.extra_routes), cfg.api.listen)
+            app = create_app(self, self.extra_routes)
+            self.api = ApiServer(app, cfg.api.listen, group=cfg.api.group)
             try:
                 await self.api.start()
             except OSError as exc:
@@ -254,7 +257,8 @@ class Daemon:
             reason=reason,
         )
         self._warn_open_api()
-        sd_notify("READY=1\nSTATUS=running")
+        self.systemd.ready()
+        self.systemd.start()
 
     def _warn_open_api(self) -> None:
         api = self.api
@@ -297,6 +301,7 @@ class Daemon:
         await self.reloads.close()  # a reload in flight is abandoned (its parser killed)
         keep = self.config.dataplane.keep_on_stop
         await self._teardown(keep=keep)
+        await self.systemd.stop()  # the watchdog pinged until here (a slow hand-over included)
         log.info(
             "daemon.stop",
             reason=reason,
@@ -376,7 +381,12 @@ class Daemon:
 
 
 def run_daemon(config: Config, *, dry_run: bool = False, out: TextIO | None = None) -> int:
-    """Run a daemon to completion (see ``choose_loop``); the process exit code."""
+    """Run a daemon to completion (see ``choose_loop``); the process exit code. Refused at once
+    when the process lacks a capability the config needs (hacontrol.caps)."""
+    missing = caps.check(config, resolve_kind(config.dataplane), dry_run)
+    if missing is not None:
+        log.error("daemon.start", result="error", reason=missing, config=config.source)
+        return 1
     loop_factory, loop_reason = choose_loop(config, dry_run)
 
     async def main() -> int:

@@ -7,6 +7,10 @@ header, 200 headers, a bad request line) from ``RequestHandler.handle_error`` wi
 400 before any middleware runs; here that answer is the API's JSON error body
 ``{"error": ..., "status": n}`` like every other, logged as ``api.refused`` (``api.error`` for a
 500, never with the traceback in the body). ``json_error`` builds that body for the app too.
+
+A unix socket is made mode 0660 and given the operators' group (``socket_group``: ``api.group``,
+else "hacontrol" when that group exists and the process may use it, else the process's own
+group), so members of the group may call the API without root.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import grp
 import os
 import socket
 from pathlib import Path
@@ -63,8 +68,34 @@ def _refuse_live_socket(path: str) -> None:
     raise OSError(errno.EADDRINUSE, f"another process serves {path}")
 
 
+DEFAULT_GROUP = "hacontrol"
+
+
+def socket_group(name: str | None) -> tuple[int, str]:
+    """(gid, name) the API socket gets. ``name`` (``api.group``) must exist: OSError otherwise.
+    Without one: the group "hacontrol" when it exists and this process may give it to a file
+    (root, or a member), else the process's effective group."""
+    if name is not None:
+        try:
+            return grp.getgrnam(name).gr_gid, name
+        except KeyError:
+            raise OSError(errno.ENOENT, f"api.group {name}: no such group") from None
+    egid = os.getegid()
+    try:
+        default = grp.getgrnam(DEFAULT_GROUP).gr_gid
+    except KeyError:
+        default = None
+    if default is not None and (os.geteuid() == 0 or default in (egid, *os.getgroups())):
+        return default, DEFAULT_GROUP
+    try:
+        return egid, grp.getgrgid(egid).gr_name
+    except KeyError:
+        return egid, str(egid)
+
+
 class ApiServer:
-    """Serves an app on TCP host:port or a unix socket (mode 0660, parent dir created)."""
+    """Serves an app on TCP host:port or a unix socket (mode 0660, group ``group`` as
+    ``socket_group`` resolves it, parent dir created 0750)."""
 
     def __init__(
         self,
@@ -72,8 +103,11 @@ class ApiServer:
         listen: str,
         socket_mode: int = 0o660,
         shutdown_timeout: float = 0.3,
+        group: str | None = None,
     ) -> None:
         self.app = app
+        self.group = group
+        self.socket_gid: int | None = None  # the unix socket's group once started
         self.shutdown_timeout = shutdown_timeout  # in-flight requests get this long on stop
         self.listen = listen
         self.socket_mode = socket_mode
@@ -91,6 +125,7 @@ class ApiServer:
             site: web.BaseSite
             if host == "unix":
                 path = str(port)
+                gid, gname = socket_group(self.group)  # an unknown api.group: before the bind
                 Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o750)
                 _refuse_live_socket(path)
                 old_umask = os.umask(0o117)
@@ -99,8 +134,15 @@ class ApiServer:
                     await site.start()
                 finally:
                     os.umask(old_umask)
-                os.chmod(path, self.socket_mode)
                 self._unix_path = path
+                os.chmod(path, self.socket_mode)
+                try:
+                    os.chown(path, -1, gid)
+                except OSError as exc:
+                    raise OSError(
+                        exc.errno, f"chgrp {path} {gname}: {exc.strerror} (not a member?)"
+                    ) from None
+                self.socket_gid = gid
                 self.bound = f"unix:{path}"
             else:
                 assert isinstance(port, int)
@@ -111,6 +153,10 @@ class ApiServer:
                 self.bound = host_port(host, real_port)
         except BaseException:
             await runner.cleanup()
+            if self._unix_path is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._unix_path)
+                self._unix_path = None
             raise
         self._runner = runner
 
