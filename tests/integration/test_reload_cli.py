@@ -23,6 +23,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "deploy" / "hacontrol.service"
 TIMEOUT = 30.0
@@ -51,6 +53,15 @@ def exec_reload(sock: Path, token: Path) -> list[str]:
     swap = {"unix:/run/hacontrol/api.sock": f"unix:{sock}", "/etc/hacontrol/api.token": str(token)}
     assert set(swap) <= set(argv), argv
     return [sys.executable, "-m", "hacontrol", *[swap.get(a, a) for a in argv[1:]]]
+
+
+def test_exec_reload_names_what_the_packaged_config_uses() -> None:
+    """The unit's address and token are those of the example the package installs."""
+    example = yaml.safe_load((REPO / "deploy" / "etc-hacontrol" / "hacontrol.yaml").read_text())
+    argv = exec_reload(Path("/run/hacontrol/api.sock"), Path("/etc/hacontrol/api.token"))
+    api = example["api"]
+    assert argv[argv.index("--api") + 1] == api["listen"]
+    assert argv[argv.index("--token-file") + 1] == api["token_file"]
 
 
 def cli(argv: list[str]) -> subprocess.CompletedProcess[str]:
