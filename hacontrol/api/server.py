@@ -93,6 +93,22 @@ def socket_group(name: str | None) -> tuple[int, str]:
         return egid, str(egid)
 
 
+def _give_group(path: str, gid: int, name: str) -> None:
+    """chgrp ``path`` unless it has the group already: a new file gets the process's group
+    (or a setgid directory's), which under the packaged unit is the one wanted, and the unit's
+    system-call filter refuses chown (``~@privileged`` holds ``@chown``)."""
+    if os.stat(path).st_gid == gid:
+        return
+    try:
+        os.chown(path, -1, gid)
+    except OSError as exc:
+        why = (
+            f"chgrp {path} {name}: {exc.strerror} (the daemon's user must be in the group; under "
+            "systemd also allow chown: SystemCallFilter=@chown in a drop-in)"
+        )
+        raise OSError(exc.errno, why) from None
+
+
 class ApiServer:
     """Serves an app on TCP host:port or a unix socket (mode 0660, group ``group`` as
     ``socket_group`` resolves it, parent dir created 0750)."""
@@ -136,12 +152,7 @@ class ApiServer:
                     os.umask(old_umask)
                 self._unix_path = path
                 os.chmod(path, self.socket_mode)
-                try:
-                    os.chown(path, -1, gid)
-                except OSError as exc:
-                    raise OSError(
-                        exc.errno, f"chgrp {path} {gname}: {exc.strerror} (not a member?)"
-                    ) from None
+                _give_group(path, gid, gname)
                 self.socket_gid = gid
                 self.bound = f"unix:{path}"
             else:

@@ -86,13 +86,14 @@ class RunAs:
     uid: int
     gid: int
     caps: tuple[str, ...] = ("net_admin", "net_raw")
+    wrapper: tuple[str, ...] = ()  # run after setpriv, execs the daemon (e.g. a seccomp filter)
 
     def argv(self) -> list[str]:
         plus = ",".join(f"+{c}" for c in self.caps)
         some = f"-all,{plus}" if plus else "-all"
         return ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--init-groups",
-                f"--inh-caps={some}", f"--ambient-caps={some}",
-                f"--bounding-set={some}"]  # fmt: skip
+                f"--inh-caps={some}", f"--ambient-caps={some}", f"--bounding-set={some}",
+                *self.wrapper]  # fmt: skip
 
 
 @dataclass(frozen=True)
