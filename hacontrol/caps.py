@@ -62,8 +62,10 @@ def effective(status_text: str) -> frozenset[str]:
 
 
 def needed(cfg: Config, kind: str, dry_run: bool) -> dict[str, list[str]]:
-    """Capability -> what needs it, for ``cfg`` on the data plane ``kind`` it resolves to
-    (ipvs | nftables | memory). A dry run touches nothing in the kernel: nothing."""
+    """Capability -> what needs it, for ``cfg`` on the data plane ``kind`` (ipvs | nftables |
+    memory, or auto: either of the first two). A dry run touches nothing in the kernel: nothing.
+    ``host.set_sysctls`` writes /proc/sys/net, which CAP_NET_ADMIN allows in the network
+    namespace the daemon runs in."""
     need: dict[str, list[str]] = {}
 
     def add(cap: str, why: str) -> None:
@@ -75,6 +77,12 @@ def needed(cfg: Config, kind: str, dry_run: bool) -> dict[str, list[str]]:
         add("CAP_NET_ADMIN", "IPVS table")
     elif kind == "nftables":
         add("CAP_NET_ADMIN", "nftables table")
+    elif kind == "auto":
+        add("CAP_NET_ADMIN", "IPVS or nftables table")
+    if cfg.nat.snat:
+        add("CAP_NET_ADMIN", "SNAT table")
+    if cfg.host.set_sysctls:
+        add("CAP_NET_ADMIN", "sysctls")
     ha = cfg.ha
     if ha is not None:
         add("CAP_NET_ADMIN", "VIP addresses")

@@ -3,7 +3,10 @@
 ``hacontrol run -c FILE [--dry-run]`` starts the daemon (hacontrol.daemon); ``check`` validates a
 file and prints every error, then their count; ``version`` (or ``--version``) prints the version;
 ``status``, ``reload`` and ``drill handover|fault`` talk to a running daemon's API over TCP or its
-unix socket (plain ``http.client``, no event loop); ``lab`` hands over to
+unix socket (plain ``http.client``, no event loop); with ``-c`` they read only the file's
+``api`` section and open no secret file (an operator may not read the HA key; a file the daemon
+would refuse still names the daemon, which then judges it); ``reload`` exits with the daemon's
+verdict (0 applied, 1 refused, 2 unreachable); ``lab`` hands over to
 ``hacontrol.lab.demo:main`` when present. The readable text of status and drill results is
 rendered by ``hacontrol.cli_render``.
 """

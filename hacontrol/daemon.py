@@ -10,6 +10,10 @@ With an ``ha:`` section it also runs the HA pair member (built, stopped and repo
 only the VIPs move. A stop hands over first. The role comes from the runner ("standalone"
 without ``ha:``); drills are forwarded to it.
 
+systemd (``hacontrol.systemd.SystemdLink``): READY=1 with a STATUS= line, then the watchdog and
+STATUS= tasks on the loop. ``run_daemon`` refuses to start without a capability the config needs
+(``hacontrol.caps``).
+
 One owner each: the config in use, its token and load time belong to a ``RunningConfig``
 (hacontrol.running_config); reloads to a ``Reloader`` (hacontrol.reload), which changes the
 daemon only through ``apply_config`` / ``apply_live``; the status reads it through
@@ -45,7 +49,7 @@ from hacontrol.dataplane.desired import desired_table
 from hacontrol.dataplane.ipvs_sync import SyncDaemons
 from hacontrol.dataplane.owned import OwnedStore
 from hacontrol.dataplane.reconciler import Reconciler
-from hacontrol.dataplane.select import open_dataplane, resolve_kind
+from hacontrol.dataplane.select import open_dataplane
 from hacontrol.dataplane.table import Table
 from hacontrol.ha.runner import DrillError
 from hacontrol.ha.vip import VipGroup
@@ -383,7 +387,7 @@ class Daemon:
 def run_daemon(config: Config, *, dry_run: bool = False, out: TextIO | None = None) -> int:
     """Run a daemon to completion (see ``choose_loop``); the process exit code. Refused at once
     when the process lacks a capability the config needs (hacontrol.caps)."""
-    missing = caps.check(config, resolve_kind(config.dataplane), dry_run)
+    missing = caps.check(config, config.dataplane.kind, dry_run)
     if missing is not None:
         log.error("daemon.start", result="error", reason=missing, config=config.source)
         return 1

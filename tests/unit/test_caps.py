@@ -94,7 +94,7 @@ NAT_SYNC = "sync: {interface: eth1}"
         ("nftables", "nftables", ha(), True, {}),
         ("nftables", "nftables", "", False, {"CAP_NET_ADMIN": ["nftables table"]}),
         ("ipvs", "ipvs", "", False, {"CAP_NET_ADMIN": ["IPVS table"]}),
-        ("auto", "ipvs", "", False, {"CAP_NET_ADMIN": ["IPVS table"]}),
+        ("auto", "auto", "", False, {"CAP_NET_ADMIN": ["IPVS or nftables table"]}),
         ("memory", "memory", ha(), False,
          {"CAP_NET_ADMIN": ["VIP addresses"], "CAP_NET_RAW": ["gratuitous ARP"]}),
         ("nftables", "nftables", ha(), False,
@@ -115,6 +115,16 @@ def test_needed(
     plane: str, kind: str, ha_text: str, dry: bool, want: dict[str, list[str]]
 ) -> None:
     assert needed(cfg(plane, ha_text), kind, dry) == want
+
+
+def test_snat_and_sysctls_need_net_admin() -> None:
+    c = loads(
+        "node: {name: a}\ndataplane: memory\nhost: {set_sysctls: true}\n"
+        "nat: {snat: [{source: 198.51.100.0/24, to: 192.0.2.10}]}\n",
+        check_files=False,
+    )
+    assert needed(c, "memory", False) == {"CAP_NET_ADMIN": ["SNAT table", "sysctls"]}
+    assert needed(c, "memory", True) == {}
 
 
 def test_refusal_names_each_missing_capability_and_why() -> None:
