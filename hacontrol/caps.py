@@ -16,7 +16,7 @@ from collections.abc import Iterable
 from hacontrol import logs
 from hacontrol.model import Config
 
-__all__ = ["NAMES", "decode", "effective", "needed", "refusal"]
+__all__ = ["NAMES", "check", "decode", "effective", "needed", "refusal", "refused"]
 
 # capability numbers of linux/capability.h, in order
 NAMES = (
@@ -119,3 +119,11 @@ def check(cfg: Config, kind: str, dry_run: bool, path: str = PROC_STATUS) -> str
         log.warning("daemon.capabilities", path=path, reason=f"cannot read them: {exc}")
         return None
     return refusal(need, have)
+
+
+def refused(cfg: Config, kind: str, dry_run: bool, path: str = PROC_STATUS) -> bool:
+    """``check``; a refusal is logged as ``daemon.start`` ``result=error``."""
+    reason = check(cfg, kind, dry_run, path)
+    if reason is not None:
+        log.error("daemon.start", result="error", reason=reason, config=cfg.source)
+    return reason is not None

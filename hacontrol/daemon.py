@@ -8,11 +8,8 @@ changes recompute the desired table. Logic lives in the parts it wires, not here
 With an ``ha:`` section it also runs the HA pair member (built, stopped and reported by
 ``hacontrol.daemon_ha``) and starts it last: the kernel table is programmed on both directors,
 only the VIPs move. A stop hands over first. The role comes from the runner ("standalone"
-without ``ha:``); drills are forwarded to it.
-
-systemd (``hacontrol.systemd.SystemdLink``): READY=1 with a STATUS= line, then the watchdog and
-STATUS= tasks on the loop. ``run_daemon`` refuses to start without a capability the config needs
-(``hacontrol.caps``).
+without ``ha:``); drills are forwarded to it. systemd: ``hacontrol.systemd``; capabilities:
+``hacontrol.caps``.
 
 One owner each: the config in use, its token and load time belong to a ``RunningConfig``
 (hacontrol.running_config); reloads to a ``Reloader`` (hacontrol.reload), which changes the
@@ -32,7 +29,7 @@ from typing import Any, TextIO
 
 from aiohttp import web
 
-from hacontrol import __version__, caps, logs
+from hacontrol import __version__, caps, logs, systemd
 from hacontrol.api.app import ApiServer, create_app
 from hacontrol.clock import Clock, loop_clock
 from hacontrol.daemon_ha import (
@@ -61,7 +58,6 @@ from hacontrol.process import HaComponent, StartError, choose_loop, local_listen
 from hacontrol.reload import Reloader, TargetCounts
 from hacontrol.reload_parse import Parse, parse_in_child
 from hacontrol.running_config import RunningConfig
-from hacontrol.systemd import SystemdLink
 
 __all__ = ["Daemon", "DrillError", "DrillUnavailable", "StartError", "run_daemon"]
 
@@ -111,7 +107,7 @@ class Daemon:
         self._running = False
         self.configure_logging = False  # run_daemon: a reload applies a new logging section
         self.loop_reason = "set by run_daemon"  # which event loop runs and why (daemon.start)
-        self.systemd = SystemdLink.from_env(self)  # watchdog, STATUS= (inert outside systemd)
+        self.systemd = systemd.SystemdLink.from_env(self)  # inert outside systemd
 
     @property
     def config(self) -> Config:
@@ -223,8 +219,7 @@ class Daemon:
         self._sync = await start_sync(cfg, dp, self.clock)  # before HA: the VIPs may move
         await self.health.start()
         if self.serve_api:
-            app = create_app(self, self.extra_routes)
-            self.api = ApiServer(app, cfg.api.listen, group=cfg.api.group)
+            self.api = ApiServer.of(create_app(self, self.extra_routes), cfg.api)
             try:
                 await self.api.start()
             except OSError as exc:
@@ -261,8 +256,7 @@ class Daemon:
             reason=reason,
         )
         self._warn_open_api()
-        self.systemd.ready()
-        self.systemd.start()
+        self.systemd.ready()  # READY=1 and STATUS=, then the watchdog and STATUS= tasks
 
     def _warn_open_api(self) -> None:
         api = self.api
@@ -385,11 +379,8 @@ class Daemon:
 
 
 def run_daemon(config: Config, *, dry_run: bool = False, out: TextIO | None = None) -> int:
-    """Run a daemon to completion (see ``choose_loop``); the process exit code. Refused at once
-    when the process lacks a capability the config needs (hacontrol.caps)."""
-    missing = caps.check(config, config.dataplane.kind, dry_run)
-    if missing is not None:
-        log.error("daemon.start", result="error", reason=missing, config=config.source)
+    """Run a daemon to completion (see ``choose_loop``); the process exit code."""
+    if caps.refused(config, config.dataplane.kind, dry_run):  # logged as daemon.start
         return 1
     loop_factory, loop_reason = choose_loop(config, dry_run)
 

@@ -136,11 +136,12 @@ class SystemdLink:
         )
 
     def ready(self) -> None:
-        """READY=1 with the first STATUS= line (the daemon has started)."""
+        """READY=1 with the first STATUS= line (the daemon has started), then ``start``."""
         self._send_status(prefix="READY=1\n")
+        self.start()
 
     def start(self) -> None:
-        """Start the tasks on the running loop (after READY=1)."""
+        """Start the tasks on the running loop."""
         if self.send is None or self._tasks:
             return
         loop = asyncio.get_running_loop()

@@ -28,7 +28,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from hacontrol import logs
-from hacontrol.model import host_port
+from hacontrol.model import ApiConfig, host_port
 
 log = logs.get("api")
 
@@ -130,6 +130,11 @@ class ApiServer:
         self._runner: web.AppRunner | None = None
         self._unix_path: str | None = None
         self.bound: str = ""  # the actual address once started (the real port when 0 was asked)
+
+    @classmethod
+    def of(cls, app: web.Application, api: ApiConfig) -> ApiServer:
+        """The server of ``app`` for the ``api`` section (listen, group)."""
+        return cls(app, api.listen, group=api.group)
 
     async def start(self) -> None:
         host, port = parse_listen(self.listen)

@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
-from hacontrol.caps import NAMES, check, decode, effective, needed, refusal
+from hacontrol.caps import NAMES, check, decode, effective, needed, refusal, refused
 from hacontrol.config import loads
 from hacontrol.model import Config
 
@@ -151,3 +152,15 @@ def test_check_reads_the_status_file(tmp_path: Path) -> None:
     assert check(c, "nftables", False, str(status)) is None
     # unreadable: no refusal (the kernel then answers each operation itself)
     assert check(c, "nftables", False, str(tmp_path / "missing")) is None
+
+
+def test_refused_logs_daemon_start_error(tmp_path: Path) -> None:
+    """What run_daemon does with the verdict: log it as daemon.start result=error."""
+    status = tmp_path / "status"
+    status.write_text(STATUS)  # CAP_NET_ADMIN only
+    with capture_logs() as logs:
+        assert refused(cfg("nftables"), "nftables", False, str(status)) is False
+        assert refused(cfg("nftables", ha()), "nftables", False, str(status)) is True
+    assert [(e["event"], e["log_level"], e["result"], e["reason"]) for e in logs] == [
+        ("daemon.start", "error", "error", "missing capabilities: CAP_NET_RAW (gratuitous ARP)")
+    ]

@@ -145,7 +145,6 @@ def test_status_sent_on_change_at_most_once_per_period() -> None:
         link = SystemdLink(lambda: state["line"], watchdog=None, send=rec, status_period=1.0)
         t0 = loop.time()
         link.ready()
-        link.start()
         await asyncio.sleep(2.25)  # nothing changes: nothing sent after READY
         for n in range(1, 6):  # five changes within one period: only the last one is sent
             state["line"] = f"active, {n} services"
@@ -175,7 +174,6 @@ def test_without_notify_socket_nothing_runs() -> None:
 
     async def main() -> None:
         link.ready()
-        link.start()
         await link.stop()
 
     run_virtual(main())
