@@ -8,7 +8,8 @@ changes recompute the desired table. Logic lives in the parts it wires, not here
 With an ``ha:`` section it also runs the HA pair member (built, stopped and reported by
 ``hacontrol.daemon_ha``) and starts it last: the kernel table is programmed on both directors,
 only the VIPs move. A stop hands over first. The role comes from the runner ("standalone"
-without ``ha:``); drills are forwarded to it.
+without ``ha:``); drills are forwarded to it. systemd: ``hacontrol.systemd``; capabilities:
+``hacontrol.caps``.
 
 One owner each: the config in use, its token and load time belong to a ``RunningConfig``
 (hacontrol.running_config); reloads to a ``Reloader`` (hacontrol.reload), which changes the
@@ -28,7 +29,7 @@ from typing import Any, TextIO
 
 from aiohttp import web
 
-from hacontrol import __version__, logs
+from hacontrol import __version__, caps, logs, systemd
 from hacontrol.api.app import ApiServer, create_app
 from hacontrol.clock import Clock, loop_clock
 from hacontrol.daemon_ha import (
@@ -108,6 +109,7 @@ class Daemon:
         self._running = False
         self.configure_logging = False  # run_daemon: a reload applies a new logging section
         self.loop_reason = "set by run_daemon"  # which event loop runs and why (daemon.start)
+        self.systemd = systemd.SystemdLink.from_env(self)  # inert outside systemd
 
     @property
     def config(self) -> Config:
@@ -219,7 +221,7 @@ class Daemon:
         self._sync = await start_sync(cfg, dp, self.clock)  # before HA: the VIPs may move
         await self.health.start()
         if self.serve_api:
-            self.api = ApiServer(create_app(self, self.extra_routes), cfg.api.listen)
+            self.api = ApiServer.of(create_app(self, self.extra_routes), cfg.api)
             try:
                 await self.api.start()
             except OSError as exc:
@@ -256,7 +258,7 @@ class Daemon:
             reason=reason,
         )
         self._warn_open_api()
-        sd_notify("READY=1\nSTATUS=running")
+        self.systemd.ready()  # READY=1 and STATUS=, then the watchdog and STATUS= tasks
 
     def _warn_open_api(self) -> None:
         api = self.api
@@ -299,6 +301,7 @@ class Daemon:
         await self.reloads.close()  # a reload in flight is abandoned (its parser killed)
         keep = self.config.dataplane.keep_on_stop
         await self._teardown(keep=keep)
+        await self.systemd.stop()  # the watchdog pinged until here (a slow hand-over included)
         log.info(
             "daemon.stop",
             reason=reason,
@@ -383,6 +386,8 @@ class Daemon:
 
 def run_daemon(config: Config, *, dry_run: bool = False, out: TextIO | None = None) -> int:
     """Run a daemon to completion (see ``choose_loop``); the process exit code."""
+    if caps.refused(config, config.dataplane.kind, dry_run):  # logged as daemon.start
+        return 1
     loop_factory, loop_reason = choose_loop(config, dry_run)
 
     async def main() -> int:

@@ -159,9 +159,13 @@ def configure(
 
 
 class NamedLogger:
-    """A logger whose ``logger`` key is ``name``, resolved at each call through structlog's
-    public API: a module-level logger made at import time follows a later ``configure()``
-    (binding eagerly would freeze the default configuration, printing to stdout)."""
+    """structlog's logger with ``logger=name`` bound, made anew from the current configuration
+    at each use, as structlog's own lazy proxy does with ``cache_logger_on_first_use=False``
+    (that proxy cannot carry a ``logger`` key: ``get_logger(logger=...)`` clashes with
+    ``wrap_logger``'s own ``logger`` parameter). A module-level logger made at import time so
+    follows a later ``configure()``. Public structlog API only."""
+
+    __slots__ = ("name",)
 
     def __init__(self, name: str) -> None:
         self.name = name

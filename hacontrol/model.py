@@ -12,6 +12,7 @@ from typing import Literal
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPInterface = ipaddress.IPv4Interface | ipaddress.IPv6Interface
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 CheckType = Literal["tcp", "http", "https", "exec", "none"]
 Protocol = Literal["tcp", "udp"]
@@ -97,6 +98,7 @@ class ServiceConfig:
 class ApiConfig:
     listen: str = "127.0.0.1:9480"  # "host:port" or "unix:/path"
     token_file: str | None = None  # required for mutating calls when set
+    group: str | None = None  # the unix socket's group (None: "hacontrol" if it exists)
 
 
 @dataclass(frozen=True)
@@ -177,6 +179,30 @@ class HAConfig:
 
 
 @dataclass(frozen=True)
+class HostConfig:
+    """What the daemon may change on the host itself (``host:``)."""
+
+    set_sysctls: bool = False  # write the sysctls the services need (else only report them)
+
+
+@dataclass(frozen=True)
+class SnatRule:
+    """Source NAT of the real servers' own outbound traffic (``nat.snat[]``)."""
+
+    source: IPNetwork
+    to: IPAddress
+    out_interface: str | None = None
+
+
+@dataclass(frozen=True)
+class NatConfig:
+    """The nftables table holding the SNAT rules, installed only while this node is active."""
+
+    snat: tuple[SnatRule, ...] = ()
+    table: str = "hacontrol_nat"
+
+
+@dataclass(frozen=True)
 class Config:
     node_name: str
     services: tuple[ServiceConfig, ...] = ()
@@ -184,5 +210,7 @@ class Config:
     dataplane: DataplaneConfig = field(default_factory=DataplaneConfig)
     logging: LoggingConfig = field(default_factory=LoggingConfig)
     ha: HAConfig | None = None
+    host: HostConfig = field(default_factory=HostConfig)
+    nat: NatConfig = field(default_factory=NatConfig)
     source: str = "<memory>"  # the file this was loaded from
     digest: str = ""  # sha256 of the canonical form of the services + ha vips (peers must match)

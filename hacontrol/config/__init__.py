@@ -11,7 +11,8 @@ the rules the daemon applies (``secrets``). Modules: ``reader`` (node walking, v
 ``scalars`` (YAML scalar kinds, message formatting), ``issues`` (issues, bounded), ``limits``
 (costs and duration ranges), ``secrets`` (the key and token rules), ``sections`` (the top level,
 node, api, dataplane, logging), ``services`` (defaults, services, checks, real servers), ``ha``
-(the ``ha:`` section), ``digest`` (what HA peers must agree on).
+(the ``ha:`` section), ``digest`` (what HA peers must agree on), ``foreign`` (a keepalived.conf
+given instead: the hint to convert it).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import yaml
 from yaml.nodes import Node
 
 from hacontrol.config.digest import compute_digest
+from hacontrol.config.foreign import keepalived_hint
 from hacontrol.config.issues import ConfigIssue
 from hacontrol.config.limits import MAX_DEPTH, TIME_BUDGET, check_shape
 from hacontrol.config.reader import Reader, WalkTimeout
@@ -75,6 +77,8 @@ def loads(
     Composing and walking get ``budget`` seconds on ``clock`` together (by default the CPU time
     of the calling thread, which other work on the machine does not advance)."""
     r = Reader(source, clock=clock, budget=budget)
+    if (hint := keepalived_hint(text, source)) is not None:  # another tool's file: say so
+        raise ConfigError([ConfigIssue(source, hint[0], "<root>", hint[1])])
     root = _compose(r, text)
     config = None
     if root is not None and (shape := check_shape(root)) is not None:

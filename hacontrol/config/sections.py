@@ -15,7 +15,9 @@ from yaml.nodes import Node, ScalarNode
 
 from hacontrol.config.digest import compute_digest
 from hacontrol.config.ha import parse_ha
+from hacontrol.config.host import parse_host
 from hacontrol.config.limits import DURATIONS
+from hacontrol.config.nat import parse_nat
 from hacontrol.config.reader import Reader
 from hacontrol.config.scalars import NAME_RE, NFT_TABLE_RE
 from hacontrol.config.secrets import read_token
@@ -29,7 +31,7 @@ from hacontrol.model import (
     LoggingConfig,
 )
 
-TOP_KEYS = ("node", "api", "dataplane", "logging", "defaults", "services", "ha")
+TOP_KEYS = ("node", "api", "dataplane", "logging", "defaults", "services", "ha", "host", "nat")
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 HOSTNAME_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?")
 
@@ -59,6 +61,11 @@ def parse_root(r: Reader, root: Node, check_files: bool) -> Config | None:
         kw["services"] = parse_services(r, m["services"], defaults)
     if "ha" in m:
         kw["ha"] = parse_ha(r, m["ha"], check_files=check_files)
+    if "host" in m:
+        kw["host"] = parse_host(r, m["host"])
+    if "nat" in m:
+        plane_table = kw["dataplane"].nft_table if kw.get("dataplane") else "hacontrol"
+        kw["nat"] = parse_nat(r, m["nat"], kw.get("ha"), plane_table)
     if not r.clean_since(start):
         return None
     kw["source"] = r.source
@@ -67,7 +74,7 @@ def parse_root(r: Reader, root: Node, check_files: bool) -> Config | None:
 
 
 def _parse_api(r: Reader, node: Node, check_files: bool) -> ApiConfig | None:
-    m = r.mapping(node, "api", ("listen", "token_file"))
+    m = r.mapping(node, "api", ("listen", "token_file", "group"))
     if m is None:
         return None
     kw: dict[str, Any] = {}
@@ -78,6 +85,8 @@ def _parse_api(r: Reader, node: Node, check_files: bool) -> ApiConfig | None:
             m["token_file"], "api.token_file", check=read_token if check_files else None,
             optional=True,
         )  # fmt: skip
+    if "group" in m:
+        kw["group"] = r.string(m["group"], "api.group", pattern=NAME_RE, optional=True)
     return ApiConfig(**kw)
 
 

@@ -45,11 +45,50 @@ __all__ = [
     "NftRenderer",
     "check",
     "parse_key",
+    "run_nft",
     "slots_for",
     "smooth_slots",
 ]
 
 log = logs.get("hacontrol.dataplane.nft")
+
+
+async def run_nft(
+    *args: str, stdin: bytes | None = None, netns: str | None = None, limit: float = 10.0
+) -> tuple[int, str, str]:
+    """Run nft (in the named namespace ``netns`` if given, killed after ``limit`` seconds):
+    (exit status, stdout, stderr).
+
+    A batch goes in through a memfd, not a pipe: nft opens ``-f -`` as /dev/stdin, which fails
+    on the socketpairs uvloop uses for subprocess pipes. Shared by every nftables table the daemon
+    owns (the data plane's, the SNAT one)."""
+    argv = ["nft", *args]
+    if netns:
+        argv = ["ip", "netns", "exec", netns, *argv]
+    fd = os.memfd_create("hacontrol-nft")
+    try:
+        if stdin:
+            os.write(fd, stdin)
+            os.lseek(fd, 0, os.SEEK_SET)
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=fd,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except OSError as e:
+            raise DataplaneError(f"nftables: cannot run nft: {e}") from e
+    finally:
+        os.close(fd)
+    try:
+        async with asyncio.timeout(limit):
+            out, err = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise DataplaneError(f"nftables: nft {args[0]} timed out after {limit}s") from None
+    return proc.returncode or 0, out.decode(), err.decode().strip()
 
 
 class NftDataplane(NftRenderer):
@@ -85,37 +124,7 @@ class NftDataplane(NftRenderer):
     # -- the Dataplane protocol -----------------------------------------------------------------
 
     async def _nft(self, *args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
-        """Run nft. A batch goes in through a memfd, not a pipe: nft opens ``-f -`` as
-        /dev/stdin, which fails on the socketpairs uvloop uses for subprocess pipes."""
-        argv = ["nft", *args]
-        if self.netns:
-            argv = ["ip", "netns", "exec", self.netns, *argv]
-        fd = os.memfd_create("hacontrol-nft")
-        try:
-            if stdin:
-                os.write(fd, stdin)
-                os.lseek(fd, 0, os.SEEK_SET)
-            try:
-                proc = await asyncio.create_subprocess_exec(
-                    *argv,
-                    stdin=fd,
-                    stdout=asyncio.subprocess.PIPE,
-                    stderr=asyncio.subprocess.PIPE,
-                )
-            except OSError as e:
-                raise DataplaneError(f"nftables: cannot run nft: {e}") from e
-        finally:
-            os.close(fd)
-        try:
-            async with asyncio.timeout(self.timeout):
-                out, err = await proc.communicate()
-        except TimeoutError:
-            proc.kill()
-            await proc.wait()
-            raise DataplaneError(
-                f"nftables: nft {args[0]} timed out after {self.timeout}s"
-            ) from None
-        return proc.returncode or 0, out.decode(), err.decode().strip()
+        return await run_nft(*args, stdin=stdin, netns=self.netns, limit=self.timeout)
 
     async def open(self) -> None:
         rc, _, err = await self._nft("-j", "list", "tables")

@@ -1,8 +1,11 @@
 """pytest glue for the in-guest IPVS suite (tests/ipvs), run by tests/integration/test_ipvs_vm.py.
 
-These tests need a kernel with IPVS: on a host without ``/proc/net/ip_vs`` every test collected
-from this folder is skipped with that reason (the vm-marked host test boots the qemu guest and
-runs them there). ``clean_ipvs`` empties the kernel table before and after a test.
+Every test here must carry the ``ipvs`` mark: an unmarked one is a collection error naming it
+(it would otherwise run nowhere: the host skips this folder, and a guest selecting by mark would
+leave it out). These tests need a kernel with IPVS: on a host without ``/proc/net/ip_vs`` every
+test collected from this folder is skipped with that reason (the vm-marked host test collects
+this folder's ids, boots the qemu guest and runs exactly those ids there). ``clean_ipvs`` empties
+the kernel table before and after a test.
 """
 
 from __future__ import annotations
@@ -21,15 +24,21 @@ HERE = Path(__file__).resolve().parent
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    ours = [i for i in items if HERE in Path(str(i.path)).resolve().parents]
+    unmarked = [i.nodeid for i in ours if i.get_closest_marker("ipvs") is None]
+    if unmarked:
+        raise pytest.UsageError(
+            "tests under tests/ipvs must be marked @pytest.mark.ipvs (pytestmark = "
+            "pytest.mark.ipvs), else they run nowhere; unmarked: " + ", ".join(unmarked)
+        )
     if os.path.exists(IPVS_PROC):
         return
     skip = pytest.mark.skip(
         reason=f"no IPVS in this kernel ({IPVS_PROC} missing): runs inside the qemu guest via "
         "tests/integration/test_ipvs_vm.py"
     )
-    for item in items:
-        if HERE in Path(str(item.path)).resolve().parents:
-            item.add_marker(skip)
+    for item in ours:
+        item.add_marker(skip)
 
 
 @pytest.fixture

@@ -67,7 +67,7 @@ BAD: list[tuple[str, str, list[str]]] = [
         BASE + "frobnicate: 1\n",
         [
             "bad.yaml:8: frobnicate: unknown key (allowed: node, api, dataplane, logging, "
-            "defaults, services, ha)"
+            "defaults, services, ha, host, nat)"
         ],
     ),
     (

@@ -3,13 +3,20 @@
 The guest is described in docs/testing.md: Debian's stock kernel under qemu, the host's / shared
 read-only (so the guest runs the very interpreter and venv of the caller, ``sys.executable``).
 Used by tests/integration/test_ipvs_vm.py and bench/ipvs_apply_bench.py. No pytest import here.
+
+The host test's contract with the guest: ``collect_ids`` lists the test ids the HOST collects
+under tests/ipvs, the guest runs exactly those ids, and ``compare`` checks the guest's junit
+results against them (an id missing from the results, a result for an id nobody asked for, and
+anything but a pass are each a problem named in the failure).
 """
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -111,3 +118,65 @@ def junit_results(path: Path) -> list[CaseResult]:
         name = f"{case.get('classname', '')}::{case.get('name', '')}"
         out.append(CaseResult(name, outcome, float(case.get("time") or 0), message))
     return out
+
+
+class CollectError(Exception):
+    """The host could not collect tests/ipvs; the message carries pytest's output."""
+
+
+def collect_ids(tree: Path, folder: str = "tests/ipvs", timeout: float = 300) -> list[str]:
+    """The test ids pytest collects on this host under ``folder`` of ``tree`` (in a subprocess,
+    exactly as the guest will see the same files). CollectError when collection fails (an
+    unmarked test under tests/ipvs is a usage error there) or finds nothing."""
+    r = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", folder],
+        cwd=tree,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+    out = (r.stdout + r.stderr).strip()
+    if r.returncode != 0:
+        raise CollectError(f"pytest --collect-only {folder} failed (exit {r.returncode}):\n{out}")
+    ids: list[str] = []
+    for line in r.stdout.splitlines():
+        if not line.strip():
+            break  # the id list ends at the first blank line (summary and warnings follow)
+        if "::" in line:
+            ids.append(line.strip())
+    if not ids:
+        raise CollectError(f"pytest collected no test under {folder}:\n{out}")
+    return ids
+
+
+def pytest_started(output: str) -> bool:
+    """Whether a guest's console output shows pytest's session header (the boot got that far)."""
+    return "test session starts" in output
+
+
+def junit_name(nodeid: str) -> str:
+    """The ``classname::name`` a pytest junit file (xunit1) gives the test ``nodeid``: the path
+    as a dotted module, classes joined with dots, the last part (with its parameters) as name."""
+    path, bracket, params = nodeid.partition("[")
+    names = path.split("::")
+    names[0] = re.sub(r"\.py$", "", names[0].replace("/", "."))
+    names[-1] += bracket + params
+    return f"{'.'.join(names[:-1])}::{names[-1]}"
+
+
+def compare(ids: Sequence[str], results: Sequence[CaseResult]) -> list[str]:
+    """What is wrong with a guest run that was asked to run ``ids``: one line per missing id,
+    per result nobody asked for, and per result that is not a pass (a skip included)."""
+    want = {junit_name(i): i for i in ids}
+    problems: list[str] = []
+    seen: set[str] = set()
+    for c in results:
+        seen.add(c.name)
+        if c.name not in want:
+            problems.append(f"extra (not collected on the host): {c.name} [{c.outcome}]")
+        if c.outcome != "passed":
+            problems.append(f"{c.outcome}: {c.name}: {c.message[:500]}")
+    missing = [want[n] for n in want if n not in seen]
+    problems += [f"missing (collected on the host, no result): {i}" for i in missing]
+    return problems
