@@ -40,9 +40,8 @@ from hacontrol.daemon_ha import (
     start_sync,
     stop_ha,
 )
-from hacontrol.daemon_status import daemon_status
+from hacontrol.daemon_status import PlaneCounters, daemon_status
 from hacontrol.dataplane.base import Dataplane, DataplaneError
-from hacontrol.dataplane.counters import PlaneCounters
 from hacontrol.dataplane.desired import desired_table
 from hacontrol.dataplane.ipvs_sync import SyncDaemons
 from hacontrol.dataplane.owned import OwnedStore
@@ -88,7 +87,7 @@ class Daemon:
         self.out = out or sys.stdout
         self.serve_api = serve_api
         self.metrics = Metrics()
-        self.counters = PlaneCounters()  # connections and traffic, read when the API asks
+        self.counters = PlaneCounters(self)  # connections and traffic, read when the API asks
         self.health = HealthChecker(clock, self._on_health_change, self.metrics, log_changes=False)
         self._dataplane_override = dataplane
         self.dataplane: Dataplane | None = None
@@ -353,10 +352,6 @@ class Daemon:
             return self.health.status(self._key(svc, rs))
         except KeyError:
             return None
-
-    async def refresh_counters(self) -> None:
-        """Read the plane's per-destination counters (before a status or /metrics)."""
-        await self.counters.refresh(self.dataplane, self.reconciler, self.config.services)
 
     def metrics_text(self) -> bytes:
         return self.metrics.render(self.status(), plane=self.dataplane_kind())

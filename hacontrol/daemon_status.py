@@ -23,7 +23,7 @@ from hacontrol.process import HaComponent
 from hacontrol.running_config import RunningConfig
 from hacontrol.status import DataplaneView, NodeView, age, build_status
 
-__all__ = ["DaemonView", "daemon_status", "dataplane_view"]
+__all__ = ["DaemonView", "PlaneCounters", "daemon_status", "dataplane_view"]
 
 
 class DaemonView(Protocol):

@@ -5,7 +5,8 @@
 ``STATS64``, else the 32-bit ``STATS``; attribute numbers from include/uapi/linux/ip_vs.h, as
 pyroute2's ``netlink/generic/ipvs.py`` maps them). ``PlaneCounters`` holds the last reading: the
 API refreshes it right before it builds a status document or a /metrics page (one destination dump
-per service the kernel holds, bounded in time), so nothing counts on a hot path.
+per service the kernel holds, bounded in time), so nothing counts on a hot path. It asks its
+``source`` (the daemon) for the plane, the reconciler and the config each time.
 
 Only IPVS has these counters: the nftables plane (a dnat map per service, no per-destination
 counter) and the in-memory plane read as None, which the status and /metrics show as unknown.
@@ -35,7 +36,7 @@ from hacontrol.dataplane.ipvs import (
     service_attrs,
 )
 from hacontrol.dataplane.table import DestKey, ServiceKey, Table
-from hacontrol.model import ServiceConfig
+from hacontrol.model import Config
 
 __all__ = ["Counters", "DestCounters", "PlaneCounters", "decode_dest_counters", "read_ipvs"]
 
@@ -111,20 +112,35 @@ class KernelView(Protocol):
     def kernel(self) -> Table: ...
 
 
+class Source(Protocol):
+    """What the counters are read from (the daemon): the plane, the reconciler (where the
+    kernel table was last read) and the config in use."""
+
+    @property
+    def dataplane(self) -> Dataplane | None: ...
+
+    @property
+    def reconciler(self) -> KernelView | None: ...
+
+    @property
+    def config(self) -> Config: ...
+
+
 class PlaneCounters:
     """The last counters read from the plane; None when it has none or the read failed."""
 
-    def __init__(self, timeout: float = 2.0) -> None:
+    def __init__(self, source: Source, timeout: float = 2.0) -> None:
+        self.source = source
         self.timeout = timeout
         self.latest: Counters | None = None
         self.error: str | None = None
 
-    async def refresh(
-        self, dp: Dataplane | None, rec: KernelView | None, services: Iterable[ServiceConfig]
-    ) -> None:
-        """Read the counters of the configured ``services`` the kernel table (as ``rec`` last
-        read it) holds, through the plane ``dp``. None for a plane without counters; a failure
+    async def refresh(self) -> None:
+        """Read the counters of the configured services the kernel table (as the reconciler
+        last read it) holds, through the plane. None for a plane without counters; a failure
         or a read slower than ``timeout`` leaves them unknown, logged once."""
+        src = self.source
+        dp, rec, services = src.dataplane, src.reconciler, src.config.services
         req = dp.ipvs_requests() if dp is not None else None
         if req is None or rec is None:
             self.latest = None

@@ -28,8 +28,10 @@ from hacontrol.api.app import (
     parse_listen,
     route_table,
 )
+from hacontrol.dataplane.counters import PlaneCounters
 from hacontrol.ha.runner import DrillError
 from hacontrol.metrics import Metrics
+from hacontrol.model import Config
 
 
 class FakeController:
@@ -42,10 +44,9 @@ class FakeController:
         self.fail = False
         self.drills: list[tuple[str, float | None]] = []
         self.drill_error: Exception | None = None
-        self.refreshes = 0
-
-    async def refresh_counters(self) -> None:
-        self.refreshes += 1
+        self.counters = PlaneCounters(self)  # no dataplane: no counters
+        self.dataplane = self.reconciler = None
+        self.config = Config(node_name="d1")
 
     def status(self) -> dict[str, Any]:
         if self.fail:

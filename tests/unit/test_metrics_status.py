@@ -14,6 +14,11 @@ from structlog.testing import capture_logs
 
 from hacontrol.dataplane.base import DataplaneError
 from hacontrol.dataplane.counters import (
+    STATS_CONNS,
+    STATS_INBYTES,
+    STATS_INPKTS,
+    STATS_OUTBYTES,
+    STATS_OUTPKTS,
     DestCounters,
     PlaneCounters,
     decode_dest_counters,
@@ -223,6 +228,16 @@ def test_decode_dest_counters(stats64: bool) -> None:
                              packets_out=90, bytes_in=5000, bytes_out=7000)  # fmt: skip
 
 
+def test_stats_attribute_numbers_are_pyroute2s() -> None:
+    from pyroute2.netlink.generic import ipvs as p2
+
+    nla_names = [n for n, _ in p2.ipvsstats.stats64.nla_map]
+    for name, ours in (("CONNS", STATS_CONNS), ("INPKTS", STATS_INPKTS),
+                       ("OUTPKTS", STATS_OUTPKTS), ("INBYTES", STATS_INBYTES),
+                       ("OUTBYTES", STATS_OUTBYTES)):  # fmt: skip
+        assert nla_names.index(f"IPVS_STATS_ATTR_{name}") == ours, name
+
+
 def test_decode_dest_counters_of_an_old_kernel() -> None:
     """No counters in the dump at all: zeros, not a crash."""
     a = dest_attrs("192.0.2.21", 8080, 0, 0)
@@ -265,6 +280,14 @@ class Rec:
         self.kernel = kernel
 
 
+class Daemonish:
+    """What PlaneCounters reads of the daemon."""
+
+    def __init__(self, dataplane: Any, reconciler: Any, services: Iterable[ServiceConfig]) -> None:
+        self.dataplane, self.reconciler = dataplane, reconciler
+        self.config = Config(node_name="a", services=tuple(services))
+
+
 async def test_read_ipvs_and_status() -> None:
     ipvs = FakeIpvs({WEB_KEY: [dest_attrs("192.0.2.21", 8080, 5, 2)]})
     got = await read_ipvs(ipvs, [WEB_KEY])
@@ -282,26 +305,31 @@ async def test_read_ipvs_and_status() -> None:
 
 async def test_plane_counters_only_services_in_the_kernel() -> None:
     ipvs = FakeIpvs({WEB_KEY: [dest_attrs("192.0.2.21", 8080, 1, 0)]})
-    pc = PlaneCounters()
     kernel = {WEB_KEY: TableService(ServiceSpec(), {D1: DestSpec(2)})}
-    await pc.refresh(FakePlane(ipvs), Rec(kernel), [WEB, DNS])  # type: ignore[arg-type]
+    source = Daemonish(FakePlane(ipvs), Rec(kernel), [WEB, DNS])
+    pc = PlaneCounters(source)
+    await pc.refresh()
     assert ipvs.asked == [service_attrs(WEB_KEY, None)]  # dns is not in the kernel: not asked
     assert pc.latest is not None and pc.latest[(WEB_KEY, D1)].active == 1
-    await pc.refresh(FakePlane(None), Rec(kernel), [WEB])  # type: ignore[arg-type]
+    source.dataplane = FakePlane(None)
+    await pc.refresh()
     assert pc.latest is None  # a plane without counters (nftables)
+    source.dataplane, source.reconciler = FakePlane(ipvs), None
+    await pc.refresh()
+    assert pc.latest is None  # not started: no reconciler yet
 
 
 async def test_plane_counters_failure_is_unknown_and_logged_once() -> None:
     ipvs = FakeIpvs({WEB_KEY: [dest_attrs("192.0.2.21", 8080, 1, 0)]}, fail=True)
-    pc = PlaneCounters()
     plane, rec = FakePlane(ipvs), Rec({WEB_KEY: TableService(ServiceSpec(), {})})
+    pc = PlaneCounters(Daemonish(plane, rec, [WEB]))
     with capture_logs() as logs:
         pc.latest = {}
         for _ in range(3):
-            await pc.refresh(plane, rec, [WEB])  # type: ignore[arg-type]
+            await pc.refresh()
             assert pc.latest is None
         ipvs.fail = False
-        await pc.refresh(plane, rec, [WEB])  # type: ignore[arg-type]
+        await pc.refresh()
     assert pc.latest is not None
     events = [e["event"] for e in logs]
     assert events == ["dataplane.counters_error", "dataplane.counters_recovered"]
