@@ -40,13 +40,14 @@ from hacontrol.daemon_ha import (
     start_sync,
     stop_ha,
 )
+from hacontrol.daemon_host import HostSide
 from hacontrol.daemon_status import PlaneCounters, daemon_status
 from hacontrol.dataplane.base import Dataplane, DataplaneError
 from hacontrol.dataplane.desired import desired_table
 from hacontrol.dataplane.ipvs_sync import SyncDaemons
 from hacontrol.dataplane.owned import OwnedStore
 from hacontrol.dataplane.reconciler import Reconciler
-from hacontrol.dataplane.select import open_dataplane
+from hacontrol.dataplane.select import PlaneChoice, open_plane
 from hacontrol.dataplane.table import Table
 from hacontrol.ha.runner import DrillError
 from hacontrol.ha.vip import VipGroup
@@ -98,6 +99,7 @@ class Daemon:
         self._ha_given = ha is not None
         self._vips: VipGroup | None = None  # closed after the runner stops
         self._sync: SyncDaemons | None = None  # IPVS connection sync daemons (ha.sync)
+        self.host = HostSide(config, dry_run=dry_run)  # plane choice, sysctls, SNAT
         self.extra_routes: list[web.RouteDef] = []  # more routes (each described in openapi.yaml)
         self._targets: dict[CheckKey, list[tuple[ServiceConfig, RealServer]]] = {}
         self._last_state: dict[CheckKey, Health] = {}  # for the "from" of health.change
@@ -154,9 +156,11 @@ class Daemon:
             self.reconciler.set_desired(self._builder(config))
         return TargetCounts(len(new - old), len(old - new), len(new & old))
 
-    def apply_live(self, old: Config, new: Config, live_ha: list[str]) -> None:
-        """After a reload: the HA pair member's live fields and digest, the logging section."""
+    async def apply_live(self, old: Config, new: Config, live_ha: list[str]) -> None:
+        """After a reload: the HA pair member's live fields and digest, the logging section,
+        the host side (sysctl needs, the SNAT table)."""
         apply_ha_live(self.ha, old, new, live_ha)
+        await self.host.reconfigure(new)
         if new.logging != old.logging and self.configure_logging:
             logs.configure(new.logging.level, new.logging.format)
 
@@ -178,36 +182,42 @@ class Daemon:
         if self.reconciler is not None:
             self.reconciler.set_desired(self._builder(self.config))
 
-    async def _open_dataplane(self) -> Dataplane:
+    async def _open_dataplane(self) -> tuple[Dataplane, PlaneChoice]:
         if self._dataplane_override is not None:
             await self._dataplane_override.open()
-            return self._dataplane_override
+            dp = self._dataplane_override
+            return dp, PlaneChoice(dp.kind, f"{dp.kind}: given by the caller")
         out = self.out
 
         def echo(line: str) -> None:
             print(line, file=out, flush=True)
 
-        return await open_dataplane(self.config.dataplane, self.dry_run, echo=echo)
+        return await open_plane(self.config.dataplane, self.dry_run, echo=echo)
 
     async def start(self, reason: str = "start") -> None:
         cfg = self.config
         if self._stop_event is None:
             self._stop_event = asyncio.Event()
         self.running.start()  # reads the token: a bad token file fails before anything runs
-        if not self._ha_given:
-            # a bad key fails here, before the kernel is touched
-            self.ha, self._vips = build_ha(
-                cfg,
-                dry_run=self.dry_run,
-                clock=self.clock,
-                metrics=self.metrics,
-                health_summary=self.health_summary,
-            )
         try:
-            dp = await self._open_dataplane()
+            dp, choice = await self._open_dataplane()  # opened, nothing applied yet
         except DataplaneError as exc:
             raise StartError(f"dataplane {cfg.dataplane.kind}: {exc}") from None
         self.dataplane = dp
+        if not self._ha_given:
+            try:  # a bad key fails here, before the kernel table is touched
+                self.ha, self._vips = build_ha(
+                    cfg,
+                    plane=choice.kind,
+                    dry_run=self.dry_run,
+                    clock=self.clock,
+                    metrics=self.metrics,
+                    health_summary=self.health_summary,
+                    follow_vips=self.host.follow,
+                )
+            except StartError:
+                await dp.close()
+                raise
         self.reconciler = Reconciler(
             dp,
             clock=self.clock,
@@ -217,6 +227,7 @@ class Daemon:
         )
         self.apply_config(cfg)
         await self.reconciler.start()
+        await self.host.start(choice, cfg.dataplane.resync_interval)
         self._sync = await start_sync(cfg, dp, self.clock)  # before HA: the VIPs may move
         await self.health.start()
         if self.serve_api:
@@ -282,6 +293,7 @@ class Daemon:
                 result = await self.reconciler.sync_now("stop")
                 if not result.ok:
                     log.error("daemon.cleanup", result="error", reason=result.error)
+        await self.host.close()  # after HA: the SNAT table left with the VIPs
         if self._sync is not None:  # left running when keep (like the table)
             await self._sync.close(keep)
             self._sync = None
@@ -376,6 +388,7 @@ class Daemon:
         """The status document the API serves (see ``hacontrol.daemon_status``)."""
         doc = daemon_status(self)
         doc["dataplane"]["sync"] = self._sync.status(self.clock()) if self._sync else None
+        doc["host"] = self.host.status()
         return doc
 
 

@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 from hacontrol import logs
 from hacontrol.clock import Clock
 from hacontrol.dataplane.base import Dataplane
 from hacontrol.dataplane.ipvs_sync import SyncDaemons
-from hacontrol.dataplane.select import resolve_kind
 from hacontrol.ha.handoff import Handoff, services_of
 from hacontrol.ha.handoff_rules import HandoffRules
+from hacontrol.ha.interfaces import VipManager
 from hacontrol.ha.notify import CommandNotifier
 from hacontrol.ha.runner import DrillError, HaRunner, HealthSummary
 from hacontrol.ha.track import LocalTracker
@@ -55,13 +56,17 @@ class DrillUnavailable(DrillError):
 def build_ha(
     cfg: Config,
     *,
+    plane: str,
     dry_run: bool,
     clock: Clock,
     metrics: Metrics,
     health_summary: HealthSummary,
+    follow_vips: Callable[[VipManager], VipManager] = lambda vips: vips,
 ) -> tuple[HaComponent | None, VipGroup | None]:
     """The HA runner for ``cfg.ha`` and its VIP group ((None, None) without one, or in a dry
-    run: no VIPs, no heartbeats). Reads the key; StartError when it is unusable."""
+    run: no VIPs, no heartbeats) on the opened ``plane`` kind. ``follow_vips`` wraps the group
+    the runner moves (what must move with it: the SNAT table). Reads the key; StartError when it
+    is unusable."""
     ha = cfg.ha
     if ha is None:
         return None, None
@@ -74,7 +79,7 @@ def build_ha(
         raise StartError(str(exc)) from None
     vips = VipGroup.from_config(ha, metrics, clock=clock)
     handoff = None
-    if resolve_kind(cfg.dataplane) == "nftables":  # IPVS: its connection sync daemons instead
+    if plane == "nftables":  # IPVS: its connection sync daemons instead
         svc, rs = services_of(cfg)
         rules = HandoffRules.of(f"{cfg.dataplane.nft_table}_handoff", svc, rs)
         handoff = Handoff(rules, [str(p.address) for p in ha.peers])
@@ -84,7 +89,7 @@ def build_ha(
         key,
         clock=clock,
         metrics=metrics,
-        vips=vips,
+        vips=follow_vips(vips),
         notifier=CommandNotifier.from_config(ha, cfg.node_name),
         health_summary=health_summary,
         digest=cfg.digest,
