@@ -15,9 +15,12 @@ import subprocess
 import sys
 from typing import Any
 
+import jsonschema
 import pytest
+import yaml
 from test_daemon_nft import VIP, Scene, config, scene, wait_until
 
+from hacontrol.api.app import openapi_text
 from hacontrol.lab.netns import wait_tcp
 
 pytestmark = pytest.mark.root
@@ -69,6 +72,9 @@ def test_lone_director_host_side(scene: Scene) -> None:
         doc: dict[str, Any] = wait_until(
             lambda: (st := s.status()) and st.get("host", {}).get("snat") and st, "status"
         )
+        spec = yaml.safe_load(openapi_text())
+        schema = {"$ref": "#/components/schemas/Status", "components": spec["components"]}
+        jsonschema.Draft202012Validator(schema).validate(doc)  # the live document, as documented
         host = doc["host"]
         assert host["plane"] == {"kind": "nftables", "reason": host["plane"]["reason"]}
         assert "nftables" in host["plane"]["reason"]
