@@ -24,7 +24,6 @@ import contextlib
 import signal
 import sys
 import time
-from collections.abc import Callable
 from typing import Any, TextIO
 
 from aiohttp import web
@@ -43,12 +42,11 @@ from hacontrol.daemon_ha import (
 from hacontrol.daemon_host import HostSide
 from hacontrol.daemon_status import PlaneCounters, daemon_status
 from hacontrol.dataplane.base import Dataplane, DataplaneError
-from hacontrol.dataplane.desired import desired_table
+from hacontrol.dataplane.desired import ConfigDesired, service_key
 from hacontrol.dataplane.ipvs_sync import SyncDaemons
 from hacontrol.dataplane.owned import OwnedStore
 from hacontrol.dataplane.reconciler import Reconciler
 from hacontrol.dataplane.select import PlaneChoice, open_plane
-from hacontrol.dataplane.table import Table
 from hacontrol.ha.runner import DrillError
 from hacontrol.ha.vip import VipGroup
 from hacontrol.health.scheduler import CheckKey, HealthChecker, check_key
@@ -131,14 +129,9 @@ class Daemon:
         except KeyError:  # not (or no longer) a target: never put it in the table
             return Health.UNKNOWN
 
-    def _builder(self, config: Config) -> Callable[[Table], Table]:
-        services = config.services
-        health_of = self._health_of
-
-        def build(actual: Table) -> Table:
-            return desired_table(services, health_of, actual)
-
-        return build
+    def _builder(self, config: Config) -> ConfigDesired:
+        """The desired table of ``config`` under the current verdicts, one service at a time."""
+        return ConfigDesired(config.services, self._health_of)
 
     def apply_config(self, config: Config) -> TargetCounts:
         """Point health and reconciler at ``config`` (start, reload); ValueError or TypeError
@@ -179,8 +172,8 @@ class Daemon:
             successes=st.successes,
             failures=st.failures,
         )
-        if self.reconciler is not None:
-            self.reconciler.set_desired(self._builder(self.config))
+        if self.reconciler is not None:  # only the services of this real server are compared
+            self.reconciler.mark_dirty({service_key(svc) for svc, _ in users})
 
     async def _open_dataplane(self) -> tuple[Dataplane, PlaneChoice]:
         if self._dataplane_override is not None:

@@ -10,7 +10,9 @@ The kernel table is programmed on both directors; only the VIPs move. With the n
 the runner also gets a ``Handoff`` (hacontrol.ha.handoff): connections in flight at a planned move
 stay with the director that NATed them. With the IPVS plane and ``ha.sync`` the IPVS connection
 sync daemons do that instead (``start_sync``: hacontrol.dataplane.ipvs_sync; on another plane the
-option is ignored with a warning). Events keep the daemon's logger name (``hacontrol.daemon``).
+option is ignored with a warning). The runner runs inside a ``GuardedHa``: a small nftables table
+drops what reaches the heartbeat port from other sources than ``ha.peers`` (hacontrol.ha.guard).
+Events keep the daemon's logger name (``hacontrol.daemon``).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from hacontrol import logs
 from hacontrol.clock import Clock
 from hacontrol.dataplane.base import Dataplane
 from hacontrol.dataplane.ipvs_sync import SyncDaemons
+from hacontrol.ha.guard import GuardedHa, HeartbeatGuard
 from hacontrol.ha.handoff import Handoff, services_of
 from hacontrol.ha.handoff_rules import HandoffRules
 from hacontrol.ha.interfaces import VipManager
@@ -97,7 +100,9 @@ def build_ha(
         tracker=LocalTracker.from_config(ha),
         handoff=handoff,
     )
-    return runner, vips
+    # the kernel sheds heartbeat-port junk from non-peers (hacontrol.ha.guard)
+    guard = HeartbeatGuard(f"{cfg.dataplane.nft_table}_hb", ha.bind, list(ha.peers))
+    return GuardedHa(runner, guard, cfg.dataplane.resync_interval), vips
 
 
 async def start_sync(cfg: Config, dp: Dataplane, clock: Clock) -> SyncDaemons | None:
