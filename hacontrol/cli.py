@@ -3,7 +3,10 @@
 ``hacontrol run -c FILE [--dry-run]`` starts the daemon (hacontrol.daemon); ``check`` validates a
 file and prints every error, then their count; ``version`` (or ``--version``) prints the version;
 ``status``, ``reload`` and ``drill handover|fault`` talk to a running daemon's API over TCP or its
-unix socket (plain ``http.client``, no event loop); ``lab`` hands over to
+unix socket (plain ``http.client``, no event loop); with ``-c`` they read only the file's
+``api`` section and open no secret file (an operator may not read the HA key; a file the daemon
+would refuse still names the daemon, which then judges it); ``reload`` exits with the daemon's
+verdict (0 applied, 1 refused, 2 unreachable); ``lab`` hands over to
 ``hacontrol.lab.demo:main`` when present. The readable text of status and drill results is
 rendered by ``hacontrol.cli_render``.
 """
@@ -22,10 +25,13 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
+import yaml
+
 from hacontrol import __version__
 from hacontrol.cli_render import render_drill, render_status
 
 DEFAULT_API = "127.0.0.1:9480"
+MAX_FILE = 64 << 20  # characters of a config file read for its api section at most
 EXIT_OK, EXIT_ERROR, EXIT_UNREACHABLE = 0, 1, 2
 
 
@@ -115,21 +121,63 @@ def _load_config(path: str, err: TextIO) -> Any:
         return None
 
 
+def _api_settings(path: str, err: TextIO) -> tuple[str, str | None] | None:
+    """(api.listen, api.token_file) of the file at ``path``, read for talking to the daemon:
+    only the ``api`` section counts, no secret file is opened (an operator may not read the HA
+    key; ``status`` needs none) and the rest of the file may be invalid (``reload`` is how the
+    daemon judges it, and it must hear of it). None, after saying why, when even the ``api``
+    section cannot be read."""
+    from hacontrol.api.app import parse_listen
+    from hacontrol.config import ConfigError, load
+
+    try:
+        api = load(path, check_files=False).api
+        return api.listen, api.token_file
+    except ConfigError:
+        pass  # refused as a whole: look at the api section alone
+    hint = "; give the daemon's address with --api (and --token-file)"
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = yaml.safe_load(f.read(MAX_FILE))
+    except OSError as exc:
+        print(f"{path}: {exc.strerror or exc}", file=err)
+        return None
+    except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as exc:
+        why = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"{path}: cannot find the API address: not YAML ({why}){hint}", file=err)
+        return None
+    section = doc.get("api", {}) if isinstance(doc, dict) else None
+    section = {} if section is None else section
+    listen = section.get("listen", DEFAULT_API) if isinstance(section, dict) else None
+    token = section.get("token_file") if isinstance(section, dict) else None
+    bad = not isinstance(listen, str) or not (token is None or isinstance(token, str))
+    if not bad:
+        try:
+            parse_listen(str(listen))
+        except ValueError:
+            bad = True
+    if bad:
+        print(f"{path}: cannot find the API address: no usable api section{hint}", file=err)
+        return None
+    return str(listen), token
+
+
 def _target(
     args: argparse.Namespace, err: TextIO, with_token: bool
 ) -> tuple[str, str | None] | None:
-    """(API address, token) for a call: from the options, else the config (read once), else
-    the default address and no token; None after printing why not. ``with_token``: the command
-    sends one (it has ``--token-file``)."""
+    """(API address, token) for a call: from the options, else the config's ``api`` section
+    (``_api_settings``), else the default address and no token; None after printing why not.
+    ``with_token``: the command sends one (it has ``--token-file``)."""
     token_path: str | None = args.token_file if with_token else None
-    cfg = None
-    if args.config and (not args.api or (with_token and token_path is None)):
-        cfg = _load_config(args.config, err)
-        if cfg is None:
+    api: str | None = args.api
+    if args.config and (api is None or (with_token and token_path is None)):
+        got = _api_settings(args.config, err)
+        if got is None:
             return None
-    api = str(args.api or (cfg.api.listen if cfg is not None else DEFAULT_API))
-    if with_token and token_path is None and cfg is not None:
-        token_path = cfg.api.token_file
+        api = api or got[0]
+        if with_token and token_path is None:
+            token_path = got[1]
+    api = api or DEFAULT_API
     if token_path is None:
         return api, None
     try:
@@ -276,7 +324,12 @@ def parser() -> argparse.ArgumentParser:
             help=f"daemon API: host:port or unix:/path (default: the "
             f"config's api.listen with -c, else {DEFAULT_API})",
         )
-        sp.add_argument("-c", "--config", help="read api.listen (and token_file) from this file")
+        sp.add_argument(
+            "-c",
+            "--config",
+            help="read api.listen (and token_file) from this file's api section; the rest of "
+            "the file is not checked here, no secret file is read",
+        )
         sp.add_argument("--timeout", type=float, default=10.0, help="seconds (default 10)")
 
     sp = sub.add_parser("run", help="run the daemon")

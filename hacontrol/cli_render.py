@@ -17,6 +17,32 @@ def _ago(v: Any) -> str:
     return f"{v:.1f}s ago" if v < 120 else f"{v / 60:.0f}m ago"
 
 
+def duration(seconds: float) -> str:
+    """A duration for people: 42s, 3m12s, 2h05m, 3d04h."""
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def _health(rs: dict[str, Any]) -> str:
+    """The health column: how long a server has been down ("down 3m12s")."""
+    since = rs.get("health_since_ago")
+    if rs["health"] == "down" and since is not None:
+        return f"down {duration(since)}"
+    return str(rs["health"])
+
+
+def _conns(rs: dict[str, Any]) -> str:
+    """Active/inactive connections, "-" where the plane has no counters (nftables)."""
+    c = rs.get("connections")
+    return "-" if c is None else f"{c['active']}/{c['inactive']}"
+
+
 def _s(v: Any) -> str:
     return "-" if v is None else f"{v:.3f}s"
 
@@ -98,23 +124,24 @@ def render_status(doc: dict[str, Any]) -> str:
         if sorry:
             state = {True: "ACTIVE", False: "standby", None: "?"}[sorry["active"]]
             lines.append(f"  sorry server {host_port(sorry['address'], sorry['port'])} {state}")
-        rows = [("REAL SERVER", "HEALTH", "WEIGHT", "KERNEL", "LAST CHECK")]
+        rows = [("REAL SERVER", "HEALTH", "WEIGHT", "KERNEL", "CONNS A/I", "LAST CHECK")]
         for rs in svc["real_servers"]:
             lc = rs["last_check"]
             lat = "" if lc.get("latency_ms") is None else f", {lc['latency_ms']:.1f} ms"
             rows.append(
                 (
                     host_port(rs["address"], rs["port"]),
-                    rs["health"],
+                    _health(rs),
                     str(rs["weight"]),
                     "-" if rs["kernel_weight"] is None else str(rs["kernel_weight"]),
+                    _conns(rs),
                     f"{lc['reason']} ({_ago(lc['age'])}{lat})",
                 )
             )
-        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        widths = [max(len(r[i]) for r in rows) for i in range(5)]
         for r in rows:
             lines.append(
-                "  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[4]
+                "  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[5]
             )
     return "\n".join(lines)
 

@@ -8,7 +8,8 @@ changes recompute the desired table. Logic lives in the parts it wires, not here
 With an ``ha:`` section it also runs the HA pair member (built, stopped and reported by
 ``hacontrol.daemon_ha``) and starts it last: the kernel table is programmed on both directors,
 only the VIPs move. A stop hands over first. The role comes from the runner ("standalone"
-without ``ha:``); drills are forwarded to it.
+without ``ha:``); drills are forwarded to it. systemd: ``hacontrol.systemd``; capabilities:
+``hacontrol.caps``.
 
 One owner each: the config in use, its token and load time belong to a ``RunningConfig``
 (hacontrol.running_config); reloads to a ``Reloader`` (hacontrol.reload), which changes the
@@ -23,12 +24,11 @@ import contextlib
 import signal
 import sys
 import time
-from collections.abc import Callable
 from typing import Any, TextIO
 
 from aiohttp import web
 
-from hacontrol import __version__, logs
+from hacontrol import __version__, caps, logs, systemd
 from hacontrol.api.app import ApiServer, create_app
 from hacontrol.clock import Clock, loop_clock
 from hacontrol.daemon_ha import (
@@ -39,14 +39,14 @@ from hacontrol.daemon_ha import (
     start_sync,
     stop_ha,
 )
-from hacontrol.daemon_status import daemon_status
+from hacontrol.daemon_host import HostSide
+from hacontrol.daemon_status import PlaneCounters, daemon_status
 from hacontrol.dataplane.base import Dataplane, DataplaneError
-from hacontrol.dataplane.desired import desired_table
+from hacontrol.dataplane.desired import ConfigDesired, service_key
 from hacontrol.dataplane.ipvs_sync import SyncDaemons
 from hacontrol.dataplane.owned import OwnedStore
 from hacontrol.dataplane.reconciler import Reconciler
-from hacontrol.dataplane.select import open_dataplane
-from hacontrol.dataplane.table import Table
+from hacontrol.dataplane.select import PlaneChoice, open_plane
 from hacontrol.ha.runner import DrillError
 from hacontrol.ha.vip import VipGroup
 from hacontrol.health.scheduler import CheckKey, HealthChecker, check_key
@@ -86,6 +86,7 @@ class Daemon:
         self.out = out or sys.stdout
         self.serve_api = serve_api
         self.metrics = Metrics()
+        self.counters = PlaneCounters(self)  # connections and traffic, read when the API asks
         self.health = HealthChecker(clock, self._on_health_change, self.metrics, log_changes=False)
         self._dataplane_override = dataplane
         self.dataplane: Dataplane | None = None
@@ -96,6 +97,7 @@ class Daemon:
         self._ha_given = ha is not None
         self._vips: VipGroup | None = None  # closed after the runner stops
         self._sync: SyncDaemons | None = None  # IPVS connection sync daemons (ha.sync)
+        self.host = HostSide(config, dry_run=dry_run)  # plane choice, sysctls, SNAT
         self.extra_routes: list[web.RouteDef] = []  # more routes (each described in openapi.yaml)
         self._targets: dict[CheckKey, list[tuple[ServiceConfig, RealServer]]] = {}
         self._last_state: dict[CheckKey, Health] = {}  # for the "from" of health.change
@@ -106,6 +108,7 @@ class Daemon:
         self._running = False
         self.configure_logging = False  # run_daemon: a reload applies a new logging section
         self.loop_reason = "set by run_daemon"  # which event loop runs and why (daemon.start)
+        self.systemd = systemd.SystemdLink.from_env(self)  # inert outside systemd
 
     @property
     def config(self) -> Config:
@@ -126,14 +129,9 @@ class Daemon:
         except KeyError:  # not (or no longer) a target: never put it in the table
             return Health.UNKNOWN
 
-    def _builder(self, config: Config) -> Callable[[Table], Table]:
-        services = config.services
-        health_of = self._health_of
-
-        def build(actual: Table) -> Table:
-            return desired_table(services, health_of, actual)
-
-        return build
+    def _builder(self, config: Config) -> ConfigDesired:
+        """The desired table of ``config`` under the current verdicts, one service at a time."""
+        return ConfigDesired(config.services, self._health_of)
 
     def apply_config(self, config: Config) -> TargetCounts:
         """Point health and reconciler at ``config`` (start, reload); ValueError or TypeError
@@ -151,9 +149,11 @@ class Daemon:
             self.reconciler.set_desired(self._builder(config))
         return TargetCounts(len(new - old), len(old - new), len(new & old))
 
-    def apply_live(self, old: Config, new: Config, live_ha: list[str]) -> None:
-        """After a reload: the HA pair member's live fields and digest, the logging section."""
+    async def apply_live(self, old: Config, new: Config, live_ha: list[str]) -> None:
+        """After a reload: the HA pair member's live fields and digest, the logging section,
+        the host side (sysctl needs, the SNAT table)."""
         apply_ha_live(self.ha, old, new, live_ha)
+        await self.host.reconfigure(new)
         if new.logging != old.logging and self.configure_logging:
             logs.configure(new.logging.level, new.logging.format)
 
@@ -172,39 +172,45 @@ class Daemon:
             successes=st.successes,
             failures=st.failures,
         )
-        if self.reconciler is not None:
-            self.reconciler.set_desired(self._builder(self.config))
+        if self.reconciler is not None:  # only the services of this real server are compared
+            self.reconciler.mark_dirty({service_key(svc) for svc, _ in users})
 
-    async def _open_dataplane(self) -> Dataplane:
+    async def _open_dataplane(self) -> tuple[Dataplane, PlaneChoice]:
         if self._dataplane_override is not None:
             await self._dataplane_override.open()
-            return self._dataplane_override
+            dp = self._dataplane_override
+            return dp, PlaneChoice(dp.kind, f"{dp.kind}: given by the caller")
         out = self.out
 
         def echo(line: str) -> None:
             print(line, file=out, flush=True)
 
-        return await open_dataplane(self.config.dataplane, self.dry_run, echo=echo)
+        return await open_plane(self.config.dataplane, self.dry_run, echo=echo)
 
     async def start(self, reason: str = "start") -> None:
         cfg = self.config
         if self._stop_event is None:
             self._stop_event = asyncio.Event()
         self.running.start()  # reads the token: a bad token file fails before anything runs
-        if not self._ha_given:
-            # a bad key fails here, before the kernel is touched
-            self.ha, self._vips = build_ha(
-                cfg,
-                dry_run=self.dry_run,
-                clock=self.clock,
-                metrics=self.metrics,
-                health_summary=self.health_summary,
-            )
         try:
-            dp = await self._open_dataplane()
+            dp, choice = await self._open_dataplane()  # opened, nothing applied yet
         except DataplaneError as exc:
             raise StartError(f"dataplane {cfg.dataplane.kind}: {exc}") from None
         self.dataplane = dp
+        if not self._ha_given:
+            try:  # a bad key fails here, before the kernel table is touched
+                self.ha, self._vips = build_ha(
+                    cfg,
+                    plane=choice.kind,
+                    dry_run=self.dry_run,
+                    clock=self.clock,
+                    metrics=self.metrics,
+                    health_summary=self.health_summary,
+                    follow_vips=self.host.follow,
+                )
+            except StartError:
+                await dp.close()
+                raise
         self.reconciler = Reconciler(
             dp,
             clock=self.clock,
@@ -214,10 +220,11 @@ class Daemon:
         )
         self.apply_config(cfg)
         await self.reconciler.start()
+        await self.host.start(choice, cfg.dataplane.resync_interval)
         self._sync = await start_sync(cfg, dp, self.clock)  # before HA: the VIPs may move
         await self.health.start()
         if self.serve_api:
-            self.api = ApiServer(create_app(self, self.extra_routes), cfg.api.listen)
+            self.api = ApiServer.of(create_app(self, self.extra_routes), cfg.api)
             try:
                 await self.api.start()
             except OSError as exc:
@@ -254,7 +261,7 @@ class Daemon:
             reason=reason,
         )
         self._warn_open_api()
-        sd_notify("READY=1\nSTATUS=running")
+        self.systemd.ready()  # READY=1 and STATUS=, then the watchdog and STATUS= tasks
 
     def _warn_open_api(self) -> None:
         api = self.api
@@ -279,6 +286,7 @@ class Daemon:
                 result = await self.reconciler.sync_now("stop")
                 if not result.ok:
                     log.error("daemon.cleanup", result="error", reason=result.error)
+        await self.host.close()  # after HA: the SNAT table left with the VIPs
         if self._sync is not None:  # left running when keep (like the table)
             await self._sync.close(keep)
             self._sync = None
@@ -297,6 +305,7 @@ class Daemon:
         await self.reloads.close()  # a reload in flight is abandoned (its parser killed)
         keep = self.config.dataplane.keep_on_stop
         await self._teardown(keep=keep)
+        await self.systemd.stop()  # the watchdog pinged until here (a slow hand-over included)
         log.info(
             "daemon.stop",
             reason=reason,
@@ -350,7 +359,7 @@ class Daemon:
             return None
 
     def metrics_text(self) -> bytes:
-        return self.metrics.render()
+        return self.metrics.render(self.status(), plane=self.dataplane_kind())
 
     def health_summary(self) -> list[tuple[str, int, int]]:
         """(service, real servers up, real servers) for every service: what HA advertises."""
@@ -372,11 +381,14 @@ class Daemon:
         """The status document the API serves (see ``hacontrol.daemon_status``)."""
         doc = daemon_status(self)
         doc["dataplane"]["sync"] = self._sync.status(self.clock()) if self._sync else None
+        doc["host"] = self.host.status()
         return doc
 
 
 def run_daemon(config: Config, *, dry_run: bool = False, out: TextIO | None = None) -> int:
     """Run a daemon to completion (see ``choose_loop``); the process exit code."""
+    if caps.refused(config, config.dataplane.kind, dry_run):  # logged as daemon.start
+        return 1
     loop_factory, loop_reason = choose_loop(config, dry_run)
 
     async def main() -> int:

@@ -12,22 +12,26 @@ The kernel table is programmed on both directors; only the VIPs move. With the n
 the runner also gets a ``Handoff`` (hacontrol.ha.handoff): connections in flight at a planned move
 stay with the director that NATed them. With the IPVS plane and ``ha.sync`` the IPVS connection
 sync daemons do that instead (``start_sync``: hacontrol.dataplane.ipvs_sync; on another plane the
-option is ignored with a warning). Events keep the daemon's logger name (``hacontrol.daemon``).
+option is ignored with a warning). The runner runs inside a ``GuardedHa``: a small nftables table
+drops what reaches the heartbeat port from other sources than ``ha.peers`` (hacontrol.ha.guard).
+Events keep the daemon's logger name (``hacontrol.daemon``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable
 from typing import Any
 
 from hacontrol import logs
 from hacontrol.clock import Clock
 from hacontrol.dataplane.base import Dataplane
 from hacontrol.dataplane.ipvs_sync import SyncDaemons
-from hacontrol.dataplane.select import resolve_kind
+from hacontrol.ha.guard import GuardedHa, HeartbeatGuard
 from hacontrol.ha.handoff import Handoff, services_of
 from hacontrol.ha.handoff_rules import HandoffRules
+from hacontrol.ha.interfaces import VipManager
 from hacontrol.ha.notify import CommandNotifier
 from hacontrol.ha.runner import DrillError, HaRunner, HealthSummary
 from hacontrol.ha.track import LocalTracker
@@ -58,13 +62,17 @@ class DrillUnavailable(DrillError):
 def build_ha(
     cfg: Config,
     *,
+    plane: str,
     dry_run: bool,
     clock: Clock,
     metrics: Metrics,
     health_summary: HealthSummary,
+    follow_vips: Callable[[VipManager], VipManager] = lambda vips: vips,
 ) -> tuple[HaComponent | None, VipGroup | None]:
     """The HA runner for ``cfg.ha`` and its VIP group ((None, None) without one, or in a dry
-    run: no VIPs, no heartbeats). Reads the key; StartError when it is unusable."""
+    run: no VIPs, no heartbeats) on the opened ``plane`` kind. ``follow_vips`` wraps the group
+    the runner moves (what must move with it: the SNAT table). Reads the key; StartError when it
+    is unusable."""
     ha = cfg.ha
     if ha is None:
         return None, None
@@ -73,7 +81,7 @@ def build_ha(
         return None, None
     if ha.protocol == "vrrp3":
         vips = VipGroup.from_config(ha, metrics, clock=clock)
-        vrrp = VrrpRunner(ha, cfg.node_name, clock=clock, metrics=metrics, vips=vips,
+        vrrp = VrrpRunner(ha, cfg.node_name, clock=clock, metrics=metrics, vips=follow_vips(vips),
                           notifier=CommandNotifier.from_config(ha, cfg.node_name),
                           tracker=LocalTracker.from_config(ha))  # fmt: skip
         return vrrp, vips
@@ -85,7 +93,7 @@ def build_ha(
         raise StartError(str(exc)) from None
     vips = VipGroup.from_config(ha, metrics, clock=clock)
     handoff = None
-    if resolve_kind(cfg.dataplane) == "nftables":  # IPVS: its connection sync daemons instead
+    if plane == "nftables":  # IPVS: its connection sync daemons instead
         svc, rs = services_of(cfg)
         rules = HandoffRules.of(f"{cfg.dataplane.nft_table}_handoff", svc, rs)
         handoff = Handoff(rules, [str(p.address) for p in ha.peers])
@@ -95,7 +103,7 @@ def build_ha(
         key,
         clock=clock,
         metrics=metrics,
-        vips=vips,
+        vips=follow_vips(vips),
         notifier=CommandNotifier.from_config(ha, cfg.node_name),
         health_summary=health_summary,
         digest=cfg.digest,
@@ -103,7 +111,9 @@ def build_ha(
         tracker=LocalTracker.from_config(ha),
         handoff=handoff,
     )
-    return runner, vips
+    # the kernel sheds heartbeat-port junk from non-peers (hacontrol.ha.guard)
+    guard = HeartbeatGuard(f"{cfg.dataplane.nft_table}_hb", runner.bind, list(ha.peers))
+    return GuardedHa(runner, guard, cfg.dataplane.resync_interval), vips
 
 
 async def start_sync(cfg: Config, dp: Dataplane, clock: Clock) -> SyncDaemons | None:

@@ -3,8 +3,9 @@
 It gathers the inputs of the pure ``hacontrol.status.build_status`` through ``DaemonView``, the
 small read-only surface ``hacontrol.daemon.Daemon`` offers: the node block (role, version,
 uptime, config age from the ``RunningConfig``), the data plane block (``dataplane_view``, from
-the reconciler's status), each real server's health, the kernel table as last read and the HA
-block (``hacontrol.daemon_ha.ha_status``). It reads and changes nothing else.
+the reconciler's status), each real server's health, the kernel table as last read, the plane's
+per-destination counters as last read and the HA block (``hacontrol.daemon_ha.ha_status``). It
+reads and changes nothing else.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import Any, Protocol
 from hacontrol import __version__
 from hacontrol.clock import Clock
 from hacontrol.daemon_ha import ha_status
+from hacontrol.dataplane.counters import PlaneCounters
 from hacontrol.dataplane.reconciler import Reconciler, ReconcileStatus
 from hacontrol.health.state import TargetStatus
 from hacontrol.model import RealServer, ServiceConfig
@@ -21,7 +23,7 @@ from hacontrol.process import HaComponent
 from hacontrol.running_config import RunningConfig
 from hacontrol.status import DataplaneView, NodeView, age, build_status
 
-__all__ = ["DaemonView", "daemon_status", "dataplane_view"]
+__all__ = ["DaemonView", "PlaneCounters", "daemon_status", "dataplane_view"]
 
 
 class DaemonView(Protocol):
@@ -48,6 +50,10 @@ class DaemonView(Protocol):
 
     def target_status(self, svc: ServiceConfig, rs: RealServer) -> TargetStatus | None:
         """The health of one real server of a service; None when it is not checked."""
+
+    @property
+    def counters(self) -> PlaneCounters:
+        """The per-destination counters as last read (``latest``: None when unknown)."""
 
 
 def dataplane_view(st: ReconcileStatus, now: float) -> DataplaneView:
@@ -86,4 +92,7 @@ def daemon_status(d: DaemonView) -> dict[str, Any]:
         dataplane = dataplane_view(rec.status(), now)
     kernel = rec.kernel if rec is not None else None
     ha = ha_status(d.ha, cfg.digest)
-    return build_status(cfg, node, dataplane, d.target_status, kernel, now, ha=ha)
+    counters = d.counters.latest
+    return build_status(
+        cfg, node, dataplane, d.target_status, kernel, now, ha=ha, counters=counters
+    )

@@ -1,13 +1,35 @@
 """Prometheus metrics: one registry per daemon, with every series the daemon exports.
 
-Components receive the ``Metrics`` object and increment its pre-declared series; the API renders
-``registry`` at ``GET /metrics``. Series names are stable (``hacontrol_<area>_<what>``).
+Two kinds. Events are counted where they happen: components receive the ``Metrics`` object and
+increment its pre-declared series (checks run, applies, heartbeats, transitions). State is read
+at scrape time: ``status_families`` turns the status document (``hacontrol.status``: health,
+weights, connections and traffic per real server, the HA block) into gauge and counter families,
+so nothing is updated on a hot path and a service or real server that leaves the config leaves
+/metrics with it (cardinality: a few series per configured real server, none per connection).
+``Metrics.render`` writes both; the API serves it at ``GET /metrics``. Series names are stable
+(``hacontrol_<area>_<what>``); docs/api.md lists them.
 """
 
 from __future__ import annotations
 
+import platform
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import generate_latest
+from prometheus_client.metrics_core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    InfoMetricFamily,
+    Metric,
+)
+
+from hacontrol import __version__
+from hacontrol.model import host_port
+
+HEALTH_STATES = ("up", "down", "unknown")
+SVC, RS = ["service"], ["service", "real_server"]
 
 
 class Metrics:
@@ -104,5 +126,162 @@ class Metrics:
             registry=r,
         )
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, status: Mapping[str, Any] | None = None, plane: str = "-") -> bytes:
+        """The text exposition: the event series, plus the state series of ``status`` (a
+        status document) when given, with ``hacontrol_build_info`` naming ``plane``."""
+        if status is None:
+            return generate_latest(self.registry)
+        return generate_latest(_Scrape(self.registry, status_families(status, plane)))
+
+
+class _Scrape:
+    """The registry's series followed by one scrape's state families (a collector for
+    ``generate_latest``, made per scrape: nothing of a past scrape lingers)."""
+
+    def __init__(self, registry: CollectorRegistry, families: list[Metric]) -> None:
+        self.registry, self.families = registry, families
+
+    def collect(self) -> Iterator[Metric]:
+        yield from self.registry.collect()
+        yield from self.families
+
+
+def _gauge(name: str, doc: str, labels: list[str]) -> GaugeMetricFamily:
+    return GaugeMetricFamily(name, doc, labels=labels)
+
+
+def _flag(v: Any) -> float | None:
+    return None if v is None else (1.0 if v else 0.0)
+
+
+def _add(m: GaugeMetricFamily | CounterMetricFamily, labels: list[str], v: Any) -> None:
+    """One sample, unless the value is unknown (None): an absent series, never a made-up 0."""
+    if v is not None:
+        m.add_metric(labels, float(v))
+
+
+def status_families(doc: Mapping[str, Any], plane: str = "-") -> list[Metric]:
+    """The state series of one status document (see docs/api.md for each)."""
+    build = InfoMetricFamily(
+        "hacontrol_build", "Version, Python and data plane of this daemon",
+        labels=["version", "python", "plane"],
+    )  # fmt: skip
+    build.add_metric([__version__, platform.python_version(), plane], {})
+    config = InfoMetricFamily("hacontrol_config", "Digest of the config in use", labels=["digest"])
+    config.add_metric([str(doc["config"]["digest"])], {})
+    uptime = _gauge("hacontrol_uptime_seconds", "Seconds since the daemon started", [])
+    uptime.add_metric([], float(doc["uptime"]))
+    dp = doc["dataplane"]
+    dp_ok = _gauge(
+        "hacontrol_dataplane_last_apply_ok",
+        "1 when the last reconcile pass succeeded, 0 when it failed (absent before the first)",
+        [],
+    )
+    _add(dp_ok, [], None if dp["last_result"] is None else dp["last_result"] == "ok")
+    dp_err = _gauge(
+        "hacontrol_dataplane_consecutive_errors", "Reconcile passes failed in a row", []
+    )
+    dp_err.add_metric([], float(dp["consecutive_errors"]))
+    return [build, config, uptime, dp_ok, dp_err, *service_families(doc["services"]),
+            *ha_families(doc.get("ha"))]  # fmt: skip
+
+
+def service_families(services: Iterable[Mapping[str, Any]]) -> list[Metric]:
+    """Per configured service and real server: health, weights, connections, traffic."""
+    info = InfoMetricFamily(
+        "hacontrol_service", "A configured virtual service",
+        labels=["service", "vip", "port", "protocol", "scheduler", "forwarding"],
+    )  # fmt: skip
+    total = _gauge("hacontrol_service_real_servers", "Real servers configured", SVC)
+    up = _gauge("hacontrol_service_real_servers_up", "Real servers healthy", SVC)
+    in_kernel = _gauge("hacontrol_service_in_kernel", "1 when the kernel holds the service", SVC)
+    sorry = _gauge(
+        "hacontrol_service_sorry_active", "1 when the sorry server takes the traffic", SVC
+    )
+    health = _gauge(
+        "hacontrol_real_server_health", "1 for the real server's health state (up, down, unknown)",
+        [*RS, "state"],
+    )  # fmt: skip
+    since = _gauge(
+        "hacontrol_real_server_health_seconds", "Seconds in the current health state", RS
+    )
+    weight = _gauge("hacontrol_real_server_weight", "Configured weight", RS)
+    kweight = _gauge(
+        "hacontrol_real_server_kernel_weight", "Weight in the kernel (absent: not in it)", RS
+    )
+    conns = _gauge(
+        "hacontrol_real_server_connections",
+        "Connections now, by state (active, inactive); absent where the plane has no counters",
+        [*RS, "state"],
+    )
+    scheduled = CounterMetricFamily(
+        "hacontrol_real_server_scheduled_connections",
+        "Connections scheduled to it (kernel counter)",
+        labels=RS,
+    )
+    packets = CounterMetricFamily(
+        "hacontrol_real_server_packets", "Packets (kernel counter), by direction (in, out)",
+        labels=[*RS, "direction"],
+    )  # fmt: skip
+    octets = CounterMetricFamily(
+        "hacontrol_real_server_bytes", "Bytes (kernel counter), by direction (in, out)",
+        labels=[*RS, "direction"],
+    )  # fmt: skip
+    for svc in services:
+        name = str(svc["name"])
+        info.add_metric(
+            [name, svc["vip"], str(svc["port"]), svc["protocol"], svc["scheduler"],
+             svc["forwarding"]], {},
+        )  # fmt: skip
+        total.add_metric([name], float(len(svc["real_servers"])))
+        up.add_metric([name], float(svc["up"]))
+        _add(in_kernel, [name], _flag(svc["in_kernel"]))
+        if svc["sorry_server"] is not None:
+            _add(sorry, [name], _flag(svc["sorry_server"]["active"]))
+        for rs in svc["real_servers"]:
+            lab = [name, host_port(rs["address"], rs["port"])]
+            for state in HEALTH_STATES:
+                health.add_metric([*lab, state], 1.0 if rs["health"] == state else 0.0)
+            _add(since, lab, rs.get("health_since_ago"))
+            weight.add_metric(lab, float(rs["weight"]))
+            _add(kweight, lab, rs["kernel_weight"])
+            c, t = rs.get("connections"), rs.get("traffic")
+            if c is not None:
+                conns.add_metric([*lab, "active"], float(c["active"]))
+                conns.add_metric([*lab, "inactive"], float(c["inactive"]))
+            if t is not None:
+                scheduled.add_metric(lab, float(t["connections"]))
+                for way in ("in", "out"):
+                    packets.add_metric([*lab, way], float(t[f"packets_{way}"]))
+                    octets.add_metric([*lab, way], float(t[f"bytes_{way}"]))
+    return [info, total, up, in_kernel, sorry, health, since, weight, kweight, conns,
+            scheduled, packets, octets]  # fmt: skip
+
+
+def ha_families(ha: Mapping[str, Any] | None) -> list[Metric]:
+    """The HA pair member's state (none without ``ha:``; the role is ``hacontrol_ha_role``)."""
+    if ha is None:
+        return []
+    peer = ha.get("peer")
+    alive = _gauge("hacontrol_ha_peer_alive", "1 while the peer's heartbeats arrive", [])
+    alive.add_metric([], 1.0 if peer is not None and peer.get("alive") else 0.0)
+    match = _gauge(
+        "hacontrol_ha_peer_config_match",
+        "1 when the peer runs the same config digest, 0 when not (absent: no peer heard)",
+        [],
+    )
+    _add(match, [], _flag((ha.get("config") or {}).get("peer_match")))
+    held = _gauge("hacontrol_ha_vips_held", "1 while this node holds (should hold) the VIPs", [])
+    held.add_metric([], 1.0 if ha.get("vips_held") else 0.0)
+    vips = ha.get("vips") or []
+    present = _gauge("hacontrol_ha_vips_present", "VIPs present on this node's interfaces", [])
+    present.add_metric([], float(sum(1 for v in vips if v.get("present"))))
+    configured = _gauge("hacontrol_ha_vips_configured", "VIPs configured", [])
+    configured.add_metric([], float(len(vips)))
+    since = _gauge(
+        "hacontrol_ha_seconds_since_transition",
+        "Seconds since the last role transition (monotonic clock)",
+        [],
+    )
+    _add(since, [], ha.get("since_ago"))
+    return [alive, match, held, present, configured, since]

@@ -98,6 +98,7 @@ class ServiceConfig:
 class ApiConfig:
     listen: str = "127.0.0.1:9480"  # "host:port" or "unix:/path"
     token_file: str | None = None  # required for mutating calls when set
+    group: str | None = None  # the unix socket's group (None: "hacontrol" if it exists)
 
 
 @dataclass(frozen=True)

@@ -10,12 +10,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import ipaddress
-import os
-import socket
 from collections.abc import Callable
 from operator import attrgetter
 from typing import Any, Protocol
 
+from hacontrol import systemd
 from hacontrol.config import secrets
 from hacontrol.config.digest import compute_digest
 from hacontrol.ha.handoff_rules import Triple
@@ -25,6 +24,7 @@ from hacontrol.model import Config, HAConfig
 # fields that need a restart to change; a reload keeps the running values and says so
 RESTART_ONLY = (
     "api.listen",
+    "api.group",
     "dataplane.kind",
     "dataplane.nft_table",
     "dataplane.state_dir",
@@ -79,18 +79,9 @@ def read_token(path: str | None) -> str | None:
 
 
 def sd_notify(message: str) -> bool:
-    """Tell systemd (Type=notify) about READY/RELOADING/STOPPING; no-op without NOTIFY_SOCKET."""
-    addr = os.environ.get("NOTIFY_SOCKET")
-    if not addr:
-        return False
-    if addr.startswith("@"):
-        addr = "\0" + addr[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.sendto(message.encode(), addr)
-    except OSError:
-        return False
-    return True
+    """Tell systemd (Type=notify) about READY/RELOADING/STOPPING; no-op without NOTIFY_SOCKET
+    (``hacontrol.systemd.notify``)."""
+    return systemd.notify(message)
 
 
 def _ha_fields(ha: HAConfig) -> list[str]:
@@ -129,7 +120,7 @@ def keep_restart_only(old: Config, new: Config) -> Config:
         ha=ha,
         digest=digest,
         node_name=old.node_name,
-        api=dataclasses.replace(new.api, listen=old.api.listen),
+        api=dataclasses.replace(new.api, listen=old.api.listen, group=old.api.group),
         dataplane=dataclasses.replace(
             new.dataplane,
             kind=old.dataplane.kind,

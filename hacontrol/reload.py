@@ -56,9 +56,9 @@ class ReloadTarget(Protocol):
         """Point the health checks and the reconciler at ``config``. ValueError or TypeError:
         a check cannot run; nothing was changed."""
 
-    def apply_live(self, old: Config, new: Config, live_ha: list[str]) -> None:
+    async def apply_live(self, old: Config, new: Config, live_ha: list[str]) -> None:
         """Apply what else may change live (the HA pair member's ``live_ha`` fields and
-        digest, the logging section); ``new`` is already the running config."""
+        digest, the logging section, the host side); ``new`` is already the running config."""
 
 
 class Reloader:
@@ -158,7 +158,7 @@ class Reloader:
             except (ValueError, TypeError) as exc:  # a check the health checker cannot run
                 return self._refused(reason, [f"{old.source}: {exc}"], old)
             self._running.replace(new, token)
-            self._target.apply_live(old, new, live_ha)
+            await self._target.apply_live(old, new, live_ha)
             self._metrics.reloads.labels(result="ok").inc()
             result = {
                 "result": "ok",

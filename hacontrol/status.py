@@ -1,8 +1,10 @@
 """The status document: what ``GET /v1/status`` and ``hacontrol status`` show.
 
 Pure: ``build_status`` takes the config, a health lookup, the last kernel snapshot, a view of the
-reconciler and ``now`` (monotonic seconds), and returns plain JSON-able values. The daemon gathers
-the inputs; the API only serialises the result. No I/O, no asyncio here.
+reconciler, the plane's per-destination counters (``hacontrol.dataplane.counters``; None where the
+plane has none: connections then show as null, unknown) and ``now`` (monotonic seconds), and
+returns plain JSON-able values. The daemon gathers the inputs; the API only serialises the result
+(and /metrics is built from it, ``hacontrol.metrics``). No I/O, no asyncio here.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from hacontrol.dataplane.counters import Counters, DestCounters
 from hacontrol.dataplane.desired import address_text, dest_key, service_key
 from hacontrol.dataplane.table import Table
 from hacontrol.health.state import Health, TargetStatus
@@ -55,11 +58,30 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else round(seconds * 1000.0, 3)
 
 
+def counters_status(c: DestCounters | None) -> tuple[Any, Any]:
+    """(connections, traffic) blocks of a real server; (None, None) when unknown."""
+    if c is None:
+        return None, None
+    traffic = {
+        "connections": c.connections,
+        "packets_in": c.packets_in,
+        "packets_out": c.packets_out,
+        "bytes_in": c.bytes_in,
+        "bytes_out": c.bytes_out,
+    }
+    return {"active": c.active, "inactive": c.inactive, "persistent": c.persistent}, traffic
+
+
 def real_server_status(
-    rs: RealServer, st: TargetStatus | None, kernel_weight: int | None, now: float
+    rs: RealServer,
+    st: TargetStatus | None,
+    kernel_weight: int | None,
+    now: float,
+    counters: DestCounters | None = None,
 ) -> dict[str, Any]:
     if st is None:
         st = TargetStatus(state=Health.UNKNOWN, since=now)
+    connections, traffic = counters_status(counters)
     return {
         "address": address_text(rs.address),
         "port": rs.port,
@@ -75,20 +97,31 @@ def real_server_status(
         },
         "successes": st.successes,
         "failures": st.failures,
+        "connections": connections,
+        "traffic": traffic,
     }
 
 
 def service_status(
-    svc: ServiceConfig, health: HealthLookup, kernel: Table | None, now: float
+    svc: ServiceConfig,
+    health: HealthLookup,
+    kernel: Table | None,
+    now: float,
+    counters: Counters | None = None,
 ) -> dict[str, Any]:
-    ksvc = None if kernel is None else kernel.get(service_key(svc))
+    skey = service_key(svc)
+    ksvc = None if kernel is None else kernel.get(skey)
     servers = []
     for rs in svc.real_servers:
         kw: int | None = None
+        c: DestCounters | None = None
         if ksvc is not None:
             d = ksvc.dests.get(dest_key(rs))
             kw = None if d is None else d.weight
-        servers.append(real_server_status(rs, health(svc, rs), kw, now))
+        if counters is not None:
+            # a destination the kernel does not hold has no connections (0), not unknown ones
+            c = counters.get((skey, dest_key(rs)), DestCounters(0, 0))
+        servers.append(real_server_status(rs, health(svc, rs), kw, now, c))
     sorry: dict[str, Any] | None = None
     if svc.sorry_server is not None:
         configured = {dest_key(rs) for rs in svc.real_servers}
@@ -149,9 +182,10 @@ def build_status(
     kernel: Table | None,
     now: float,
     ha: Mapping[str, Any] | None = None,
+    counters: Counters | None = None,
 ) -> dict[str, Any]:
     """The whole status document (schema: ``Status`` in hacontrol/api/openapi.yaml)."""
-    services = [service_status(s, health, kernel, now) for s in config.services]
+    services = [service_status(s, health, kernel, now, counters) for s in config.services]
     return {
         "node": node.node,
         "role": node.role,

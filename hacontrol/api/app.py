@@ -25,6 +25,7 @@ from hacontrol import logs
 from hacontrol.api.server import ApiServer as ApiServer
 from hacontrol.api.server import json_error
 from hacontrol.api.server import parse_listen as parse_listen
+from hacontrol.dataplane.counters import PlaneCounters
 from hacontrol.ha.runner import DrillError
 
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
@@ -38,6 +39,10 @@ class Controller(Protocol):
 
     def status(self) -> dict[str, Any]:
         """The status document (see hacontrol.status.build_status)."""
+
+    @property
+    def counters(self) -> PlaneCounters:
+        """The data plane's connection and traffic counters: ``refresh()`` before a status."""
 
     def metrics_text(self) -> bytes:
         """Prometheus text exposition."""
@@ -152,6 +157,7 @@ async def healthz(request: web.Request) -> web.Response:
 
 async def get_status(request: web.Request) -> web.Response:
     _only_params(request, ("service",))
+    await request.app[CONTROLLER].counters.refresh()
     doc = request.app[CONTROLLER].status()
     name = request.query.get("service")
     if name is not None:
@@ -164,6 +170,7 @@ async def get_status(request: web.Request) -> web.Response:
 
 async def get_metrics(request: web.Request) -> web.Response:
     _only_params(request, ())
+    await request.app[CONTROLLER].counters.refresh()
     return web.Response(
         body=request.app[CONTROLLER].metrics_text(), headers={"Content-Type": METRICS_CONTENT_TYPE}
     )

@@ -7,6 +7,10 @@ header, 200 headers, a bad request line) from ``RequestHandler.handle_error`` wi
 400 before any middleware runs; here that answer is the API's JSON error body
 ``{"error": ..., "status": n}`` like every other, logged as ``api.refused`` (``api.error`` for a
 500, never with the traceback in the body). ``json_error`` builds that body for the app too.
+
+A unix socket is made mode 0660 and given the operators' group (``socket_group``: ``api.group``,
+else "hacontrol" when that group exists and the process may use it, else the process's own
+group), so members of the group may call the API without root.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import grp
 import os
 import socket
 from pathlib import Path
@@ -23,7 +28,7 @@ from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
 from hacontrol import logs
-from hacontrol.model import host_port
+from hacontrol.model import ApiConfig, host_port
 
 log = logs.get("api")
 
@@ -63,8 +68,50 @@ def _refuse_live_socket(path: str) -> None:
     raise OSError(errno.EADDRINUSE, f"another process serves {path}")
 
 
+DEFAULT_GROUP = "hacontrol"
+
+
+def socket_group(name: str | None) -> tuple[int, str]:
+    """(gid, name) the API socket gets. ``name`` (``api.group``) must exist: OSError otherwise.
+    Without one: the group "hacontrol" when it exists and this process may give it to a file
+    (root, or a member), else the process's effective group."""
+    if name is not None:
+        try:
+            return grp.getgrnam(name).gr_gid, name
+        except KeyError:
+            raise OSError(errno.ENOENT, f"api.group {name}: no such group") from None
+    egid = os.getegid()
+    try:
+        default = grp.getgrnam(DEFAULT_GROUP).gr_gid
+    except KeyError:
+        default = None
+    if default is not None and (os.geteuid() == 0 or default in (egid, *os.getgroups())):
+        return default, DEFAULT_GROUP
+    try:
+        return egid, grp.getgrgid(egid).gr_name
+    except KeyError:
+        return egid, str(egid)
+
+
+def _give_group(path: str, gid: int, name: str) -> None:
+    """chgrp ``path`` unless it has the group already: a new file gets the process's group
+    (or a setgid directory's), which under the packaged unit is the one wanted, and the unit's
+    system-call filter refuses chown (``~@privileged`` holds ``@chown``)."""
+    if os.stat(path).st_gid == gid:
+        return
+    try:
+        os.chown(path, -1, gid)
+    except OSError as exc:
+        why = (
+            f"chgrp {path} {name}: {exc.strerror} (the daemon's user must be in the group; under "
+            "systemd also allow chown: SystemCallFilter=@chown in a drop-in)"
+        )
+        raise OSError(exc.errno, why) from None
+
+
 class ApiServer:
-    """Serves an app on TCP host:port or a unix socket (mode 0660, parent dir created)."""
+    """Serves an app on TCP host:port or a unix socket (mode 0660, group ``group`` as
+    ``socket_group`` resolves it, parent dir created 0750)."""
 
     def __init__(
         self,
@@ -72,14 +119,22 @@ class ApiServer:
         listen: str,
         socket_mode: int = 0o660,
         shutdown_timeout: float = 0.3,
+        group: str | None = None,
     ) -> None:
         self.app = app
+        self.group = group
+        self.socket_gid: int | None = None  # the unix socket's group once started
         self.shutdown_timeout = shutdown_timeout  # in-flight requests get this long on stop
         self.listen = listen
         self.socket_mode = socket_mode
         self._runner: web.AppRunner | None = None
         self._unix_path: str | None = None
         self.bound: str = ""  # the actual address once started (the real port when 0 was asked)
+
+    @classmethod
+    def of(cls, app: web.Application, api: ApiConfig) -> ApiServer:
+        """The server of ``app`` for the ``api`` section (listen, group)."""
+        return cls(app, api.listen, group=api.group)
 
     async def start(self) -> None:
         host, port = parse_listen(self.listen)
@@ -91,6 +146,7 @@ class ApiServer:
             site: web.BaseSite
             if host == "unix":
                 path = str(port)
+                gid, gname = socket_group(self.group)  # an unknown api.group: before the bind
                 Path(path).parent.mkdir(parents=True, exist_ok=True, mode=0o750)
                 _refuse_live_socket(path)
                 old_umask = os.umask(0o117)
@@ -99,8 +155,10 @@ class ApiServer:
                     await site.start()
                 finally:
                     os.umask(old_umask)
-                os.chmod(path, self.socket_mode)
                 self._unix_path = path
+                os.chmod(path, self.socket_mode)
+                _give_group(path, gid, gname)
+                self.socket_gid = gid
                 self.bound = f"unix:{path}"
             else:
                 assert isinstance(port, int)
@@ -111,6 +169,10 @@ class ApiServer:
                 self.bound = host_port(host, real_port)
         except BaseException:
             await runner.cleanup()
+            if self._unix_path is not None:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(self._unix_path)
+                self._unix_path = None
             raise
         self._runner = runner
 

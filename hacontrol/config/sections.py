@@ -74,7 +74,7 @@ def parse_root(r: Reader, root: Node, check_files: bool) -> Config | None:
 
 
 def _parse_api(r: Reader, node: Node, check_files: bool) -> ApiConfig | None:
-    m = r.mapping(node, "api", ("listen", "token_file"))
+    m = r.mapping(node, "api", ("listen", "token_file", "group"))
     if m is None:
         return None
     kw: dict[str, Any] = {}
@@ -85,6 +85,8 @@ def _parse_api(r: Reader, node: Node, check_files: bool) -> ApiConfig | None:
             m["token_file"], "api.token_file", check=read_token if check_files else None,
             optional=True,
         )  # fmt: skip
+    if "group" in m:
+        kw["group"] = r.string(m["group"], "api.group", pattern=NAME_RE, optional=True)
     return ApiConfig(**kw)
 
 

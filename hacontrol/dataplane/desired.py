@@ -14,6 +14,10 @@ The sorry server (weight 1) is present only while no real server of the service 
 UP and none is an adopted UNKNOWN destination with weight > 0 (adoption must not start sending new
 flows to the sorry server either). A sorry server that is also a real server overrides it.
 Persistence seconds are rounded up to whole seconds (IPVS takes integers). No I/O.
+
+``ConfigDesired`` is the same rules as a ``DesiredSource``: the reconciler asks it for one
+service at a time (the services a health change touched, or a slice of a big table), so an event
+costs the services it touches, not the table.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from hacontrol.dataplane.table import (
     DestKey,
@@ -98,3 +103,45 @@ def desired_table(
         names[key] = svc.name
         out[key] = desired_service(svc, health, None if actual is None else actual.get(key))
     return out
+
+
+class DesiredSource(Protocol):
+    """The desired table, one service at a time (pure; see ``ConfigDesired``)."""
+
+    def keys(self) -> list[ServiceKey]:
+        """Every desired service, in a stable order; ValueError when two services clash."""
+
+    def service(self, key: ServiceKey, actual: TableService | None) -> TableService | None:
+        """What ``key`` should hold now (``actual``: the kernel's, for adoption); None when the
+        service is not desired."""
+
+
+class ConfigDesired:
+    """``desired_table`` of ``services`` per service: an index from key to service."""
+
+    def __init__(self, services: Sequence[ServiceConfig], health: HealthOf) -> None:
+        self._services = services
+        self._health = health
+        self._index: dict[ServiceKey, ServiceConfig] | None = None
+
+    def _by_key(self) -> dict[ServiceKey, ServiceConfig]:
+        if self._index is None:
+            index: dict[ServiceKey, ServiceConfig] = {}
+            for svc in self._services:
+                key = service_key(svc)
+                if key in index:
+                    raise ValueError(f"services {index[key].name} and {svc.name} both use {key}")
+                index[key] = svc
+            self._index = index
+        return self._index
+
+    def keys(self) -> list[ServiceKey]:
+        return list(self._by_key())
+
+    def service(self, key: ServiceKey, actual: TableService | None) -> TableService | None:
+        svc = self._by_key().get(key)
+        return None if svc is None else desired_service(svc, self._health, actual)
+
+    def build(self, actual: Table | None = None) -> Table:
+        """The whole table at once (``desired_table``)."""
+        return desired_table(self._services, self._health, actual)

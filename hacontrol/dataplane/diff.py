@@ -77,6 +77,28 @@ def diff(
     forwarding_in_place: bool = True,
 ) -> list[Action]:
     """Ordered actions that make ``actual`` equal ``desired`` plus the foreign services."""
+    return join_phases(diff_phases(desired, actual, owned, forwarding_in_place=forwarding_in_place))
+
+
+Phases = tuple[list[Action], list[Action], list[Action], list[Action]]
+
+
+def join_phases(phases: Phases) -> list[Action]:
+    """The four phases (services, dest add/update, dest del, service del) in make-before-break
+    order."""
+    return [a for phase in phases for a in phase]
+
+
+def diff_phases(
+    desired: Table,
+    actual: Table,
+    owned: Set[ServiceKey],
+    *,
+    forwarding_in_place: bool = True,
+) -> Phases:
+    """``diff`` split by phase. Each service's actions depend on that service alone, so the diff
+    of a table cut into slices of services (in key order), phase lists concatenated per phase,
+    equals the diff of the whole table: the reconciler compares big tables slice by slice."""
     services: list[Action] = []
     dest_set: list[Action] = []
     dest_del: list[Action] = []
@@ -111,14 +133,25 @@ def diff(
         if key not in desired and key in owned:
             service_del.append(Action("del_service", key))
 
-    return services + dest_set + dest_del + service_del
+    return services, dest_set, dest_del, service_del
 
 
 def apply_actions(table: Table, actions: Iterable[Action]) -> Table:
     """Replay ``actions`` on a copy of ``table`` like the kernel would; raise ValueError on an
     action that the kernel would refuse (adding what exists, changing what does not)."""
-    out = copy_table(table)
+    return apply_in_place(copy_table(table), actions)
+
+
+def apply_in_place(out: Table, actions: Iterable[Action]) -> Table:
+    """``apply_actions`` on ``out`` itself, copying only the services it touches (O(actions), not
+    O(table): the reconciler advances its view of the kernel by the acknowledged actions). On a
+    ValueError the actions before the refused one stay applied."""
+    touched: set[ServiceKey] = set()
     for a in actions:
+        if a.service not in touched and a.service in out:
+            old = out[a.service]
+            out[a.service] = TableService(old.spec, dict(old.dests))
+        touched.add(a.service)
         svc = out.get(a.service)
         if a.op == "add_service":
             if svc is not None:

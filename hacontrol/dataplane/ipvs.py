@@ -69,6 +69,9 @@ SVC_AF, SVC_PROTOCOL, SVC_ADDR, SVC_PORT, SVC_FWMARK = 1, 2, 3, 4, 5
 SVC_SCHED_NAME, SVC_FLAGS, SVC_TIMEOUT, SVC_NETMASK = 6, 7, 8, 9
 DEST_ADDR, DEST_PORT, DEST_FWD_METHOD, DEST_WEIGHT = 1, 2, 3, 4
 DEST_U_THRESH, DEST_L_THRESH, DEST_ADDR_FAMILY = 5, 6, 11
+# destination counters (decoded by hacontrol.dataplane.counters): connection counts (u32) and the
+# nested traffic statistics, 32-bit (STATS) and 64-bit (STATS64, kernels since 4.x)
+DEST_ACTIVE_CONNS, DEST_INACT_CONNS, DEST_PERSIST_CONNS, DEST_STATS, DEST_STATS64 = 7, 8, 9, 10, 12
 IP_VS_SVC_F_PERSISTENT = 0x1
 FWD_CODE: dict[str, int] = {"nat": 0, "tunnel": 2, "dr": 3}  # IP_VS_CONN_F_MASQ/TUNNEL/DROUTE
 FWD_NAME: dict[int, Fwd] = {0: "nat", 2: "tunnel", 3: "dr"}

@@ -1,9 +1,14 @@
 """The nftables data plane: the whole desired table as ONE nftables table the daemon owns.
 
-For kernels without IPVS. Every apply renders the desired ``Table`` into one ``inet`` table and
-replaces it atomically in one transaction (``nft -j -f -``: add + delete + add table and all its
-contents in one batch; established flows keep their conntrack NAT bindings). Other nftables
-tables are never touched. An empty desired table deletes our table.
+For kernels without IPVS. The plane keeps the table as it last read or wrote it. An apply of a
+few actions (a health change) is a few commands on the touched services' own objects, set and
+map elements and the service's own chain (``hacontrol.dataplane.nft_delta``), in one transaction:
+the table and its base chains stay. The whole desired table is rendered and replaced atomically
+(``nft -j -f -``: add + delete + add table and all its contents in one batch; established flows
+keep their conntrack NAT bindings) only when the plane does not hold a table it trusts: none yet,
+a hand-edited one (a service read back ``altered:``), or after a failed apply. Other nftables
+tables are never touched. An empty desired table deletes our table. ``commands`` counts the
+commands sent and ``rewrites`` the whole-table replacements (tests, the benchmark).
 
 Rendering and parsing (the table layout, the slot schedules, detecting hand edits) live in the
 pure ``hacontrol.dataplane.nft_render``; this module runs ``nft`` and is the ``Dataplane``.
@@ -18,7 +23,8 @@ from collections.abc import Sequence
 
 from hacontrol import logs
 from hacontrol.dataplane.base import DataplaneError
-from hacontrol.dataplane.diff import Action
+from hacontrol.dataplane.diff import Action, apply_in_place
+from hacontrol.dataplane.nft_delta import AddrRefs, address_refs, delta
 from hacontrol.dataplane.nft_render import (
     ALTERED,
     EXACT,
@@ -109,6 +115,12 @@ class NftDataplane(NftRenderer):
         self.netns = netns  # run nft inside this named namespace (lab, tests)
         self.timeout = timeout
         self._warned: set[str] = set()
+        self._state: Table | None = None  # our table as last read or written; None: unknown
+        self._exists = False  # the kernel has our table
+        self._trusted = False  # no service of it reads back altered: commands can change it
+        self._refs: AddrRefs = {}
+        self.commands = 0
+        self.rewrites = 0
 
     def _warn_approximations(self, table: Table) -> None:
         for svc in table.values():
@@ -137,19 +149,66 @@ class NftDataplane(NftRenderer):
         rc, out, err = await self._nft("-j", "-p", "list", "table", FAMILY, self.table_name)
         if rc != 0:
             if "No such file or directory" in err:
+                self._remember({}, exists=False)
                 return {}
             raise DataplaneError(f"nftables: list table {self.table_name}: {err}")
-        try:
-            return self.parse(json.loads(out))
+        try:  # on a worker thread: a 10,000-destination listing takes ~0.5 s of pure Python,
+            # which the interpreter then interleaves with the event loop (the heartbeat)
+            table = await asyncio.to_thread(lambda: self.parse(json.loads(out)))
         except (ValueError, KeyError, TypeError) as e:
             raise DataplaneError(f"nftables: cannot parse table {self.table_name}: {e}") from e
+        self._remember(table, exists=True)
+        return table
+
+    def _remember(self, table: Table, *, exists: bool) -> None:
+        self._state = {k: v for k, v in table.items()}
+        self._exists = exists
+        self._trusted = exists and not any(
+            s.spec.scheduler.startswith(ALTERED) for s in table.values()
+        )
+        self._refs = address_refs(table)
 
     async def apply(self, desired: Table, actions: Sequence[Action]) -> None:
-        doc = self.render(desired)
-        self._warn_approximations(desired)
+        """Apply ``actions`` on the table as this plane knows it (``desired``, the touched
+        services' target, is not needed): commands on the touched services' objects, or the
+        whole table rendered when the kernel's is missing or not trusted."""
+        if not actions:
+            return
+        if self._state is None:
+            raise DataplaneError("nftables: the table was not read yet (snapshot first)")
+        new = apply_in_place(dict(self._state), actions)
+        self._warn_approximations({a.service: new[a.service] for a in actions if a.service in new})
+        try:
+            if not (self._exists and self._trusted) or not new:
+                doc = self.render(new)
+                self.rewrites += 1
+            else:
+                refs = dict(self._refs)
+                touched = {a.service for a in actions}
+                doc = {"nftables": delta(self, self._state, new, touched, refs)}
+            self.commands += len(doc["nftables"])
+            rc, _, err = await self._nft("-j", "-f", "-", stdin=json.dumps(doc).encode())
+        except BaseException:
+            self._state = None  # unknown: the reconciler reads the table again
+            raise
+        if rc != 0:
+            self._state = None
+            raise DataplaneError(f"nftables: apply failed: {err[-500:]}")
+        if new and (self._exists and self._trusted):
+            self._state, self._refs = new, refs
+        else:
+            self._remember(new, exists=bool(new))
+
+    async def replace(self, table: Table) -> None:
+        """Render ``table`` whole and replace ours with it atomically (tests, the benchmark)."""
+        doc = self.render(table)
+        self._warn_approximations(table)
+        self.rewrites += 1
         rc, _, err = await self._nft("-j", "-f", "-", stdin=json.dumps(doc).encode())
         if rc != 0:
+            self._state = None
             raise DataplaneError(f"nftables: apply failed: {err[-500:]}")
+        self._remember(table, exists=bool(table))
 
     async def remove(self) -> None:
         """Delete our table (stop without keep_on_stop; tests): the batch of an empty table."""
@@ -157,6 +216,7 @@ class NftDataplane(NftRenderer):
         rc, _, err = await self._nft("-j", "-f", "-", stdin=json.dumps(doc).encode())
         if rc != 0:
             raise DataplaneError(f"nftables: delete table {self.table_name}: {err}")
+        self._remember({}, exists=False)
 
     async def close(self) -> None:
         """Nothing to release; the table stays (a restart must not drop traffic)."""

@@ -1,13 +1,22 @@
 """The reconcile loop: keep the kernel table equal to the desired table (the data plane I/O shell).
 
-One pass: snapshot the kernel -> ``desired = build(actual)`` -> ``diff`` -> apply only the
-difference -> snapshot again to confirm. Passes run on a wake (``set_desired``; bursts in one
-event-loop tick coalesce into one pass), every ``resync_interval`` (repairs drift: hand edits,
-``ipvsadm -C``, ``nft flush ruleset``) and, after an error, on an exponential backoff (a change
-arriving during the backoff is tried after the shortest backoff: the new desired table may be the
-fix). An error of the plane or of the builder is logged (``dataplane.error``), counted, shown in
-``status()`` and retried; it never ends the loop. Log events: ``dataplane.apply``,
-``dataplane.drift``, ``dataplane.error``, ``dataplane.recovered``, ``dataplane.owned_error``.
+Two kinds of pass. A FULL pass (start, the periodic resync, a retry after an error, ``sync_now``)
+reads the kernel (``snapshot``), builds the whole desired table and compares the two, both in
+bounded slices that yield to the event loop (``hacontrol.dataplane.slices``), and applies the
+difference in bounded batches. A CHANGE pass reads nothing: the reconciler keeps its view of the
+kernel (the last snapshot advanced by every action the kernel acknowledged), and compares only
+the services marked dirty (``mark_dirty``: a health change touches a few) against that view, or
+the whole desired table against the view after ``set_desired`` (a reload). The kernel's answer to
+the actions (netlink acks, the nft transaction) is the confirmation; the next full pass repairs
+anything else (drift: hand edits, ``ipvsadm -C``, ``nft flush ruleset``). After an error the view
+is dropped, so the next pass is a full one.
+
+Passes run on a wake (bursts in one event-loop tick coalesce into one pass), every
+``resync_interval`` and, after an error, on an exponential backoff (a change arriving during the
+backoff is tried after the shortest backoff: the new desired table may be the fix). An error of
+the plane or of the builder is logged (``dataplane.error``), counted, shown in ``status()`` and
+retried; it never ends the loop. Log events: ``dataplane.apply``, ``dataplane.drift``,
+``dataplane.error``, ``dataplane.recovered``, ``dataplane.owned_error``.
 
 One clock: "now" (backoff deadlines, pass times, the status) is read from ``clock``, which must be
 the event loop's own clock, because the waits run on the loop (``asyncio.timeout``,
@@ -20,15 +29,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 
 from hacontrol import logs
 from hacontrol.clock import Clock
 from hacontrol.dataplane.base import Dataplane, DataplaneError
-from hacontrol.dataplane.diff import describe, diff
+from hacontrol.dataplane.desired import DesiredSource
+from hacontrol.dataplane.diff import Action, apply_in_place, describe
 from hacontrol.dataplane.owned import OwnedStore, OwnedStoreError
-from hacontrol.dataplane.table import ServiceKey, Table, copy_table, table_size
+from hacontrol.dataplane.slices import batches, build_sliced, diff_sliced
+from hacontrol.dataplane.table import ServiceKey, Table, copy_table
 from hacontrol.metrics import Metrics
 
 log = logs.get("hacontrol.dataplane.reconciler")
@@ -41,6 +52,7 @@ def _loop_time() -> float:
         return asyncio.get_running_loop().time()
     except RuntimeError:
         return time.monotonic()
+
 
 Build = Callable[[Table], Table]
 
@@ -55,6 +67,8 @@ class ReconcileResult:
     drift: list[str] = field(default_factory=list)  # how the kernel differed from what we left
     error: str | None = None
     duration: float = 0.0
+    scope: str = "full"  # full (kernel read) | table (view, whole desired) | services (dirty)
+    batches: int = 0
 
 
 @dataclass(frozen=True)
@@ -96,13 +110,15 @@ class Reconciler:
         self._backoff = backoff
         self._timeout = timeout
         self._build: Build | None = None
+        self._source: DesiredSource | None = None
+        self._dirty: set[ServiceKey] = set()  # services whose desired state may have changed
+        self._all_dirty = False  # the whole desired table may have changed (set_desired)
+        self._view: Table | None = None  # the kernel as we know it; None: read it (full pass)
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._owned: set[ServiceKey] = set()
         self._owned_loaded = False
-        self._kernel: Table = {}
-        self._confirmed: Table | None = None  # owned part of the kernel as the last pass left it
         # status
         self._ok = True
         self._error: str | None = None
@@ -119,9 +135,20 @@ class Reconciler:
 
     # -- public API -------------------------------------------------------------------------
 
-    def set_desired(self, build: Build) -> None:
-        """Set how to compute the desired table (given the actual one) and wake the loop."""
-        self._build = build
+    def set_desired(self, build: Build | DesiredSource) -> None:
+        """Set the desired table (a ``DesiredSource``, or a function of the actual table) and
+        wake the loop: the next pass compares the whole desired table with the view."""
+        if callable(build):
+            self._build, self._source = build, None
+        else:
+            self._build, self._source = None, build
+        self._all_dirty = True
+        self._wake.set()
+
+    def mark_dirty(self, keys: Iterable[ServiceKey]) -> None:
+        """The desired state of these services may have changed (a health change): the next
+        pass compares only them with the view, and reads nothing from the kernel."""
+        self._dirty.update(keys)
         self._wake.set()
 
     async def start(self) -> None:
@@ -140,7 +167,8 @@ class Reconciler:
                 await task
 
     async def sync_now(self, reason: str = "manual") -> ReconcileResult:
-        """Run one pass now (tests, the API), regardless of the backoff."""
+        """Run one pass now (tests, the API), regardless of the backoff: a full pass, except for
+        reason ``change`` (what the loop runs on a wake: only what changed, against the view)."""
         self._load_owned()
         return await self._pass(reason)
 
@@ -165,8 +193,9 @@ class Reconciler:
 
     @property
     def kernel(self) -> Table:
-        """The kernel table as last read (after the last apply), foreign services included."""
-        return self._kernel
+        """The kernel table as we know it (the last read advanced by the acknowledged actions),
+        foreign services included; empty before the first pass and after an error."""
+        return self._view if self._view is not None else {}
 
     @property
     def owned(self) -> frozenset[ServiceKey]:
@@ -227,75 +256,117 @@ class Reconciler:
             return result
 
     async def _reconcile(self, reason: str, started: float) -> ReconcileResult:
+        full = reason != "change" or self._view is None
+        scope: Collection[ServiceKey] | None = None  # None: every service
+        if full:
+            actual = await self._dp.snapshot(set(self._owned))
+            drift = self._drift(actual)
+            label = "full"
+        else:
+            assert self._view is not None
+            actual, drift = self._view, []
+            if not self._all_dirty:
+                scope = set(self._dirty)
+            label = "table" if scope is None else "services"
+        self._dirty.clear()  # taken: on an error the view is dropped and a full pass follows
+        self._all_dirty = False
         owned = set(self._owned)
-        actual = await self._dp.snapshot(owned)
         if self._dp.whole_table:
-            owned |= set(actual)  # a plane that owns its whole table (nftables) holds only ours
-        drift = self._drift(actual, owned)
-        if self._build is None:  # nothing desired yet: only observe
-            self._kernel = actual
+            owned |= set(actual) if scope is None else {k for k in scope if k in actual}
+        if self._build is None and self._source is None:  # nothing desired yet: only observe
+            self._view = actual
             return ReconcileResult(True, reason, drift=drift, duration=self._since(started))
-        desired = self._build(copy_table(actual))
+        if self._source is not None:
+            desired = await build_sliced(self._source, actual, scope)
+        else:
+            assert self._build is not None
+            whole = self._build(copy_table(actual))
+            desired = whole if scope is None else {k: whole[k] for k in scope if k in whole}
         in_place = self._dp.forwarding_in_place
-        actions = diff(desired, actual, owned, forwarding_in_place=in_place)
+        actions = await diff_sliced(
+            desired, actual, owned, forwarding_in_place=in_place, scope=scope
+        )
         if drift:
             log.warning("dataplane.drift", reason=reason, differences=drift[:20], count=len(drift))
-        confirmed = actual
-        texts = [str(a) for a in actions]
+        texts = [str(a) for a in actions[:200]]
+        now_owned = set(desired) if scope is None else (owned - set(scope)) | set(desired)
+        parts = batches(actions)
         if actions:
-            claim = owned | set(desired)
+            claim = owned | now_owned
             if claim != owned:  # remember new services BEFORE creating them (crash safety)
                 self._save_owned(claim)
-            await self._dp.apply(desired, actions)
-            confirmed = await self._dp.snapshot(claim)
-            left = diff(desired, confirmed, claim, forwarding_in_place=in_place)
-            if left:
-                raise DataplaneError(
-                    "kernel differs after apply: " + "; ".join(str(a) for a in left[:3])
-                )
-            duration = self._since(started)
-            ops: dict[str, int] = {}
-            for a in actions:
-                ops[a.op] = ops.get(a.op, 0) + 1
-            self._applies += 1
-            self._last_apply_at = self._clock()
-            self._last_actions = texts
-            if drift:
-                self._drift_repairs += 1
-            if self._metrics is not None:
-                self._metrics.applies.labels(result="ok").inc()
-                self._metrics.apply_latency.observe(duration)
-                for op, n in ops.items():
-                    self._metrics.actions.labels(op=op).inc(n)
-                if drift:
-                    self._metrics.drift_repairs.inc()
-            log.info(
-                "dataplane.apply",
-                reason=reason,
-                kind=self._dp.kind,
-                actions=len(actions),
-                ops=ops,
-                duration=round(duration, 6),
-                changes=texts[:20],
-            )
-        if set(desired) != owned:
-            self._save_owned(set(desired))
-        self._owned = set(desired)
-        self._kernel = confirmed
-        self._confirmed = {k: v for k, v in confirmed.items() if k in self._owned}
+            self._view = None  # until every batch is acknowledged
+            for n, part in enumerate(parts):
+                if n:
+                    await asyncio.sleep(0)  # the heartbeat and the checks run between batches
+                touched = {a.service for a in part}
+                await self._dp.apply({k: v for k, v in desired.items() if k in touched}, part)
+                apply_in_place(actual, part)  # acknowledged: the view follows
+            self._record_apply(reason, actions, texts, drift, started, label, len(parts))
+        if now_owned != owned or (scope is None and now_owned != self._owned):
+            self._save_owned(now_owned)
+        self._owned = now_owned
+        self._view = actual
         if self._metrics is not None:
-            services, dests = table_size(self._confirmed)
-            self._metrics.table_services.set(services)
-            self._metrics.table_dests.set(dests)
-        return ReconcileResult(True, reason, texts, drift, duration=self._since(started))
+            self._metrics.table_services.set(len(self._owned))
+            self._metrics.table_dests.set(
+                sum(len(actual[k].dests) for k in self._owned if k in actual)
+            )
+        return ReconcileResult(
+            True,
+            reason,
+            texts,
+            drift,
+            duration=self._since(started),
+            scope=label,
+            batches=len(parts) if actions else 0,
+        )
+
+    def _record_apply(
+        self,
+        reason: str,
+        actions: list[Action],
+        texts: list[str],
+        drift: list[str],
+        started: float,
+        scope: str,
+        parts: int,
+    ) -> None:
+        duration = self._since(started)
+        ops: dict[str, int] = {}
+        for a in actions:
+            ops[a.op] = ops.get(a.op, 0) + 1
+        self._applies += 1
+        self._last_apply_at = self._clock()
+        self._last_actions = texts
+        if drift:
+            self._drift_repairs += 1
+        if self._metrics is not None:
+            self._metrics.applies.labels(result="ok").inc()
+            self._metrics.apply_latency.observe(duration)
+            for op, n in ops.items():
+                self._metrics.actions.labels(op=op).inc(n)
+            if drift:
+                self._metrics.drift_repairs.inc()
+        log.info(
+            "dataplane.apply",
+            reason=reason,
+            kind=self._dp.kind,
+            scope=scope,
+            actions=len(actions),
+            batches=parts,
+            ops=ops,
+            duration=round(duration, 6),
+            changes=texts[:20],
+        )
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _drift(self, actual: Table, owned: set[ServiceKey]) -> list[str]:
-        """How the kernel differs from how the last successful pass left it (owned part)."""
-        if self._confirmed is None:
+    def _drift(self, actual: Table) -> list[str]:
+        """How the kernel differs from our view of it (owned part; none without a view)."""
+        if self._view is None:
             return []
-        return describe(self._confirmed, actual, set(self._confirmed) | owned)
+        return describe(self._view, actual, self._owned)
 
     def _failed(self, reason: str, e: Exception, started: float) -> ReconcileResult:
         text = f"{type(e).__name__}: {e}" if not isinstance(e, DataplaneError) else str(e)
@@ -306,7 +377,7 @@ class Reconciler:
         delay = min(hi, lo * 2 ** (self._errors - 1))
         self._retry_at = self._clock() + delay
         self._ok, self._error = False, text
-        self._confirmed = None  # a partial apply may have changed the kernel: no drift verdict
+        self._view = None  # a partial apply may have changed the kernel: read it next time
         if self._metrics is not None:
             self._metrics.apply_errors.inc()
             self._metrics.applies.labels(result="error").inc()

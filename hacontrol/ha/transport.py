@@ -51,6 +51,8 @@ log = logs.get("hacontrol.ha.transport")
 DROP_REASONS = ("foreign", *DECODE_REASONS, "self", "replayed", "unconfirmed")
 EPOCH_FILE = "ha-epoch"
 _TOS_NETWORK_CONTROL = 0xC0  # DSCP CS6, as routing protocols and VRRP use
+RCVBUF = 4 << 20  # bytes: a junk burst must not leave the real heartbeats without room
+SO_RCVBUFFORCE = 33  # linux, not in the socket module
 
 
 def next_epoch(state_dir: str | os.PathLike[str], wall_ms: int | None = None) -> int:
@@ -183,6 +185,9 @@ class HaTransport(asyncio.DatagramProtocol):
                 sock.setsockopt(socket.IPPROTO_IP, socket.IP_TOS, _TOS_NETWORK_CONTROL)
             else:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_TCLASS, _TOS_NETWORK_CONTROL)
+        with contextlib.suppress(OSError):  # room for a burst (FORCE: root may pass rmem_max)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+            sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
         sock.setblocking(False)
         await loop.create_datagram_endpoint(lambda: self, sock=sock)
 

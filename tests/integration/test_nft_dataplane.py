@@ -24,6 +24,7 @@ import pytest
 from hacontrol.dataplane.base import DataplaneError
 from hacontrol.dataplane.memory import MemoryDataplane
 from hacontrol.dataplane.nft import MAX_SLOTS, NftDataplane, slots_for, smooth_slots
+from hacontrol.dataplane.nft_render import chain_name
 from hacontrol.dataplane.reconciler import Reconciler
 from hacontrol.dataplane.table import (
     DestKey,
@@ -191,7 +192,7 @@ async def test_roundtrip_drift_and_repair(lab: Lab) -> None:
         ServiceKey("udp", VIP4, 53): svc("rr", RS4[:1], [1]),
     }
     try:
-        await plane.apply(table, [])
+        await plane.replace(table)
         assert await plane.snapshot(set()) == table
         lab.director.run("nft", "delete", "table", "inet", "hacontrol")  # by hand
         assert await plane.snapshot(set()) == {}
@@ -206,18 +207,20 @@ async def test_roundtrip_drift_and_repair(lab: Lab) -> None:
         assert res.ok and len(res.drift) == 4 and rec.status().drift_repairs == 1
         assert res.drift[0] == "tcp/198.51.100.10:80 missing"
         assert await plane.snapshot(set()) == table
-        # one rule deleted by hand: the service reads back altered and is repaired
-        handle = _handle(lab.director, "dnat_out", VIP4)
-        lab.director.run("nft", "delete", "rule", "inet", "hacontrol", "dnat_out", "handle", handle)
+        # one rule deleted by hand: the service reads back altered (its scheduler was in the
+        # rule's comment: unknown now) and is repaired
+        chain = chain_name(HTTP)
+        handle = _handle(lab.director, chain, VIP4)
+        lab.director.run("nft", "delete", "rule", "inet", "hacontrol", chain, "handle", handle)
         res = await rec.sync_now("resync")
         assert res.ok and rec.status().drift_repairs == 2
         assert res.drift == [
-            "tcp/198.51.100.10:80 scheduler=altered:wrr persistence=0 (want wrr/0)"
+            "tcp/198.51.100.10:80 scheduler=altered:unknown persistence=0 (want wrr/0)"
         ]
         assert await plane.snapshot(set()) == table
         # the foreign table was never touched
         assert "table inet foreign" in lab.director.run("nft", "list", "tables").stdout
-        await plane.apply({}, [])
+        await plane.replace({})
         assert "hacontrol" not in lab.director.run("nft", "list", "tables").stdout
     finally:
         lab.director.run("nft", "delete", "table", "inet", "foreign", check=False)
@@ -235,9 +238,9 @@ async def test_refuses_what_needs_ipvs(lab: Lab) -> None:
     plane = lab.plane()
     bad_fwd = {HTTP: TableService(ServiceSpec(), {DestKey(RS4[0], PORT): DestSpec(1, "dr")})}
     with pytest.raises(DataplaneError, match=r"service tcp/198\.51\.100\.10:80: .* dr"):
-        await plane.apply(bad_fwd, [])
+        await plane.replace(bad_fwd)
     with pytest.raises(DataplaneError, match=r"service tcp/198\.51\.100\.10:80: persistence"):
-        await plane.apply({HTTP: TableService(ServiceSpec("wrr", 30), {})}, [])
+        await plane.replace({HTTP: TableService(ServiceSpec("wrr", 30), {})})
     assert await plane.snapshot(set()) == {}  # nothing applied
 
 
@@ -247,7 +250,7 @@ async def test_traffic_rr_wrr_removal_ipv6_and_empty(lab: Lab) -> None:
     names = ["rs1", "rs2", "rs3"]
     try:
         # rr: exactly even, counted by the servers themselves
-        await plane.apply({HTTP: svc("rr", RS4, [5, 1, 1]), EMPTY: svc("rr", [], [])}, [])
+        await plane.replace({HTTP: svc("rr", RS4, [5, 1, 1]), EMPTY: svc("rr", [], [])})
         before = lab.counts_of(names)
         got = lab.requests(lab.client, VIP4, 30)
         assert sorted(set(got)) == names
@@ -260,13 +263,13 @@ async def test_traffic_rr_wrr_removal_ipv6_and_empty(lab: Lab) -> None:
         assert lab.count("director") == 0
 
         # wrr 3:1:0 -> weight 0 gets no new flows
-        await plane.apply({HTTP: svc("wrr", RS4, [3, 1, 0])}, [])
+        await plane.replace({HTTP: svc("wrr", RS4, [3, 1, 0])})
         before = lab.counts_of(names)
         lab.requests(lab.client, VIP4, 40)
         assert delta(before, lab.counts_of(names)) == {"rs1": 30, "rs2": 10, "rs3": 0}
 
         # removed dest gets no new requests
-        await plane.apply({HTTP: svc("wrr", [RS4[0], RS4[2]], [1, 1])}, [])
+        await plane.replace({HTTP: svc("wrr", [RS4[0], RS4[2]], [1, 1])})
         before = lab.counts_of(names)
         lab.requests(lab.client, VIP4, 20)
         assert delta(before, lab.counts_of(names)) == {"rs1": 10, "rs2": 0, "rs3": 10}
@@ -276,12 +279,12 @@ async def test_traffic_rr_wrr_removal_ipv6_and_empty(lab: Lab) -> None:
 
         # IPv6 VIP, wrr 1:1:2
         names6 = ["rs1v6", "rs2v6", "rs3v6"]
-        await plane.apply({HTTP6: svc("wrr", RS6, [1, 1, 2])}, [])
+        await plane.replace({HTTP6: svc("wrr", RS6, [1, 1, 2])})
         before = lab.counts_of(names6)
         lab.requests(lab.client, VIP6, 40)
         assert delta(before, lab.counts_of(names6)) == {"rs1v6": 10, "rs2v6": 10, "rs3v6": 20}
         # sh: one client always lands on the same server
-        await plane.apply({HTTP6: svc("sh", RS6, [1, 1, 1])}, [])
+        await plane.replace({HTTP6: svc("sh", RS6, [1, 1, 1])})
         assert len(set(lab.requests(lab.client, VIP6, 10))) == 1
     finally:
         await plane.remove()
@@ -291,7 +294,7 @@ async def test_traffic_rr_wrr_removal_ipv6_and_empty(lab: Lab) -> None:
 async def test_real_servers_outbound_is_masqueraded(lab: Lab) -> None:
     plane = lab.plane()
     try:
-        await plane.apply({HTTP: svc("rr", RS4, [1, 1, 1])}, [])
+        await plane.replace({HTTP: svc("rr", RS4, [1, 1, 1])})
         peer = lab.client.popen(
             sys.executable, "-c", PEER, "198.51.100.2", "9000", stdout=subprocess.PIPE, text=True
         )
@@ -379,7 +382,7 @@ def test_render_parse_roundtrip_and_altered_rules() -> None:
     # a hand-edited dnat rule: that service reads back altered, the others do not
     for obj in listing["nftables"]:  # type: ignore[attr-defined]
         rule = obj.get("rule")
-        if rule and rule["chain"] == "dnat_out" and VIP4 in rule["comment"]:
+        if rule and rule["chain"] == chain_name(HTTP):
             rule["expr"][-1]["dnat"]["addr"]["map"]["data"]["set"].pop()
     got = plane.parse(listing)
     assert got[HTTP].spec.scheduler == "altered:wrr" and got[HTTP6] == table[HTTP6]

@@ -107,7 +107,7 @@ async def test_snat_wins_over_the_nft_planes_masquerade(topo: Topo, snat: SnatTa
     await plane.open()
     key = ServiceKey("tcp", VIP, 80)
     service = TableService(ServiceSpec("rr"), {DestKey(RS, 8080): DestSpec(1, "nat")})
-    await plane.apply({key: service}, [])
+    await plane.replace({key: service})
     try:
         # the plane masquerades the real server's own traffic: the outside sees the director
         assert topo.source_seen() == DIR_OUT

@@ -75,8 +75,13 @@ def test_least_privilege_settings() -> None:
     assert s["NoNewPrivileges"] == ["yes"]
     # The API socket's directory: the group's members (operators) reach /run/hacontrol/api.sock.
     assert s["RuntimeDirectory"] == ["hacontrol"] and s["RuntimeDirectoryMode"] == ["0750"]
-    # systemctl reload waits for the daemon's verdict (`hacontrol reload` exits 1 on a refusal).
-    assert s["ExecReload"] == ["/usr/bin/hacontrol reload -c /etc/hacontrol/hacontrol.yaml"]
+    # systemctl reload waits for the daemon's verdict (`hacontrol reload` exits 1 on a refusal);
+    # the address and token are given, never read from the file being judged
+    # (test_reload_cli.py runs this very command against a daemon).
+    assert s["ExecReload"] == [
+        "/usr/bin/hacontrol reload --api unix:/run/hacontrol/api.sock"
+        " --token-file /etc/hacontrol/api.token --timeout 45"
+    ]
     assert s["Type"] == ["notify"] and s["WatchdogSec"] == ["10s"]
 
 

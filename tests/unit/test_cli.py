@@ -192,8 +192,9 @@ async def test_status_table_and_json(daemon: tuple[Daemon, Path, str]) -> None:
     assert rc == 0, err
     assert "node clitest  role standalone" in out
     assert re.search(r"web\s+tcp/192\.0\.2\.10:80\s+wrr/nat\s+up 1/2", out), out
-    assert re.search(r"127\.0\.0\.1:\d+\s+up\s+3\s+3\s+connected", out), out
-    assert re.search(r"127\.0\.0\.1:9\s+(down|unknown)\s+1\s+-", out), out
+    # memory plane: no connection counters ("-"); a down server shows for how long
+    assert re.search(r"127\.0\.0\.1:\d+\s+up\s+3\s+3\s+-\s+connected", out), out
+    assert re.search(r"127\.0\.0\.1:9\s+(down \d+s|unknown)\s+1\s+-\s+-", out), out
     rc, out, _ = await arun(["status", "--api", sock, "--json", "--service", "dns"])
     doc: dict[str, Any] = json.loads(out)
     assert rc == 0 and [s["name"] for s in doc["services"]] == ["dns"]
@@ -219,14 +220,44 @@ async def test_reload_refused_prints_errors(daemon: tuple[Daemon, Path, str]) ->
     d, path, _ = daemon
     good = path.read_text()
     path.write_text(good.replace("port: 80", "port: 0"))
+    # -c reads only the api section: the daemon judges the file and the CLI prints its verdict
     rc, _out, err = await arun(["reload", "-c", str(path)])
-    # -c parses the (now broken) file to find the API: that refusal is the CLI's own
-    assert rc == 1 and "services[0].port" in err
+    assert rc == 1 and "422" in err and "services[0].port" in err, err
     rc, _out, err = await arun(
         ["reload", "--api", d.config.api.listen, "--token-file", str(d.config.api.token_file)]
     )
     assert rc == 1 and "422" in err and "services[0].port" in err
     assert d.config.services[0].port == 80
+    # not even YAML: -c cannot find the address and says so; the options still reach the daemon
+    path.write_text(good + "\n  : [\n")
+    rc, _out, err = await arun(["reload", "-c", str(path)])
+    assert rc == 1 and "cannot find the API address" in err and "--api" in err, err
+    rc, _out, err = await arun(
+        ["reload", "--api", d.config.api.listen, "--token-file", str(d.config.api.token_file)]
+    )
+    assert rc == 1 and "422" in err, err
+    path.write_text(good)
+    rc, out, err = await arun(["reload", "-c", str(path)])
+    assert rc == 0 and out.startswith("ok: reloaded"), err
+
+
+async def test_status_reads_no_secret_file(daemon: tuple[Daemon, Path, str]) -> None:
+    """An operator may not read the HA key: ``status -c`` opens no secret file."""
+    _, path, _ = daemon
+    text = path.read_text()
+    key = path.parent / "ha.key"
+    key.write_text("00" * 32 + "\n")
+    key.chmod(0o600)
+    ha = (
+        "ha: {bind: 0.0.0.0:5405, peers: ['192.0.2.99:5405'], secret_file: KEY,"
+        " vips: [{address: 192.0.2.10/24, interface: eth0}]}\n"
+    ).replace("KEY", str(key))
+    path.write_text(text + ha)
+    key.write_text("short\n")  # as unusable as an unreadable one: check refuses it
+    rc, _, err = run(["check", "-c", str(path)])
+    assert rc == 1 and "ha.secret_file" in err and "1 error" in err, err
+    rc, out, err = await arun(["status", "-c", str(path)])
+    assert rc == 0 and "node clitest" in out, err
 
 
 # -- HA: drills and the status block (a fake runner inside a real daemon) ------------------------

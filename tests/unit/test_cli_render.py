@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from hacontrol.cli_render import render_drill, render_ha, render_status
+from hacontrol.cli_render import duration, render_drill, render_ha, render_status
 
 
 def status_doc(**over: Any) -> dict[str, Any]:
@@ -21,9 +21,12 @@ def status_doc(**over: Any) -> dict[str, Any]:
             "real_servers": [
                 {"address": "198.51.100.1", "port": 80, "health": "up", "weight": 1,
                  "kernel_weight": 1, "last_check": {"reason": "200", "age": 0.25,
-                                                    "latency_ms": 1.23}},
+                                                    "latency_ms": 1.23},
+                 "health_since_ago": 1000.0,
+                 "connections": {"active": 12, "inactive": 3, "persistent": 0}},
                 {"address": "2001:db8::2", "port": 8080, "health": "down", "weight": 1,
-                 "kernel_weight": None, "last_check": {"reason": "timeout", "age": 300.0}},
+                 "kernel_weight": None, "last_check": {"reason": "timeout", "age": 300.0},
+                 "health_since_ago": 192.5, "connections": None},
             ],
         }],
     }  # fmt: skip
@@ -38,11 +41,24 @@ def test_status_table() -> None:
     assert "last apply ok (0.5s ago)" in lines[2] and "drift repairs 1" in lines[2]
     assert lines[3] == ""
     assert lines[4] == "web  192.0.2.10:80  rr/nat  up 1/2  on_failure drop"
-    assert lines[5].split() == ["REAL", "SERVER", "HEALTH", "WEIGHT", "KERNEL", "LAST", "CHECK"]
-    assert lines[6].split() == ["198.51.100.1:80", "up", "1", "1", "200", "(0.2s", "ago,", "1.2",
-                                "ms)"]  # fmt: skip
-    assert lines[7].split() == ["[2001:db8::2]:8080", "down", "1", "-", "timeout", "(5m", "ago)"]
+    assert lines[5].split() == ["REAL", "SERVER", "HEALTH", "WEIGHT", "KERNEL", "CONNS", "A/I",
+                                "LAST", "CHECK"]  # fmt: skip
+    assert lines[6].split() == ["198.51.100.1:80", "up", "1", "1", "12/3", "200", "(0.2s", "ago,",
+                                "1.2", "ms)"]  # fmt: skip
+    # how long it has been down; connections unknown (a plane without counters)
+    assert lines[7].split() == ["[2001:db8::2]:8080", "down", "3m12s", "1", "-", "-", "timeout",
+                                "(5m", "ago)"]  # fmt: skip
     assert lines[5].index("HEALTH") == lines[6].index("up") == lines[7].index("down")  # aligned
+    assert lines[5].index("CONNS") == lines[6].index("12/3")
+
+
+@pytest.mark.parametrize(
+    ("seconds", "text"),
+    [(0, "0s"), (59.9, "59s"), (60, "1m00s"), (192.5, "3m12s"), (3599, "59m59s"),
+     (3600, "1h00m"), (7500, "2h05m"), (86400, "1d00h"), (273600, "3d04h")],
+)  # fmt: skip
+def test_duration(seconds: float, text: str) -> None:
+    assert duration(seconds) == text
 
 
 @pytest.mark.parametrize(

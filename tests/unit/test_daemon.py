@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jsonschema
 import pytest
 import yaml
 from structlog.testing import capture_logs
@@ -140,7 +141,6 @@ async def test_start_health_up_table_applied(
     assert [r["health"] for r in rss] == ["up", "up"]
     assert doc["dataplane"]["kind"] == "memory" and doc["dataplane"]["last_result"] == "ok"
     # the document matches the Status schema of the OpenAPI description
-    jsonschema = pytest.importorskip("jsonschema")
     spec = yaml.safe_load(openapi_text())
     schema = {"$ref": "#/components/schemas/Status", "components": spec["components"]}
     jsonschema.Draft202012Validator(schema).validate(d.status())
@@ -479,7 +479,6 @@ async def test_ha_runner_started_last_stopped_first_and_in_status(
         assert doc["role"] == "active"
         assert doc["ha"]["peer"]["name"] == "b"
         assert doc["ha"]["config"] == {"digest": d.config.digest, "peer_match": True}
-        jsonschema = pytest.importorskip("jsonschema")
         spec = yaml.safe_load(openapi_text())
         schema = {"$ref": "#/components/schemas/Status", "components": spec["components"]}
         jsonschema.Draft202012Validator(schema).validate(doc)
@@ -580,7 +579,6 @@ async def test_start_refuses_a_bad_ha_key(tmp_path: Path, backends: list[Backend
 
 
 def test_choose_loop_is_uvloop_for_every_plane(tmp_path: Path) -> None:
-    pytest.importorskip("uvloop")
     for kind in ("nftables", "memory"):
         text = config_text(tmp_path, [1], [1]).replace("kind: memory", f"kind: {kind}")
         path = tmp_path / f"{kind}.yaml"

@@ -26,7 +26,13 @@ from typing import Any
 
 import pytest
 
-from hacontrol.dataplane.nft_render import ALTERED, NftRenderer, read_port, read_proto
+from hacontrol.dataplane.nft_render import (
+    ALTERED,
+    NftRenderer,
+    chain_name,
+    read_port,
+    read_proto,
+)
 from hacontrol.dataplane.table import (
     DestKey,
     DestSpec,
@@ -112,7 +118,7 @@ def test_hand_edit_still_detected_in_numeric_form() -> None:
     doc = _golden("numeric")
     for item in doc["nftables"]:
         rule = item.get("rule")
-        if rule and rule["chain"] == "dnat_pre" and "198.51.100.10:80" in rule["comment"]:
+        if rule and rule["chain"] == chain_name(ServiceKey("tcp", "198.51.100.10", 80)):
             rule["expr"][1]["match"]["right"] = 81  # the port of the rule, edited by hand
     got = renderer.parse(doc)
     key = ServiceKey("tcp", "198.51.100.10", 80)

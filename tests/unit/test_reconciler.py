@@ -202,16 +202,28 @@ async def test_builder_exception_is_an_error_not_a_crash() -> None:
 
 
 @virtual
-async def test_plane_that_does_not_apply_is_caught_by_the_confirm_snapshot() -> None:
-    class Deaf(MemoryDataplane):
-        async def apply(self, desired: Table, actions: Sequence[Action]) -> None:
-            self.apply_calls += 1
+async def test_plane_that_does_not_apply_is_caught_by_the_next_full_pass() -> None:
+    """The kernel's acknowledgement is the confirmation (no read after an apply); a plane that
+    acknowledged without applying shows up at the next full pass as drift, and is repaired."""
 
-    rec = Reconciler(Deaf())
+    class Deaf(MemoryDataplane):
+        deaf = True
+
+        async def apply(self, desired: Table, actions: Sequence[Action]) -> None:
+            if self.deaf:
+                self.apply_calls += 1
+                return
+            await super().apply(desired, actions)
+
+    dp = Deaf()
+    rec = Reconciler(dp)
     rec.set_desired(const(WANT))
     res = await rec.sync_now()
-    assert not res.ok and res.error is not None
-    assert res.error.startswith("kernel differs after apply: add_service tcp/198.51.100.10:80")
+    assert res.ok and dp.snapshot_calls == 1 and rec.kernel == WANT and dp.table == {}
+    dp.deaf = False
+    res = await rec.sync_now("resync")
+    assert res.drift == ["tcp/198.51.100.10:80 missing"] and len(res.actions) == 3
+    assert dp.table == WANT
 
 
 @virtual

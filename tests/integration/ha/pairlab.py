@@ -10,6 +10,10 @@ in each namespace (``ip -j addr``), the client's neighbour entry for the VIP (py
 client namespace) and the MAC of each director, through tests/integration/ha/nsprobe. Every
 wait polls a condition with a deadline.
 
+A daemon may run as an unprivileged user holding only some capabilities (``start(name,
+run_as=RunAs(uid, gid))``: setpriv(1) with ambient capabilities, which the ``nft`` it runs
+inherits); the files it reads and the work directory must then be that user's.
+
 Heartbeats go to both of the peer's addresses (two paths: inside and public). A heartbeat
 partition is an nftables table ``hctest`` in one director namespace dropping UDP port 5405 both
 ways; losing the gateway is the same table dropping ICMP to and from it.
@@ -71,6 +75,25 @@ class Spec:
     @property
     def dead(self) -> float:
         return self.interval * self.dead_after
+
+
+@dataclass(frozen=True)
+class RunAs:
+    """Run a daemon as ``uid``/``gid`` (and that user's groups) holding only ``caps``: they are
+    made ambient, so they survive the exec of python and of the ``nft`` it runs, and the bounding
+    set holds nothing else."""
+
+    uid: int
+    gid: int
+    caps: tuple[str, ...] = ("net_admin", "net_raw")
+    wrapper: tuple[str, ...] = ()  # run after setpriv, execs the daemon (e.g. a seccomp filter)
+
+    def argv(self) -> list[str]:
+        plus = ",".join(f"+{c}" for c in self.caps)
+        some = f"-all,{plus}" if plus else "-all"
+        return ["setpriv", f"--reuid={self.uid}", f"--regid={self.gid}", "--init-groups",
+                f"--inh-caps={some}", f"--ambient-caps={some}", f"--bounding-set={some}",
+                *self.wrapper]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -184,12 +207,18 @@ class HaPair:
 
     # -- processes -------------------------------------------------------------------------
 
-    def start(self, name: str) -> subprocess.Popen[Any]:
+    def start(
+        self, name: str, run_as: RunAs | None = None, env: dict[str, str] | None = None
+    ) -> subprocess.Popen[Any]:
+        """Start ``name``'s daemon (as ``run_as`` when given; ``env``: extra variables)."""
         path = self.config_path(name)
         path.write_text(yaml.safe_dump(self.config(name), sort_keys=False))
+        prefix = run_as.argv() if run_as is not None else []
+        full_env = {**os.environ, **env} if env else None
         with open(self.log_path(name), "a") as log:
-            p = self.lab[name].popen(sys.executable, "-m", "hacontrol", "run", "-c", str(path),
-                                     stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+            p = self.lab[name].popen(*prefix, sys.executable, "-m", "hacontrol", "run", "-c",
+                                     str(path), stdout=log, stderr=subprocess.STDOUT,
+                                     env=full_env)  # fmt: skip
         self.daemons[name] = p
         return p
 
