@@ -207,3 +207,13 @@ async def run_drill(
     if seconds is None or not dead < seconds <= 600:
         raise ValueError(f"seconds must exceed the dead interval ({dead:g}s) and be <= 600")
     return await ha.drill_fault(seconds)
+
+
+def ha_start_error(cfg: Config, exc: OSError | ValueError) -> str:
+    """Why the HA member could not start, named by the setting it failed on: the own protocol's
+    ``ha.bind`` or VRRP's ``ha.vrrp.interface`` (whose own message already names it)."""
+    detail = getattr(exc, "strerror", None) or str(exc)
+    ha = cfg.ha
+    if ha is not None and ha.protocol == "vrrp3":
+        return detail if detail.startswith("ha.vrrp") else f"ha.vrrp: {detail}"
+    return f"ha.bind {ha.bind if ha is not None else '-'}: {detail}"

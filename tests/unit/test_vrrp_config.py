@@ -122,3 +122,18 @@ def test_family_needs_a_vip_to_advertise() -> None:
         "x.yaml:5: ha.vrrp: no IPv6 VIP in ha.vips to advertise (the instance's family is "
         "that of its peers or source)"
     ]
+
+
+def test_a_start_error_names_the_setting_of_the_protocol_in_use() -> None:
+    from hacontrol.daemon_ha import ha_start_error
+
+    vrrp = _load(HEAD + "  vrrp: {vrid: 51, interface: eth1}\n")
+    own = _load(
+        "node: {name: d1}\nha: {bind: 192.0.2.11:5405, peers: [192.0.2.12:5405], "
+        "secret_file: /k, vips: [{address: 198.51.100.10/24, interface: eth0}]}\n"
+    )
+    missing = ValueError("ha.vrrp.interface eth1: no such interface")
+    assert ha_start_error(vrrp, missing) == "ha.vrrp.interface eth1: no such interface"
+    busy = OSError(98, "Address already in use")
+    assert ha_start_error(vrrp, busy) == "ha.vrrp: Address already in use"
+    assert ha_start_error(own, busy) == "ha.bind 192.0.2.11:5405: Address already in use"
