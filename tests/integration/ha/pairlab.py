@@ -318,6 +318,13 @@ class HaPair:
                     total += s.value
         return total
 
+    def guard_dropped(self, name: str) -> int:
+        """Packets the heartbeat guard's nft counter (hacontrol.ha.guard) shed in ``name``'s
+        namespace: foreign sources, wrong magic, over the per-path rate."""
+        r = self.lab[name].run("nft", "-j", "list", "counter", "inet", "hacontrol_hb", "junk")
+        items = json.loads(r.stdout)["nftables"]
+        return int(next(i["counter"]["packets"] for i in items if "counter" in i))
+
     def wait_role(self, name: str, role: str, timeout: float = 20.0) -> dict[str, Any]:
         def ready() -> dict[str, Any] | None:
             doc = self.status(name)

@@ -24,7 +24,7 @@ from hashlib import sha256
 import nsprobe
 import pytest
 from nsprobe import wait_for
-from pairlab import ADDRS, HB_PORT, PUB, A, B, HaPair, MakePair
+from pairlab import ADDRS, HB_PORT, PUB, A, B, MakePair
 
 from hacontrol.ha import packet as pk
 from hacontrol.lab import traffic
@@ -32,13 +32,6 @@ from hacontrol.lab import traffic
 pytestmark = pytest.mark.root
 
 REJECTED = "hacontrol_ha_heartbeats_rejected_total"
-
-
-def guard_dropped(pair: HaPair, name: str) -> int:
-    """Packets the heartbeat guard's nft counter shed in ``name``'s namespace."""
-    r = pair.lab[name].run("nft", "-j", "list", "counter", "inet", "hacontrol_hb", "junk")
-    items = json.loads(r.stdout)["nftables"]
-    return int(next(i["counter"]["packets"] for i in items if "counter" in i))
 
 
 def answers_since(load: traffic.Load, since: float) -> int:
@@ -118,7 +111,7 @@ def test_bad_heartbeats_are_dropped_and_counted(make_pair: MakePair) -> None:
     wait_for(lambda: pair.ha(A)["heartbeats"]["received"], 10, "a receiving heartbeats")
     reasons = list(bad)
     before = {reason: pair.metric(A, REJECTED, reason=reason) for reason in reasons}
-    shed = guard_dropped(pair, A)
+    shed = pair.guard_dropped(A)
     roles = {name: pair.transitions(name) for name in (A, B)}
 
     packets = [p for p in bad.values() for _ in range(n)]
@@ -128,7 +121,7 @@ def test_bad_heartbeats_are_dropped_and_counted(make_pair: MakePair) -> None:
 
     def counted() -> bool:
         ok = all(pair.metric(A, REJECTED, reason=r) == before[r] + n for r in reasons)
-        return ok and guard_dropped(pair, A) == shed + n
+        return ok and pair.guard_dropped(A) == shed + n
 
     wait_for(
         counted,
