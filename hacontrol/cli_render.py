@@ -56,6 +56,9 @@ def render_ha(ha: dict[str, Any]) -> list[str]:
         + ("  BLOCKED" if ha.get("blocked") else "")
         + ("  handing over" if ha.get("handing_over") else ""),
     ]
+    if ha.get("protocol") == "vrrp3":  # paired with keepalived: say what this mode cannot do
+        missing = ", ".join(ha.get("unavailable") or []) or "-"
+        lines.append(f"   protocol VRRPv3 (keepalived-compatible); unavailable: {missing}")
     for f in ha.get("faults") or []:
         lines.append(
             f"   fault {f['name']}: {f['reason']}" + (" (blocking)" if f["blocking"] else "")

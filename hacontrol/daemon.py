@@ -37,6 +37,7 @@ from hacontrol.daemon_ha import (
     DrillUnavailable,
     apply_ha_live,
     build_ha,
+    ha_start_error,
     run_drill,
     start_sync,
     stop_ha,
@@ -201,8 +202,7 @@ class Daemon:
                 await self.ha.start()
             except (OSError, ValueError) as exc:
                 await self._teardown(keep=True)
-                detail = getattr(exc, "strerror", None) or str(exc)
-                raise StartError(f"ha.bind {cfg.ha.bind if cfg.ha else '-'}: {detail}") from None
+                raise StartError(ha_start_error(cfg, exc)) from None
         self._running = True
         self.reloads.open()  # a SIGHUP that came during start reloads now
         n_rs = sum(len(s.real_servers) for s in cfg.services)

@@ -1,7 +1,9 @@
 """The daemon's HA seam: what ``hacontrol.daemon.Daemon`` does with its HA pair member.
 
 With an ``ha:`` section the daemon runs one ``hacontrol.ha.runner.HaRunner`` over a ``VipGroup``,
-a ``LocalTracker`` and a ``CommandNotifier``. This module builds it from the config
+a ``LocalTracker`` and a ``CommandNotifier`` (with ``ha.protocol: vrrp3`` a
+``hacontrol.ha.vrrp_runner.VrrpRunner`` over the same three instead: VRRPv3, to pair with
+keepalived). This module builds it from the config
 (``build_ha``; none in a dry run), stops it (``stop_ha``: hand over, release the VIPs, close the
 VIP group), hands it what a reload may change live (``apply_ha_live``, through the runner's
 ``reconfigure``: notify command, config digest, hand-off services; never the VIPs), adds the
@@ -35,6 +37,7 @@ from hacontrol.ha.runner import DrillError, HaRunner, HealthSummary
 from hacontrol.ha.track import LocalTracker
 from hacontrol.ha.transport import load_key
 from hacontrol.ha.vip import VipGroup
+from hacontrol.ha.vrrp_runner import VrrpRunner
 from hacontrol.metrics import Metrics
 from hacontrol.model import Config
 from hacontrol.process import HaComponent, StartError
@@ -76,6 +79,14 @@ def build_ha(
     if dry_run:
         log.warning("ha.disabled", reason="dry run: no heartbeats, no VIPs; role standalone")
         return None, None
+    if ha.protocol == "vrrp3":
+        vips = VipGroup.from_config(ha, metrics, clock=clock)
+        vrrp = VrrpRunner(ha, cfg.node_name, clock=clock, metrics=metrics, vips=follow_vips(vips),
+                          notifier=CommandNotifier.from_config(ha, cfg.node_name),
+                          tracker=LocalTracker.from_config(ha))  # fmt: skip
+        return vrrp, vips
+    if ha.secret_file is None:  # the loader requires it with the own protocol
+        raise StartError("ha.secret_file is required by the own protocol")
     try:
         key = load_key(ha.secret_file)
     except ValueError as exc:
@@ -101,7 +112,7 @@ def build_ha(
         handoff=handoff,
     )
     # the kernel sheds heartbeat-port junk from non-peers (hacontrol.ha.guard)
-    guard = HeartbeatGuard(f"{cfg.dataplane.nft_table}_hb", ha.bind, list(ha.peers))
+    guard = HeartbeatGuard(f"{cfg.dataplane.nft_table}_hb", runner.bind, list(ha.peers))
     return GuardedHa(runner, guard, cfg.dataplane.resync_interval), vips
 
 
@@ -196,3 +207,13 @@ async def run_drill(
     if seconds is None or not dead < seconds <= 600:
         raise ValueError(f"seconds must exceed the dead interval ({dead:g}s) and be <= 600")
     return await ha.drill_fault(seconds)
+
+
+def ha_start_error(cfg: Config, exc: OSError | ValueError) -> str:
+    """Why the HA member could not start, named by the setting it failed on: the own protocol's
+    ``ha.bind`` or VRRP's ``ha.vrrp.interface`` (whose own message already names it)."""
+    detail = getattr(exc, "strerror", None) or str(exc)
+    ha = cfg.ha
+    if ha is not None and ha.protocol == "vrrp3":
+        return detail if detail.startswith("ha.vrrp") else f"ha.vrrp: {detail}"
+    return f"ha.bind {ha.bind if ha is not None else '-'}: {detail}"

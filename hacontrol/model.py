@@ -147,6 +147,26 @@ class SyncConfig:
     syncid: int = 0  # 0..255, the same on both directors
 
 
+@dataclass(frozen=True)
+class VrrpConfig:
+    """``ha.vrrp``: the VRRPv3 instance ``ha.protocol: vrrp3`` speaks (to pair with keepalived).
+
+    The instance's family is that of ``unicast_peers`` (else ``source``, else the first VIP);
+    the VIPs of that family are advertised, the others move with them unadvertised."""
+
+    vrid: int  # keepalived's virtual_router_id, 1..255
+    interface: str  # where advertisements go (keepalived's interface)
+    advert_cs: int = 100  # advertisement interval, centiseconds (keepalived's advert_int 1)
+    unicast_peers: tuple[IPAddress, ...] = ()  # empty: multicast 224.0.0.18 / ff02::12
+    source: IPAddress | None = None  # keepalived's unicast_src_ip; None: the interface's
+
+    @property
+    def version(self) -> int | None:
+        """4 or 6 when the peers or the source say; None: decided by the VIPs."""
+        first = self.unicast_peers[0] if self.unicast_peers else self.source
+        return None if first is None else first.version
+
+
 def dead_interval(interval: float, dead_after: int) -> float:
     """The one definition of the dead interval: a peer silent this long is dead."""
     return interval * dead_after
@@ -154,9 +174,10 @@ def dead_interval(interval: float, dead_after: int) -> float:
 
 @dataclass(frozen=True)
 class HAConfig:
-    bind: Endpoint
-    peers: tuple[Endpoint, ...]
-    secret_file: str
+    # the own protocol's peering; optional (checked, unused) with protocol vrrp3
+    bind: Endpoint | None = None
+    peers: tuple[Endpoint, ...] = ()
+    secret_file: str | None = None
     priority: int = 100
     preempt: bool = True
     preempt_delay: float = 10.0
@@ -171,6 +192,8 @@ class HAConfig:
     notify: tuple[str, ...] = ()
     notify_timeout: float = 5.0
     sync: SyncConfig | None = None  # IPVS plane only: connection sync daemons (ignored on nft)
+    protocol: str = "hacontrol"  # "hacontrol" (the own heartbeat) | "vrrp3" (pair with keepalived)
+    vrrp: VrrpConfig | None = None  # set iff protocol is vrrp3
 
     @property
     def dead_interval(self) -> float:

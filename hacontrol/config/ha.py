@@ -22,26 +22,36 @@ from hacontrol.model import (
     AnnounceConfig,
     Endpoint,
     HAConfig,
+    IPAddress,
     SyncConfig,
     TrackConfig,
     VipConfig,
+    VrrpConfig,
     dead_interval,
 )
 
 HA_KEYS = (
     "bind", "peers", "priority", "preempt", "preempt_delay", "interval", "dead_after",
     "secret_file", "vips", "announce", "lease", "track", "notify", "notify_timeout", "sync",
+    "protocol", "vrrp",
 )  # fmt: skip
+PROTOCOLS = ("hacontrol", "vrrp3")
+OWN_ONLY = ("interval", "dead_after")  # the own heartbeat's timers: refused with vrrp3
 _DEFAULTS = {f.name: f.default for f in fields(HAConfig) if f.default is not MISSING}
 
 
 def parse_ha(r: Reader, node: Node, *, check_files: bool) -> HAConfig | None:
     """Validate the ``ha:`` mapping; record issues in ``r`` and return None if any."""
     start = r.mark()
-    m = r.mapping(node, "ha", HA_KEYS, required=("bind", "peers", "secret_file"))
+    m = r.mapping(node, "ha", HA_KEYS)
     if m is None:
         return None
     kw: dict[str, Any] = {}
+    protocol = r.choice(m["protocol"], "ha.protocol", PROTOCOLS) if "protocol" in m else None
+    vrrp3 = protocol == "vrrp3"
+    if protocol is not None:
+        kw["protocol"] = protocol
+    _protocol_keys(r, node, m, vrrp3)
     bind = r.endpoint(m["bind"], "ha.bind", unspecified=True) if "bind" in m else None
     kw["bind"] = bind
     if "peers" in m:
@@ -71,14 +81,110 @@ def parse_ha(r: Reader, node: Node, *, check_files: bool) -> HAConfig | None:
         kw["lease"] = _lease(r, m["lease"])
     if "sync" in m and scalar(m["sync"])[0] != "null":
         kw["sync"] = _sync(r, m["sync"])
+    if vrrp3 and "vrrp" in m:
+        kw["vrrp"] = vrrp = parse_vrrp(r, m["vrrp"])
+        if vrrp is not None:
+            _vrrp_family(r, m["vrrp"], vrrp, kw.get("vips", ()))
     _check_lease(r, m, kw)
     if not r.clean_since(start):
         return None
     ha = HAConfig(**kw)
     if "lease" not in m and ha.lease is not None:
         # the model's 3s default is too short for a slow heartbeat (1s x 3 = 3s): derive it
-        ha = replace(ha, lease=max(ha.lease, 2 * ha.dead_interval))
+        slowest = ha.vrrp.advert_cs * 4 / 100 if ha.vrrp else ha.dead_interval
+        ha = replace(ha, lease=max(ha.lease, 2 * slowest))
     return ha
+
+
+def _protocol_keys(r: Reader, node: Node, m: dict[str, Node], vrrp3: bool) -> None:
+    """What each protocol requires and refuses. With vrrp3, ``bind``/``peers``/``secret_file``
+    may stay (checked, unused: ready for the switch back to the own protocol)."""
+    where = (r.key_line(node), 0)
+    if vrrp3:
+        if "vrrp" not in m:
+            r.error(where, "ha.vrrp", "missing (required with protocol vrrp3)")
+        for key in OWN_ONLY:
+            if key in m:
+                r.error(m[key], join("ha", key), "the own heartbeat's timer: with protocol "
+                        "vrrp3 the timers are ha.vrrp.advert_int's (VRRP's master down interval)")
+        return
+    for key in ("bind", "peers", "secret_file"):
+        if key not in m:
+            r.error(where, join("ha", key), "missing (required)")
+    if "vrrp" in m:
+        r.error(m["vrrp"], "ha.vrrp", "only with protocol: vrrp3 (ha.protocol is hacontrol)")
+
+
+def parse_vrrp(r: Reader, node: Node) -> VrrpConfig | None:
+    """``ha.vrrp: {vrid, interface, advert_int, unicast_peers, source}``."""
+    keys = ("vrid", "interface", "advert_int", "unicast_peers", "source")
+    m = r.mapping(node, "ha.vrrp", keys, required=("vrid", "interface"))
+    if m is None:
+        return None
+    start = r.mark()
+    kw: dict[str, Any] = {}
+    if "vrid" in m:
+        kw["vrid"] = r.integer(m["vrid"], "ha.vrrp.vrid", 1, 255)
+    if "interface" in m:
+        kw["interface"] = r.string(m["interface"], "ha.vrrp.interface", pattern=IFNAME_RE)
+    if "advert_int" in m:
+        kw["advert_cs"] = _advert(r, m["advert_int"])
+    if "source" in m:
+        kw["source"] = r.address(m["source"], "ha.vrrp.source")
+    if "unicast_peers" in m:
+        peers: list[IPAddress] = []
+        for i, item in enumerate(r.sequence(m["unicast_peers"], "ha.vrrp.unicast_peers") or []):
+            p = f"ha.vrrp.unicast_peers[{i}]"
+            a = r.address(item, p)
+            if a is None:
+                continue
+            if a in peers:
+                r.error(item, p, f"duplicate peer {a}")
+            elif peers and a.version != peers[0].version:
+                r.error(item, p, f"IPv{a.version} peer among IPv{peers[0].version} peers")
+            elif kw.get("source") is not None and a == kw["source"]:
+                r.error(item, p, f"is this node's own source address {a}")
+            else:
+                peers.append(a)
+        kw["unicast_peers"] = tuple(peers)
+        src = kw.get("source")
+        if peers and src is not None and src.version != peers[0].version:
+            r.error(m["source"], "ha.vrrp.source", f"IPv{src.version} source for IPv"
+                    f"{peers[0].version} unicast peers")  # fmt: skip
+    if not r.clean_since(start) or kw.get("vrid") is None or kw.get("interface") is None:
+        return None
+    return VrrpConfig(**kw)
+
+
+def _advert(r: Reader, node: Node) -> int | None:
+    """An integer is centiseconds (VRRPv3's unit), a string a duration in whole centiseconds."""
+    kind, value = scalar(node)
+    path = "ha.vrrp.advert_int"
+    if kind == "integer":
+        if not 5 <= value <= 4095:
+            hint = (" (an integer is centiseconds: keepalived's 'advert_int 1' is 100 or 1s)"
+                    if 0 < value < 5 else "")  # fmt: skip
+            r.error(node, path, f"must be 5..4095 centiseconds, got {value}{hint}")
+            return None
+        return int(value)
+    seconds = r.duration(node, path, 0.05, 40.95)
+    if seconds is None:
+        return None
+    cs = round(seconds * 100)
+    if abs(cs - seconds * 100) > 1e-6:
+        r.error(node, path, f"must be whole centiseconds (10ms steps), got {node.value}")
+        return None
+    return cs
+
+
+def _vrrp_family(r: Reader, node: Node, vrrp: VrrpConfig, vips: tuple[VipConfig, ...]) -> None:
+    """The instance must advertise at least one VIP of its family."""
+    version = vrrp.version or (vips[0].address.version if vips else None)
+    if version is None:
+        r.error(node, "ha.vrrp", "no VIP in ha.vips: a VRRP instance advertises its VIPs")
+    elif not any(v.address.version == version for v in vips):
+        r.error(node, "ha.vrrp", f"no IPv{version} VIP in ha.vips to advertise "
+                "(the instance's family is that of its peers or source)")  # fmt: skip
 
 
 def _check_lease(r: Reader, m: dict[str, Node], kw: dict[str, Any]) -> None:

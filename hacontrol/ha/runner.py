@@ -79,7 +79,10 @@ class HaRunner:
     ) -> None:
         """``sock``: an already bound heartbeat socket; ``attach``: connects the transport to
         another datagram endpoint instead of a UDP socket (in-memory links in tests)."""
+        if cfg.bind is None:  # the loader requires it with the own protocol (not with vrrp3)
+            raise ValueError("ha.bind is required by the own protocol (ha.protocol: hacontrol)")
         self.cfg, self.node, self.key, self.clock = cfg, node_name, key, clock
+        self.bind = cfg.bind
         self.metrics, self.vips, self.tracker = metrics, vips, tracker
         self.health_summary, self.state_dir = health_summary, state_dir
         self._sock, self._attach = sock, attach
@@ -192,7 +195,7 @@ class HaRunner:
         log.info("ha.start", epoch=self.epoch, vips_present=present, reason="listening first")
         self.feed(ft.Start(now, present))
         self.transport = HaTransport(
-            self.cfg.bind, self.cfg.peers, self.key, node=self.node, epoch=self.epoch,
+            self.bind, self.cfg.peers, self.key, node=self.node, epoch=self.epoch,
             metrics=self.metrics, clock=self.clock, on_message=self._on_message,
             on_learn=lambda: self._send_heartbeat(self.clock()),  # echo a new peer nonce now
         )  # fmt: skip

@@ -148,3 +148,11 @@ def test_ha_block_peer_never_heard_and_lease_off() -> None:
 )  # fmt: skip
 def test_drill_timeline(doc: dict[str, Any], want: list[str]) -> None:
     assert render_drill(doc).splitlines() == want
+
+
+def test_ha_block_in_vrrp_mode_names_what_is_unavailable() -> None:
+    doc = {"role": "backup", "protocol": "vrrp3", "unavailable": ["authentication", "drills"]}
+    lines = render_ha(doc)
+    want = "   protocol VRRPv3 (keepalived-compatible); unavailable: authentication, drills"
+    assert lines[2] == want
+    assert not any("VRRP" in line for line in render_ha({"role": "backup"}))
