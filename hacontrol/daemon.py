@@ -4,6 +4,8 @@ It owns the process lifecycle: start (open the data plane, start the reconciler,
 checker and the API), signals (SIGTERM/SIGINT stop cleanly, SIGHUP reloads) and stop (leave the
 kernel table in place when ``dataplane.keep_on_stop``, else remove the owned services). Health
 changes recompute the desired table. Logic lives in the parts it wires, not here.
+Which check target stands for which real servers, and their verdicts, belong to a
+``HealthTargets`` (hacontrol.daemon_targets).
 
 With an ``ha:`` section it also runs the HA pair member (built, stopped and reported by
 ``hacontrol.daemon_ha``) and starts it last: the kernel table is programmed on both directors,
@@ -42,15 +44,15 @@ from hacontrol.daemon_ha import (
 )
 from hacontrol.daemon_host import HostSide
 from hacontrol.daemon_status import PlaneCounters, daemon_status
+from hacontrol.daemon_targets import HealthTargets
 from hacontrol.dataplane.base import Dataplane, DataplaneError
-from hacontrol.dataplane.desired import ConfigDesired, service_key
 from hacontrol.dataplane.ipvs_sync import SyncDaemons
 from hacontrol.dataplane.owned import OwnedStore
 from hacontrol.dataplane.reconciler import Reconciler
 from hacontrol.dataplane.select import PlaneChoice, open_plane
 from hacontrol.ha.runner import DrillError
 from hacontrol.ha.vip import VipGroup
-from hacontrol.health.scheduler import CheckKey, HealthChecker, check_key
+from hacontrol.health.scheduler import CheckKey, HealthChecker
 from hacontrol.health.state import Health, TargetStatus
 from hacontrol.metrics import Metrics
 from hacontrol.model import Config, RealServer, ServiceConfig
@@ -89,6 +91,7 @@ class Daemon:
         self.metrics = Metrics()
         self.counters = PlaneCounters(self)  # connections and traffic, read when the API asks
         self.health = HealthChecker(clock, self._on_health_change, self.metrics, log_changes=False)
+        self.targets = HealthTargets(self.health)  # config <-> check targets, their verdicts
         self._dataplane_override = dataplane
         self.dataplane: Dataplane | None = None
         self.reconciler: Reconciler | None = None
@@ -100,9 +103,6 @@ class Daemon:
         self._sync: SyncDaemons | None = None  # IPVS connection sync daemons (ha.sync)
         self.host = HostSide(config, dry_run=dry_run)  # plane choice, sysctls, SNAT
         self.extra_routes: list[web.RouteDef] = []  # more routes (each described in openapi.yaml)
-        self._targets: dict[CheckKey, list[tuple[ServiceConfig, RealServer]]] = {}
-        self._last_state: dict[CheckKey, Health] = {}  # for the "from" of health.change
-        self._keys: dict[tuple[str, RealServer], CheckKey] = {}
         self._stop_event: asyncio.Event | None = None
         self._stop_reason = "stop requested"
         self.reloads = Reloader(self.running, self, self.metrics, parse)
@@ -116,39 +116,13 @@ class Daemon:
         """The config in use (owned by ``running``; a reload replaces it)."""
         return self.running.config
 
-    def _key(self, svc: ServiceConfig, rs: RealServer) -> CheckKey:
-        """check_key, memoised per (service name, real server) for the current config: the
-        desired builder and the status ask for every real server on every pass."""
-        key = self._keys.get((svc.name, rs))
-        if key is None or key.check is not svc.check:
-            key = check_key(svc, rs)
-        return key
-
-    def _health_of(self, svc: ServiceConfig, rs: RealServer) -> Health:
-        try:
-            return self.health.state(self._key(svc, rs))
-        except KeyError:  # not (or no longer) a target: never put it in the table
-            return Health.UNKNOWN
-
-    def _builder(self, config: Config) -> ConfigDesired:
-        """The desired table of ``config`` under the current verdicts, one service at a time."""
-        return ConfigDesired(config.services, self._health_of)
-
     def apply_config(self, config: Config) -> TargetCounts:
         """Point health and reconciler at ``config`` (start, reload); ValueError or TypeError
         when a check cannot run, and then nothing changed."""
-        targets: dict[CheckKey, list[tuple[ServiceConfig, RealServer]]] = {}
-        for pair in ((svc, rs) for svc in config.services for rs in svc.real_servers):
-            targets.setdefault(check_key(*pair), []).append(pair)
-        old = set(self._targets)
-        new = set(targets)
-        self.health.set_targets(list(targets))  # validates everything before changing anything
-        self._targets = targets
-        self._keys = {(svc.name, rs): k for k, users in targets.items() for svc, rs in users}
-        self._last_state = {k: self.health.state(k) for k in targets}
+        counts = self.targets.set_config(config)
         if self.reconciler is not None:
-            self.reconciler.set_desired(self._builder(config))
-        return TargetCounts(len(new - old), len(old - new), len(new & old))
+            self.reconciler.set_desired(self.targets.builder(config))
+        return counts
 
     async def apply_live(self, old: Config, new: Config, live_ha: list[str]) -> None:
         """After a reload: the HA pair member's live fields and digest, the logging section,
@@ -159,22 +133,9 @@ class Daemon:
             logs.configure(new.logging.level, new.logging.format)
 
     def _on_health_change(self, key: CheckKey, new: Health, st: TargetStatus) -> None:
-        old = self._last_state.get(key, Health.UNKNOWN)
-        self._last_state[key] = new
-        users = self._targets.get(key, [])
-        log.info(
-            "health.change",
-            services=sorted({svc.name for svc, _ in users}),
-            real_server=str(users[0][1].endpoint) if users else key.target,
-            target=key.target,
-            check=key.check.type,
-            **{"from": str(old), "to": str(new)},
-            reason=st.last_reason,
-            successes=st.successes,
-            failures=st.failures,
-        )
+        dirty = self.targets.changed(key, new, st)  # logs health.change
         if self.reconciler is not None:  # only the services of this real server are compared
-            self.reconciler.mark_dirty({service_key(svc) for svc, _ in users})
+            self.reconciler.mark_dirty(dirty)
 
     async def _open_dataplane(self) -> tuple[Dataplane, PlaneChoice]:
         if self._dataplane_override is not None:
@@ -253,7 +214,7 @@ class Daemon:
             digest=cfg.digest,
             services=len(cfg.services),
             real_servers=n_rs,
-            targets=len(self._targets),
+            targets=len(self.targets),
             dataplane=dp.kind,
             api=self.api.bound if self.api else None,
             dry_run=self.dry_run,
@@ -353,21 +314,14 @@ class Daemon:
         return self.dataplane.kind if self.dataplane is not None else "-"
 
     def target_status(self, svc: ServiceConfig, rs: RealServer) -> TargetStatus | None:
-        try:
-            return self.health.status(self._key(svc, rs))
-        except KeyError:
-            return None
+        return self.targets.status_of(svc, rs)
 
     def metrics_text(self) -> bytes:
         return self.metrics.render(self.status(), plane=self.dataplane_kind())
 
     def health_summary(self) -> list[tuple[str, int, int]]:
         """(service, real servers up, real servers) for every service: what HA advertises."""
-        out = []
-        for svc in self.config.services:
-            up = sum(1 for rs in svc.real_servers if self._health_of(svc, rs) is Health.UP)
-            out.append((svc.name, up, len(svc.real_servers)))
-        return out
+        return self.targets.summary(self.config)
 
     def role(self) -> str:
         return str(self.ha.role) if self.ha is not None else "standalone"

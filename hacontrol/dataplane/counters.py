@@ -23,7 +23,7 @@ from typing import Any, Protocol
 from hacontrol import logs
 from hacontrol.dataplane.base import Dataplane, DataplaneError, IpvsRequests
 from hacontrol.dataplane.desired import service_key
-from hacontrol.dataplane.ipvs import (
+from hacontrol.dataplane.ipvs_codec import (
     CMD,
     CMD_ATTR_DEST,
     DEST_ACTIVE_CONNS,

@@ -39,7 +39,7 @@ from typing import Any, Literal
 from hacontrol import logs
 from hacontrol.clock import Clock
 from hacontrol.dataplane.base import DataplaneError, IpvsRequests
-from hacontrol.dataplane.ipvs import NLA_F_NESTED, _nla
+from hacontrol.dataplane.ipvs_codec import NLA_F_NESTED, nla
 from hacontrol.model import SyncConfig
 
 __all__ = [
@@ -97,17 +97,17 @@ class SyncDaemon:
 def daemon_attrs(state: State, interface: str | None = None, syncid: int | None = None) -> bytes:
     """The nested IPVS_CMD_ATTR_DAEMON: the state, plus interface and syncid (NEW_DAEMON needs
     all three, DEL_DAEMON only the state). ValueError for an unusable interface or syncid."""
-    body = _nla(DAEMON_STATE, struct.pack("=I", STATE_CODE[state]))
+    body = nla(DAEMON_STATE, struct.pack("=I", STATE_CODE[state]))
     if interface is not None:
         raw = interface.encode()
         if not raw or len(raw) >= IP_VS_IFNAME_MAXLEN or b"\0" in raw:
             raise ValueError(f"sync interface name must be 1-15 bytes, got {interface!r}")
-        body += _nla(DAEMON_MCAST_IFN, raw + b"\0")
+        body += nla(DAEMON_MCAST_IFN, raw + b"\0")
     if syncid is not None:
         if not 0 <= syncid <= 255:
             raise ValueError(f"syncid must be 0..255, got {syncid}")
-        body += _nla(DAEMON_SYNC_ID, struct.pack("=I", syncid))
-    return _nla(CMD_ATTR_DAEMON | NLA_F_NESTED, body)
+        body += nla(DAEMON_SYNC_ID, struct.pack("=I", syncid))
+    return nla(CMD_ATTR_DAEMON | NLA_F_NESTED, body)
 
 
 def decode_daemon(a: dict[int, Any]) -> SyncDaemon | None:

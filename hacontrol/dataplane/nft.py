@@ -10,8 +10,9 @@ a hand-edited one (a service read back ``altered:``), or after a failed apply. O
 tables are never touched. An empty desired table deletes our table. ``commands`` counts the
 commands sent and ``rewrites`` the whole-table replacements (tests, the benchmark).
 
-Rendering and parsing (the table layout, the slot schedules, detecting hand edits) live in the
-pure ``hacontrol.dataplane.nft_render``; this module runs ``nft`` and is the ``Dataplane``.
+Rendering (the table layout, the slot schedules) lives in the pure
+``hacontrol.dataplane.nft_render``, reading back (detecting hand edits) in the pure
+``nft_readback``; this module runs ``nft`` and is the ``Dataplane``.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from hacontrol import logs
 from hacontrol.dataplane.base import DataplaneError
 from hacontrol.dataplane.diff import Action, apply_in_place
 from hacontrol.dataplane.nft_delta import AddrRefs, address_refs, delta
+from hacontrol.dataplane.nft_readback import ALTERED, parse_key
 from hacontrol.dataplane.nft_render import (
-    ALTERED,
     EXACT,
     FAMILY,
     MAX_SLOTS,
@@ -34,7 +35,6 @@ from hacontrol.dataplane.nft_render import (
     WEIGHT_MAPS,
     NftRenderer,
     check,
-    parse_key,
     slots_for,
     smooth_slots,
 )

@@ -17,7 +17,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from hacontrol.dataplane.nft_render import Json, NftRenderer, check, norm_elem
+from hacontrol.dataplane.nft_readback import norm_elem
+from hacontrol.dataplane.nft_render import Json, NftRenderer, check
 from hacontrol.dataplane.table import ServiceKey, Table, TableService
 
 

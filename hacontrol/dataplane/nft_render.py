@@ -1,7 +1,9 @@
-"""Pure rendering and reading back of hacontrol's nftables table (no I/O, no asyncio).
+"""Pure rendering of hacontrol's nftables table (no I/O, no asyncio).
 
 ``NftRenderer`` turns a desired ``Table`` into the nft JSON batch that replaces our table
-atomically, and parses ``nft -j list table`` back into a ``Table``, flagging hand-edited services.
+atomically; its ``parse`` reads ``nft -j list table`` back into a ``Table``, flagging hand-edited
+services, through ``hacontrol.dataplane.nft_readback`` (which owns the listing side: the service
+comment, canonical rules and elements, nft's printed forms).
 ``hacontrol.dataplane.nft.NftDataplane`` runs nft with what this renders.
 
 Layout of ``table inet <name>`` (made so that one service's change touches only that service's
@@ -29,35 +31,23 @@ objects: ``hacontrol.dataplane.nft_delta`` renders such a change as a few comman
 * maps ``weights4`` / ``weights6`` (``proto . vip . port . rs . rsport : weight``) and each service
   rule's comment hold the exact table, so ``snapshot()`` reads it back; the snapshot then re-renders
   what it read and compares it with the live rules and elements: a service whose rules or elements
-  were edited by hand comes back with scheduler ``altered:<scheduler>``, so the reconciler sees a
-  difference and the next apply repairs it (``nft flush ruleset`` or deleting the table reads back
-  as empty). dr/tunnel forwarding and persistence are refused (DataplaneError naming the service):
-  they need IPVS.
-
-Reading back never depends on /etc/protocols or /etc/services (a minimal Debian root or a container
-has neither): nft prints a protocol by name only when /etc/protocols names it, else by number, and
-a port by name only with ``-S``; ``read_proto`` and ``read_port`` take both forms, and the dataplane
-asks for numbers anyway (``nft -p``). A port printed by name is looked up in the services database
-nft itself read it from (the only lookup here; numbers need none).
+  were edited by hand comes back with scheduler ``altered:<scheduler>`` (``nft_readback``).
+  dr/tunnel forwarding and persistence are refused (DataplaneError naming the service): they
+  need IPVS.
 """
 
 from __future__ import annotations
 
-import contextlib
 import ipaddress
-import json
 import math
-import socket
 from functools import reduce
-from typing import Any, get_args
+from typing import Any
 
 from hacontrol.dataplane.base import DataplaneError
+from hacontrol.dataplane.nft_readback import read_table, service_comment
 from hacontrol.dataplane.table import (
-    PROTO_NAME,
-    PROTO_NUM,
     DestKey,
     DestSpec,
-    Proto,
     ServiceKey,
     ServiceSpec,
     Table,
@@ -67,7 +57,6 @@ from hacontrol.dataplane.table import (
 Json = dict[str, Any]
 FAMILY = "inet"
 MAX_SLOTS = 256
-ALTERED = "altered:"
 EXACT = {"rr", "wrr", "sh", "mh", "fo"}
 NAT_CHAINS = {  # name: (type, hook, priority)
     "dnat_pre": ("nat", "prerouting", -100),
@@ -78,7 +67,6 @@ NAT_CHAINS = {  # name: (type, hook, priority)
     "filter_out": ("filter", "output", 0),
 }
 WEIGHT_MAPS = {4: ("weights4", "ipv4_addr"), 6: ("weights6", "ipv6_addr")}
-PORT_FIELDS = ("sport", "dport")  # payload fields whose values nft may print by service name
 
 
 def _ipfam(family: int) -> str:
@@ -140,48 +128,6 @@ def _service_match(key: ServiceKey) -> list[Json]:
     ]
 
 
-def _comment(key: ServiceKey, spec: ServiceSpec) -> str:
-    return f"hc svc {key} {spec.scheduler}"
-
-
-def read_proto(value: Any) -> Proto:
-    """A service's protocol as nft prints it: a name (``"tcp"``, when /etc/protocols has it) or a
-    number (``6``: with ``-p`` or without /etc/protocols) -> ``"tcp"`` / ``"udp"``."""
-    if isinstance(value, str) and value in PROTO_NUM:
-        return PROTO_NAME[PROTO_NUM[value]]
-    if isinstance(value, int | str) and not isinstance(value, bool) and str(value).isdigit():
-        name = PROTO_NAME.get(int(value))
-        if name is not None:
-            return name
-    raise ValueError(f"not the protocol of a service: {value!r}")
-
-
-def read_port(value: Any) -> int:
-    """A port as nft prints it: a number (the default), or a service name (only with ``nft -S``,
-    which resolved it from /etc/services, so the same lookup succeeds here)."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        port = value
-    elif isinstance(value, str) and value.isdigit():
-        port = int(value)
-    elif isinstance(value, str) and value:
-        try:
-            port = socket.getservbyname(value)
-        except OSError:
-            raise ValueError(f"unknown service name {value!r}") from None
-    else:
-        raise ValueError(f"not a port: {value!r}")
-    if not 0 <= port <= 65535:
-        raise ValueError(f"port out of range: {value!r}")
-    return port
-
-
-def parse_key(text: str) -> ServiceKey:
-    proto, _, rest = text.partition("/")
-    host, _, port = rest.rpartition(":")
-    if proto not in get_args(Proto) or not host or not port.isdigit():
-        raise ValueError(f"not a service key: {text!r}")
-    return ServiceKey(proto, host.strip("[]"), int(port))  # type: ignore[arg-type]
-
 
 def check(table: Table) -> None:
     """Refuse what nftables cannot do, naming the service."""
@@ -210,14 +156,9 @@ def chain_name(key: ServiceKey) -> str:
     return f"s{key.family}_{key.protocol}_{packed}_{key.port}"
 
 
+
 def _elem_key(key: ServiceKey) -> Json:
     return {"concat": [key.protocol, key.address, key.port]}
-
-
-def read_elem_key(value: Any) -> ServiceKey:
-    """A ``proto . address . port`` element key as nft lists it -> ServiceKey."""
-    proto, addr, port = value["concat"]
-    return ServiceKey(read_proto(proto), str(addr), read_port(port))
 
 
 class NftRenderer:
@@ -245,7 +186,7 @@ class NftRenderer:
         """The rule of the service's own chain."""
         fam = _ipfam(key.family)
         kind, slots = slots_for(svc.spec, svc.dests)
-        comment = _comment(key, svc.spec)
+        comment = service_comment(key, svc.spec)
         chain = chain_name(key)
         if not slots:
             return [self._rule(chain, [{"return": None}], comment)]
@@ -275,6 +216,18 @@ class NftRenderer:
         else:
             out[f"nodest{fam}"] = [_elem_key(key)]
         return out
+
+    def shared_elements(self, table: Table) -> dict[str, list[Any]]:
+        """The elements services share: every destination address per family (``rs4``/``rs6``)."""
+        return {f"rs{family}": sorted(addrs) for family, addrs in rs_addresses(table).items()}
+
+    def renders(self, key: ServiceKey, svc: TableService) -> bool:
+        """Can nftables do this service (``check`` passes)?"""
+        try:
+            check({key: svc})
+        except DataplaneError:
+            return False
+        return True
 
     def global_rules(self) -> list[Json]:
         """The static rules of the base chains and ``no_dest`` (they name sets, not elements)."""
@@ -338,8 +291,7 @@ class NftRenderer:
         for key, svc in sorted(table.items()):
             for name, items in self.service_elements(key, svc).items():
                 elems.setdefault(name, []).extend(items)
-        for family, addrs in rs_addresses(table).items():
-            elems[f"rs{family}"] = sorted(addrs)
+        elems.update(self.shared_elements(table))
         out = []
         for family, (wname, addr_type) in WEIGHT_MAPS.items():
             svc_type = ["inet_proto", addr_type, "inet_service"]
@@ -370,107 +322,9 @@ class NftRenderer:
             batch += [{"add": o} for o in objs]
         return {"nftables": batch}
 
-    # -- reading back ---------------------------------------------------------------------------
-
     def parse(self, doc: Json) -> Table:
-        """Our table as listed by ``nft -j list table`` -> Table (see module doc)."""
-        items = doc.get("nftables", [])
-        specs: dict[ServiceKey, ServiceSpec] = {}
-        rules: list[tuple[str, str, str]] = []
-        chains: set[str] = set()
-        dests: dict[ServiceKey, dict[DestKey, DestSpec]] = {}
-        live_elems: dict[str, list[Any]] = {}
-        broken = False
-        for item in items:
-            if "rule" in item:
-                r = item["rule"]
-                comment = r.get("comment", "")
-                rules.append((r["chain"], comment, _norm(r["expr"])))
-                parts = comment.split()
-                if len(parts) == 4 and parts[:2] == ["hc", "svc"]:
-                    with contextlib.suppress(ValueError):
-                        specs[parse_key(parts[2])] = ServiceSpec(parts[3], 0)
-            elif "chain" in item:
-                chains.add(_chain_key(item["chain"]))
-            elif "map" in item or "set" in item:
-                obj = item.get("map") or item["set"]
-                live_elems[obj["name"]] = obj.get("elem", [])
-        for name in ("weights4", "weights6"):
-            for elem in live_elems.pop(name, []):
-                try:
-                    proto, vip, port, addr, dport = elem[0]["concat"]
-                    key = ServiceKey(read_proto(proto), vip, read_port(port))
-                    dests.setdefault(key, {})[DestKey(addr, read_port(dport))] = DestSpec(
-                        int(elem[1]), "nat"
-                    )
-                except (KeyError, TypeError, ValueError):
-                    broken = True  # a hand-made element: re-render everything
-        for key in dests.keys() - specs.keys():  # its rule was deleted by hand
-            specs[key] = ServiceSpec(ALTERED + "unknown")
-        table: Table = {k: TableService(s, dests.get(k, {})) for k, s in specs.items()}
-        # verify: the live rules and elements must be exactly what this table renders to
-        want_chains = {_chain_key(c["chain"]) for c in self.chains()}
-        want_chains |= {_chain_key(self.service_chain(k)["chain"]) for k in table}
-        live = set(rules)
-        expected: set[tuple[str, str, str]] = set()
-        altered: set[ServiceKey] = set()
-        owner: dict[tuple[str, str], ServiceKey] = {}
-        want_elems: set[tuple[str, str]] = set()
-        for key, svc in table.items():
-            ok = _safe_check({key: svc})
-            mine = self._keyed(self.service_rules(key, svc)) if ok else []
-            expected.update(mine)
-            if not mine or not all(r in live for r in mine):
-                altered.add(key)
-            if ok:
-                for name, items_ in self.service_elements(key, svc).items():
-                    if name.startswith("weights"):
-                        continue
-                    for e in items_:
-                        tag = (name, norm_elem(e))
-                        want_elems.add(tag)
-                        owner[tag] = key
-        for family, addrs in rs_addresses(table).items():
-            want_elems.update((f"rs{family}", norm_elem(a)) for a in addrs)
-        live_tags: set[tuple[str, str]] = set()
-        for name, elems in live_elems.items():
-            for e in elems:
-                try:
-                    live_tags.add((name, norm_elem(e)))
-                except (KeyError, TypeError, ValueError):
-                    broken = True
-        for tag in want_elems ^ live_tags:  # an element missing or extra: whose is it?
-            if tag in owner:
-                altered.add(owner[tag])
-            else:
-                broken = True
-        own = self._keyed(self.global_rules())
-        expected.update(own)
-        by_comment = {_comment(k, s.spec): k for k, s in table.items()}
-        unknown = False
-        for rule in live - expected:  # an extra or edited rule: whose is it?
-            if rule[1] in by_comment:
-                altered.add(by_comment[rule[1]])
-            else:
-                unknown = True
-        if (
-            unknown
-            or broken
-            or chains != want_chains
-            or len(rules) != len(live)
-            or not all(r in live for r in own)
-        ):
-            altered = set(table)  # any other hand edit: re-render everything
-        for key in altered:
-            svc = table[key]
-            if svc.spec.scheduler.startswith(ALTERED):
-                continue
-            table[key] = TableService(ServiceSpec(ALTERED + svc.spec.scheduler), svc.dests)
-        return table
-
-    @staticmethod
-    def _keyed(objs: list[Json]) -> list[tuple[str, str, str]]:
-        return [(o["rule"]["chain"], o["rule"]["comment"], _norm(o["rule"]["expr"])) for o in objs]
+        """Our table as listed by ``nft -j list table`` -> Table (``nft_readback.read_table``)."""
+        return read_table(doc, self)
 
 
 def rs_addresses(table: Table) -> dict[int, set[str]]:
@@ -479,69 +333,3 @@ def rs_addresses(table: Table) -> dict[int, set[str]]:
     for key, svc in table.items():
         out[key.family].update(d.address for d in svc.dests)
     return out
-
-
-def norm_elem(elem: Any) -> str:
-    """Canonical text of a set or map element: keys with protocol and port as numbers."""
-    key, value = (elem[0], elem[1]) if isinstance(elem, list) else (elem, None)
-    if isinstance(key, dict) and "concat" in key:
-        parts = list(key["concat"])
-        k = read_elem_key({"concat": parts[:3]})
-        key = [PROTO_NUM[k.protocol], k.address, k.port]
-        if len(parts) == 5:  # a weight element: ... . rs . rsport
-            key += [str(parts[3]), read_port(parts[4])]
-        elif len(parts) != 3:
-            raise ValueError(f"not an element of ours: {elem!r}")
-    return json.dumps([key, value], sort_keys=True)
-
-
-def _chain_key(chain: Json) -> str:
-    """What of a chain must match its rendering: name, type, hook, priority, policy."""
-    return _norm({k: chain.get(k) for k in ("name", "type", "hook", "prio", "policy")})
-
-
-def _norm(expr: Any) -> str:
-    """Canonical text of a rule's expressions, anonymous set/map elements compared order-free
-    (the two shapes we render: a dnat map and a match against a set), ports as numbers whether
-    nft printed them so or by name; anything else verbatim."""
-    if not isinstance(expr, list):
-        return json.dumps(expr, sort_keys=True)
-    parts: list[str] = []
-    for e in expr:
-        try:
-            if "dnat" in e:
-                m = e["dnat"]["addr"]["map"]
-                data = sorted(
-                    (int(i), v["concat"][0], read_port(v["concat"][1])) for i, v in m["data"]["set"]
-                )
-                parts.append(
-                    json.dumps(["dnat", e["dnat"]["family"], m["key"], data], sort_keys=True)
-                )
-                continue
-            right = e["match"]["right"] if "match" in e else None
-            if isinstance(right, int | str) and _port_field(e["match"]["left"]):
-                e = {"match": {**e["match"], "right": read_port(right)}}
-            if isinstance(right, dict) and isinstance(right.get("set"), list):
-                elems = sorted(right["set"], key=str)
-                parts.append(
-                    json.dumps([e["match"]["op"], e["match"]["left"], elems], sort_keys=True)
-                )
-                continue
-        except (KeyError, TypeError, ValueError):
-            pass
-        parts.append(json.dumps(e, sort_keys=True))
-    return "|".join(parts)
-
-
-def _port_field(left: Any) -> bool:
-    """Is a match's left side a port (``tcp dport``, ``udp sport`` ...)?"""
-    payload = left.get("payload") if isinstance(left, dict) else None
-    return isinstance(payload, dict) and payload.get("field") in PORT_FIELDS
-
-
-def _safe_check(table: Table) -> bool:
-    try:
-        check(table)
-    except DataplaneError:
-        return False
-    return True

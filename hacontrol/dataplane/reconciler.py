@@ -16,7 +16,9 @@ Passes run on a wake (bursts in one event-loop tick coalesce into one pass), eve
 backoff is tried after the shortest backoff: the new desired table may be the fix). An error of
 the plane or of the builder is logged (``dataplane.error``), counted, shown in ``status()`` and
 retried; it never ends the loop. Log events: ``dataplane.apply``, ``dataplane.drift``,
-``dataplane.error``, ``dataplane.recovered``, ``dataplane.owned_error``.
+``dataplane.error``, ``dataplane.recovered``, ``dataplane.owned_error``. This module owns the
+view, the dirty marks, the owned services and the loop; the record of the passes (outcome,
+backoff, counters, metrics, the apply/error logs) is ``hacontrol.dataplane.reconcile_status``.
 
 One clock: "now" (backoff deadlines, pass times, the status) is read from ``clock``, which must be
 the event loop's own clock, because the waits run on the loop (``asyncio.timeout``,
@@ -30,17 +32,19 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Collection, Iterable
-from dataclasses import dataclass, field
 
 from hacontrol import logs
 from hacontrol.clock import Clock
 from hacontrol.dataplane.base import Dataplane, DataplaneError
 from hacontrol.dataplane.desired import DesiredSource
-from hacontrol.dataplane.diff import Action, apply_in_place, describe
+from hacontrol.dataplane.diff import apply_in_place, describe
 from hacontrol.dataplane.owned import OwnedStore, OwnedStoreError
+from hacontrol.dataplane.reconcile_status import PassRecord, ReconcileResult, ReconcileStatus
 from hacontrol.dataplane.slices import batches, build_sliced, diff_sliced
 from hacontrol.dataplane.table import ServiceKey, Table, copy_table
 from hacontrol.metrics import Metrics
+
+__all__ = ["Build", "ReconcileResult", "ReconcileStatus", "Reconciler"]
 
 log = logs.get("hacontrol.dataplane.reconciler")
 
@@ -55,37 +59,6 @@ def _loop_time() -> float:
 
 
 Build = Callable[[Table], Table]
-
-
-@dataclass(frozen=True)
-class ReconcileResult:
-    """The outcome of one pass."""
-
-    ok: bool
-    reason: str  # start | change | resync | retry | manual
-    actions: list[str] = field(default_factory=list)
-    drift: list[str] = field(default_factory=list)  # how the kernel differed from what we left
-    error: str | None = None
-    duration: float = 0.0
-    scope: str = "full"  # full (kernel read) | table (view, whole desired) | services (dirty)
-    batches: int = 0
-
-
-@dataclass(frozen=True)
-class ReconcileStatus:
-    kind: str
-    last_apply_at: float | None  # monotonic time of the last pass that changed the kernel
-    ok: bool  # the last pass succeeded
-    error: str | None
-    consecutive_errors: int
-    next_retry_in: float | None  # seconds, while an error is pending
-    last_actions: list[str]
-    applies: int
-    drift_repairs: int
-    passes: int = 0
-    last_pass_at: float | None = None
-    last_reason: str | None = None
-    owned: int = 0
 
 
 class Reconciler:
@@ -106,7 +79,6 @@ class Reconciler:
         self._clock: Clock = clock if clock is not None else _loop_time
         self._resync = resync_interval
         self._store = owned_store
-        self._metrics = metrics
         self._backoff = backoff
         self._timeout = timeout
         self._build: Build | None = None
@@ -119,19 +91,7 @@ class Reconciler:
         self._task: asyncio.Task[None] | None = None
         self._owned: set[ServiceKey] = set()
         self._owned_loaded = False
-        # status
-        self._ok = True
-        self._error: str | None = None
-        self._errors = 0
-        self._retry_at: float | None = None
-        self._last_apply_at: float | None = None
-        self._last_pass_at: float | None = None
-        self._last_reason: str | None = None
-        self._last_actions: list[str] = []
-        self._applies = 0
-        self._drift_repairs = 0
-        self._passes = 0
-        self._pass_done = asyncio.Event()
+        self._record = PassRecord(dataplane.kind, self._clock, metrics=metrics, backoff=backoff)
 
     # -- public API -------------------------------------------------------------------------
 
@@ -173,23 +133,7 @@ class Reconciler:
         return await self._pass(reason)
 
     def status(self) -> ReconcileStatus:
-        now = self._clock()
-        retry = None if self._retry_at is None else max(0.0, self._retry_at - now)
-        return ReconcileStatus(
-            kind=self._dp.kind,
-            last_apply_at=self._last_apply_at,
-            ok=self._ok,
-            error=self._error,
-            consecutive_errors=self._errors,
-            next_retry_in=retry,
-            last_actions=list(self._last_actions),
-            applies=self._applies,
-            drift_repairs=self._drift_repairs,
-            passes=self._passes,
-            last_pass_at=self._last_pass_at,
-            last_reason=self._last_reason,
-            owned=len(self._owned),
-        )
+        return self._record.status(owned=len(self._owned))
 
     @property
     def kernel(self) -> Table:
@@ -203,9 +147,7 @@ class Reconciler:
 
     async def wait_passes(self, count: int) -> None:
         """Wait until at least ``count`` passes ran in total (tests wrap it in a timeout)."""
-        while self._passes < count:
-            self._pass_done.clear()
-            await self._pass_done.wait()
+        await self._record.wait_passes(count)
 
     # -- the loop ---------------------------------------------------------------------------
 
@@ -216,16 +158,17 @@ class Reconciler:
             reason = await self._wait_next()
 
     async def _wait_next(self) -> str:
-        if self._retry_at is not None:
+        retry_at, last_pass_at = self._record.retry_at, self._record.last_pass_at
+        if retry_at is not None:
             try:
-                async with asyncio.timeout(max(0.0, self._retry_at - self._clock())):
+                async with asyncio.timeout(max(0.0, retry_at - self._clock())):
                     await self._wake.wait()
             except TimeoutError:
                 return "retry"
             # a new desired table (e.g. a fixed config) may succeed: try it soon, not in a loop
             await asyncio.sleep(self._backoff[0])
             return "change"
-        since = 0.0 if self._last_pass_at is None else self._clock() - self._last_pass_at
+        since = 0.0 if last_pass_at is None else self._clock() - last_pass_at
         try:
             async with asyncio.timeout(max(0.0, self._resync - since)):
                 await self._wake.wait()
@@ -238,21 +181,16 @@ class Reconciler:
         async with self._lock:
             self._wake.clear()
             started = time.perf_counter()
-            if reason == "resync" and self._metrics is not None:
-                self._metrics.resyncs.inc()
+            if reason == "resync":
+                self._record.resync()
             try:
                 async with asyncio.timeout(self._timeout):
                     result = await self._reconcile(reason, started)
             except Exception as e:  # the plane or the builder: never fatal
                 result = self._failed(reason, e, started)
             else:
-                if self._errors:
-                    log.info("dataplane.recovered", reason=reason, after_errors=self._errors)
-                self._ok, self._error, self._errors, self._retry_at = True, None, 0, None
-            self._passes += 1
-            self._last_pass_at = self._clock()
-            self._last_reason = reason
-            self._pass_done.set()
+                self._record.succeeded(reason)
+            self._record.pass_done(reason)
             return result
 
     async def _reconcile(self, reason: str, started: float) -> ReconcileResult:
@@ -302,16 +240,15 @@ class Reconciler:
                 touched = {a.service for a in part}
                 await self._dp.apply({k: v for k, v in desired.items() if k in touched}, part)
                 apply_in_place(actual, part)  # acknowledged: the view follows
-            self._record_apply(reason, actions, texts, drift, started, label, len(parts))
+            duration = self._since(started)
+            self._record.applied(reason, actions, texts, drift, duration, label, len(parts))
         if now_owned != owned or (scope is None and now_owned != self._owned):
             self._save_owned(now_owned)
         self._owned = now_owned
         self._view = actual
-        if self._metrics is not None:
-            self._metrics.table_services.set(len(self._owned))
-            self._metrics.table_dests.set(
-                sum(len(actual[k].dests) for k in self._owned if k in actual)
-            )
+        self._record.table(
+            len(self._owned), sum(len(actual[k].dests) for k in self._owned if k in actual)
+        )
         return ReconcileResult(
             True,
             reason,
@@ -320,44 +257,6 @@ class Reconciler:
             duration=self._since(started),
             scope=label,
             batches=len(parts) if actions else 0,
-        )
-
-    def _record_apply(
-        self,
-        reason: str,
-        actions: list[Action],
-        texts: list[str],
-        drift: list[str],
-        started: float,
-        scope: str,
-        parts: int,
-    ) -> None:
-        duration = self._since(started)
-        ops: dict[str, int] = {}
-        for a in actions:
-            ops[a.op] = ops.get(a.op, 0) + 1
-        self._applies += 1
-        self._last_apply_at = self._clock()
-        self._last_actions = texts
-        if drift:
-            self._drift_repairs += 1
-        if self._metrics is not None:
-            self._metrics.applies.labels(result="ok").inc()
-            self._metrics.apply_latency.observe(duration)
-            for op, n in ops.items():
-                self._metrics.actions.labels(op=op).inc(n)
-            if drift:
-                self._metrics.drift_repairs.inc()
-        log.info(
-            "dataplane.apply",
-            reason=reason,
-            kind=self._dp.kind,
-            scope=scope,
-            actions=len(actions),
-            batches=parts,
-            ops=ops,
-            duration=round(duration, 6),
-            changes=texts[:20],
         )
 
     # -- helpers ----------------------------------------------------------------------------
@@ -372,23 +271,8 @@ class Reconciler:
         text = f"{type(e).__name__}: {e}" if not isinstance(e, DataplaneError) else str(e)
         if isinstance(e, TimeoutError):
             text = f"timed out after {self._timeout}s"
-        self._errors += 1
-        lo, hi = self._backoff
-        delay = min(hi, lo * 2 ** (self._errors - 1))
-        self._retry_at = self._clock() + delay
-        self._ok, self._error = False, text
         self._view = None  # a partial apply may have changed the kernel: read it next time
-        if self._metrics is not None:
-            self._metrics.apply_errors.inc()
-            self._metrics.applies.labels(result="error").inc()
-        log.error(
-            "dataplane.error",
-            reason=reason,
-            error=text,
-            kind=self._dp.kind,
-            consecutive=self._errors,
-            retry_in=delay,
-        )
+        self._record.failed(reason, text)
         return ReconcileResult(False, reason, error=text, duration=self._since(started))
 
     def _load_owned(self) -> None:

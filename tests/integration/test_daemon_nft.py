@@ -33,7 +33,7 @@ from typing import Any
 
 import pytest
 
-from hacontrol.cli import ApiError, api_call
+from hacontrol.cli_api import ApiError, api_call
 from hacontrol.lab import traffic
 from hacontrol.lab.netns import NetnsLab, Ns, wait_tcp
 

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from test_daemon_nft import RS, Scene, config, wait_until
 from test_daemon_nft import scene as scene  # the fixture
 
-from hacontrol.cli import UnixConnection
+from hacontrol.cli_api import UnixConnection
 from hacontrol.cli_render import render_status
 
 pytestmark = pytest.mark.root

@@ -1,8 +1,8 @@
-"""The IPVS encoder and dump parser of ``hacontrol.dataplane.ipvs`` (and the sync-daemon commands
-of ``ipvs_sync``) against an independent implementation: pyroute2's own IPVS generic-netlink
-classes (``pyroute2.netlink.generic.ipvs``: ``ipvsmsg`` and its nested ``service``/``dest``), and
-the kernel's uapi header ``linux/ip_vs.h`` for what pyroute2 leaves out (the sync-daemon
-attributes, flag, forwarding and state values). No kernel needed.
+"""The IPVS encoder and dump parser of ``hacontrol.dataplane.ipvs_codec`` (and the sync-daemon
+commands of ``ipvs_sync``) against an independent implementation: pyroute2's own IPVS
+generic-netlink classes (``pyroute2.netlink.generic.ipvs``: ``ipvsmsg`` and its nested
+``service``/``dest``), and the kernel's uapi header ``linux/ip_vs.h`` for what pyroute2 leaves
+out (the sync-daemon attributes, flag, forwarding and state values). No kernel needed.
 
 Every constant is compared with pyroute2's (or the header's). Then the real ``IpvsDataplane``
 talks to a fake kernel at its socket (a SOCK_SEQPACKET pair replacing the netlink socket, the
@@ -29,7 +29,7 @@ from pyroute2.netlink import nla
 from pyroute2.netlink.generic import ipvs as p2
 
 from hacontrol.clock import FakeClock
-from hacontrol.dataplane import ipvs, ipvs_sync
+from hacontrol.dataplane import ipvs, ipvs_codec, ipvs_sync
 from hacontrol.dataplane.base import DataplaneError
 from hacontrol.dataplane.diff import Action
 from hacontrol.dataplane.ipvs import IpvsDataplane
@@ -86,9 +86,9 @@ def constants(module: object, prefix: str) -> dict[str, int]:
 
 # ---------------------------------------------------------------------- the numbers themselves
 def test_command_numbers_are_pyroute2s(uapi: dict[str, int]) -> None:
-    assert set(ipvs.CMD) == set(OPS)
+    assert set(ipvs_codec.CMD) == set(OPS)
     for op, name in OPS.items():
-        assert ipvs.CMD[op] == getattr(p2, name) == uapi[name], op
+        assert ipvs_codec.CMD[op] == getattr(p2, name) == uapi[name], op
     for ours, name in [
         (ipvs_sync.CMD_NEW_DAEMON, "IPVS_CMD_NEW_DAEMON"),
         (ipvs_sync.CMD_DEL_DAEMON, "IPVS_CMD_DEL_DAEMON"),
@@ -99,15 +99,15 @@ def test_command_numbers_are_pyroute2s(uapi: dict[str, int]) -> None:
 
 def test_attribute_numbers_are_pyroute2s(uapi: dict[str, int]) -> None:
     top = names(p2.ipvsmsg.nla_map)
-    assert top.index("IPVS_CMD_ATTR_SERVICE") == ipvs.CMD_ATTR_SERVICE
-    assert top.index("IPVS_CMD_ATTR_DEST") == ipvs.CMD_ATTR_DEST
+    assert top.index("IPVS_CMD_ATTR_SERVICE") == ipvs_codec.CMD_ATTR_SERVICE
+    assert top.index("IPVS_CMD_ATTR_DEST") == ipvs_codec.CMD_ATTR_DEST
     assert top.index("IPVS_CMD_ATTR_DAEMON") == ipvs_sync.CMD_ATTR_DAEMON
     svc, dest = names(p2.ipvsmsg.service.nla_map), names(p2.ipvsmsg.dest.nla_map)
-    ours = constants(ipvs, "SVC_")
+    ours = constants(ipvs_codec, "SVC_")
     assert len(ours) == 9
     for k, v in ours.items():
         assert v == svc.index(f"IPVS_SVC_ATTR_{k[4:]}") == uapi[f"IPVS_SVC_ATTR_{k[4:]}"], k
-    ours = constants(ipvs, "DEST_")
+    ours = constants(ipvs_codec, "DEST_")
     assert len(ours) == 12  # with the counters (hacontrol.dataplane.counters)
     for k, v in ours.items():
         assert v == dest.index(f"IPVS_DEST_ATTR_{k[5:]}") == uapi[f"IPVS_DEST_ATTR_{k[5:]}"], k
@@ -119,23 +119,23 @@ def test_attribute_numbers_are_pyroute2s(uapi: dict[str, int]) -> None:
 
 
 def test_flag_forwarding_and_netlink_values(uapi: dict[str, int]) -> None:
-    assert uapi["IP_VS_SVC_F_PERSISTENT"] == ipvs.IP_VS_SVC_F_PERSISTENT
+    assert uapi["IP_VS_SVC_F_PERSISTENT"] == ipvs_codec.IP_VS_SVC_F_PERSISTENT
     assert {
         "nat": uapi["IP_VS_CONN_F_MASQ"],
         "tunnel": uapi["IP_VS_CONN_F_TUNNEL"],
         "dr": uapi["IP_VS_CONN_F_DROUTE"],
-    } == ipvs.FWD_CODE
-    assert {v: k for k, v in ipvs.FWD_CODE.items()} == ipvs.FWD_NAME
+    } == ipvs_codec.FWD_CODE
+    assert {v: k for k, v in ipvs_codec.FWD_CODE.items()} == ipvs_codec.FWD_NAME
     assert {
         "master": uapi["IP_VS_STATE_MASTER"],
         "backup": uapi["IP_VS_STATE_BACKUP"],
     } == ipvs_sync.STATE_CODE
     assert uapi["IP_VS_IFNAME_MAXLEN"] == ipvs_sync.IP_VS_IFNAME_MAXLEN
     assert p2.GENL_VERSION == uapi["IPVS_GENL_VERSION"] == 1  # the plane's genl header says 1
-    assert (ipvs.NLM_F_REQUEST, ipvs.NLM_F_ACK, ipvs.NLM_F_DUMP) == (
+    assert (ipvs_codec.NLM_F_REQUEST, ipvs_codec.NLM_F_ACK, ipvs_codec.NLM_F_DUMP) == (
         nl.NLM_F_REQUEST, nl.NLM_F_ACK, nl.NLM_F_DUMP,
     )  # fmt: skip
-    assert (ipvs.NLMSG_ERROR, ipvs.NLMSG_DONE, ipvs.NLA_F_NESTED) == (
+    assert (ipvs_codec.NLMSG_ERROR, ipvs_codec.NLMSG_DONE, ipvs_codec.NLA_F_NESTED) == (
         nl.NLMSG_ERROR, nl.NLMSG_DONE, nl.NLA_F_NESTED,
     )  # fmt: skip
     assert ipvs.NETLINK_GENERIC == nl.NETLINK_GENERIC

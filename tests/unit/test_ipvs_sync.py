@@ -16,7 +16,7 @@ from structlog.testing import capture_logs
 from hacontrol.clock import FakeClock
 from hacontrol.config import ConfigError, loads
 from hacontrol.daemon_ha import start_sync
-from hacontrol.dataplane.ipvs import parse_attrs
+from hacontrol.dataplane.ipvs_codec import parse_attrs
 from hacontrol.dataplane.ipvs_sync import (
     CMD_ATTR_DAEMON,
     CMD_DEL_DAEMON,

@@ -24,7 +24,7 @@ from hacontrol.dataplane.counters import (
     decode_dest_counters,
     read_ipvs,
 )
-from hacontrol.dataplane.ipvs import (
+from hacontrol.dataplane.ipvs_codec import (
     CMD,
     CMD_ATTR_DEST,
     DEST_ACTIVE_CONNS,
@@ -37,7 +37,7 @@ from hacontrol.dataplane.ipvs import (
     DEST_STATS,
     DEST_STATS64,
     DEST_WEIGHT,
-    _nla,
+    nla,
     service_attrs,
 )
 from hacontrol.dataplane.table import DestKey, DestSpec, ServiceKey, ServiceSpec, TableService
@@ -204,14 +204,14 @@ def dest_attrs(
     raw = bytes(ipaddress.ip_address(addr).packed) + b"\0" * 12
     if stats64:
         stats = DEST_STATS64, b"".join(
-            _nla(k, struct.pack("=Q", v)) for k, v in ((1, 9), (2, 100), (3, 90), (4, 5000),
+            nla(k, struct.pack("=Q", v)) for k, v in ((1, 9), (2, 100), (3, 90), (4, 5000),
                                                        (5, 7000))
         )  # fmt: skip
     else:  # the 32-bit block: u32 counts, u64 bytes
         stats = DEST_STATS, b"".join(
-            [_nla(1, struct.pack("=I", 9)), _nla(2, struct.pack("=I", 100)),
-             _nla(3, struct.pack("=I", 90)), _nla(4, struct.pack("=Q", 5000)),
-             _nla(5, struct.pack("=Q", 7000))]
+            [nla(1, struct.pack("=I", 9)), nla(2, struct.pack("=I", 100)),
+             nla(3, struct.pack("=I", 90)), nla(4, struct.pack("=Q", 5000)),
+             nla(5, struct.pack("=Q", 7000))]
         )  # fmt: skip
     return {
         DEST_ADDR: raw, DEST_PORT: struct.pack(">H", port), DEST_FWD_METHOD: struct.pack("=I", 0),

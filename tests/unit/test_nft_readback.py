@@ -26,13 +26,8 @@ from typing import Any
 
 import pytest
 
-from hacontrol.dataplane.nft_render import (
-    ALTERED,
-    NftRenderer,
-    chain_name,
-    read_port,
-    read_proto,
-)
+from hacontrol.dataplane.nft_readback import ALTERED, read_port, read_proto
+from hacontrol.dataplane.nft_render import NftRenderer, chain_name
 from hacontrol.dataplane.table import (
     DestKey,
     DestSpec,

@@ -39,7 +39,7 @@ import yaml
 from nsprobe import wait_for
 from prometheus_client.parser import text_string_to_metric_families
 
-from hacontrol.cli import UnixConnection
+from hacontrol.cli_api import UnixConnection
 from hacontrol.lab import traffic
 from hacontrol.lab.netns import NetnsLab
 
