@@ -29,7 +29,7 @@ import pytest
 
 pytestmark = pytest.mark.vm
 
-GUEST_TIMEOUT = 900  # seconds for the whole in-guest suite under TCG emulation
+GUEST_TIMEOUT = 1800  # seconds for the whole in-guest suite under TCG emulation (~8 min quiet)
 SKIP_ENV = "HACONTROL_SKIP_VM"
 
 
