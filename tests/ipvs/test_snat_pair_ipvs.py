@@ -34,7 +34,7 @@ import pytest
 import yaml
 from ipvslab import wait_for
 
-from hacontrol.cli import UnixConnection
+from hacontrol.cli_api import UnixConnection
 from hacontrol.lab import whoami
 from hacontrol.lab.netns import NetnsLab, Ns, wait_tcp
 
