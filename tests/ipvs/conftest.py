@@ -5,8 +5,8 @@ Every test here must carry the ``ipvs`` mark: an unmarked one is a collection er
 leave it out). These tests need a kernel with IPVS: on a host without ``/proc/net/ip_vs`` they
 are deselected from the host's run (reported as deselected, not skipped: they do run, in the
 guest) — the vm-marked host test collects this folder's ids (``--collect-only`` keeps them),
-boots the qemu guest, runs exactly those ids there and fails unless every one passed. ``clean_ipvs`` empties
-the kernel table before and after a test.
+boots the qemu guest, runs exactly those ids there and fails unless every one passed.
+``clean_ipvs`` empties the kernel table before and after a test.
 """
 
 from __future__ import annotations
