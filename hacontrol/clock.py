@@ -15,12 +15,14 @@ sleeps and the timers cannot disagree. :class:`FakeClock` remains for pure code 
 from __future__ import annotations
 
 import asyncio
+import functools
 import selectors
 import time
-from collections.abc import Coroutine
-from typing import Any, Protocol, TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, ParamSpec, Protocol, TypeVar
 
 T = TypeVar("T")
+P = ParamSpec("P")
 
 
 class Clock(Protocol):
@@ -98,3 +100,14 @@ def run_virtual(main: Coroutine[Any, Any, T], start: float = 1000.0) -> T:
     finally:
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+
+
+def virtual(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
+    """A coroutine function made a plain one that runs each call on a fresh
+    :class:`VirtualTimeLoop` (a test decorator: ``@virtual async def test_x(): ...``)."""
+
+    @functools.wraps(fn)
+    def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        return run_virtual(fn(*args, **kwargs))
+
+    return run

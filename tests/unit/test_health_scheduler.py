@@ -9,38 +9,23 @@ servers on loopback in this process, on the real loop.
 from __future__ import annotations
 
 import asyncio
-import functools
 import ipaddress
 import os
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
-from typing import Any, ParamSpec, TypeVar
 
 import pytest
 from structlog.testing import capture_logs
 
-from hacontrol.clock import run_virtual
+from hacontrol.clock import virtual
 from hacontrol.health import scheduler as sched
 from hacontrol.health.scheduler import CheckKey, HealthChecker, check_key
 from hacontrol.health.state import Health, TargetStatus
 from hacontrol.health.tcp import Done, Poller
 from hacontrol.metrics import Metrics
 from hacontrol.model import CheckConfig, RealServer, ServiceConfig
-
-P = ParamSpec("P")
-T = TypeVar("T")
-
-
-def virtual(test: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
-    """Run an async test on a fresh VirtualTimeLoop (time jumps to the next timer when idle)."""
-
-    @functools.wraps(test)
-    def run(*args: P.args, **kwargs: P.kwargs) -> T:
-        return run_virtual(test(*args, **kwargs))
-
-    return run
 
 
 async def eventually(pred: Callable[[], bool], limit: float = 10.0) -> bool:

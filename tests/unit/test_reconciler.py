@@ -6,16 +6,14 @@ resyncs, backoffs and polls take no real time."""
 from __future__ import annotations
 
 import asyncio
-import functools
 import ipaddress
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, ParamSpec, TypeVar
 
 import pytest
 from structlog.testing import capture_logs
 
-from hacontrol.clock import run_virtual
+from hacontrol.clock import virtual
 from hacontrol.dataplane.base import DataplaneError
 from hacontrol.dataplane.desired import desired_table
 from hacontrol.dataplane.diff import Action
@@ -42,20 +40,6 @@ FOREIGN = ServiceKey("tcp", "198.51.100.99", 80)
 D1, D2 = DestKey("192.0.2.11", 80), DestKey("192.0.2.12", 80)
 WANT: Table = {S1: TableService(ServiceSpec(), {D1: DestSpec(1), D2: DestSpec(2)})}
 FOREIGN_SVC = TableService(ServiceSpec("rr"), {D1: DestSpec(1)})
-
-
-P = ParamSpec("P")
-T = TypeVar("T")
-
-
-def virtual(test: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
-    """Run an async test on a fresh VirtualTimeLoop (time jumps to the next timer when idle)."""
-
-    @functools.wraps(test)
-    def run(*args: P.args, **kwargs: P.kwargs) -> T:
-        return run_virtual(test(*args, **kwargs))
-
-    return run
 
 
 def const(table: Table) -> Callable[[Table], Table]:
