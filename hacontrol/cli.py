@@ -28,6 +28,7 @@ from typing import Any, TextIO
 import yaml
 
 from hacontrol import __version__
+from hacontrol.cli_overrides import add_parsers
 from hacontrol.cli_render import render_drill, render_status
 
 DEFAULT_API = "127.0.0.1:9480"
@@ -378,6 +379,8 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--host", help="config-id for @host lines (default: this host's name)")
     sp.add_argument("--secret-file", help="ha.secret_file to write (default /etc/hacontrol/ha.key)")
     sp.set_defaults(func=cmd_import_keepalived)
+
+    add_parsers(sub, api_opts, _target, _request)  # drain, disable, ..., diff
 
     sp = sub.add_parser("version", help="print the version")
     sp.set_defaults(func=cmd_version)
