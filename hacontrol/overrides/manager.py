@@ -100,19 +100,28 @@ class OverrideManager:
         """Use ``store`` from now on and take what it holds."""
         self._store = store
         try:
-            self.counter, records, leaving = self._store.load()
+            self.counter, records, leaving, ended = self._store.load()
         except StoreError as e:
             log.error("override.error", reason=f"load: {e} (starting without overrides)")
             return
         self.records = {o.key: o for o in records}
         self.leaving = {(lv.service, lv.dest): lv for lv in leaving}
+        for service, server, counter, node in ended:  # drains that were over: stay over
+            o = self.records.get((service, server))
+            if o is not None and o.version == Version(counter, node):
+                self._progress[(o.key, o.version)] = Progress(done="drained before a restart")
         self._wake.set()
 
     def _save(self) -> None:
         if self._store is None:
             return
         try:
-            self._store.save(self.counter, self.records.values(), self.leaving.values())
+            ended = {
+                (o.service, o.server, o.version.counter, o.version.node)
+                for o in self.records.values()
+                if o.action == "drain" and self._is_done((o.key, o.version))
+            }
+            self._store.save(self.counter, self.records.values(), self.leaving.values(), ended)
         except StoreError as e:  # the kernel follows anyway; only the restart memory is lost
             log.error("override.error", reason=f"save: {e}")
 
@@ -286,8 +295,7 @@ class OverrideManager:
             for p in gone:
                 del self.leaving[p]
                 self._progress.pop(p, None)
-            if gone:
-                self._save()
+            self._save()  # the drains over are remembered across a restart
             self._mark_dirty(finished)
         left = [d for ident, _, d in pending if not self._is_done(ident)]
         if not left:

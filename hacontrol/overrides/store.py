@@ -120,17 +120,26 @@ def _leaving_of(doc: Any) -> Leaving:
     )
 
 
-def encode(counter: int, records: Iterable[Override], leaving: Iterable[Leaving]) -> str:
+Ended = set[tuple[str, str, int, str]]  # drains over here: (service, server, counter, node)
+
+
+def encode(
+    counter: int, records: Iterable[Override], leaving: Iterable[Leaving], ended: Ended
+) -> str:
     doc = {
         "format": FORMAT,
         "counter": counter,
         "overrides": encode_records(records),
         "leaving": [_leaving_doc(lv) for lv in leaving],
+        "ended": sorted(list(e) for e in ended),
     }
     return json.dumps(doc, indent=1, sort_keys=True) + "\n"
 
 
-def decode(text: str) -> tuple[int, list[Override], list[Leaving]]:
+Loaded = tuple[int, list[Override], list[Leaving], Ended]
+
+
+def decode(text: str) -> Loaded:
     doc: Any = json.loads(text)
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise ValueError(f"expected format {FORMAT}")
@@ -140,7 +149,14 @@ def decode(text: str) -> tuple[int, list[Override], list[Leaving]]:
     leaving = doc.get("leaving", [])
     if not isinstance(leaving, list) or len(leaving) > MAX_RECORDS:
         raise ValueError("leaving must be a list")
-    return counter, decode_records(doc.get("overrides", [])), [_leaving_of(x) for x in leaving]
+    ended: Ended = set()
+    for e in doc.get("ended", []):
+        if not (isinstance(e, list) and len(e) == 4 and type(e[2]) is int
+                and all(isinstance(x, str) for x in (e[0], e[1], e[3]))):  # fmt: skip
+            raise ValueError(f"bad ended entry {e!r}")
+        ended.add((e[0], e[1], e[2], e[3]))
+    records = decode_records(doc.get("overrides", []))
+    return counter, records, [_leaving_of(x) for x in leaving], ended
 
 
 class OverrideStore:
@@ -149,11 +165,11 @@ class OverrideStore:
     def __init__(self, state_dir: str | os.PathLike[str], filename: str = FILENAME) -> None:
         self.path = Path(state_dir) / filename
 
-    def load(self) -> tuple[int, list[Override], list[Leaving]]:
+    def load(self) -> Loaded:
         try:
             text = self.path.read_text()
         except FileNotFoundError:
-            return 0, [], []
+            return 0, [], [], set()
         except OSError as e:
             raise StoreError(f"{self.path}: {e.strerror or e}") from e
         try:
@@ -161,8 +177,14 @@ class OverrideStore:
         except (ValueError, KeyError, TypeError, IndexError) as e:
             raise StoreError(f"{self.path}: not a valid overrides file: {e}") from e
 
-    def save(self, counter: int, records: Iterable[Override], leaving: Iterable[Leaving]) -> None:
-        data = encode(counter, records, leaving)
+    def save(
+        self,
+        counter: int,
+        records: Iterable[Override],
+        leaving: Iterable[Leaving],
+        ended: Ended | None = None,
+    ) -> None:
+        data = encode(counter, records, leaving, ended or set())
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=".overrides.", dir=self.path.parent)

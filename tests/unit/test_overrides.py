@@ -114,11 +114,13 @@ def test_weight_override_leaves_a_down_server_as_health_puts_it() -> None:
 
 def test_store_round_trip_and_refusals(tmp_path: Path) -> None:
     store = OverrideStore(tmp_path)
-    assert store.load() == (0, [], [])
+    assert store.load() == (0, [], [], set())
     recs = [rec("198.51.100.1:80", "drain", 3, "a", deadline_at=5.0),
             rec("198.51.100.2:80", "weight", 4, "b", weight=0)]  # fmt: skip
-    store.save(4, recs, [])
-    assert store.load() == (4, sorted(recs, key=lambda o: o.key), [])
+    store.save(4, recs, [], {("web", "198.51.100.1:80", 3, "a")})
+    assert store.load() == (
+        4, sorted(recs, key=lambda o: o.key), [], {("web", "198.51.100.1:80", 3, "a")}
+    )
     assert [p.name for p in tmp_path.iterdir()] == ["overrides.json"]  # no temporary left
     for bad in ([{"service": "web"}], [{**encode_records(recs)[0], "weight": 3}],
                 [{**encode_records(recs)[0], "version": [0, "a"]}]):  # fmt: skip
@@ -209,3 +211,24 @@ def test_reload_plan_drains_a_dropped_server_and_lists_changes() -> None:
     cut = Config(node_name="a", services=(svc(1),), dataplane=DataplaneConfig(drain_removed=0.0))
     plan = reload_plan(old, cut, k.table, {SK}, _up, lambda _n, _d: KEEP, [], now=0.0)
     assert plan["changes"] == ["del_dest tcp/192.0.2.10:80 -> 198.51.100.2:80"]
+
+
+def test_parse_proc_conntrack_keeps_live_flows() -> None:
+    from hacontrol.overrides.conns import parse_proc
+
+    lines = [
+        "ipv4     2 tcp      6 431999 ESTABLISHED src=198.51.100.2 dst=192.0.2.10 sport=40000 "
+        "dport=80 src=198.51.100.1 dst=198.51.100.2 sport=80 dport=40000 [ASSURED] mark=0 use=2",
+        "ipv4     2 tcp      6 119 TIME_WAIT src=198.51.100.2 dst=192.0.2.10 sport=40001 "
+        "dport=80 src=198.51.100.1 dst=198.51.100.2 sport=80 dport=40001 [ASSURED] mark=0 use=2",
+        "ipv4     2 udp      17 29 src=198.51.100.2 dst=192.0.2.10 sport=5000 dport=53 "
+        "src=198.51.100.1 dst=198.51.100.2 sport=53 dport=5000 mark=0 use=2",
+        "ipv6     10 tcp      6 60 SYN_SENT src=2001:db8::2 dst=2001:0db8::a sport=1 dport=80 "
+        "[UNREPLIED] src=2001:db8::1 dst=2001:db8::2 sport=80 dport=1 mark=0 use=2",
+        "ipv4     2 icmp     1 29 src=198.51.100.2 dst=192.0.2.10 type=8 code=0 id=1",
+    ]
+    assert parse_proc(lines) == [
+        (6, "192.0.2.10", 80, "198.51.100.1", 80),
+        (17, "192.0.2.10", 53, "198.51.100.1", 53),
+        (6, "2001:db8::a", 80, "2001:db8::1", 80),
+    ]
