@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from hacontrol.cli import api_call
+from hacontrol.cli import UnixConnection, api_call
 from tests.integration.test_daemon_nft import PORT, RS, VIP, Scene, config, scene, wait_until
 
 pytestmark = pytest.mark.root
@@ -110,6 +110,15 @@ def cli(s: Scene, *args: str) -> str:
     return r.stdout
 
 
+def metrics(s: Scene) -> str:
+    conn = UnixConnection(s.api.removeprefix("unix:"), 10)
+    try:
+        conn.request("GET", "/metrics")
+        return conn.getresponse().read().decode()
+    finally:
+        conn.close()
+
+
 def start(s: Scene) -> None:
     with open(s.log, "ab") as log:
         s.daemon = s.director.popen(
@@ -168,6 +177,9 @@ def test_drain_with_open_connections(scene: Scene, tmp_path: Path) -> None:
                     "one connection counted")  # fmt: skip
     assert ov["state"] == "draining" and ov["drain"]["ended"] is None
     assert weights(s)["rs1"] == 0  # still in the table: its connection is open
+    assert f"override {RS1}: draining (1 connections" in cli(s, "status")
+    series = f'hacontrol_override_connections{{real_server="{RS1}",service="web"}} 1.0'
+    assert series in metrics(s)
     held.close()
     wait_until(lambda: weights(s).get("rs1", 0) is None, "rs1 removed once its connection ended")
     assert override(s, "rs1")["state"] == "drained"  # type: ignore[index]

@@ -232,3 +232,13 @@ def test_parse_proc_conntrack_keeps_live_flows() -> None:
         (17, "192.0.2.10", 53, "198.51.100.1", 53),
         (6, "2001:db8::a", 80, "2001:db8::1", 80),
     ]
+
+
+def test_text_status_shows_the_override_beside_the_configured_values() -> None:
+    from hacontrol.cli_render import _override
+
+    drain = {"connections": 2, "deadline_in": 290.0, "ended": None}
+    o = {"state": "draining", "weight": None, "version": "a#3", "drain": drain}
+    assert _override(o) == "draining (2 connections, deadline in 290s)  [a#3]"
+    assert _override({**o, "drain": {**drain, "ended": "deadline"}}) == "draining (deadline)  [a#3]"
+    assert _override({"state": "weight", "weight": 5, "version": "b#1"}) == "weight 5  [b#1]"
