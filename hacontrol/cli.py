@@ -29,10 +29,13 @@ from hacontrol.cli_api import (
     DEFAULT_API,
     EXIT_ERROR,
     EXIT_OK,
+    api_target,
     cmd_drill,
     cmd_reload,
     cmd_status,
+    request,
 )
+from hacontrol.cli_overrides import add_parsers
 
 __all__ = ["main", "parser"]
 
@@ -163,6 +166,8 @@ def parser() -> argparse.ArgumentParser:
     sp.add_argument("--host", help="config-id for @host lines (default: this host's name)")
     sp.add_argument("--secret-file", help="ha.secret_file to write (default /etc/hacontrol/ha.key)")
     sp.set_defaults(func=cmd_import_keepalived)
+
+    add_parsers(sub, api_opts, api_target, request)  # drain, disable, ..., diff
 
     sp = sub.add_parser("version", help="print the version")
     sp.set_defaults(func=cmd_version)

@@ -146,7 +146,29 @@ def render_status(doc: dict[str, Any]) -> str:
             lines.append(
                 "  " + "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=False)) + "  " + r[5]
             )
+        for rs in svc["real_servers"]:
+            if rs.get("override"):
+                lines.append(f"  override {host_port(rs['address'], rs['port'])}: "
+                             + _override(rs["override"]))  # fmt: skip
+    for lv in (doc.get("overrides") or {}).get("leaving", []):
+        left = "?" if lv["connections"] is None else lv["connections"]
+        lines.append(
+            f"leaving {lv['service']} {lv['real_server']}: not in the config, "
+            f"draining ({left} connections, deadline in {lv['deadline_in']:.0f}s)"
+        )
     return "\n".join(lines)
+
+
+def _override(o: dict[str, Any]) -> str:
+    """One real server's override, beside its configured values."""
+    text = str(o["state"]) + (f" {o['weight']}" if o.get("weight") is not None else "")
+    d = o.get("drain")
+    if d and not d.get("ended"):
+        left = "?" if d["connections"] is None else d["connections"]
+        text += f" ({left} connections, deadline in {d['deadline_in']:.0f}s)"
+    elif d:
+        text += f" ({d['ended']})"
+    return f"{text}  [{o['version']}]"
 
 
 TIMELINE = (

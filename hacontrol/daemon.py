@@ -26,7 +26,7 @@ import contextlib
 import signal
 import sys
 import time
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from aiohttp import web
 
@@ -43,6 +43,7 @@ from hacontrol.daemon_ha import (
     stop_ha,
 )
 from hacontrol.daemon_host import HostSide
+from hacontrol.daemon_overrides import OverrideSide
 from hacontrol.daemon_status import PlaneCounters, daemon_status
 from hacontrol.daemon_targets import HealthTargets
 from hacontrol.dataplane.base import Dataplane, DataplaneError
@@ -54,8 +55,9 @@ from hacontrol.ha.runner import DrillError
 from hacontrol.ha.vip import VipGroup
 from hacontrol.health.scheduler import CheckKey, HealthChecker
 from hacontrol.health.state import Health, TargetStatus
-from hacontrol.metrics import Metrics
+from hacontrol.metrics import Metrics, render_families
 from hacontrol.model import Config, RealServer, ServiceConfig
+from hacontrol.overrides.core import ACTIONS, Action
 from hacontrol.process import HaComponent, StartError, choose_loop, local_listener, sd_notify
 from hacontrol.reload import Reloader, TargetCounts
 from hacontrol.reload_parse import Parse, parse_in_child
@@ -106,6 +108,12 @@ class Daemon:
         self._stop_event: asyncio.Event | None = None
         self._stop_reason = "stop requested"
         self.reloads = Reloader(self.running, self, self.metrics, parse)
+        # runtime drain / disable / weight of real servers (hacontrol.overrides)
+        self.overrides = OverrideSide(
+            lambda: self.config, lambda: self.reconciler, lambda: self.dataplane,
+            self.targets.health_of, parse,
+        )  # fmt: skip
+        self._applied: Config | None = None  # the config apply_config last pointed things at
         self._running = False
         self.configure_logging = False  # run_daemon: a reload applies a new logging section
         self.loop_reason = "set by run_daemon"  # which event loop runs and why (daemon.start)
@@ -121,7 +129,9 @@ class Daemon:
         when a check cannot run, and then nothing changed."""
         counts = self.targets.set_config(config)
         if self.reconciler is not None:
-            self.reconciler.set_desired(self.targets.builder(config))
+            self.reconciler.set_desired(self.overrides.desired(config))
+        self.overrides.manager.config_changed(self._applied, config)  # dropped servers drain
+        self._applied = config
         return counts
 
     async def apply_live(self, old: Config, new: Config, live_ha: list[str]) -> None:
@@ -180,6 +190,7 @@ class Daemon:
             owned_store=OwnedStore(cfg.dataplane.state_dir) if not self.dry_run else None,
             metrics=self.metrics,
         )
+        self.overrides.start(None if self.dry_run else cfg.dataplane.state_dir)
         self.apply_config(cfg)
         await self.reconciler.start()
         await self.host.start(choice, cfg.dataplane.resync_interval)
@@ -240,6 +251,7 @@ class Daemon:
         if self.api is not None:
             await self.api.stop()
         await self.health.stop()
+        await self.overrides.stop()
         if self.reconciler is not None:
             await self.reconciler.stop()
             if not keep:
@@ -317,7 +329,24 @@ class Daemon:
         return self.targets.status_of(svc, rs)
 
     def metrics_text(self) -> bytes:
-        return self.metrics.render(self.status(), plane=self.dataplane_kind())
+        text = self.metrics.render(self.status(), plane=self.dataplane_kind())
+        return text + render_families(self.overrides.families())
+
+    def override_status(self) -> dict[str, Any]:
+        return self.overrides.status()
+
+    def override_command(
+        self, action: str, service: str, server: str | None, weight: int | None,
+        deadline: float | None,
+    ) -> dict[str, Any]:  # fmt: skip
+        """An operator's override (the API); ValueError when it names nothing."""
+        if action not in ACTIONS:
+            raise ValueError(f"unknown action {action!r}")
+        return self.overrides.command(cast(Action, action), service, server, weight, deadline)
+
+    async def override_diff(self, text: str) -> dict[str, Any]:
+        """What a reload to the config ``text`` would change (hacontrol.overrides.plan)."""
+        return await self.overrides.diff(text)
 
     def health_summary(self) -> list[tuple[str, int, int]]:
         """(service, real servers up, real servers) for every service: what HA advertises."""
@@ -336,6 +365,7 @@ class Daemon:
         doc = daemon_status(self)
         doc["dataplane"]["sync"] = self._sync.status(self.clock()) if self._sync else None
         doc["host"] = self.host.status()
+        self.overrides.annotate(doc)
         return doc
 
 

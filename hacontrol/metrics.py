@@ -134,6 +134,11 @@ class Metrics:
         return generate_latest(_Scrape(self.registry, status_families(status, plane)))
 
 
+def render_families(families: list[Metric]) -> bytes:
+    """The text exposition of ``families`` alone (series other parts of the daemon add)."""
+    return generate_latest(_Scrape(CollectorRegistry(), families))
+
+
 class _Scrape:
     """The registry's series followed by one scrape's state families (a collector for
     ``generate_latest``, made per scrape: nothing of a past scrape lingers)."""

@@ -108,6 +108,7 @@ class DataplaneConfig:
     nft_table: str = "hacontrol"
     keep_on_stop: bool = True  # leave the table in place on stop: a restart must not drop traffic
     state_dir: str = "/run/hacontrol"  # remembers which services the daemon owns across restarts
+    drain_removed: float = 300.0  # a real server the config drops is drained this long; 0: cut
 
 
 @dataclass(frozen=True)

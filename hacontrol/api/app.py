@@ -22,6 +22,8 @@ from typing import Any, Protocol
 from aiohttp import web
 
 from hacontrol import logs
+from hacontrol.api.overrides import OVERRIDES, OverrideController
+from hacontrol.api.overrides import routes as override_routes
 from hacontrol.api.server import ApiServer as ApiServer
 from hacontrol.api.server import json_error
 from hacontrol.api.server import parse_listen as parse_listen
@@ -238,6 +240,7 @@ ROUTES: tuple[web.RouteDef, ...] = (
     web.post("/v1/drill/handover", post_drill_handover),
     web.post("/v1/drill/fault", post_drill_fault),
     web.get("/v1/openapi.yaml", get_openapi, allow_head=False),
+    *override_routes(_command_body, _check_token, _only_params),
 )
 
 
@@ -248,6 +251,8 @@ def create_app(
     must be described in openapi.yaml as well."""
     app = web.Application(middlewares=[errors_middleware], client_max_size=64 * 1024)
     app[CONTROLLER] = controller
+    if isinstance(controller, OverrideController):
+        app[OVERRIDES] = controller
     app.add_routes(ROUTES)
     app.add_routes(list(extra_routes))
     return app

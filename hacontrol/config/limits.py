@@ -39,6 +39,7 @@ DURATIONS: dict[str, Span] = {
     "check.timeout": Span(0.01, 600.0),
     "services[].persistence": Span(0.0, 86400.0),
     "dataplane.resync_interval": Span(1.0, 3600.0),
+    "dataplane.drain_removed": Span(1.0, 7 * 86400.0, off=True),
     "ha.interval": Span(0.01, 10.0),
     "ha.preempt_delay": Span(0.0, 3600.0),
     "ha.notify_timeout": Span(0.1, 600.0),

@@ -122,7 +122,7 @@ def _parse_dataplane(r: Reader, node: Node) -> DataplaneConfig | None:
     if isinstance(node, ScalarNode):
         kind = r.choice(node, "dataplane", kinds)
         return DataplaneConfig(kind=kind) if kind else None
-    keys = ("kind", "resync_interval", "nft_table", "keep_on_stop", "state_dir")
+    keys = ("kind", "resync_interval", "nft_table", "keep_on_stop", "state_dir", "drain_removed")
     m = r.mapping(node, "dataplane", keys)
     if m is None:
         return None
@@ -140,4 +140,8 @@ def _parse_dataplane(r: Reader, node: Node) -> DataplaneConfig | None:
         kw["keep_on_stop"] = r.boolean(m["keep_on_stop"], "dataplane.keep_on_stop")
     if "state_dir" in m:
         kw["state_dir"] = r.abs_path(m["state_dir"], "dataplane.state_dir")
+    if "drain_removed" in m:
+        kw["drain_removed"] = r.duration(
+            m["drain_removed"], "dataplane.drain_removed", *DURATIONS["dataplane.drain_removed"]
+        )
     return DataplaneConfig(**kw)

@@ -938,6 +938,7 @@ DURATION_AT = {
     "check.timeout": BASE + "    check: {timeout: VALUE, interval: 1h}\n",
     "services[].persistence": BASE + "    persistence: VALUE\n",
     "dataplane.resync_interval": BASE + "dataplane: {resync_interval: VALUE}\n",
+    "dataplane.drain_removed": BASE + "dataplane: {drain_removed: VALUE}\n",
     "ha.interval": HA_BASE + "  interval: VALUE\n  lease: 24h\n",
     "ha.preempt_delay": HA_BASE + "  preempt_delay: VALUE\n",
     "ha.notify_timeout": HA_BASE + "  notify_timeout: VALUE\n",

@@ -75,10 +75,12 @@ def config_text(tmp: Path, ports: list[int], weights: list[int], **extra: Any) -
     )
     keep = str(extra.get("keep_on_stop", True)).lower()
     api = extra.get("api", "")
+    drain = extra.get("drain_removed", "5m")
     return f"""
 node: {{name: unit}}
 {api}
-dataplane: {{kind: memory, state_dir: {tmp}/state, resync_interval: 30s, keep_on_stop: {keep}}}
+dataplane: {{kind: memory, state_dir: {tmp}/state, resync_interval: 30s, keep_on_stop: {keep},
+  drain_removed: {drain}}}
 services:
   - name: web
     vip: 192.0.2.10
@@ -219,12 +221,28 @@ async def test_reload_adds_and_removes_targets(
     tmp_path: Path, backends: list[Backend], make_daemon: DaemonFactory
 ) -> None:
     ports = [b.port for b in backends]
-    d, dp, path = await make_daemon(config_text(tmp_path, ports[:1], [1]))
+    d, dp, path = await make_daemon(config_text(tmp_path, ports[:1], [1], drain_removed=0))
     await wait_for(lambda: weights(dp) == {ports[0]: 1}, "first up")
-    path.write_text(config_text(tmp_path, ports[1:], [4]))
+    path.write_text(config_text(tmp_path, ports[1:], [4], drain_removed=0))
     result = await d.reload("swap")
     assert (result["targets_added"], result["targets_removed"], result["targets_kept"]) == (1, 1, 0)
     await wait_for(lambda: weights(dp) == {ports[1]: 4}, "swapped")
+
+
+async def test_reload_drains_a_removed_real_server(
+    tmp_path: Path, backends: list[Backend], make_daemon: DaemonFactory
+) -> None:
+    """Dropped from the config: weight 0 (no new flows) until it drains; the memory plane
+    counts no connections, so only the deadline would end it."""
+    ports = [b.port for b in backends]
+    d, dp, path = await make_daemon(config_text(tmp_path, ports[:1], [1]))
+    await wait_for(lambda: weights(dp) == {ports[0]: 1}, "first up")
+    path.write_text(config_text(tmp_path, ports[1:], [4]))
+    await d.reload("swap")
+    await wait_for(lambda: weights(dp) == {ports[0]: 0, ports[1]: 4}, "draining beside the new")
+    leaving = d.override_status()["leaving"]
+    assert [lv["real_server"] for lv in leaving] == [f"127.0.0.1:{ports[0]}"]
+    assert leaving[0]["connections"] is None  # unknown on this plane, not a made-up 0
 
 
 @pytest.mark.parametrize(("keep", "expected_left"), [(True, 1), (False, 0)])
