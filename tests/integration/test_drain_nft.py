@@ -24,7 +24,7 @@ from typing import Any
 
 import pytest
 
-from hacontrol.cli import UnixConnection, api_call
+from hacontrol.cli_api import UnixConnection, api_call
 from tests.integration.test_daemon_nft import PORT, RS, VIP, Scene, config, scene, wait_until
 
 pytestmark = pytest.mark.root
