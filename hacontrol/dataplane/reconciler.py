@@ -11,7 +11,9 @@ the actions (netlink acks, the nft transaction) is the confirmation; the next fu
 anything else (drift: hand edits, ``ipvsadm -C``, ``nft flush ruleset``). After an error the view
 is dropped, so the next pass is a full one.
 
-Passes run on a wake (bursts in one event-loop tick coalesce into one pass), every
+Passes run on a wake (bursts in one event-loop tick coalesce into one pass; change passes start
+at most every ``coalesce`` seconds, so a mass failure, which the checks detect spread over one
+check interval, lands in a few batches while a lone event still goes at once), every
 ``resync_interval`` and, after an error, on an exponential backoff (a change arriving during the
 backoff is tried after the shortest backoff: the new desired table may be the fix). An error of
 the plane or of the builder is logged (``dataplane.error``), counted, shown in ``status()`` and
@@ -99,9 +101,13 @@ class Reconciler:
         metrics: Metrics | None = None,
         backoff: tuple[float, float] = (0.1, 10.0),
         timeout: float = 30.0,
+        coalesce: float = 0.1,
     ) -> None:
         if resync_interval <= 0 or backoff[0] <= 0 or backoff[1] < backoff[0] or timeout <= 0:
             raise ValueError("resync_interval, backoff and timeout must be positive")
+        if coalesce < 0:
+            raise ValueError("coalesce must not be negative")
+        self._coalesce = coalesce
         self._dp = dataplane
         self._clock: Clock = clock if clock is not None else _loop_time
         self._resync = resync_interval
@@ -126,6 +132,7 @@ class Reconciler:
         self._retry_at: float | None = None
         self._last_apply_at: float | None = None
         self._last_pass_at: float | None = None
+        self._last_start: float | None = None  # when the last pass began (the coalescing)
         self._last_reason: str | None = None
         self._last_actions: list[str] = []
         self._applies = 0
@@ -232,11 +239,16 @@ class Reconciler:
         except TimeoutError:
             return "resync"
         await asyncio.sleep(0)  # let the rest of a burst in this tick arrive first
+        if self._last_start is not None:  # a burst: one pass per ``coalesce`` at most
+            rest = self._coalesce - (self._clock() - self._last_start)
+            if rest > 0:
+                await asyncio.sleep(rest)
         return "change"
 
     async def _pass(self, reason: str) -> ReconcileResult:
         async with self._lock:
             self._wake.clear()
+            self._last_start = self._clock()
             started = time.perf_counter()
             if reason == "resync" and self._metrics is not None:
                 self._metrics.resyncs.inc()
