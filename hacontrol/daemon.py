@@ -52,6 +52,7 @@ from hacontrol.ha.runner import DrillError
 from hacontrol.ha.vip import VipGroup
 from hacontrol.health.scheduler import CheckKey, HealthChecker, check_key
 from hacontrol.health.state import Health, TargetStatus
+from hacontrol.looplag import LoopLag
 from hacontrol.metrics import Metrics
 from hacontrol.model import Config, RealServer, ServiceConfig
 from hacontrol.process import HaComponent, StartError, choose_loop, local_listener, sd_notify
@@ -332,11 +333,14 @@ class Daemon:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, handler)
                 installed.append(sig)
+        lag = LoopLag(self.metrics.loop_lag_max, self.metrics.loop_lag)
+        lag.start()  # before the first load: its stalls count
         try:
             await self.start()
             await self._stop_event.wait()
             await self.stop(self._stop_reason)
         finally:
+            lag.stop()
             for sig in installed:
                 loop.remove_signal_handler(sig)
             await self.reloads.close()
