@@ -59,6 +59,7 @@ from hacontrol.process import HaComponent, StartError, choose_loop, local_listen
 from hacontrol.reload import Reloader, TargetCounts
 from hacontrol.reload_parse import Parse, parse_in_child
 from hacontrol.running_config import RunningConfig
+from hacontrol.up_counts import UpCounts
 
 __all__ = ["Daemon", "DrillError", "DrillUnavailable", "StartError", "run_daemon"]
 
@@ -104,6 +105,7 @@ class Daemon:
         self._targets: dict[CheckKey, list[tuple[ServiceConfig, RealServer]]] = {}
         self._last_state: dict[CheckKey, Health] = {}  # for the "from" of health.change
         self._keys: dict[tuple[str, RealServer], CheckKey] = {}
+        self._up = UpCounts()  # what HA advertises each tick, kept by the health changes
         self._stop_event: asyncio.Event | None = None
         self._stop_reason = "stop requested"
         self.reloads = Reloader(self.running, self, self.metrics, parse)
@@ -147,6 +149,7 @@ class Daemon:
         self._targets = targets
         self._keys = {(svc.name, rs): k for k, users in targets.items() for svc, rs in users}
         self._last_state = {k: self.health.state(k) for k in targets}
+        self._up.reset(config.services, targets, self._last_state.__getitem__)
         if self.reconciler is not None:
             self.reconciler.set_desired(self._builder(config))
         return TargetCounts(len(new - old), len(old - new), len(new & old))
@@ -163,6 +166,7 @@ class Daemon:
         old = self._last_state.get(key, Health.UNKNOWN)
         self._last_state[key] = new
         users = self._targets.get(key, [])
+        self._up.change(users, old, new)
         log.info(
             "health.change",
             services=sorted({svc.name for svc, _ in users}),
@@ -366,12 +370,9 @@ class Daemon:
         return self.metrics.render(self.status(), plane=self.dataplane_kind())
 
     def health_summary(self) -> list[tuple[str, int, int]]:
-        """(service, real servers up, real servers) for every service: what HA advertises."""
-        out = []
-        for svc in self.config.services:
-            up = sum(1 for rs in svc.real_servers if self._health_of(svc, rs) is Health.UP)
-            out.append((svc.name, up, len(svc.real_servers)))
-        return out
+        """(service, real servers up, real servers) for every service: what HA advertises (each
+        tick: kept by the health changes, not counted again)."""
+        return self._up.rows()
 
     def role(self) -> str:
         return str(self.ha.role) if self.ha is not None else "standalone"

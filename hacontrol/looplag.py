@@ -7,7 +7,8 @@ later than asked it runs: that lateness is the delay a heartbeat due at the same
 have had. It keeps the largest since start (``max``, the gauge
 ``hacontrol_loop_lag_max_seconds``) and the last one, observes each in the histogram
 ``hacontrol_loop_lag_seconds`` (the stalls of a window: the difference of two scrapes), and logs
-``loop.stall`` (with the lag and a reason) when one exceeds ``warn_after``. One timer handle and
+``loop.stall`` (with the lag, the loop thread's CPU time meanwhile, which tells our own work
+from a host that did not run us, and a reason) when one exceeds ``warn_after``. One timer handle and
 a subtraction per period: no task, no thread. Started by ``Daemon.run`` (the real process),
 not under a virtual-time loop.
 """
@@ -15,6 +16,7 @@ not under a virtual-time loop.
 from __future__ import annotations
 
 import asyncio
+import time
 
 from prometheus_client import Gauge, Histogram
 
@@ -46,12 +48,14 @@ class LoopLag:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handle: asyncio.TimerHandle | None = None
         self._due = 0.0
+        self._cpu = 0.0  # the loop thread's CPU time at the last tick
 
     def start(self) -> None:
         """Start measuring on the running loop (idempotent)."""
         if self._handle is not None:
             return
         self._loop = asyncio.get_running_loop()
+        self._cpu = time.thread_time()
         self._arm(self._loop.time())
 
     def stop(self) -> None:
@@ -68,11 +72,15 @@ class LoopLag:
         assert self._loop is not None
         now = self._loop.time()
         lag = max(0.0, now - self._due)
-        self.record(lag)
+        cpu = time.thread_time()
+        self.record(lag, cpu - self._cpu)
+        self._cpu = cpu
         self._arm(now)
 
-    def record(self, lag: float) -> None:
-        """One measurement (the timer's; tests feed it directly)."""
+    def record(self, lag: float, cpu: float | None = None) -> None:
+        """One measurement (the timer's; tests feed it directly); ``cpu``: the CPU time the
+        loop's thread used since the previous one (near the lag: our own work held the loop;
+        far below: the host did not run us)."""
         self.samples += 1
         self.last = lag
         if self._hist is not None:
@@ -86,5 +94,6 @@ class LoopLag:
                 "loop.stall",
                 lag_ms=round(lag * 1000, 1),
                 max_ms=round(self.max * 1000, 1),
+                cpu_ms=None if cpu is None else round(cpu * 1000, 1),
                 reason="the event loop was held: heartbeats and checks due meanwhile were late",
             )
