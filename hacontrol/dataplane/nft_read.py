@@ -4,13 +4,14 @@ A periodic resync reads the whole table (``nft -j list table``): at 10,000 desti
 a ~5 MB JSON document whose ``json.loads`` alone holds the interpreter for ~100 ms, a thread does
 not help (the GIL), and the event loop also sends the heartbeats. So ``python -m
 hacontrol.dataplane.nft_read TABLE [NETNS]`` runs nft, parses and checks the listing
-(``NftRenderer.parse``, hand edits read back ``altered:``) and writes one ``marshal`` record to
-stdout: ``("ok", rows)``, ``("absent",)`` (no such table) or ``("error", text)``; a row is
-``(proto, vip, port, scheduler, persistence, ((address, port, weight, forwarding), ...))``. The
-parent (``read_table``) waits on the loop with a deadline (the child is killed on timeout or
-cancellation), loads the record (one C call, a few ms for 37,000 destinations) and builds the
-``Table`` ``SLICE`` services at a time, yielding between slices. The child is our own code run
-by the same interpreter: its output is trusted, and capped (``MAX_OUTPUT``).
+(``NftRenderer.parse``, hand edits read back ``altered:``) and writes ``marshal`` frames (a
+4-byte length, then the data) to stdout: first ``("ok",)``, ``("absent",)`` (no such table) or
+``("error", text)``, then for "ok" the rows, ``SLICE`` services a frame; a row is ``(proto, vip,
+port, scheduler, persistence, ((address, port, weight, forwarding), ...))``. The parent
+(``read_table``) waits on the loop with a deadline (the child is killed on timeout or
+cancellation), then loads one frame and builds its services at a time, yielding between frames
+(one ``marshal.loads`` of the whole 37,000 destinations would hold the loop ~40 ms). The child
+is our own code run by the same interpreter: its output is trusted, and capped (``MAX_OUTPUT``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import asyncio
 import contextlib
 import json
 import marshal
+import struct
 import subprocess
 import sys
 from typing import Any
@@ -48,21 +50,52 @@ def rows_of(table: Table) -> list[Row]:
     ]  # fmt: skip
 
 
-async def table_of(rows: list[Row]) -> Table:
-    """``rows`` back as a ``Table``, ``SLICE`` services between two yields to the loop."""
-    out: Table = {}
-    for n, (proto, vip, port, sched, pers, dests) in enumerate(rows, 1):
+def add_rows(out: Table, rows: list[Row]) -> Table:
+    """``rows`` into ``out`` as table services (pure)."""
+    for proto, vip, port, sched, pers, dests in rows:
         out[ServiceKey(proto, vip, port)] = TableService(  # type: ignore[arg-type]
             ServiceSpec(sched, pers),
             {DestKey(a, p): DestSpec(w, f) for a, p, w, f in dests},  # type: ignore[arg-type]
         )
-        if n % SLICE == 0:
-            await asyncio.sleep(0)
     return out
 
 
-def read_here(table_name: str, netns: str | None = None, limit: float = 10.0) -> tuple[Any, ...]:
-    """The child's work: list, parse, answer a record (never raises for a bad listing)."""
+def frames(record: tuple[Any, ...], rows: list[Row] | None = None) -> bytes:
+    """The child's answer: the record, then ``rows`` ``SLICE`` at a time, each a frame."""
+    parts = [marshal.dumps(record)]
+    if rows is not None:
+        parts += [marshal.dumps(rows[i : i + SLICE]) for i in range(0, len(rows), SLICE)]
+    return b"".join(struct.pack("=I", len(p)) + p for p in parts)
+
+
+async def unframe(data: bytes) -> tuple[tuple[Any, ...], Table]:
+    """The record and the table of ``frames``' output, one frame between two yields."""
+    view, off = memoryview(data), 0
+    record: tuple[Any, ...] | None = None
+    table: Table = {}
+    while off < len(data):
+        if off + 4 > len(data):
+            raise ValueError("truncated frame header")
+        (n,) = struct.unpack_from("=I", data, off)
+        if off + 4 + n > len(data):
+            raise ValueError("truncated frame")
+        item = marshal.loads(view[off + 4 : off + 4 + n])
+        off += 4 + n
+        if record is None:
+            record = tuple(item)
+        else:
+            add_rows(table, item)
+            await asyncio.sleep(0)
+    if record is None:
+        raise ValueError("no record")
+    return record, table
+
+
+def read_here(
+    table_name: str, netns: str | None = None, limit: float = 10.0
+) -> tuple[tuple[Any, ...], list[Row] | None]:
+    """The child's work: list, parse, answer a record and the rows (never raises for a bad
+    listing)."""
     # -p: protocols as numbers, so the listing is the same with or without /etc/protocols
     # (ports are numbers unless -S is given); the parser reads both forms anyway
     argv = ["nft", "-j", "-p", "list", "table", FAMILY, table_name]
@@ -71,16 +104,16 @@ def read_here(table_name: str, netns: str | None = None, limit: float = 10.0) ->
     try:
         r = subprocess.run(argv, capture_output=True, text=True, timeout=limit, check=False)
     except (OSError, subprocess.TimeoutExpired) as e:
-        return ("error", f"nftables: list table {table_name}: {e}")
+        return ("error", f"nftables: list table {table_name}: {e}"), None
     if r.returncode != 0:
         if "No such file or directory" in r.stderr:
-            return ("absent",)
-        return ("error", f"nftables: list table {table_name}: {r.stderr.strip()}")
+            return ("absent",), None
+        return ("error", f"nftables: list table {table_name}: {r.stderr.strip()}"), None
     try:
         table = NftRenderer(table_name).parse(json.loads(r.stdout))
     except (ValueError, KeyError, TypeError) as e:
-        return ("error", f"nftables: cannot parse table {table_name}: {e}")
-    return ("ok", rows_of(table))
+        return ("error", f"nftables: cannot parse table {table_name}: {e}"), None
+    return ("ok",), rows_of(table)
 
 
 async def read_table(
@@ -113,18 +146,21 @@ async def read_table(
     if proc.returncode != 0 or not out or len(out) > MAX_OUTPUT:
         tail = err.decode(errors="replace").strip()[-500:]
         raise DataplaneError(f"nftables: the table reader failed (exit {proc.returncode}): {tail}")
-    record = marshal.loads(out)
+    try:
+        record, table = await unframe(out)
+    except (ValueError, EOFError, TypeError) as e:
+        raise DataplaneError(f"nftables: the table reader's answer is malformed: {e}") from e
     if record[0] == "absent":
         return None
     if record[0] == "error":
         raise DataplaneError(str(record[1]))
-    return await table_of(record[1])
+    return table
 
 
 def main() -> None:
     name = sys.argv[1]
     netns = sys.argv[2] if len(sys.argv) > 2 else None
-    sys.stdout.buffer.write(marshal.dumps(read_here(name, netns)))
+    sys.stdout.buffer.write(frames(*read_here(name, netns)))
 
 
 if __name__ == "__main__":

@@ -38,9 +38,9 @@ from hacontrol import logs
 from hacontrol.clock import Clock
 from hacontrol.dataplane.base import Dataplane, DataplaneError
 from hacontrol.dataplane.desired import DesiredSource
-from hacontrol.dataplane.diff import Action, apply_in_place, describe
+from hacontrol.dataplane.diff import Action, apply_in_place
 from hacontrol.dataplane.owned import OwnedStore, OwnedStoreError
-from hacontrol.dataplane.slices import batches, build_sliced, diff_sliced
+from hacontrol.dataplane.slices import batches, build_sliced, describe_sliced, diff_sliced
 from hacontrol.dataplane.table import ServiceKey, Table, copy_table
 from hacontrol.metrics import Metrics
 
@@ -272,7 +272,7 @@ class Reconciler:
         scope: Collection[ServiceKey] | None = None  # None: every service
         if full:
             actual = await self._dp.snapshot(set(self._owned))
-            drift = self._drift(actual)
+            drift = await self._drift(actual)
             label = "full"
         else:
             assert self._view is not None
@@ -374,11 +374,11 @@ class Reconciler:
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _drift(self, actual: Table) -> list[str]:
+    async def _drift(self, actual: Table) -> list[str]:
         """How the kernel differs from our view of it (owned part; none without a view)."""
         if self._view is None:
             return []
-        return describe(self._view, actual, self._owned)
+        return await describe_sliced(self._view, actual, set(self._owned))
 
     def _failed(self, reason: str, e: Exception, started: float) -> ReconcileResult:
         text = f"{type(e).__name__}: {e}" if not isinstance(e, DataplaneError) else str(e)

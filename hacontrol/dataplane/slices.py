@@ -14,7 +14,7 @@ import asyncio
 from collections.abc import Collection, Set
 
 from hacontrol.dataplane.desired import DesiredSource
-from hacontrol.dataplane.diff import Action, diff_phases, join_phases
+from hacontrol.dataplane.diff import Action, describe, diff_phases, join_phases
 from hacontrol.dataplane.table import ServiceKey, Table, TableService
 
 SLICE = 250  # services built or compared between two yields
@@ -64,3 +64,15 @@ async def diff_sliced(
 def batches(actions: list[Action], size: int = BATCH) -> list[list[Action]]:
     """``actions`` in order, cut into lists of at most ``size``."""
     return [actions[i : i + size] for i in range(0, len(actions), size)]
+
+
+async def describe_sliced(view: Table, actual: Table, keys: Collection[ServiceKey]) -> list[str]:
+    """``describe(view, actual, keys)``, ``SLICE`` services between two yields (the drift check
+    of a periodic resync compares the whole table)."""
+    ordered = sorted(keys)
+    out: list[str] = []
+    for start in range(0, len(ordered), SLICE):
+        out += describe(view, actual, ordered[start : start + SLICE])
+        if start + SLICE < len(ordered):
+            await asyncio.sleep(0)
+    return out
