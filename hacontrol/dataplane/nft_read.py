@@ -6,7 +6,7 @@ not help (the GIL), and the event loop also sends the heartbeats. So ``python -m
 hacontrol.dataplane.nft_read TABLE [NETNS]`` runs nft, parses and checks the listing
 (``NftRenderer.parse``, hand edits read back ``altered:``) and writes ``marshal`` frames (a
 4-byte length, then the data) to stdout: first ``("ok",)``, ``("absent",)`` (no such table) or
-``("error", text)``, then for "ok" the rows, ``SLICE`` services a frame; a row is ``(proto, vip,
+``("error", text)``, then for "ok" the rows, a slice a frame; a row is ``(proto, vip,
 port, scheduler, persistence, ((address, port, weight, forwarding), ...))``. The parent
 (``read_table``) waits on the loop with a deadline (the child is killed on timeout or
 cancellation), then loads one frame and builds its services at a time, yielding between frames
@@ -27,7 +27,7 @@ from typing import Any
 
 from hacontrol.dataplane.base import DataplaneError
 from hacontrol.dataplane.nft_render import FAMILY, NftRenderer
-from hacontrol.dataplane.slices import SLICE
+from hacontrol.dataplane.slices import SLICE, WORK
 from hacontrol.dataplane.table import (
     DestKey,
     DestSpec,
@@ -61,10 +61,19 @@ def add_rows(out: Table, rows: list[Row]) -> Table:
 
 
 def frames(record: tuple[Any, ...], rows: list[Row] | None = None) -> bytes:
-    """The child's answer: the record, then ``rows`` ``SLICE`` at a time, each a frame."""
+    """The child's answer: the record, then ``rows`` a slice at a time (at most ``SLICE``
+    services, about ``WORK`` destinations), each a frame."""
     parts = [marshal.dumps(record)]
-    if rows is not None:
-        parts += [marshal.dumps(rows[i : i + SLICE]) for i in range(0, len(rows), SLICE)]
+    piece: list[Row] = []
+    work = 0
+    for row in rows or ():
+        if piece and (len(piece) >= SLICE or work + len(row[5]) > WORK):
+            parts.append(marshal.dumps(piece))
+            piece, work = [], 0
+        piece.append(row)
+        work += len(row[5])
+    if piece:
+        parts.append(marshal.dumps(piece))
     return b"".join(struct.pack("=I", len(p)) + p for p in parts)
 
 
