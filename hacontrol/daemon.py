@@ -52,6 +52,7 @@ from hacontrol.ha.runner import DrillError
 from hacontrol.ha.vip import VipGroup
 from hacontrol.health.scheduler import CheckKey, HealthChecker, check_key
 from hacontrol.health.state import Health, TargetStatus
+from hacontrol.heap import Settler
 from hacontrol.looplag import LoopLag
 from hacontrol.metrics import Metrics
 from hacontrol.model import Config, RealServer, ServiceConfig
@@ -106,6 +107,7 @@ class Daemon:
         self._last_state: dict[CheckKey, Health] = {}  # for the "from" of health.change
         self._keys: dict[tuple[str, RealServer], CheckKey] = {}
         self._up = UpCounts()  # what HA advertises each tick, kept by the health changes
+        self.heap: Settler | None = None  # set by run(): the real process freezes its heap
         self._stop_event: asyncio.Event | None = None
         self._stop_reason = "stop requested"
         self.reloads = Reloader(self.running, self, self.metrics, parse)
@@ -223,6 +225,7 @@ class Daemon:
             resync_interval=cfg.dataplane.resync_interval,
             owned_store=OwnedStore(cfg.dataplane.state_dir) if not self.dry_run else None,
             metrics=self.metrics,
+            after_full=self.heap.settle if self.heap is not None else None,
         )
         self.apply_config(cfg)
         await self.reconciler.start()
@@ -337,6 +340,7 @@ class Daemon:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, handler)
                 installed.append(sig)
+        self.heap = Settler()
         lag = LoopLag(self.metrics.loop_lag_max, self.metrics.loop_lag)
         lag.start()  # before the first load: its stalls count
         try:

@@ -57,6 +57,7 @@ def _loop_time() -> float:
 
 
 Build = Callable[[Table], Table]
+BIG_PASS = 1000  # actions: a pass this big (or over the whole table) calls ``after_full``
 
 
 @dataclass(frozen=True)
@@ -102,12 +103,14 @@ class Reconciler:
         backoff: tuple[float, float] = (0.1, 10.0),
         timeout: float = 30.0,
         coalesce: float = 0.1,
+        after_full: Callable[[], None] | None = None,
     ) -> None:
         if resync_interval <= 0 or backoff[0] <= 0 or backoff[1] < backoff[0] or timeout <= 0:
             raise ValueError("resync_interval, backoff and timeout must be positive")
         if coalesce < 0:
             raise ValueError("coalesce must not be negative")
         self._coalesce = coalesce
+        self._after_full = after_full  # called after each big pass (the daemon's heap policy)
         self._dp = dataplane
         self._clock: Clock = clock if clock is not None else _loop_time
         self._resync = resync_interval
@@ -319,6 +322,8 @@ class Reconciler:
             self._save_owned(now_owned)
         self._owned = now_owned
         self._view = actual
+        if self._after_full is not None and (scope is None or len(actions) >= BIG_PASS):
+            self._after_full()
         if self._metrics is not None:
             self._metrics.table_services.set(len(self._owned))
             self._metrics.table_dests.set(
