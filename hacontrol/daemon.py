@@ -55,6 +55,8 @@ from hacontrol.ha.runner import DrillError
 from hacontrol.ha.vip import VipGroup
 from hacontrol.health.scheduler import CheckKey, HealthChecker
 from hacontrol.health.state import Health, TargetStatus
+from hacontrol.heap import Settler
+from hacontrol.looplag import LoopLag
 from hacontrol.metrics import Metrics, render_families
 from hacontrol.model import Config, RealServer, ServiceConfig
 from hacontrol.overrides.core import ACTIONS, Action
@@ -105,6 +107,7 @@ class Daemon:
         self._sync: SyncDaemons | None = None  # IPVS connection sync daemons (ha.sync)
         self.host = HostSide(config, dry_run=dry_run)  # plane choice, sysctls, SNAT
         self.extra_routes: list[web.RouteDef] = []  # more routes (each described in openapi.yaml)
+        self.heap: Settler | None = None  # set by run(): the real process freezes its heap
         self._stop_event: asyncio.Event | None = None
         self._stop_reason = "stop requested"
         self.reloads = Reloader(self.running, self, self.metrics, parse)
@@ -189,6 +192,7 @@ class Daemon:
             resync_interval=cfg.dataplane.resync_interval,
             owned_store=OwnedStore(cfg.dataplane.state_dir) if not self.dry_run else None,
             metrics=self.metrics,
+            after_full=self.heap.settle if self.heap is not None else None,
         )
         self.overrides.start(None if self.dry_run else cfg.dataplane.state_dir)
         self.apply_config(cfg)
@@ -305,11 +309,15 @@ class Daemon:
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.add_signal_handler(sig, handler)
                 installed.append(sig)
+        self.heap = Settler()
+        lag = LoopLag(self.metrics.loop_lag_max, self.metrics.loop_lag)
+        lag.start()  # before the first load: its stalls count
         try:
             await self.start()
             await self._stop_event.wait()
             await self.stop(self._stop_reason)
         finally:
+            lag.stop()
             for sig in installed:
                 loop.remove_signal_handler(sig)
             await self.reloads.close()
@@ -350,7 +358,7 @@ class Daemon:
 
     def health_summary(self) -> list[tuple[str, int, int]]:
         """(service, real servers up, real servers) for every service: what HA advertises."""
-        return self.targets.summary(self.config)
+        return self.targets.summary()
 
     def role(self) -> str:
         return str(self.ha.role) if self.ha is not None else "standalone"

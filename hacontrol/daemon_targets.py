@@ -2,11 +2,12 @@
 
 ``HealthTargets`` owns the mapping between the config and the health checker: every check target
 (``CheckKey``: one probe of one address, shared by every service that checks that real server the
-same way) with the (service, real server) pairs it serves, the memoised key of each pair, and the
-last state seen per target (the "from" of ``health.change``). The daemon points it at a config
-(``set_config``: start and reload), asks it for a pair's health or status and for the desired-table
-builder of a config, and hands it each health change (``changed``: logged as ``health.change``,
-under the daemon's logger name as before, answering the services to compare again). The checker
+same way) with the (service, real server) pairs it serves, the memoised key of each pair, the
+last state seen per target (the "from" of ``health.change``) and the up counts per service (what
+HA advertises each tick). The daemon points it at a config (``set_config``: start and reload),
+asks it for a pair's health or status and for the desired-table builder of a config, and hands
+it each health change (``changed``: logged as ``health.change``, under the daemon's logger name
+as before, answering the services to compare again). The checker
 itself (``hacontrol.health.scheduler.HealthChecker``) runs the probes.
 """
 
@@ -19,6 +20,7 @@ from hacontrol.health.scheduler import CheckKey, HealthChecker, check_key
 from hacontrol.health.state import Health, TargetStatus
 from hacontrol.model import Config, RealServer, ServiceConfig
 from hacontrol.reload import TargetCounts
+from hacontrol.up_counts import UpCounts
 
 Users = list[tuple[ServiceConfig, RealServer]]
 
@@ -33,6 +35,7 @@ class HealthTargets:
         self._targets: dict[CheckKey, Users] = {}
         self._last_state: dict[CheckKey, Health] = {}  # for the "from" of health.change
         self._keys: dict[tuple[str, RealServer], CheckKey] = {}
+        self._up = UpCounts()  # what HA advertises each tick, kept by the health changes
 
     def __len__(self) -> int:
         return len(self._targets)
@@ -49,6 +52,7 @@ class HealthTargets:
         self._targets = targets
         self._keys = {(svc.name, rs): k for k, users in targets.items() for svc, rs in users}
         self._last_state = {k: self.health.state(k) for k in targets}
+        self._up.reset(config.services, targets, self._last_state.__getitem__)
         return TargetCounts(len(new - old), len(old - new), len(new & old))
 
     def key(self, svc: ServiceConfig, rs: RealServer) -> CheckKey:
@@ -81,6 +85,7 @@ class HealthTargets:
         old = self._last_state.get(key, Health.UNKNOWN)
         self._last_state[key] = new
         users = self._targets.get(key, [])
+        self._up.change(users, old, new)
         log.info(
             "health.change",
             services=sorted({svc.name for svc, _ in users}),
@@ -94,10 +99,7 @@ class HealthTargets:
         )
         return {service_key(svc) for svc, _ in users}
 
-    def summary(self, config: Config) -> list[tuple[str, int, int]]:
-        """(service, real servers up, real servers) for every service of ``config``."""
-        out = []
-        for svc in config.services:
-            up = sum(1 for rs in svc.real_servers if self.health_of(svc, rs) is Health.UP)
-            out.append((svc.name, up, len(svc.real_servers)))
-        return out
+    def summary(self) -> list[tuple[str, int, int]]:
+        """(service, real servers up, real servers) for every service of the config, in its
+        order: what HA advertises each tick, kept by the health changes (not counted again)."""
+        return self._up.rows()

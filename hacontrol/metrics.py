@@ -92,6 +92,17 @@ class Metrics:
             "Destinations in the kernel table (owned)",
             registry=r,
         )
+        self.loop_lag_max = Gauge(
+            "hacontrol_loop_lag_max_seconds",
+            "Largest lateness of the event loop since start (what a heartbeat send waited)",
+            registry=r,
+        )
+        self.loop_lag = Histogram(
+            "hacontrol_loop_lag_seconds",
+            "Lateness of the event loop, sampled every 20 ms",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
         # config
         self.reloads = Counter(
             "hacontrol_config_reloads",

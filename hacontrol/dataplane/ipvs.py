@@ -124,6 +124,7 @@ class IpvsDataplane:
         self._seq = 0
         self._lock = asyncio.Lock()
         self._fwd_applied: dict[tuple[ServiceKey, DestKey], Fwd] = {}
+        self.dumps = 0  # dump requests sent (tests: an event must read nothing back)
 
     async def open(self) -> None:
         if not os.path.exists(self.proc):  # noqa: ASYNC240 - a /proc stat, never blocks
@@ -175,6 +176,7 @@ class IpvsDataplane:
     async def _dump(self, cmd: int, body: bytes, want: int | None = None) -> list[dict[int, Any]]:
         """Each dumped object's nested attributes (service, dest, or ``want``) as {type: bytes}."""
         seq, msg = self._header(cmd, NLM_F_REQUEST | NLM_F_DUMP, body)
+        self.dumps += 1
         await self._send(msg)
         out: list[dict[int, Any]] = []
         if want is None:

@@ -7,8 +7,10 @@ the table and its base chains stay. The whole desired table is rendered and repl
 (``nft -j -f -``: add + delete + add table and all its contents in one batch; established flows
 keep their conntrack NAT bindings) only when the plane does not hold a table it trusts: none yet,
 a hand-edited one (a service read back ``altered:``), or after a failed apply. Other nftables
-tables are never touched. An empty desired table deletes our table. ``commands`` counts the
-commands sent and ``rewrites`` the whole-table replacements (tests, the benchmark).
+tables are never touched. An empty desired table deletes our table. A snapshot is read and
+parsed by a child process (``hacontrol.dataplane.nft_read``), not on the event loop.
+``commands`` counts the commands sent and ``rewrites`` the whole-table replacements (tests, the
+benchmark).
 
 Rendering (the table layout, the slot schedules) lives in the pure
 ``hacontrol.dataplane.nft_render``, reading back (detecting hand edits) in the pure
@@ -26,6 +28,7 @@ from hacontrol import logs
 from hacontrol.dataplane.base import DataplaneError
 from hacontrol.dataplane.diff import Action, apply_in_place
 from hacontrol.dataplane.nft_delta import AddrRefs, address_refs, delta
+from hacontrol.dataplane.nft_read import read_table
 from hacontrol.dataplane.nft_readback import ALTERED, parse_key
 from hacontrol.dataplane.nft_render import (
     EXACT,
@@ -144,19 +147,13 @@ class NftDataplane(NftRenderer):
             raise DataplaneError(f"nftables: cannot list tables: {err} (needs root/CAP_NET_ADMIN)")
 
     async def snapshot(self, owned: set[ServiceKey]) -> Table:
-        # -p: protocols as numbers, so the listing is the same with or without /etc/protocols
-        # (ports are numbers unless -S is given); the parser reads both forms anyway
-        rc, out, err = await self._nft("-j", "-p", "list", "table", FAMILY, self.table_name)
-        if rc != 0:
-            if "No such file or directory" in err:
-                self._remember({}, exists=False)
-                return {}
-            raise DataplaneError(f"nftables: list table {self.table_name}: {err}")
-        try:  # on a worker thread: a 10,000-destination listing takes ~0.5 s of pure Python,
-            # which the interpreter then interleaves with the event loop (the heartbeat)
-            table = await asyncio.to_thread(lambda: self.parse(json.loads(out)))
-        except (ValueError, KeyError, TypeError) as e:
-            raise DataplaneError(f"nftables: cannot parse table {self.table_name}: {e}") from e
+        # read, parsed and checked by a child process (hacontrol.dataplane.nft_read): the
+        # listing of a big table holds an interpreter for a long time, and this one sends the
+        # heartbeats; only the compact result comes back, rebuilt in slices
+        table = await read_table(self.table_name, self.netns, self.timeout)
+        if table is None:
+            self._remember({}, exists=False)
+            return {}
         self._remember(table, exists=True)
         return table
 

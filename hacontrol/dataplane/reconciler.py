@@ -11,7 +11,9 @@ the actions (netlink acks, the nft transaction) is the confirmation; the next fu
 anything else (drift: hand edits, ``ipvsadm -C``, ``nft flush ruleset``). After an error the view
 is dropped, so the next pass is a full one.
 
-Passes run on a wake (bursts in one event-loop tick coalesce into one pass), every
+Passes run on a wake (bursts in one event-loop tick coalesce into one pass; change passes start
+at most every ``coalesce`` seconds, so a mass failure, which the checks detect spread over one
+check interval, lands in a few batches while a lone event still goes at once), every
 ``resync_interval`` and, after an error, on an exponential backoff (a change arriving during the
 backoff is tried after the shortest backoff: the new desired table may be the fix). An error of
 the plane or of the builder is logged (``dataplane.error``), counted, shown in ``status()`` and
@@ -37,10 +39,10 @@ from hacontrol import logs
 from hacontrol.clock import Clock
 from hacontrol.dataplane.base import Dataplane, DataplaneError
 from hacontrol.dataplane.desired import DesiredSource
-from hacontrol.dataplane.diff import apply_in_place, describe
+from hacontrol.dataplane.diff import apply_in_place
 from hacontrol.dataplane.owned import OwnedStore, OwnedStoreError
 from hacontrol.dataplane.reconcile_status import PassRecord, ReconcileResult, ReconcileStatus
-from hacontrol.dataplane.slices import batches, build_sliced, diff_sliced
+from hacontrol.dataplane.slices import batches, build_sliced, describe_sliced, diff_sliced
 from hacontrol.dataplane.table import ServiceKey, Table, copy_table
 from hacontrol.metrics import Metrics
 
@@ -59,6 +61,7 @@ def _loop_time() -> float:
 
 
 Build = Callable[[Table], Table]
+BIG_PASS = 1000  # actions: a pass this big (or over the whole table) calls ``after_full``
 
 
 class Reconciler:
@@ -72,9 +75,15 @@ class Reconciler:
         metrics: Metrics | None = None,
         backoff: tuple[float, float] = (0.1, 10.0),
         timeout: float = 30.0,
+        coalesce: float = 0.1,
+        after_full: Callable[[], None] | None = None,
     ) -> None:
         if resync_interval <= 0 or backoff[0] <= 0 or backoff[1] < backoff[0] or timeout <= 0:
             raise ValueError("resync_interval, backoff and timeout must be positive")
+        if coalesce < 0:
+            raise ValueError("coalesce must not be negative")
+        self._coalesce = coalesce
+        self._after_full = after_full  # called after each big pass (the daemon's heap policy)
         self._dp = dataplane
         self._clock: Clock = clock if clock is not None else _loop_time
         self._resync = resync_interval
@@ -92,6 +101,7 @@ class Reconciler:
         self._owned: set[ServiceKey] = set()
         self._owned_loaded = False
         self._record = PassRecord(dataplane.kind, self._clock, metrics=metrics, backoff=backoff)
+        self._last_start: float | None = None  # when the last pass began (the coalescing)
 
     # -- public API -------------------------------------------------------------------------
 
@@ -175,11 +185,16 @@ class Reconciler:
         except TimeoutError:
             return "resync"
         await asyncio.sleep(0)  # let the rest of a burst in this tick arrive first
+        if self._last_start is not None:  # a burst: one pass per ``coalesce`` at most
+            rest = self._coalesce - (self._clock() - self._last_start)
+            if rest > 0:
+                await asyncio.sleep(rest)
         return "change"
 
     async def _pass(self, reason: str) -> ReconcileResult:
         async with self._lock:
             self._wake.clear()
+            self._last_start = self._clock()
             started = time.perf_counter()
             if reason == "resync":
                 self._record.resync()
@@ -198,7 +213,7 @@ class Reconciler:
         scope: Collection[ServiceKey] | None = None  # None: every service
         if full:
             actual = await self._dp.snapshot(set(self._owned))
-            drift = self._drift(actual)
+            drift = await self._drift(actual)
             label = "full"
         else:
             assert self._view is not None
@@ -246,6 +261,8 @@ class Reconciler:
             self._save_owned(now_owned)
         self._owned = now_owned
         self._view = actual
+        if self._after_full is not None and (scope is None or len(actions) >= BIG_PASS):
+            self._after_full()
         self._record.table(
             len(self._owned), sum(len(actual[k].dests) for k in self._owned if k in actual)
         )
@@ -261,11 +278,11 @@ class Reconciler:
 
     # -- helpers ----------------------------------------------------------------------------
 
-    def _drift(self, actual: Table) -> list[str]:
+    async def _drift(self, actual: Table) -> list[str]:
         """How the kernel differs from our view of it (owned part; none without a view)."""
         if self._view is None:
             return []
-        return describe(self._view, actual, self._owned)
+        return await describe_sliced(self._view, actual, set(self._owned))
 
     def _failed(self, reason: str, e: Exception, started: float) -> ReconcileResult:
         text = f"{type(e).__name__}: {e}" if not isinstance(e, DataplaneError) else str(e)

@@ -1,0 +1,65 @@
+"""Real servers up per service, kept by the health changes: what HA advertises every tick.
+
+The HA runner reads ``(service, up, total)`` for every service on each tick (every 200 ms by
+default) to put it in the heartbeat. Counting it from the verdicts each time costs one lookup
+per real server: 160 ms of the event loop per tick at 36,544 real servers, most of the interval.
+``UpCounts`` counts once per config (``reset``: one health lookup per check target, the rest
+additions) and then follows each health change (``change``: one step per service using the
+real server), so a tick reads a cached list. Pure; the daemon feeds it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import TypeVar
+
+from hacontrol.health.state import Health
+from hacontrol.model import RealServer, ServiceConfig
+
+K = TypeVar("K")
+Users = Sequence[tuple[ServiceConfig, RealServer]]
+
+
+class UpCounts:
+    def __init__(self) -> None:
+        self._order: list[str] = []
+        self._total: dict[str, int] = {}
+        self._up: dict[str, int] = {}
+        self._rows: list[tuple[str, int, int]] | None = []
+
+    def reset(
+        self,
+        services: Iterable[ServiceConfig],
+        targets: Mapping[K, Users],
+        state: Callable[[K], Health],
+    ) -> None:
+        """Count from scratch: ``targets`` maps each check target to the (service, real server)
+        pairs using it, ``state`` gives a target's verdict (asked once per target)."""
+        self._order = []
+        self._total, self._up = {}, {}
+        for svc in services:
+            self._order.append(svc.name)
+            self._total[svc.name] = len(svc.real_servers)
+            self._up[svc.name] = 0
+        for key, users in targets.items():
+            if state(key) is Health.UP:
+                for svc, _ in users:
+                    if svc.name in self._up:
+                        self._up[svc.name] += 1
+        self._rows = None
+
+    def change(self, users: Users, old: Health, new: Health) -> None:
+        """A target went from ``old`` to ``new``; ``users``: its (service, real server) pairs."""
+        if (old is Health.UP) == (new is Health.UP):
+            return
+        step = 1 if new is Health.UP else -1
+        for svc, _ in users:
+            if svc.name in self._up:
+                self._up[svc.name] += step
+        self._rows = None
+
+    def rows(self) -> list[tuple[str, int, int]]:
+        """(service, real servers up, real servers), in config order (cached until a change)."""
+        if self._rows is None:
+            self._rows = [(n, self._up[n], self._total[n]) for n in self._order]
+        return self._rows
