@@ -88,10 +88,12 @@ def wait(cond: Any, what: str, limit: float, log: Path) -> Any:
 
 
 def table(lab: NetnsLab) -> dict[str, list[Any]]:
-    """Elements of each set and map of our table."""
-    out = lab["director"].run("nft", "-j", "-p", "list", "table", "inet", TABLE).stdout
+    """Elements of each set and map of our table ({} while the daemon has not made it yet)."""
+    r = lab["director"].run("nft", "-j", "-p", "list", "table", "inet", TABLE, check=False)
     got: dict[str, list[Any]] = {}
-    for item in json.loads(out)["nftables"]:
+    if r.returncode != 0:
+        return got
+    for item in json.loads(r.stdout)["nftables"]:
         for kind in ("set", "map"):
             if kind in item:
                 got[item[kind]["name"]] = item[kind].get("elem", [])
