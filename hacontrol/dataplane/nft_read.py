@@ -12,6 +12,8 @@ port, scheduler, persistence, ((address, port, weight, forwarding), ...))``. The
 cancellation), then loads one frame and builds its services at a time, yielding between frames
 (one ``marshal.loads`` of the whole 37,000 destinations would hold the loop ~40 ms). The child
 is our own code run by the same interpreter: its output is trusted, and capped (``MAX_OUTPUT``).
+When this user cannot run the interpreter again (a virtualenv under a 0700 home), the same work
+runs on a worker thread in the daemon instead, logged once as ``dataplane.reader_fallback``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import subprocess
 import sys
 from typing import Any
 
+from hacontrol import logs
 from hacontrol.dataplane.base import DataplaneError
 from hacontrol.dataplane.nft_render import FAMILY, NftRenderer
 from hacontrol.dataplane.slices import SLICE, WORK
@@ -36,6 +39,9 @@ from hacontrol.dataplane.table import (
     Table,
     TableService,
 )
+
+log = logs.get("hacontrol.dataplane.nft_read")
+_fallback_logged = False  # the fallback is logged once per process
 
 MAX_OUTPUT = 512 << 20  # bytes of marshal the parent reads at most
 Row = tuple[str, str, int, str, int, tuple[tuple[str, int, int, str], ...]]
@@ -141,7 +147,9 @@ async def read_table(
             stderr=asyncio.subprocess.PIPE,
         )
     except OSError as e:
-        raise DataplaneError(f"nftables: cannot start the table reader: {e}") from e
+        # the interpreter cannot be run again by this user (a virtualenv under a 0700 home):
+        # read here instead, on a worker thread; the parse then shares the interpreter
+        return await _read_in_process(table_name, netns, limit, e)
     try:
         async with asyncio.timeout(limit + 5.0):
             out, err = await proc.communicate()
@@ -163,6 +171,29 @@ async def read_table(
         return None
     if record[0] == "error":
         raise DataplaneError(str(record[1]))
+    return table
+
+
+async def _read_in_process(
+    table_name: str, netns: str | None, limit: float, why: OSError
+) -> Table | None:
+    global _fallback_logged
+    if not _fallback_logged:
+        _fallback_logged = True
+        log.warning(
+            "dataplane.reader_fallback",
+            reason=f"cannot start the table reader child ({why}); reading in the daemon",
+            interpreter=sys.executable,
+        )
+    record, rows = await asyncio.to_thread(read_here, table_name, netns, limit)
+    if record[0] == "absent":
+        return None
+    if record[0] == "error":
+        raise DataplaneError(str(record[1]))
+    table: Table = {}
+    for start in range(0, len(rows or ()), SLICE):
+        add_rows(table, (rows or [])[start : start + SLICE])
+        await asyncio.sleep(0)
     return table
 
 
