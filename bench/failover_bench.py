@@ -139,6 +139,14 @@ def size(path: Path) -> int:
     return path.stat().st_size if path.exists() else 0
 
 
+def links_dark(c: Cluster, name: str) -> None:
+    """The switch ports of ``name`` (public, inside, heartbeat) down in one batch."""
+    tag = name.removeprefix("director-")
+    batch = "".join(f"link set {p}-{tag} down\n" for p in ("pub", "in", "hb"))
+    subprocess.run(["ip", "-n", c.ns("switch").name, "-batch", "-"], input=batch, text=True,
+                   check=True, capture_output=True)  # fmt: skip
+
+
 class Stack:
     """The VIP mover of one profile (plus the data plane) on both directors."""
 
@@ -173,12 +181,7 @@ class Stack:
         if p is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(p.pid, signal.SIGKILL)
-        tag = name.removeprefix("director-")
-        batch = "".join(
-            f"link set {port} down\n" for port in (f"pub-{tag}", f"in-{tag}", f"hb-{tag}")
-        )
-        subprocess.run(["ip", "-n", self.c.ns("switch").name, "-batch", "-"], input=batch,
-                       text=True, check=True, capture_output=True)  # fmt: skip
+        links_dark(self.c, name)
         self.c.power_off(name)
 
     def kill_extra(self, name: str) -> None:
@@ -389,20 +392,29 @@ class AddrMonitor:
         return None
 
 
-def failover_run(c: Cluster, stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
-    wait_for(stack.ready, 180, f"{stack.prof.key}: a active, b backup")
+def power_cut(
+    c: Cluster, power_off: Callable[[], None], args: argparse.Namespace
+) -> tuple[list[traffic.Request], float, float, float | None]:
+    """Under the client's load, ``power_off`` (director-a) at a random instant of the heartbeat
+    or advertisement cycle, then 30 answers again: the requests, when the cut began and ended,
+    and when the VIP appeared on director-b (None: not seen)."""
     mon = AddrMonitor(c, B)
     load = new_load(c, args)
     try:
-        time.sleep(random.uniform(0.0, PHASE))  # a random instant in the heartbeat cycle
+        time.sleep(random.uniform(0.0, PHASE))
         t_cut = time.monotonic()
-        stack.power_off(A)
+        power_off()
         t_off = time.monotonic()
         wait_answers(load, 30, t_off, 60)
     finally:
         load.stop()
         vip_on_b = mon.added(VIP)
-    reqs = load.requests()
+    return load.requests(), t_cut, t_off, vip_on_b
+
+
+def failover_run(c: Cluster, stack: Stack, args: argparse.Namespace) -> dict[str, Any]:
+    wait_for(stack.ready, 180, f"{stack.prof.key}: a active, b backup")
+    reqs, t_cut, t_off, vip_on_b = power_cut(c, lambda: stack.power_off(A), args)
     m = {
         "outage_s": round(traffic.outage(reqs, t_cut), 3),
         "failed": traffic.failures(reqs, t_cut),
@@ -541,6 +553,54 @@ def machine() -> dict[str, Any]:
     }  # fmt: skip
 
 
+@dataclass
+class Session:
+    """One run of a lab benchmark: its measurements (``res``), its work directory, its clock
+    for the progress lines (``say``) and whether it finished (``ok``)."""
+
+    res: dict[str, Any]
+    workdir: Path
+    t0: float
+    ok: bool = False
+
+    def say(self, msg: str) -> None:
+        print(f"[{time.monotonic() - self.t0:7.1f}s] {msg}", file=sys.stderr, flush=True)
+
+
+def new_session(prefix: str) -> Session:
+    """Stale labs removed, SIGTERM an exit (so every cleanup runs), the machine noted."""
+    cleanup_stale()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    t0 = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix=prefix))
+    return Session({"machine": machine(), "command": " ".join(sys.argv)}, workdir, t0)
+
+
+@contextlib.contextmanager
+def lab_cluster(s: Session, json_out: Path | None, keep: bool = False) -> Iterator[Cluster]:
+    """The two-director cluster in a fresh lab. On leaving (also on failure): its processes
+    stopped, the lab removed, ``s.res`` written to ``json_out``, the work directory removed if
+    the body finished (``s.ok``) and not ``keep``, else kept and said."""
+    try:
+        with NetnsLab() as lab:
+            c = Cluster(lab, s.workdir, ha=True, timing=Timing())
+            try:
+                yield c
+                s.ok = True
+            finally:
+                for r in c.runs:
+                    r.stop()
+    finally:
+        s.res["machine"]["loadavg_end"] = os.getloadavg()
+        s.res["seconds"] = round(time.monotonic() - s.t0, 1)
+        if json_out:
+            json_out.write_text(json.dumps(s.res, indent=1) + "\n")
+        if s.ok and not keep:
+            shutil.rmtree(s.workdir, ignore_errors=True)
+        else:
+            s.say(f"work directory kept: {s.workdir}")
+
+
 def ensure_keepalived() -> None:
     if shutil.which("keepalived"):
         return
@@ -667,35 +727,10 @@ def main(argv: list[str] | None = None) -> int:
         p.error("--runs 1..100, --starve-seconds 5..120")
     if any(k.startswith("ka-") for k in args.profiles):
         ensure_keepalived()
-    cleanup_stale()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    t0 = time.monotonic()
-
-    def say(msg: str) -> None:
-        print(f"[{time.monotonic() - t0:7.1f}s] {msg}", file=sys.stderr, flush=True)
-
-    workdir = Path(tempfile.mkdtemp(prefix="hc-failover-"))
-    res: dict[str, Any] = {"machine": machine(), "command": " ".join(sys.argv)}
-    ok = False
-    try:
-        with NetnsLab() as lab:
-            c = Cluster(lab, workdir, ha=True, timing=Timing())
-            try:
-                run(args, c, res, say)
-                ok = True
-            finally:
-                for r in c.runs:
-                    r.stop()
-    finally:
-        res["machine"]["loadavg_end"] = os.getloadavg()
-        res["seconds"] = round(time.monotonic() - t0, 1)
-        if args.json:
-            args.json.write_text(json.dumps(res, indent=1) + "\n")
-        if ok and not args.keep:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            say(f"work directory kept: {workdir}")
-    print(report(res))
+    s = new_session("hc-failover-")
+    with lab_cluster(s, args.json, args.keep) as c:
+        run(args, c, s.res, s.say)
+    print(report(s.res))
     return 0
 
 

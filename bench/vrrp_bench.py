@@ -24,37 +24,29 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
-import random
-import shutil
 import signal
 import statistics
-import subprocess
 import sys
-import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from failover_bench import (  # type: ignore[import-not-found]
-    PHASE,
-    AddrMonitor,
     BenchError,
     ensure_keepalived,
-    machine,
-    new_load,
+    lab_cluster,
+    links_dark,
+    new_session,
+    power_cut,
     serving,
     status,
-    wait_answers,
     wait_for,
 )
 
 from hacontrol.lab import traffic
 from hacontrol.lab.mixed import Kind, MixedPair
-from hacontrol.lab.netns import NetnsLab, cleanup_stale
-from hacontrol.lab.topology import HB_IF, INSIDE_IF, PUBLIC_IF, VIP, Cluster, Timing
+from hacontrol.lab.topology import HB_IF, INSIDE_IF, PUBLIC_IF, VIP
 
 A, B = "director-a", "director-b"
 KINDS: dict[str, tuple[Kind, Kind]] = {
@@ -98,10 +90,7 @@ def power_off(pair: MixedPair, name: str) -> None:
     for x in ("pid", "vrrp.pid"):  # keepalived's children (its VRRP process)
         with contextlib.suppress(OSError, ValueError, ProcessLookupError):
             os.kill(int(pair.path(name, x).read_text().strip()), signal.SIGKILL)
-    tag = name.removeprefix("director-")
-    batch = "".join(f"link set {p}-{tag} down\n" for p in ("pub", "in", "hb"))
-    subprocess.run(["ip", "-n", pair.c.ns("switch").name, "-batch", "-"], input=batch,
-                   text=True, check=True, capture_output=True)  # fmt: skip
+    links_dark(pair.c, name)
     pair.stop(name, signal.SIGKILL)  # reaps
 
 
@@ -121,17 +110,7 @@ def power_on(pair: MixedPair, name: str) -> None:
 def failover_run(pair: MixedPair, args: argparse.Namespace) -> dict[str, Any]:
     c = pair.c
     wait_for(lambda: ready(pair), 180, "a active, b backup")
-    mon = AddrMonitor(c, B)
-    load = new_load(c, args)
-    try:
-        time.sleep(random.uniform(0.0, PHASE))  # a random instant in the advertisement cycle
-        t_cut = time.monotonic()
-        power_off(pair, A)
-        wait_answers(load, 30, time.monotonic(), 60)
-    finally:
-        load.stop()
-        vip_on_b = mon.added(VIP)
-    reqs = load.requests()
+    reqs, t_cut, _, vip_on_b = power_cut(c, lambda: power_off(pair, A), args)
     m = {
         "outage_s": round(traffic.outage(reqs, t_cut), 3),
         "failed": traffic.failures(reqs, t_cut),
@@ -176,22 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     if not 1 <= args.runs <= 100 or any(k not in PROFILES for k in args.profiles):
         p.error(f"--runs 1..100, --profiles of {', '.join(PROFILES)}")
     ensure_keepalived()
-    cleanup_stale()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    t0 = time.monotonic()
-
-    def say(msg: str) -> None:
-        print(f"[{time.monotonic() - t0:7.1f}s] {msg}", file=sys.stderr, flush=True)
-
-    workdir = Path(tempfile.mkdtemp(prefix="hc-vrrp-"))
-    res: dict[str, Any] = {"machine": machine(), "command": " ".join(sys.argv),
-                           "outage": {k: [] for k in args.profiles}}  # fmt: skip
-    ok = False
+    s = new_session("hc-vrrp-")
+    s.res["outage"] = {k: [] for k in args.profiles}
     try:
-        with NetnsLab() as lab:
-            c = Cluster(lab, workdir, ha=True, timing=Timing())
+        with lab_cluster(s, args.json) as c:
             c.build()
-            say("lab built")
+            s.say("lab built")
             current: list[MixedPair] = []
             try:
                 done = 0
@@ -208,28 +177,16 @@ def main(argv: list[str] | None = None) -> int:
                             pair.start(name)
                         for _ in range(block):
                             m = failover_run(pair, args)
-                            res["outage"][key].append(m)
-                            say(f"{key}: outage {m['outage_s']}s, {m['failed']} failed")
+                            s.res["outage"][key].append(m)
+                            s.say(f"{key}: outage {m['outage_s']}s, {m['failed']} failed")
                     done += block
-                ok = True
             finally:
                 if current:
                     current.pop().stop_all()
-                for r in c.runs:
-                    r.stop()
     except BenchError as e:
-        say(f"bench error: {e}")
-    finally:
-        res["machine"]["loadavg_end"] = os.getloadavg()
-        res["seconds"] = round(time.monotonic() - t0, 1)
-        if args.json:
-            args.json.write_text(json.dumps(res, indent=1) + "\n")
-        if ok:
-            shutil.rmtree(workdir, ignore_errors=True)
-        else:
-            say(f"work directory kept: {workdir}")
-    print(report({k: v for k, v in res["outage"].items() if v}))
-    return 0 if ok else 1
+        s.say(f"bench error: {e}")
+    print(report({k: v for k, v in s.res["outage"].items() if v}))
+    return 0 if s.ok else 1
 
 
 if __name__ == "__main__":

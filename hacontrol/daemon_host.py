@@ -18,7 +18,6 @@ Nothing here raises into the daemon: errors are logged by the parts and shown in
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from typing import Any
 
 from hacontrol import logs
@@ -29,6 +28,7 @@ from hacontrol.ha.interfaces import VipManager
 from hacontrol.host.needs import required_sysctls
 from hacontrol.host.sysctl import SysctlCheck, check_sysctls, host_check
 from hacontrol.model import Config
+from hacontrol.tasks import cancel_and_wait
 
 log = logs.get("hacontrol.daemon_host")
 
@@ -141,11 +141,8 @@ class HostSide:
             await new.set_active(self._active, "reload: nat changed")
 
     async def close(self) -> None:
-        if self._upkeep is not None:
-            self._upkeep.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._upkeep
-            self._upkeep = None
+        await cancel_and_wait(self._upkeep)
+        self._upkeep = None
         if self._snat is not None:
             await self._snat.close()
 

@@ -30,6 +30,7 @@ from hacontrol.overrides.manager import OverrideManager
 from hacontrol.overrides.plan import reload_plan
 from hacontrol.overrides.store import OverrideStore, record_doc
 from hacontrol.reload_parse import Parse, Refused
+from hacontrol.tasks import cancel_and_wait
 
 log = logs.get("hacontrol.overrides")
 
@@ -87,10 +88,7 @@ class OverrideSide:
 
     async def stop(self) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     # -- commands and views -----------------------------------------------------------------
 

@@ -18,13 +18,13 @@ period however often the table changes. Both sleep through the loop (the one clo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import socket
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Protocol
 
 from hacontrol import logs
+from hacontrol.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from hacontrol.dataplane.reconciler import Reconciler
@@ -152,11 +152,7 @@ class SystemdLink:
 
     async def stop(self) -> None:
         tasks, self._tasks = self._tasks, []
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await cancel_and_wait(*tasks)
 
     def _send_status(self, prefix: str = "") -> None:
         line = self.line()

@@ -27,7 +27,6 @@ distinct error) and shown in the status; the next pass retries.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import os
 import socket
@@ -41,6 +40,7 @@ from hacontrol.clock import Clock
 from hacontrol.dataplane.base import DataplaneError, IpvsRequests
 from hacontrol.dataplane.ipvs_codec import NLA_F_NESTED, nla
 from hacontrol.model import SyncConfig
+from hacontrol.tasks import cancel_and_wait
 
 __all__ = [
     "CMD_DEL_DAEMON",
@@ -245,11 +245,8 @@ class SyncDaemons:
 
     async def close(self, keep: bool) -> None:
         """Stop the re-checks; ``keep`` False also stops the kernel's sync daemons."""
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if not keep:
             await self.reconcile("stop", stop_all=True)
 

@@ -2,23 +2,22 @@
 
 A service the daemon created is "owned": when it disappears from the config it is deleted, even
 if that happened while the daemon was down. A service it never created is foreign and never taken
-or deleted. The file lives in ``DataplaneConfig.state_dir`` and is replaced atomically (write a
-temporary file, fsync, rename). A missing file means "owns nothing"; an unreadable one is reported
+or deleted. The file lives in ``DataplaneConfig.state_dir`` and is replaced atomically
+(hacontrol.fsutil.write_atomic). A missing file means "owns nothing"; an unreadable one is reported
 as an OwnedStoreError (the caller logs it and starts from nothing: safe, it never takes foreign
 services, at worst it leaves a stale one in place).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, get_args
 
 from hacontrol.dataplane.table import Proto, ServiceKey
+from hacontrol.fsutil import write_atomic
 
 FILENAME = "owned-services.json"
 VERSION = 1
@@ -48,17 +47,7 @@ class OwnedStore:
         data = encode(keys)
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".owned.", dir=self.path.parent)
-            try:
-                with os.fdopen(fd, "w") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, self.path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
+            write_atomic(self.path, data, prefix=".owned.")
         except OSError as e:
             raise OwnedStoreError(f"{self.path}: {e.strerror or e}") from e
 

@@ -31,7 +31,6 @@ the event loop's own clock, because the waits run on the loop (``asyncio.timeout
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Collection, Iterable
 
@@ -45,6 +44,7 @@ from hacontrol.dataplane.reconcile_status import PassRecord, ReconcileResult, Re
 from hacontrol.dataplane.slices import batches, build_sliced, describe_sliced, diff_sliced
 from hacontrol.dataplane.table import ServiceKey, Table, copy_table
 from hacontrol.metrics import Metrics
+from hacontrol.tasks import cancel_and_wait
 
 __all__ = ["Build", "ReconcileResult", "ReconcileStatus", "Reconciler"]
 
@@ -131,10 +131,7 @@ class Reconciler:
     async def stop(self) -> None:
         """Stop the loop (the kernel table is left as it is; closing the plane is the owner's)."""
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def sync_now(self, reason: str = "manual") -> ReconcileResult:
         """Run one pass now (tests, the API), regardless of the backoff: a full pass, except for

@@ -22,7 +22,6 @@ daemon then runs as it did without the guard.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 from typing import Any
 
@@ -34,6 +33,7 @@ from hacontrol.ha.interfaces import Notifier
 from hacontrol.ha.packet import MAGIC
 from hacontrol.model import Endpoint
 from hacontrol.process import HaComponent
+from hacontrol.tasks import cancel_and_wait
 
 log = logs.get("hacontrol.ha.guard")
 
@@ -239,10 +239,7 @@ class GuardedHa:
 
     async def stop(self, graceful: bool = True) -> None:
         task, self._task = self._task, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
         try:
             await self.inner.stop(graceful)
         finally:

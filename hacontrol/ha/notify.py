@@ -21,6 +21,7 @@ from typing import Literal
 
 from hacontrol import logs
 from hacontrol.model import HAConfig
+from hacontrol.tasks import cancel_and_wait
 
 log = logs.get("hacontrol.ha.notify")
 
@@ -140,9 +141,7 @@ class CommandNotifier:
             rc = await asyncio.wait_for(proc.wait(), self.timeout)
         except TimeoutError:
             await self._kill_group(proc)
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            await cancel_and_wait(reader)
             return NotifyResult(
                 "timeout",
                 tuple(argv),
@@ -159,9 +158,7 @@ class CommandNotifier:
             # the program exited; a grandchild holding the pipe must not hold us up
             output = await asyncio.wait_for(reader, self.kill_grace)
         except TimeoutError:
-            reader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await reader
+            await cancel_and_wait(reader)
         return NotifyResult(
             "ok" if rc == 0 else "failed",
             tuple(argv),

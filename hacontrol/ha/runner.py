@@ -37,6 +37,7 @@ from hacontrol.ha.timeline import TakeoverMarks
 from hacontrol.ha.transport import HaTransport, digest_bytes, next_epoch
 from hacontrol.metrics import Metrics
 from hacontrol.model import HAConfig
+from hacontrol.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from hacontrol.ha.handoff import Handoff
@@ -223,11 +224,7 @@ class HaRunner:
             await self.actions.settle(5.0)
         if self._deadline is not None:
             self._deadline.cancel()
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_and_wait(*self._tasks, quiet=True)
         await self.actions.close()
         self._tasks.clear()
         if self.transport is not None:

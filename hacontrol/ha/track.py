@@ -25,7 +25,6 @@ The decisions (link flags -> up/down, miss counting) are the pure helpers ``link
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import os
 import socket
@@ -46,6 +45,7 @@ from hacontrol.ha.interfaces import HaIoError, TrackEvent
 from hacontrol.health.state import Health
 from hacontrol.health.tracker import Hysteresis
 from hacontrol.model import HAConfig, IPAddress, TrackConfig
+from hacontrol.tasks import cancel_and_wait
 
 log = logs.get("hacontrol.ha.track")
 
@@ -286,11 +286,7 @@ class LocalTracker:
             else:
                 await asyncio.Event().wait()  # nothing to track: idle until cancelled
         finally:
-            for t in tasks:
-                t.cancel()
-            for t in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
+            await cancel_and_wait(*tasks, quiet=True)
             if self._fresh is not None:
                 self._fresh.close()
                 self._fresh = None

@@ -31,6 +31,7 @@ from typing import cast
 from hacontrol import logs
 from hacontrol.clock import Clock
 from hacontrol.config.secrets import SecretError, read_key
+from hacontrol.fsutil import write_atomic
 from hacontrol.ha.freshness import Freshness
 from hacontrol.ha.packet import (
     DECODE_REASONS,
@@ -72,12 +73,7 @@ def next_epoch(state_dir: str | os.PathLike[str], wall_ms: int | None = None) ->
     epoch = min(max(stored + 1, now_ms), 2**64 - 1)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        with open(tmp, "w") as f:
-            f.write(f"{epoch}\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        write_atomic(path, f"{epoch}\n", mode=0o644)
     except OSError as e:
         log.warning("ha.epoch", reason=f"cannot store the boot epoch: {e}", path=str(path))
     return epoch

@@ -37,6 +37,7 @@ from hacontrol.ha.announce import Announcer
 from hacontrol.ha.interfaces import HaIoError
 from hacontrol.metrics import Metrics
 from hacontrol.model import AnnounceConfig, HAConfig, VipConfig
+from hacontrol.tasks import cancel_and_wait
 
 log = logs.get("hacontrol.ha.vip")
 
@@ -319,10 +320,7 @@ class VipGroup:
 
     async def _stop_refresh(self) -> None:
         task, self._refresh = self._refresh, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(task)
 
     async def close(self) -> None:
         """Stop the refresh and close the netlink socket (leaves the VIPs as they are)."""

@@ -29,12 +29,14 @@ import enum
 import ipaddress
 from dataclasses import dataclass, field
 
+from hacontrol.ha.fsm_types import Log, Start, Stop, Tick
+
 __all__ = [
     "TRANSITIONS",
     "Advertised",
     "Fault",
+    "Log",
     "Machine",
-    "Note",
     "Params",
     "Received",
     "Release",
@@ -87,18 +89,9 @@ class Params:
 
 
 # -- events ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Start:
-    now: float
-
-
-@dataclass(frozen=True)
-class Tick:
-    """The runner's wake-up at (or after) ``Machine.deadline``."""
-
-    now: float
+# Start, Tick (the runner's wake-up at or after ``Machine.deadline``) and Stop are the HA
+# machine's own (hacontrol.ha.fsm_types); Start's ``vips_present`` is not read here (the runner
+# releases VIPs found at start itself). Likewise the ``Log`` action (event, reason).
 
 
 @dataclass(frozen=True)
@@ -118,11 +111,6 @@ class Fault:
     now: float
     failed: bool
     reason: str
-
-
-@dataclass(frozen=True)
-class Stop:
-    now: float
 
 
 Event = Start | Tick | Received | Fault | Stop
@@ -156,15 +144,7 @@ class Transition:
     reason: str
 
 
-@dataclass(frozen=True)
-class Note:
-    """Something to log (``event``), with a reason."""
-
-    event: str
-    reason: str
-
-
-Action = Send | Take | Release | Transition | Note
+Action = Send | Take | Release | Transition | Log
 
 
 @dataclass(frozen=True)
@@ -273,7 +253,7 @@ class Machine:
         if self.state is State.BACKUP:
             if ev.priority == 0:
                 self.deadline, self.preempting = ev.now + self.skew, None
-                self.out.append(Note("vrrp.master_stopped", "priority 0: take over after skew"))
+                self.out.append(Log("vrrp.master_stopped", "priority 0: take over after skew"))
             elif (not p.preempt or ev.priority >= p.priority
                   or ev.now < self.started + p.preempt_delay):
                 self.master_adver_cs = ev.max_adver_cs or p.adver_cs

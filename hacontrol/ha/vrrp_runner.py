@@ -34,6 +34,7 @@ from hacontrol.ha.vrrp_status import ROLE, UNAVAILABLE, vrrp_status
 from hacontrol.ha.vrrp_transport import VrrpTransport
 from hacontrol.metrics import Metrics
 from hacontrol.model import HAConfig, VrrpConfig
+from hacontrol.tasks import cancel_and_wait
 
 __all__ = ["UNAVAILABLE", "VrrpRunner"]
 
@@ -139,11 +140,7 @@ class VrrpRunner:
         self._stopping = True
         if self._timer is not None:
             self._timer.cancel()
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_and_wait(*self._tasks, quiet=True)
         self._tasks.clear()
         self.transport.close()
         log.info("ha.stop", graceful=graceful, reason="stopped")
@@ -178,7 +175,8 @@ class VrrpRunner:
             elif isinstance(a, vf.Transition):
                 self._transition(a, ev_now(ev))
             else:
-                log.info(a.event, reason=a.reason, node=self.node)
+                level = a.level if a.level in ("warning", "error") else "info"
+                getattr(log, level)(a.event, reason=a.reason, node=self.node, **dict(a.fields))
         self._arm()
 
     def _arm(self) -> None:

@@ -10,10 +10,9 @@ unexpected failure of the importer itself is reported as such, with exit 1.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import TextIO
 
+from hacontrol.fsutil import write_atomic
 from hacontrol.migrate.keepalived_convert import DEFAULT_SECRET, convert
 from hacontrol.migrate.keepalived_parse import default_host, parse_file
 from hacontrol.migrate.keepalived_source import KeepalivedError
@@ -59,22 +58,10 @@ def run(path: str, output: str | None, host: str | None, secret_file: str | None
         out.write(text)
     else:
         try:
-            _write(output, text)
+            write_atomic(output, text, prefix=".import-")
         except OSError as e:
             print(f"{output}: cannot write: {e.strerror or e}", file=err)
             return EXIT_ERROR
     print(f"{path}: converted, {notes} thing{'s' if notes != 1 else ''} not carried over "
           "(comments starting '# keepalived:')", file=err)
     return EXIT_OK
-
-
-def _write(path: str, text: str) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".import-", dir=directory)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise

@@ -9,15 +9,14 @@ one, never half of one. A missing file is "no overrides"; an unreadable or inval
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, get_args
 
 from hacontrol.dataplane.table import DestKey, Proto, ServiceKey, ServiceSpec
+from hacontrol.fsutil import write_atomic
 from hacontrol.overrides.core import MAX_RECORDS, Leaving, Override, Version, validate
 
 FILENAME = "overrides.json"
@@ -187,21 +186,6 @@ class OverrideStore:
         data = encode(counter, records, leaving, ended or set())
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=".overrides.", dir=self.path.parent)
-            try:
-                with os.fdopen(fd, "w") as f:
-                    f.write(data)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, self.path)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-            dirfd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dirfd)
-            finally:
-                os.close(dirfd)
+            write_atomic(self.path, data, prefix=".overrides.")
         except OSError as e:
             raise StoreError(f"{self.path}: {e.strerror or e}") from e

@@ -36,6 +36,7 @@ import pytest
 from hacontrol.cli_api import ApiError, api_call
 from hacontrol.lab import traffic
 from hacontrol.lab.netns import NetnsLab, Ns, wait_tcp
+from tests.reload_children import parser_children
 
 pytestmark = pytest.mark.root
 
@@ -311,24 +312,6 @@ def test_daemon_on_nftables(scene: Scene) -> None:
         f"reload applied after {applied_after:.3f}s, SIGTERM -> daemon.stop logged "
         f"{stop_logged:.3f}s, process exit {stop_took:.3f}s"
     )
-
-
-def parser_children(daemon_pid: int) -> list[int]:
-    """Live ``hacontrol.reload_parse`` children of the daemon."""
-    pids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if fields[0] != "Z" and int(fields[1]) == daemon_pid and b"hacontrol.reload_parse" in argv:
-            pids.append(int(entry))
-    return pids
 
 
 def test_slow_reload_blocks_neither_the_api_nor_sigterm(scene: Scene) -> None:

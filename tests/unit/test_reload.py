@@ -20,6 +20,7 @@ from hacontrol.daemon import Daemon
 from hacontrol.dataplane.memory import MemoryDataplane
 from hacontrol.model import Config
 from hacontrol.reload_parse import Refused, parse_in_child
+from tests.reload_children import parser_children
 
 BOUND = 20.0  # generous upper bound for anything that must happen "at once"
 
@@ -34,25 +35,6 @@ services:
     check: {{type: none}}
     real_servers: [{{address: 192.0.2.11, port: {port}}}]
 """
-
-
-def parser_children(path: Path) -> list[int]:
-    """Pids of live reload parsers of ``path`` started by this process."""
-    me, pids = os.getpid(), []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                argv = f.read().split(b"\0")
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        ours = fields[0] != "Z" and int(fields[1]) == me and b"hacontrol.reload_parse" in argv
-        if ours and str(path).encode() in argv:
-            pids.append(int(entry))
-    return pids
 
 
 async def test_child_parses_a_good_file_and_refuses_a_bad_one(tmp_path: Path) -> None:
@@ -73,7 +55,7 @@ async def test_child_past_its_deadline_is_killed(tmp_path: Path) -> None:
     os.mkfifo(fifo)
     got = await asyncio.wait_for(parse_in_child(str(fifo), deadline=0.5), BOUND)
     assert got == Refused([f"{fifo}: parsing took longer than 0.5s: abandoned"])
-    assert parser_children(fifo) == []  # killed and reaped
+    assert parser_children(os.getpid(), fifo) == []  # killed and reaped
 
 
 async def test_child_over_its_memory_limit_is_refused(tmp_path: Path) -> None:
@@ -106,7 +88,7 @@ async def test_slow_reload_blocks_neither_the_api_nor_stop(
     with capture_logs() as logs:
         first = asyncio.create_task(d.reload("test"))
         async with asyncio.timeout(BOUND):
-            while not parser_children(path):  # noqa: ASYNC110 - a process outside the loop
+            while not parser_children(os.getpid(), path):  # noqa: ASYNC110 - a process outside the loop
                 await asyncio.sleep(0.02)
         conn = aiohttp.UnixConnector(path=str(tmp_path / "api.sock"))
         async with aiohttp.ClientSession(connector=conn) as s:
@@ -119,12 +101,12 @@ async def test_slow_reload_blocks_neither_the_api_nor_stop(
                     body = await r.json()
                     assert r.status == 409 and body["error"] == "reload in progress"
         assert not first.done() and d.reloads.in_progress
-        children = parser_children(path)
+        children = parser_children(os.getpid(), path)
         async with asyncio.timeout(BOUND):  # stop does not wait for the parse
             await d.stop("SIGTERM")
             result = await first
     assert result == {"result": "error", "errors": ["the daemon is stopping"], "digest": digest}
-    assert children and parser_children(path) == []  # the child was killed and reaped
+    assert children and parser_children(os.getpid(), path) == []  # the child was killed and reaped
     assert d.config.digest == digest
     busy = [e for e in logs if e["event"] == "config.reload" and e.get("result") == "busy"]
     assert len(busy) == 1 and "already in progress" in busy[0]["reason"]

@@ -76,7 +76,7 @@ CASES: dict[str, tuple[vf.Params, list[tuple[vf.Event, list[str], S]]]] = {
     "priority 0 from the master: take over after skew time": (P(), [
         (vf.Start(0.0), ["INITIALIZE->BACKUP"], S.BACKUP),
         (adv(1.0, 150), [], S.BACKUP),
-        (adv(2.0, 0), ["note"], S.BACKUP),
+        (adv(2.0, 0), ["log"], S.BACKUP),
         (vf.Tick(2.0 + SKEW - 0.001), [], S.BACKUP),
         (vf.Tick(2.0 + SKEW), ["BACKUP->MASTER", "send100", "take"], S.MASTER),
     ]),
