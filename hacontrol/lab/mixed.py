@@ -57,9 +57,18 @@ class MixedPair:
     else multicast 224.0.0.18; ``advert``: the advertisement interval in seconds."""
 
     def __init__(
-        self, c: Cluster, kinds: dict[str, Kind], *, advert: float = 1.0, unicast: bool = False
+        self,
+        c: Cluster,
+        kinds: dict[str, Kind],
+        *,
+        advert: float = 1.0,
+        unicast: bool = False,
+        lease: float | None = None,
     ) -> None:
+        """``lease``: how long hacontrol's VIPs outlive a killed daemon (default the larger of 3 s
+        and 4 advertisement intervals)."""
         self.c, self.kinds, self.advert, self.unicast = c, kinds, advert, unicast
+        self.lease = max(3.0, 4 * advert) if lease is None else lease
         self.procs: dict[str, subprocess.Popen[Any]] = {}
         self.started: dict[str, int] = {}
 
@@ -84,7 +93,7 @@ class MixedPair:
             if self.unicast:
                 vrrp |= {"unicast_peers": [self.peer_of(name)], "source": d.inside}
             ha["vrrp"] = vrrp
-            ha["lease"] = f"{max(3.0, 4 * self.advert):g}s"
+            ha["lease"] = f"{self.lease:g}s"
             cfg["ha"] = ha
         else:
             uni = (f"    unicast_src_ip {d.inside}\n    unicast_peer {{\n"

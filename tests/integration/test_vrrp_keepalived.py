@@ -272,8 +272,9 @@ def test_migration_end_two_hacontrol_in_vrrp_mode_then_the_switch_to_the_own_pro
     """docs/migrate-from-keepalived.md, steps 4-5: two hacontrol daemons in VRRP mode pair with
     each other; then the backup stops, the master is killed (the VIPs stay for their lease) and
     restarted with the own protocol: it adopts them, the VIP group never leaves it; the other
-    joins as backup over the own protocol."""
-    pair = pair_of({A: "hacontrol", B: "hacontrol"}, advert=0.5, unicast=False)
+    joins as backup over the own protocol. The lease is long so the restart outlasts it on a
+    loaded machine too (what is tested is the adoption, not how fast a daemon starts)."""
+    pair = pair_of({A: "hacontrol", B: "hacontrol"}, advert=0.5, unicast=False, lease=30.0)
     for n in (A, B):
         pair.start(n)
     until(only(pair, A, B), 90, "two hacontrol in VRRP mode: a master, b backup", pair)
