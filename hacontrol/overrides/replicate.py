@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -86,7 +86,8 @@ class Replicator:
         self._tokens_at = clock()
         self._unsaved = False
         self._saved_at = -save_gap
-        self._digest: tuple[int, bytes] | None = None
+        self._sum = wire.DigestSum(manager.records.values())
+        self._gen = manager.generation
         self._logged: dict[str, float] = {}
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -94,14 +95,30 @@ class Replicator:
     # -- what the manager and the peer say ----------------------------------------------------
 
     def digest(self) -> bytes:
-        """The digest of our record set (recomputed only after it changed)."""
+        """The digest of our record set: kept per change (``wire.DigestSum``); recomputed
+        whole only when the set changed by a way this class did not see."""
+        if self.manager.generation != self._gen:
+            self._sum = wire.DigestSum(self.manager.records.values())
+            self._gen = self.manager.generation
+        return self._sum.digest()
+
+    def _seen(self, records: Iterable[Override]) -> None:
+        """``records`` may hold their keys now: the digest follows those that do."""
         gen = self.manager.generation
-        if self._digest is None or self._digest[0] != gen:
-            self._digest = (gen, wire.set_digest(self.manager.records.values()))
-        return self._digest[1]
+        if gen == self._gen:
+            return
+        if gen != self._gen + 1:  # another change came between: the next digest() rehashes
+            self._gen = -1
+            return
+        held = self.manager.records
+        for o in records:
+            if held.get(o.key) is o:
+                self._sum.put(o)
+        self._gen = gen
 
     def changed(self, made: list[Override]) -> None:
         """Records made here by a command: push them now."""
+        self._seen(made)
         for o in made:
             self.queue.setdefault(o.key)
         self._wake.set()
@@ -125,6 +142,7 @@ class Replicator:
         if sec.records:
             self.records["received"] += len(sec.records)
             taken, full = self.manager.merge_remote(sec.records, msg.node, save=False)
+            self._seen(sec.records)
             self.records["taken"] += taken
             if full:
                 self._refuse("full", msg.node, "", f"{full} records past the set's bound")

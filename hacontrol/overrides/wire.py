@@ -13,8 +13,10 @@ Records for services or servers this node's config does not list are *kept* (the
 may be between reloads); only the set size is bounded (``core.MAX_RECORDS``, by the receiver).
 
 ``set_digest`` is over each record's identity (service, server, Lamport version): two sets that
-hold the same winners have the same digest, whatever the float fields. ``pack`` splits records
-into packets that fit a byte budget and ``MAX_PER_PACKET``. No I/O.
+hold the same winners have the same digest, whatever the float fields; it is a sum of per-record
+hashes, so ``DigestSum`` keeps it current in O(1) per change (no rehash of 20,000 records on the
+heartbeat path). ``pack`` splits records into packets that fit a byte budget and
+``MAX_PER_PACKET``. No I/O.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ MAX_PER_PACKET = 32
 MAX_COUNTER = 2**62  # far above any real count; keeps a hostile peer from wrapping ours
 MAX_SERVICE_BYTES = 255
 MAX_SHORT_BYTES = 64  # server and version node
-NO_WEIGHT = 0xFFFFFFFF
+DIGEST_MOD = 2**256
 FLAG_LAST = 0x01
 _KNOWN_FLAGS = FLAG_LAST
 
@@ -73,15 +75,43 @@ class Section:
     records: tuple[Override, ...] = ()
 
 
-def set_digest(records: Iterable[Override]) -> bytes:
-    """16 bytes over the sorted (service, server, counter, node) of every record."""
+def record_hash(o: Override) -> int:
+    """SHA-256 of one record's identity (service, server, node, counter) as an integer."""
     h = hashlib.sha256()
-    for o in sorted(records, key=lambda o: (o.key, o.version)):
-        for text in (o.service, o.server, o.version.node):
-            raw = text.encode("utf-8")
-            h.update(struct.pack("!H", len(raw)) + raw)
-        h.update(struct.pack("!Q", o.version.counter))
-    return h.digest()[:SET_DIGEST_LEN]
+    for text in (o.service, o.server, o.version.node):
+        raw = text.encode("utf-8")
+        h.update(struct.pack("!H", len(raw)) + raw)
+    h.update(struct.pack("!Q", o.version.counter))
+    return int.from_bytes(h.digest(), "big")
+
+
+def digest_of(total: int) -> bytes:
+    """The set digest for the sum of its records' ``record_hash`` (any order; mod 2**256)."""
+    return (total % DIGEST_MOD).to_bytes(32, "big")[:SET_DIGEST_LEN]
+
+
+def set_digest(records: Iterable[Override]) -> bytes:
+    """16 bytes over every record's identity, independent of order: the sum of the records'
+    ``record_hash`` mod 2**256, its first 16 bytes (a record replaced by a newer version is a
+    subtraction and an addition: ``DigestSum``)."""
+    return digest_of(sum(record_hash(o) for o in records))
+
+
+class DigestSum:
+    """``set_digest`` kept up to date one record at a time (O(1) per change)."""
+
+    def __init__(self, records: Iterable[Override] = ()) -> None:
+        self.parts: dict[tuple[str, str], int] = {o.key: record_hash(o) for o in records}
+        self.total = sum(self.parts.values())
+
+    def put(self, o: Override) -> None:
+        """``o`` now holds its key (replacing whatever held it)."""
+        h = record_hash(o)
+        self.total += h - self.parts.get(o.key, 0)
+        self.parts[o.key] = h
+
+    def digest(self) -> bytes:
+        return digest_of(self.total)
 
 
 def canonical(server: str) -> bool:

@@ -65,6 +65,8 @@ class Link:
 
     def agree(self) -> bool:
         a, b = self.m["a"].records, self.m["b"].records
+        for name, r in self.r.items():  # the digest kept per change is the one of the set
+            assert r.digest() == wire.set_digest(self.m[name].records.values())
         return a == b and all(r.status()["agree"] for r in self.r.values())
 
 

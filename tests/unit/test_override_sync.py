@@ -140,6 +140,17 @@ def test_set_digest_is_over_identities() -> None:
     assert len(wire.set_digest([])) == wire.SET_DIGEST_LEN
 
 
+def test_digest_sum_follows_changes() -> None:
+    d = wire.DigestSum([DRAIN, WEIGHT])
+    assert d.digest() == wire.set_digest([WEIGHT, DRAIN])
+    newer = rec(RS[0], "clear", 9, "b")  # replaces DRAIN (same server)
+    d.put(newer)
+    assert d.digest() == wire.set_digest([newer, WEIGHT])
+    d.put(UTF8)
+    assert d.digest() == wire.set_digest([UTF8, newer, WEIGHT])
+    assert wire.DigestSum().digest() == wire.set_digest([]) == bytes(wire.SET_DIGEST_LEN)
+
+
 @pytest.mark.parametrize(
     ("n", "budget", "sizes"),
     [
