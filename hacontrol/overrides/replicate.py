@@ -138,7 +138,10 @@ class Replicator:
             return
         self.packets["received"] += 1
         self.peer, self.last_heard = msg.node, now
+        before = self.manager.counter
         self.manager.observe(sec.counter)
+        if self.manager.counter > before:  # kept across a restart too
+            self._unsaved = True
         if sec.records:
             self.records["received"] += len(sec.records)
             taken, full = self.manager.merge_remote(sec.records, msg.node, save=False)

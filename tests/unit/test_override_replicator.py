@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from hacontrol.cli_overrides import render_overrides
 from hacontrol.ha import packet as pk
 from hacontrol.overrides import wire
 from hacontrol.overrides.core import Override, Version
@@ -186,3 +187,12 @@ def test_unknown_services_are_kept(link: Link) -> None:
     link.m["b"].merge_remote([other], "x")
     link.run(3.0)
     assert link.m["a"].records[other.key] == other and link.agree()
+
+
+def test_the_cli_shows_the_replication_state(link: Link) -> None:
+    doc = link.m["a"].status()
+    doc["replication"] = link.r["a"].status()
+    assert render_overrides(doc).endswith("replication: peer ? not heard yet")
+    link.run(1.5)
+    doc["replication"] = link.r["a"].status()
+    assert "replication: peer b agrees, last agreed" in render_overrides(doc)

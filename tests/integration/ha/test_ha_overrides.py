@@ -101,6 +101,8 @@ def test_overrides_replicate_across_restart_and_failover(make_pair: MakePair) ->
     assert pair.metric(B, "hacontrol_override_sync_agree") == 1.0
     assert pair.metric(B, "hacontrol_override_sync_records_total", result="taken") >= 1
     assert replication(pair, B)["peer"] == A and replication(pair, B)["refused"] == {}
+    shown = pair.cli(B, "overrides")
+    assert f"replication: peer {A} agrees" in shown.stdout, (shown.stdout, shown.stderr)
 
     # 2. an override made on the backup reaches the active, with a newer version
     cli(pair, B, "weight", "web", SERVER, "--set", "5")
