@@ -12,7 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import asyncio
+
 import pytest
+
+from ha_sim import World, elected, sim
+from ha_sim import wait_until as wait
 
 from hacontrol.cli_overrides import render_overrides
 from hacontrol.ha import packet as pk
@@ -196,3 +201,32 @@ def test_the_cli_shows_the_replication_state(link: Link) -> None:
     link.run(1.5)
     doc["replication"] = link.r["a"].status()
     assert "replication: peer b agrees, last agreed" in render_overrides(doc)
+
+
+@sim
+async def test_two_runners_carry_overrides_but_not_while_silent(tmp_path: Path) -> None:
+    """Real runners on virtual time (tests/unit/ha_sim): the overrides ride the heartbeat
+    transport, and a node in a fault drill (silent) sends none."""
+    async with elected(tmp_path, World()) as (a, b):
+        side: dict[str, tuple[OverrideManager, Replicator]] = {}
+        for n in (a, b):
+            m = manager(n.r.node, tmp_path / f"ov-{n.r.node}")
+            rep = Replicator(m, n.r.send_overrides, node=n.r.node, clock=n.r.clock)
+            n.r.on_overrides, m.on_change = rep.received, rep.changed
+            rep.start()
+            side[n.r.node] = (m, rep)
+        (ma, ra), (mb, rb) = side["a"], side["b"]
+        try:
+            ma.command("drain", "web", RS[0])
+            await wait(lambda: mb.records == ma.records and rb.status()["agree"] is True)
+            mb.command("weight", "web", RS[1], weight=4)
+            await wait(lambda: ma.records == mb.records and ra.status()["agree"] is True)
+            hb_in = a.r.status()["heartbeats"]["received"]
+            assert rb.status()["packets"]["received"] > 0 and hb_in  # both kinds flowed
+            drill = asyncio.create_task(a.r.drill_fault(1.0))
+            await wait(lambda: a.r.fsm.silent)
+            assert a.r.send_overrides(b"") == 0
+            await drill
+        finally:
+            await ra.stop()
+            await rb.stop()
