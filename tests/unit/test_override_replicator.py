@@ -7,15 +7,13 @@ that does not decode is refused and counted, never raised."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncio
-
 import pytest
-
 from ha_sim import World, elected, sim
 from ha_sim import wait_until as wait
 
