@@ -50,6 +50,12 @@ def render_overrides(doc: dict[str, Any]) -> str:
                      f"connections={left} deadline_in={lv['deadline_in']:.0f}s")  # fmt: skip
     if len(lines) == 1:
         lines.append("  no overrides")
+    rep = doc.get("replication")
+    if rep:  # the HA peer's copy (hacontrol.overrides.replicate)
+        agree = {True: "agrees", False: "differs"}.get(rep.get("agree"), "not heard yet")
+        ago = rep.get("last_sync_ago")
+        since = "" if ago is None else f", last agreed {ago:.1f}s ago"
+        lines.append(f"replication: peer {rep.get('peer') or '?'} {agree}{since}")
     return "\n".join(lines)
 
 

@@ -212,6 +212,7 @@ class Daemon:
                 # a dry run next to the real daemon: preview without an API rather than fail
                 log.warning("api.disabled", reason=f"{why} (dry run goes on without an API)")
                 self.api = None
+        self.overrides.replicate(self.ha)  # overrides to the peer over the heartbeat socket
         if self.ha is not None:  # last: the table is programmed on both nodes, the VIPs move
             try:
                 await self.ha.start()

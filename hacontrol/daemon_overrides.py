@@ -4,6 +4,9 @@ the config, its watcher task, the status and /metrics entries, and the reload pr
 ``OverrideSide`` is built by ``hacontrol.daemon.Daemon``; it reads the daemon only through the
 callables it is given (the config in use, the reconciler, the plane, the health of a real
 server, how a reload parses a file). What an override does lives in hacontrol.overrides.
+With an HA pair of the own protocol, ``replicate`` connects the manager to the peer
+(hacontrol.overrides.replicate); its state is in the status (``overrides.replication``) and
+in /metrics.
 """
 
 from __future__ import annotations
@@ -22,12 +25,14 @@ from hacontrol.dataplane.base import Dataplane
 from hacontrol.dataplane.desired import HealthOf
 from hacontrol.dataplane.reconciler import Reconciler
 from hacontrol.dataplane.table import Table
+from hacontrol.ha.runner import HaRunner
 from hacontrol.model import Config
 from hacontrol.overrides.conns import conn_reader
 from hacontrol.overrides.core import Action
 from hacontrol.overrides.desired import OverrideDesired
 from hacontrol.overrides.manager import OverrideManager
 from hacontrol.overrides.plan import reload_plan
+from hacontrol.overrides.replicate import Replicator
 from hacontrol.overrides.store import OverrideStore, record_doc
 from hacontrol.reload_parse import Parse, Refused
 from hacontrol.tasks import cancel_and_wait
@@ -60,6 +65,7 @@ class OverrideSide:
             conns=conn_reader(plane),
         )
         self._task: asyncio.Task[None] | None = None
+        self.replicator: Replicator | None = None
 
     def _mark_dirty(self, keys: Any) -> None:
         rec = self._reconciler()
@@ -86,7 +92,21 @@ class OverrideSide:
         if self._task is None:
             self._task = asyncio.create_task(self.manager.run(), name="hacontrol-drain-watcher")
 
+    def replicate(self, ha: object) -> None:
+        """Send and take overrides over ``ha`` when it is (or wraps, ``inner``) an HaRunner of
+        the own protocol; nothing for VRRP or without HA. Once per daemon."""
+        runner = getattr(ha, "inner", ha)
+        if not isinstance(runner, HaRunner) or self.replicator is not None:
+            return
+        rep = Replicator(self.manager, runner.send_overrides, node=runner.node, clock=runner.clock)
+        runner.on_overrides = rep.received
+        self.manager.on_change = rep.changed
+        self.replicator = rep
+        rep.start()
+
     async def stop(self) -> None:
+        if self.replicator is not None:
+            await self.replicator.stop()
         task, self._task = self._task, None
         await cancel_and_wait(task)
 
@@ -104,7 +124,10 @@ class OverrideSide:
         return {"result": "ok", "set": [record_doc(o) for o in made]}
 
     def status(self) -> dict[str, Any]:
-        return self.manager.status()
+        doc = self.manager.status()
+        rep = self.replicator
+        doc["replication"] = rep.status() if rep is not None else None
+        return doc
 
     def annotate(self, doc: dict[str, Any]) -> None:
         """Put each real server's override beside its configured values in a status doc."""
@@ -113,7 +136,7 @@ class OverrideSide:
                 server = f"[{rs['address']}]:{rs['port']}" if ":" in rs["address"] else (
                     f"{rs['address']}:{rs['port']}")  # fmt: skip
                 rs["override"] = self.manager.of_server(svc["name"], server)
-        doc["overrides"] = self.manager.status()
+        doc["overrides"] = self.status()
 
     def families(self) -> list[Metric]:
         state = GaugeMetricFamily(
@@ -139,7 +162,8 @@ class OverrideSide:
             state.add_metric([*lab, "leaving"], 1.0)
             if lv["connections"] is not None:
                 conns.add_metric(lab, float(lv["connections"]))
-        return [state, conns]
+        extra = self.replicator.families() if self.replicator is not None else []
+        return [state, conns, *extra]
 
     async def diff(self, text: str) -> dict[str, Any]:
         """What a reload to the config ``text`` would change now; ValueError (with the

@@ -4,7 +4,9 @@ Pure: bytes in, values out; no sockets, no clock. The layout is specified in doc
 pinned by the golden vectors in tests/unit/golden/ha/. ``decode`` raises only ``PacketError`` whose
 ``reason`` is one of ``DECODE_REASONS``; ``ReplayGuard.check`` returns ``"replayed"`` or None.
 Each packet carries the sender's boot nonce and the echo of the peer's; what they mean for
-liveness is decided in hacontrol.ha.freshness.
+liveness is decided in hacontrol.ha.freshness. An ``overrides`` message (type 3) is the same
+packet with an opaque payload after the health summary (its content: hacontrol.overrides.wire);
+types 1 and 2 carry none.
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class PacketError(Exception):
 class MsgType(enum.IntEnum):
     HEARTBEAT = 1
     HANDOVER = 2  # "I am leaving the active role: take the VIPs now" (graceful stop, drill)
+    OVERRIDES = 3  # operator overrides (payload: hacontrol.overrides.wire); never fed to the FSM
 
 
 class WireRole(enum.IntEnum):
@@ -102,6 +105,7 @@ class Message:
     flags: int = 0
     health: tuple[ServiceHealth, ...] = ()
     takeover: Takeover = Takeover()
+    payload: bytes = b""  # type OVERRIDES only
 
     @property
     def healthy_total(self) -> int:
@@ -130,6 +134,10 @@ def _check(msg: Message) -> None:
             raise ValueError(f"service name must be 1..{MAX_NAME} utf-8 bytes")
         if not 0 <= s.healthy <= s.total <= U16_MAX:
             raise ValueError("service health needs 0 <= healthy <= total <= 65535")
+    if msg.payload and msg.type is not MsgType.OVERRIDES:
+        raise ValueError("only an overrides message carries a payload")
+    if len(msg.payload) > U16_MAX:
+        raise ValueError("payload over 65535 bytes")
     t = msg.takeover
     for v in (t.detected_ago_ms, t.vip_added_ago_ms, t.announced_ago_ms, t.announce_count):
         if not 0 <= v <= U32_MAX:
@@ -170,11 +178,18 @@ def encode(msg: Message, key: bytes) -> bytes:
     for s in msg.health:
         sname = s.name.encode("utf-8")
         parts.append(bytes([len(sname)]) + sname + struct.pack("!HH", s.healthy, s.total))
+    if msg.type is MsgType.OVERRIDES:
+        parts.append(struct.pack("!H", len(msg.payload)) + msg.payload)
     body = b"".join(parts)
     out = body + mac(body, key)
-    if len(out) > MAX_PACKET:  # cannot happen within the field bounds; kept as a guard
+    if len(out) > MAX_PACKET:  # heartbeats cannot within the field bounds; a payload can
         raise ValueError("packet exceeds MAX_PACKET")
     return out
+
+
+def payload_room(node: str) -> int:
+    """The largest payload an overrides message of ``node`` (no health summary) can carry."""
+    return MAX_PACKET - (_FIXED.size + 1 + len(node.encode("utf-8")) + 1 + 2 + MAC_LEN)
 
 
 class _Reader:
@@ -234,6 +249,10 @@ def decode(data: bytes, key: bytes) -> Message:
         if healthy > total:
             raise PacketError("malformed", "healthy > total")
         health.append(ServiceHealth(sname, healthy, total))
+    payload = b""
+    if mtype == MsgType.OVERRIDES:
+        (size,) = struct.unpack("!H", r.take(2))
+        payload = r.take(size)
     if r.pos != len(body):
         raise PacketError("malformed", "trailing bytes")
     return Message(
@@ -250,6 +269,7 @@ def decode(data: bytes, key: bytes) -> Message:
         flags=flags & _KNOWN_FLAGS,
         health=tuple(health),
         takeover=Takeover(det, vip, ann, count),
+        payload=payload,
     )
 
 

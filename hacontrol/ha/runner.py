@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import socket
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -115,6 +116,8 @@ class HaRunner:
         self._changed = asyncio.Event()
         self._health: tuple[int, int] | None = None
         self._deadline: asyncio.TimerHandle | None = None
+        # the overrides messages heard (type 3): hacontrol.overrides.replicate sets it
+        self.on_overrides: Callable[[pk.Message, str, float], None] | None = None
 
     # -- public surface --------------------------------------------------------------------
 
@@ -199,6 +202,8 @@ class HaRunner:
             self.bind, self.cfg.peers, self.key, node=self.node, epoch=self.epoch,
             metrics=self.metrics, clock=self.clock, on_message=self._on_message,
             on_learn=lambda: self._send_heartbeat(self.clock()),  # echo a new peer nonce now
+            on_overrides=lambda msg, path, now: self.on_overrides and self.on_overrides(
+                msg, path, now),
         )  # fmt: skip
         if self._attach is not None:
             await self._attach(self.transport)
@@ -343,6 +348,17 @@ class HaRunner:
         self.transport.send(self._message(now, summary))
         if m.role is Role.ACTIVE and self.actions.held:
             self.marks.first("hb_active", now)
+
+    def send_overrides(self, payload: bytes) -> int:
+        """Send one overrides message (type 3) with ``payload`` on every path; the copies sent
+        (0 before start, after stop, or while silent: a fault drill)."""
+        m = self.fsm
+        if self.transport is None or m.silent or m.done:
+            return 0
+        msg = self._message(self.clock(), ())
+        return self.transport.send(
+            dataclasses.replace(msg, type=pk.MsgType.OVERRIDES, payload=payload)
+        )
 
     def _set_role_gauge(self) -> None:
         for r in Role:

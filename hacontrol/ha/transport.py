@@ -5,7 +5,8 @@ its random boot nonce and the echo of the peer's (hacontrol.ha.freshness), encod
 (hacontrol.ha.packet). Each incoming datagram is checked in this order: its source address must
 be one of ``ha.peers`` (else ``foreign``, before any decoding), it must decode with our key, not
 carry our own name, and pass ``Freshness.check``: only a packet that echoes our boot nonce
-(``alive``) is handed to ``on_message(msg, path, now)``; an ``unconfirmed`` one only teaches us
+(``alive``) is handed to ``on_message(msg, path, now)`` (an ``overrides`` message, type 3, to
+``on_overrides`` instead: it never reaches the role machine); an ``unconfirmed`` one only teaches us
 the peer's nonce (``on_learn()`` is then called, so the owner can answer at once) and is counted
 as such. A dropped one is counted in ``hb_rejected{reason}`` and logged as ``ha.drop`` (at most once
 per reason per ``log_every`` seconds, with the number suppressed; ``unconfirmed`` at info level:
@@ -39,6 +40,7 @@ from hacontrol.ha.packet import (
     NO_NONCE,
     NONCE_LEN,
     Message,
+    MsgType,
     PacketError,
     ReplayGuard,
     decode,
@@ -140,6 +142,7 @@ class HaTransport(asyncio.DatagramProtocol):
         clock: Clock,
         on_message: Callable[[Message, str, float], None],
         on_learn: Callable[[], None] | None = None,
+        on_overrides: Callable[[Message, str, float], None] | None = None,
         guard: ReplayGuard | None = None,
         nonce: bytes | None = None,
         log_every: float = 5.0,
@@ -153,6 +156,7 @@ class HaTransport(asyncio.DatagramProtocol):
         self.epoch, self.seq = epoch, 0
         self.metrics, self.clock, self.on_message = metrics, clock, on_message
         self.on_learn = on_learn
+        self.on_overrides = on_overrides
         self.fresh = Freshness(nonce if nonce is not None else new_nonce(), guard)
         self.allowed = frozenset(p.address for p in self.peers)  # the only sources accepted
         self.log_every = log_every
@@ -214,8 +218,9 @@ class HaTransport(asyncio.DatagramProtocol):
                 self.error_received(e)
                 continue
             n += 1
-            self.sent[path] = self.sent.get(path, 0) + 1
-            self.metrics.hb_sent.labels(path=path).inc()
+            if msg.type is not MsgType.OVERRIDES:  # those are counted by their owner
+                self.sent[path] = self.sent.get(path, 0) + 1
+                self.metrics.hb_sent.labels(path=path).inc()
         return n
 
     @property
@@ -249,6 +254,10 @@ class HaTransport(asyncio.DatagramProtocol):
             self.unconfirmed[msg.node] = now
             why = f"{msg.node} epoch {msg.epoch} does not echo this boot's nonce (yet)"
             self._drop("unconfirmed", path, why, level="info")
+        elif msg.type is MsgType.OVERRIDES:
+            self.unconfirmed.pop(msg.node, None)
+            if self.on_overrides is not None:
+                self.on_overrides(msg, path, now)
         else:
             self.received[path] = self.received.get(path, 0) + 1
             self.metrics.hb_received.labels(path=path).inc()

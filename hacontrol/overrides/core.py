@@ -18,11 +18,13 @@ connection count read from the kernel and says whether a drain is over. No I/O.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-from hacontrol.dataplane.table import DestKey, ServiceKey, ServiceSpec
+from hacontrol.dataplane.table import DestKey, ServiceKey, ServiceSpec, Table
+from hacontrol.model import host_port
 
 Action = Literal["drain", "disable", "enable", "weight", "clear"]
 ACTIONS: tuple[str, ...] = get_args(Action)
@@ -78,6 +80,34 @@ class Leaving:
 
 
 Records = Mapping[OverrideKey, Override]
+
+
+class CommandError(ValueError):
+    """A command that names no such service or server, or a bad value (nothing changed)."""
+
+
+def canonical_server(text: str) -> str:
+    """``address:port`` in the form the status shows; CommandError when it is not one."""
+    try:
+        dk = dest_of(text)
+        addr = ipaddress.ip_address(dk.address)
+    except ValueError:
+        raise CommandError(f"real server must be address:port, got {text!r}") from None
+    if not 1 <= dk.port <= 65535:
+        raise CommandError(f"real server port must be 1..65535, got {text!r}")
+    return host_port(str(addr), dk.port)
+
+
+def dest_of(server: str) -> DestKey:
+    """The destination of a record's ``server`` (ValueError when it is not address:port)."""
+    host, _, port = server.rpartition(":")
+    return DestKey(host.strip("[]"), int(port))
+
+
+def holds(kernel: Table, pair: tuple[ServiceKey, DestKey]) -> bool:
+    """The kernel table has that destination in that service."""
+    svc = kernel.get(pair[0])
+    return svc is not None and pair[1] in svc.dests
 
 
 def validate(o: Override) -> None:

@@ -4,7 +4,9 @@
 config, and which drains are over. Commands (``command``) make new local records (a Lamport
 counter above everything seen, this node's name), save the file (hacontrol.overrides.store) and
 mark the services touched dirty on the reconciler, so the change reaches the kernel in one
-change pass. Records of the peer come in through ``merge_remote`` (last writer wins).
+change pass, and hand the records made to ``on_change`` (replication: hacontrol.overrides.
+replicate). The peer's records come in through ``merge_remote`` (last writer wins; the counter
+then moves past theirs, Lamport); ``generation`` grows at every change of the record set.
 
 The drain watcher (``run``) wakes at most every ``poll`` seconds while a drain is in progress,
 reads the connections of the draining destinations from the kernel (``ConnReader``:
@@ -19,7 +21,6 @@ Log events: ``override.set`` (a command or the peer), ``override.drained``, ``ov
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -28,16 +29,21 @@ from typing import Any
 from hacontrol import logs
 from hacontrol.dataplane.desired import dest_key, service_key
 from hacontrol.dataplane.table import DestKey, ServiceKey, Table
-from hacontrol.model import Config, ServiceConfig, host_port
+from hacontrol.model import Config, ServiceConfig
 from hacontrol.overrides.core import (
     MAX_DEADLINE,
+    MAX_RECORDS,
     MAX_WEIGHT,
     Action,
+    CommandError,
     Leaving,
     Override,
     OverrideKey,
     Version,
+    canonical_server,
+    dest_of,
     drain_step,
+    holds,
     merge,
     next_counter,
 )
@@ -50,10 +56,6 @@ log = logs.get("hacontrol.overrides")
 Pair = tuple[ServiceKey, DestKey]
 ConnReader = Callable[[list[Pair]], Awaitable[dict[Pair, int] | None]]
 DEFAULT_DEADLINE = 300.0
-
-
-class CommandError(ValueError):
-    """A command that names no such service or server, or a bad value (nothing changed)."""
 
 
 @dataclass
@@ -77,7 +79,7 @@ class OverrideManager:
         conns: ConnReader,
         wall: Callable[[], float] = time.time,
         poll: float = 1.0,
-        on_change: Callable[[], None] | None = None,
+        on_change: Callable[[list[Override]], None] | None = None,
     ) -> None:
         self.node = node
         self._config = config
@@ -89,6 +91,7 @@ class OverrideManager:
         self._poll = poll
         self.on_change = on_change  # local records changed: replication sends them
         self.counter = 0
+        self.generation = 0
         self.records: dict[OverrideKey, Override] = {}
         self.leaving: dict[Pair, Leaving] = {}
         self._progress: dict[Any, Progress] = {}  # (key, version) or Pair -> progress
@@ -110,6 +113,7 @@ class OverrideManager:
             o = self.records.get((service, server))
             if o is not None and o.version == Version(counter, node):
                 self._progress[(o.key, o.version)] = Progress(done="drained before a restart")
+        self.generation += 1
         self._wake.set()
 
     def _save(self) -> None:
@@ -177,24 +181,41 @@ class OverrideManager:
         self.counter = counter
         self._take(made, origin="api")
         if self.on_change is not None:
-            self.on_change()
+            self.on_change(made)
         return made
 
     def _of(self, service: str) -> list[Override]:
         return [o for o in self.records.values() if o.service == service]
 
-    def merge_remote(self, records: Iterable[Override], peer: str) -> int:
-        """Take the peer's newer records; how many changed here."""
+    def merge_remote(
+        self, records: Iterable[Override], peer: str, *, save: bool = True
+    ) -> tuple[int, int]:
+        """Take the peer's newer records (``save`` False: the caller calls ``save`` soon);
+        (taken, refused: new servers past MAX_RECORDS)."""
         _, changed = merge(self.records, records)
-        incoming = {o.key: o for o in records if o.key in changed}
-        if incoming:
-            self.counter = max(self.counter, *(o.version.counter for o in incoming.values()))
-            self._take(list(incoming.values()), origin=f"peer {peer}")
-        return len(incoming)
+        incoming = [o for o in records if o.key in changed]
+        room = MAX_RECORDS - len(self.records)
+        fits = [o for o in incoming if o.key in self.records or (room := room - 1) >= 0]
+        self.observe(max((o.version.counter for o in fits), default=0))
+        if fits:
+            self._take(fits, origin=f"peer {peer}", save=save)
+        return len(fits), len(incoming) - len(fits)
 
-    def _take(self, made: list[Override], origin: str) -> None:
-        for o in made:
+    def observe(self, counter: int) -> None:
+        """A Lamport counter seen on the peer: our next record takes a higher one."""
+        self.counter = max(self.counter, counter)
+
+    def save(self) -> None:
+        self._save()
+
+    def _take(self, made: list[Override], origin: str, save: bool = True) -> None:
+        self.generation += 1
+        for i, o in enumerate(made):
             self.records[o.key] = o
+            if i == 8 and len(made) > 9:  # a peer's full set: the count, not every record
+                log.info("override.set", count=len(made) - i, reason=f"{origin} (and more)")
+            if i >= 8 and len(made) > 9:
+                continue
             log.info(
                 "override.set",
                 service=o.service,
@@ -205,7 +226,8 @@ class OverrideManager:
                 version=str(o.version),
                 reason=origin,
             )
-        self._save()
+        if save:
+            self._save()
         self._mark_dirty(self._keys_of({o.service for o in made}))
         self._wake.set()
 
@@ -263,7 +285,7 @@ class OverrideManager:
             if o.action == "drain" and o.deadline_at is not None and not self._is_done(ident):
                 sk = keys.get(o.service)
                 if sk is not None:
-                    out.append((ident, (sk, _dest_of(o.server)), o.deadline_at))
+                    out.append((ident, (sk, dest_of(o.server)), o.deadline_at))
         for pair, lv in self.leaving.items():
             if not self._is_done(pair):
                 out.append((pair, pair, lv.deadline_at))
@@ -275,13 +297,13 @@ class OverrideManager:
         if not pending:
             return None
         kernel = self._kernel()
-        present = [p for _, p, _ in pending if kernel is None or _holds(kernel, p)]
+        present = [p for _, p, _ in pending if kernel is None or holds(kernel, p)]
         counts = await self._conns(present) if present else {}
         now = self._wall()
         finished: set[ServiceKey] = set()
         for ident, pair, deadline in pending:
             n = None if counts is None else counts.get(pair, 0)
-            there = kernel is None or _holds(kernel, pair)
+            there = kernel is None or holds(kernel, pair)
             why = drain_step(deadline, now, n, there)
             prog = self._progress.setdefault(ident, Progress())
             prog.connections = n
@@ -368,28 +390,6 @@ class OverrideManager:
     def of_server(self, service: str, server: str) -> dict[str, Any] | None:
         o = self.records.get((service, server))
         return None if o is None or not o.active else self.entry(o)
-
-
-def _holds(kernel: Table, pair: Pair) -> bool:
-    svc = kernel.get(pair[0])
-    return svc is not None and pair[1] in svc.dests
-
-
-def canonical_server(text: str) -> str:
-    """``address:port`` in the form the status shows; CommandError when it is not one."""
-    try:
-        dk = _dest_of(text)
-        addr = ipaddress.ip_address(dk.address)
-    except ValueError:
-        raise CommandError(f"real server must be address:port, got {text!r}") from None
-    if not 1 <= dk.port <= 65535:
-        raise CommandError(f"real server port must be 1..65535, got {text!r}")
-    return host_port(str(addr), dk.port)
-
-
-def _dest_of(server: str) -> DestKey:
-    host, _, port = server.rpartition(":")
-    return DestKey(host.strip("[]"), int(port))
 
 
 __all__ = ["CommandError", "ConnReader", "OverrideManager", "Progress", "canonical_server"]

@@ -20,9 +20,41 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hacontrol.ha import packet as p
+from hacontrol.overrides import wire
+from hacontrol.overrides.core import Override, Version
+from hacontrol.overrides.store import record_doc, record_of
 
 GOLDEN = Path(__file__).parent / "golden" / "ha"
 KEY = b"hacontrol golden vector key 0001"
+
+_DRAIN = Override("web", "192.0.2.2:80", "drain", Version(7, "dir-a"), 1764150000.25,
+                  deadline_at=1764150300.25)  # fmt: skip
+_WEIGHT = Override("web", "[2001:db8::5]:8080", "weight", Version(6, "dir-b"), 1764149000.5,
+                   weight=3)  # fmt: skip
+_CLEAR = Override("dns", "198.51.100.53:53", "clear", Version(5, "dir-a"), 1764148000.0)
+# the override sections of the overrides messages (type 3), by vector name
+SECTIONS: dict[str, wire.Section] = {
+    # a command on dir-a pushed at once: one drain record, the packet ends the send
+    "overrides_push": wire.Section(
+        wire.set_digest([_DRAIN, _WEIGHT, _CLEAR]), 3, 7, True, (_DRAIN,)
+    ),
+    # the first packet of a full send: not LAST (the receiver does not compare digests yet)
+    "overrides_full_first": wire.Section(
+        wire.set_digest([_DRAIN, _WEIGHT, _CLEAR]), 3, 7, False, (_CLEAR, _WEIGHT)
+    ),
+    # the periodic summary: digest, size and counter, no records
+    "overrides_summary": wire.Section(wire.set_digest([]), 0, 0, True, ()),
+}
+
+
+def _overrides(name: str, seq: int, nonce: str, echo: str) -> p.Message:
+    return p.Message(
+        type=p.MsgType.OVERRIDES, node=name.split("/")[0], role=p.WireRole.ACTIVE, priority=150,
+        effective_priority=150, epoch=1764150000123, seq=seq, nonce=bytes.fromhex(nonce),
+        echo=bytes.fromhex(echo), digest=bytes(range(32)), flags=p.FLAG_VIPS_HELD,
+        payload=wire.encode_section(SECTIONS[name.split("/")[1]]),
+    )  # fmt: skip
+
 
 VECTORS: dict[str, p.Message] = {
     "heartbeat_starting_minimal": p.Message(
@@ -123,6 +155,14 @@ VECTORS: dict[str, p.Message] = {
         health=(p.ServiceHealth("web", 3, 3),),
         takeover=p.Takeover(60002, 60000, 59999, 10),
     ),
+    "overrides_push": _overrides("dir-a/overrides_push", 2**40 + 11, "a0a0a0a0a0a0a0a1",
+                                 "b1b2b3b4b5b6b7b8"),
+    "overrides_full_first": _overrides("dir-a/overrides_full_first", 2**40 + 12,
+                                       "a0a0a0a0a0a0a0a1", "b1b2b3b4b5b6b7b8"),
+    "overrides_summary": dataclasses.replace(
+        _overrides("dir-b/overrides_summary", 44, "b1b2b3b4b5b6b7b8", "a0a0a0a0a0a0a0a1"),
+        role=p.WireRole.BACKUP, priority=100, effective_priority=100, flags=0,
+    ),
 }
 
 
@@ -134,7 +174,18 @@ def to_json(m: p.Message) -> dict[str, Any]:
     d["nonce"] = m.nonce.hex()
     d["echo"] = m.echo.hex()
     d["health"] = [dataclasses.asdict(s) for s in m.health]
+    del d["payload"]
+    if m.payload:  # an overrides message: the payload, and the section it holds
+        d["payload"] = m.payload.hex()
+        sec = wire.decode_section(m.payload)
+        d["section"] = {"digest": sec.digest.hex(), "total": sec.total, "counter": sec.counter,
+                        "last": sec.last, "records": [record_doc(o) for o in sec.records]}
     return d
+
+
+def section_of(d: dict[str, Any]) -> wire.Section:
+    return wire.Section(bytes.fromhex(d["digest"]), d["total"], d["counter"], d["last"],
+                        tuple(record_of(r) for r in d["records"]))  # fmt: skip
 
 
 def from_json(d: dict[str, Any]) -> p.Message:
@@ -152,6 +203,7 @@ def from_json(d: dict[str, Any]) -> p.Message:
         flags=d["flags"],
         health=tuple(p.ServiceHealth(**s) for s in d["health"]),
         takeover=p.Takeover(**d["takeover"]),
+        payload=bytes.fromhex(d.get("payload", "")),
     )
 
 
@@ -180,6 +232,9 @@ def test_golden_decode_and_reencode(name: str) -> None:
     expected = from_json(doc["message"])
     assert p.decode(raw, key) == expected
     assert p.encode(expected, key) == raw
+    if "section" in doc["message"]:  # the records, field by field
+        assert wire.decode_section(expected.payload) == section_of(doc["message"]["section"])
+        assert wire.encode_section(section_of(doc["message"]["section"])) == expected.payload
 
 
 def test_golden_fixed_header_layout() -> None:
@@ -197,6 +252,44 @@ def test_golden_fixed_header_layout() -> None:
 def test_smallest_packet() -> None:
     raw = (GOLDEN / "heartbeat_starting_minimal.bin").read_bytes()
     assert len(raw) == 125 == p._MIN_LEN
+
+
+def test_golden_overrides_layout() -> None:
+    raw = (GOLDEN / "overrides_push.bin").read_bytes()
+    assert raw[5] == 3  # type overrides, same header as a heartbeat
+    assert raw[90] == 5 and raw[91:96] == b"dir-a" and raw[96] == 0  # name, no services
+    size = struct.unpack("!H", raw[97:99])[0]
+    assert len(raw) == 99 + size + 32  # then the payload, then the MAC over all of it
+    assert raw[99] == wire.FORMAT and raw[100] == wire.FLAG_LAST
+    assert raw[101:117] == SECTIONS["overrides_push"].digest
+    assert struct.unpack("!IQB", raw[117:130]) == (3, 7, 1)  # total, counter, records here
+
+
+def test_payload_room_is_exact() -> None:
+    msg = dataclasses.replace(VECTORS["overrides_summary"], node="n" * 64)
+    room = p.payload_room(msg.node)
+    assert len(p.encode(dataclasses.replace(msg, payload=bytes(room)), KEY)) == p.MAX_PACKET
+    with pytest.raises(ValueError, match="MAX_PACKET"):
+        p.encode(dataclasses.replace(msg, payload=bytes(room + 1)), KEY)
+
+
+def test_only_overrides_carry_a_payload() -> None:
+    with pytest.raises(ValueError, match="payload"):
+        p.encode(dataclasses.replace(VECTORS["heartbeat_backup"], payload=b"x"), KEY)
+
+
+@pytest.mark.parametrize("cut", [1, 2, 5])
+def test_overrides_payload_length_past_the_end(cut: int) -> None:
+    body = (GOLDEN / "overrides_push.bin").read_bytes()[:-32]
+    with pytest.raises(p.PacketError) as e:
+        p.decode(remac(body[:-cut]), KEY)
+    assert e.value.reason == "malformed"
+
+
+def test_overrides_trailing_byte_is_malformed() -> None:
+    body = (GOLDEN / "overrides_push.bin").read_bytes()[:-32]
+    with pytest.raises(p.PacketError, match="trailing"):
+        p.decode(remac(body + b"\x00"), KEY)
 
 
 def valid() -> bytes:

@@ -151,3 +151,23 @@ def test_new_nonce_is_random_and_never_zero() -> None:
     seen = {new_nonce() for _ in range(100)}
     assert len(seen) == 100 and p.NO_NONCE not in seen
     assert all(len(n) == p.NONCE_LEN for n in seen)
+
+
+def test_overrides_messages_pass_the_same_checks_and_skip_the_role_machine() -> None:
+    r = Rig()
+    overrides: list[tuple[p.Message, str]] = []
+    r.t.on_overrides = lambda m, path, now: overrides.append((m, path))
+    ov = dataclasses.replace(hb(1), type=p.MsgType.OVERRIDES, payload=b"section")
+    r.feed(ov, PEER_IN)
+    assert [m.payload for m, _ in overrides] == [b"section"] and r.got == []
+    r.feed(ov, PEER_IN)  # the same (epoch, seq) again: replayed, like a heartbeat
+    r.feed(dataclasses.replace(ov, seq=2, echo=bytes(8)), PEER_IN)  # does not echo us
+    r.feed(dataclasses.replace(ov, seq=3), PEER_IN, key=b"another key of 16+ bytes")
+    assert len(overrides) == 1
+    assert (r.rejected("replayed"), r.rejected("unconfirmed"), r.rejected("bad_mac")) == (1, 1, 1)
+    r.feed(hb(4), PEER_IN)  # heartbeats still go to the role machine
+    assert len(r.got) == 1 and len(overrides) == 1
+    r.t.send(ov)  # sent like a heartbeat, each copy stamped; not counted as heartbeats
+    assert len(r.wire.out) == 2 and all(p.decode(d, KEY).payload == b"section"
+                                        for d, _ in r.wire.out)  # fmt: skip
+    assert r.t.sent == {}
