@@ -267,9 +267,10 @@ class Cluster:
         return p is not None and p.poll() is None
 
     def hacontrol(
-        self, name: str, *args: str, timeout: float = 30
+        self, name: str, *args: str, timeout: float = 120
     ) -> subprocess.CompletedProcess[str]:
-        """Run the ``hacontrol`` CLI inside director ``name``'s namespace."""
+        """Run the ``hacontrol`` CLI inside director ``name``'s namespace (the timeout is generous:
+        a CLI start takes seconds in the emulated IPVS guest on a busy host)."""
         return self.ns(name).run(sys.executable, "-m", "hacontrol", *args, check=False,
                                  timeout=timeout)  # fmt: skip
 
