@@ -30,7 +30,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from hacontrol.cli_api import api_call
 from hacontrol.lab.netns import NetnsLab, Ns, wait_tcp
+
+Popen = subprocess.Popen[str]
 
 RS = [f"192.0.2.{i}" for i in range(1, 11)]
 VICTIM = "192.0.2.99"
@@ -56,7 +59,7 @@ while time.monotonic() < deadline:
     time.sleep(0.01)
 """
 
-POLL = r"""
+POLL_NFT = r"""
 import json, subprocess, sys, time
 table, want, limit = sys.argv[1], sys.argv[2] == "present", float(sys.argv[3])
 key = [6, "198.51.100.250", 9999]
@@ -72,6 +75,51 @@ while time.monotonic() < deadline and polls < 100000:
         if (any(e.get("concat") == key for e in elems if isinstance(e, dict))) == want:
             print(json.dumps({"at": time.time(), "polls": polls}), flush=True)
             sys.exit(0)
+print(json.dumps({"at": None, "polls": polls}), flush=True)
+sys.exit(1)
+"""
+
+# the same poll through libnftables in the poller's process: a filtered ``list set`` costs
+# ~0.1 ms at either size, so the figure's resolution is ~1 ms (the pause between polls), not
+# a fork + exec of nft (10-20 ms on this machine). argv: table, present|absent|count:N, limit,
+# set name (nodest4), and for present/absent the element text (tcp . 198.51.100.250 . 9999)
+POLL = r"""
+import ctypes, json, sys, time
+table, want, limit = sys.argv[1], sys.argv[2], float(sys.argv[3])
+name = sys.argv[4] if len(sys.argv) > 4 else "nodest4"
+key = sys.argv[5] if len(sys.argv) > 5 else "6 . 198.51.100.250 . 9999"
+lib = ctypes.CDLL("libnftables.so.1")
+lib.nft_ctx_new.restype = ctypes.c_void_p
+lib.nft_ctx_buffer_output.argtypes = lib.nft_ctx_buffer_error.argtypes = [ctypes.c_void_p]
+lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
+lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+lib.nft_ctx_get_output_buffer.argtypes = [ctypes.c_void_p]
+lib.nft_ctx_get_output_buffer.restype = ctypes.c_char_p
+ctx = lib.nft_ctx_new(0)
+lib.nft_ctx_buffer_output(ctx); lib.nft_ctx_buffer_error(ctx)
+lib.nft_ctx_output_set_flags(ctx, 16 | 128)  # JSON, protocols as numbers
+kind, _, name = name.rpartition(":")  # "map:weights4" lists a map
+cmd = f"list {kind or 'set'} inet {table} {name}".encode()
+def norm(e):
+    if isinstance(e, dict) and "concat" in e:
+        return " . ".join(str(x) for x in e["concat"])
+    return str(e)
+deadline = time.monotonic() + limit
+polls = 0
+while time.monotonic() < deadline and polls < 200000:
+    polls += 1
+    if lib.nft_run_cmd_from_buffer(ctx, cmd) == 0:
+        out = lib.nft_ctx_get_output_buffer(ctx) or b"{}"
+        elems = [norm(e) for i in json.loads(out).get("nftables", [])
+                 for e in (i.get("set") or i.get("map") or {}).get("elem", [])]
+        if want.startswith("count:"):
+            done = len(elems) >= int(want[6:])
+        else:
+            done = (key in elems) == (want == "present")
+        if done:
+            print(json.dumps({"at": time.time(), "polls": polls, "n": len(elems)}), flush=True)
+            sys.exit(0)
+    time.sleep(0.001)
 print(json.dumps({"at": None, "polls": polls}), flush=True)
 sys.exit(1)
 """
@@ -134,12 +182,80 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def poll(ns: Ns, state: str) -> subprocess.Popen[str]:
-    return ns.popen(sys.executable, "-c", POLL, TABLE, state, "30", stdout=subprocess.PIPE,
-                    text=True)  # fmt: skip
+POLLERS = {"lib": POLL, "nft": POLL_NFT}
 
 
-def measure(services: int, runs: int, tmp: Path) -> dict[str, Any]:
+def poll(
+    ns: Ns, state: str, *, poller: str = "lib", args: tuple[str, ...] = (), limit: float = 30
+) -> Popen:
+    """A poller child in ``ns`` waiting for the victim's ``nodest4`` element to be ``state``
+    (present/absent; ``count:N`` with ``args`` = (set name, ``map:NAME`` for a map) for the lib
+    poller)."""
+    return ns.popen(sys.executable, "-c", POLLERS[poller], TABLE, state, str(limit), *args,
+                    stdout=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def seen_at(watcher: Popen) -> float:
+    """When the poller saw what it waited for (wall clock)."""
+    assert watcher.stdout is not None
+    seen = json.loads(watcher.stdout.readline())
+    watcher.wait(10)
+    if seen["at"] is None:
+        raise SystemExit("the kernel never showed the change")
+    return float(seen["at"])
+
+
+def api(tmp: Path, action: str) -> None:
+    """One override request on the victim's real server (POST /v1/overrides)."""
+    body = {"action": action, "service": "victim", "real_server": f"{VICTIM}:{PORT}"}
+    code, doc = api_call(f"unix:{tmp}/api.sock", "POST", "/v1/overrides", body, timeout=10)
+    if code != 200:
+        raise SystemExit(f"{action}: HTTP {code}: {doc}")
+
+
+def applied(log: Path, since: int) -> list[str]:
+    return [f"{e.get('scope')}:{e.get('ops')}" for e in events(log, "dataplane.apply")[since:]]
+
+
+def downs(log: Path, since: int) -> list[dict[str, Any]]:
+    return [e for e in events(log, "health.change")[since:] if e.get("to") == "down"]
+
+
+def one_run(ns: Ns, log: Path, tmp: Path, poller: str) -> tuple[float, float, list[list[str]]]:
+    """One drain and one health change of the victim: (drain s, health s, their passes)."""
+    victim = ns.popen(sys.executable, "-c", LISTEN, VICTIM, stdout=subprocess.PIPE, text=True)
+    assert victim is not None and victim.stdout is not None
+    try:
+        victim.stdout.readline()
+        seen_at(poll(ns, "absent", poller=poller))  # up and usable again
+        time.sleep(0.5)
+        # the API drain: from the request to the kernel (weight 0: no usable destination)
+        n_applies = len(events(log, "dataplane.apply"))
+        watcher = poll(ns, "present", poller=poller)
+        time.sleep(0.2)  # the poller is polling
+        t0 = time.time()
+        api(tmp, "drain")
+        drain = seen_at(watcher) - t0
+        drain_passes = applied(log, n_applies)
+        api(tmp, "clear")
+        seen_at(poll(ns, "absent", poller=poller))
+        time.sleep(0.5)
+        # the health change: from the daemon's health.change line to the kernel
+        n_changes = len(events(log, "health.change"))
+        n_applies = len(events(log, "dataplane.apply"))
+        watcher = poll(ns, "present", poller=poller)
+        time.sleep(0.2)
+        victim.kill()
+        victim.wait(10)
+        at = seen_at(watcher)
+        change = wait(lambda: downs(log, n_changes), "health.change", 10)[0]
+        return drain, at - epoch(change["timestamp"]), [drain_passes, applied(log, n_applies)]
+    finally:
+        victim.kill()
+        victim.wait(10)
+
+
+def measure(services: int, runs: int, tmp: Path, poller: str = "lib") -> dict[str, Any]:
     with NetnsLab() as lab:
         ns = lab.add("dir", forward=True)
         for a in [*RS, VICTIM, "198.51.100.250"]:
@@ -153,8 +269,9 @@ def measure(services: int, runs: int, tmp: Path) -> dict[str, Any]:
             daemon = ns.popen(sys.executable, "-m", "hacontrol", "run", "-c", str(cfg),
                               stdout=out, stderr=out)  # fmt: skip
         assert daemon is not None and steady is not None
-        figures: list[float] = []
-        passes: list[list[str]] = []
+        health: list[float] = []
+        drains: list[float] = []
+        passes: list[list[list[str]]] = []
         try:
             start = time.monotonic()
             wait(lambda: len(events(log, "dataplane.apply")) > 0, "the first load", 300)
@@ -162,41 +279,12 @@ def measure(services: int, runs: int, tmp: Path) -> dict[str, Any]:
             wait(lambda: len(events(log, "health.change")) >= len(RS), "checks up", 120)
             load = time.monotonic() - start
             for _ in range(runs):
-                victim = ns.popen(sys.executable, "-c", LISTEN, VICTIM, stdout=subprocess.PIPE,
-                                  text=True)  # fmt: skip
-                assert victim is not None and victim.stdout is not None
-                victim.stdout.readline()
-                gone = poll(ns, "absent")
-                assert gone.stdout is not None
-                json.loads(gone.stdout.readline())
-                gone.wait(10)
-                time.sleep(0.5)
-                n_changes = len(events(log, "health.change"))
-                n_applies = len(events(log, "dataplane.apply"))
-                watcher = poll(ns, "present")
-                time.sleep(0.2)  # the poller is polling
-                victim.kill()
-                victim.wait(10)
-                assert watcher.stdout is not None
-                seen = json.loads(watcher.stdout.readline())
-                watcher.wait(10)
-                if seen["at"] is None:
-                    raise SystemExit("the kernel never showed the change")
-                change = wait(
-                    lambda n=n_changes: [
-                        e for e in events(log, "health.change")[n:] if e.get("to") == "down"
-                    ],
-                    "health.change",
-                    10,
-                )[0]
-                figures.append(seen["at"] - epoch(change["timestamp"]))
-                passes.append(
-                    [
-                        f"{e.get('scope')}:{e.get('actions')}"
-                        for e in events(log, "dataplane.apply")[n_applies:]
-                    ]
-                )
+                drain, change, run_passes = one_run(ns, log, tmp, poller)
+                drains.append(drain)
+                health.append(change)
+                passes.append(run_passes)
             rss = rss_mb(daemon.pid)
+            fallbacks = len(events(log, "dataplane.nft_exec_fallback"))
         finally:
             daemon.terminate()
             daemon.wait(60)
@@ -205,10 +293,13 @@ def measure(services: int, runs: int, tmp: Path) -> dict[str, Any]:
             "services": services,
             "destinations": services * len(RS) + 1,
             "first_load_s": round(load, 2),
-            "event_to_kernel_s": [round(f, 4) for f in figures],
-            "median_s": round(statistics.median(figures), 4),
+            "event_to_kernel_s": [round(f, 4) for f in health],
+            "median_s": round(statistics.median(health), 4),
+            "drain_to_kernel_s": [round(f, 4) for f in drains],
+            "drain_median_s": round(statistics.median(drains), 4),
             "rss_mb": round(rss, 1),
-            "passes": passes,
+            "nft_exec_fallbacks": fallbacks,
+            "passes": passes,  # per run: [drain passes, health passes], scope:ops
         }
 
 
@@ -216,6 +307,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="10,1000")
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--poller", choices=sorted(POLLERS), default="lib")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -223,13 +315,17 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory(prefix="hcbench-") as tmp:
         for size in (int(s) for s in args.sizes.split(",")):
-            r = measure(size, args.runs, Path(tmp))
+            r = measure(size, args.runs, Path(tmp), args.poller)
             results.append(r)
             print(json.dumps(r), flush=True)
-    base = results[0]["median_s"]
+    base = results[0]
     for r in results[1:]:
-        ratio = r["median_s"] / base if base else float("inf")
-        print(f"{r['services']} services / {results[0]['services']} services: {ratio:.2f}x")
+        for what, key in (("health change", "median_s"), ("API drain", "drain_median_s")):
+            ratio = r[key] / base[key] if base[key] else float("inf")
+            print(
+                f"{what}: {r['services']} services {r[key] * 1000:.1f} ms / "
+                f"{base['services']} services {base[key] * 1000:.1f} ms: {ratio:.2f}x"
+            )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
 
