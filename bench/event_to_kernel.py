@@ -1,17 +1,26 @@
-"""Event to kernel: from a real server's ``health.change`` to the nftables table showing it.
+"""Event to kernel: from a health change, and from an API drain, to the nftables table showing it.
 
 A real ``hacontrol run`` daemon (nftables plane) in a network namespace serves S services x 10
 real servers (192.0.2.1-10:8080, each a TCP listener on the namespace's loopback, TCP
-checks, shared by every service so 10 checks serve all) plus one extra service whose only real
-server (192.0.2.99:8080) is killed. A poller in a separate process polls the small ``nodest4`` set
-of our table (``nft -j list set``, bounded in count and time) until the extra service appears
-there (no usable destination), and prints when. The figure is that time minus the timestamp of the
-daemon's ``health.change`` log line (both wall clock, same host). The server is restarted and the
-next run waits for it to leave the set. Runs with S = 10 and S = 1,000 in one invocation and
-prints the ratio; also the daemon's RSS (VmRSS) once the table is loaded, and how many
-``dataplane.apply`` passes the event took and their scope.
+checks, shared by every service so 10 checks serve all) plus one extra service ``victim`` whose
+only real server is 192.0.2.99:8080. A poller in a separate process polls the small ``nodest4``
+set of our table (bounded in count and time) until ``victim`` appears there (no usable
+destination) and prints when. By default the poller lists the set through libnftables in its own
+process (~0.1 ms a poll, one every ~1 ms); ``--poller nft`` runs ``nft -j list set`` each time
+(the first version's poller: a fork + exec, 10-20 ms a poll on a busy machine). Each run:
 
-    python3 bench/event_to_kernel.py [--sizes 10,1000] [--runs 5] [--json out.json]
+* API drain: ``POST /v1/overrides`` drain of the victim's real server; the figure is from just
+  before the request to the kernel showing it (its only real server at weight 0: no usable
+  destination). Then ``clear``, and wait for the set to lose it again.
+* health change: the victim's listener is killed; the figure is from the daemon's
+  ``health.change`` log line to the kernel (both wall clock, same host); also from the kill
+  (detection by the 200 ms checks included).
+
+Runs with S = 10 and S = 1,000 in one invocation and prints the ratios; also the daemon's RSS
+(VmRSS) once the table is loaded, and the ``dataplane.apply`` passes of each event (scope, ops).
+
+    python3 bench/event_to_kernel.py [--sizes 10,1000] [--runs 5] [--poller lib|nft]
+                                     [--json out.json]
 
 As root; every namespace and process is removed at the end, also after a failure.
 """
@@ -221,8 +230,9 @@ def downs(log: Path, since: int) -> list[dict[str, Any]]:
     return [e for e in events(log, "health.change")[since:] if e.get("to") == "down"]
 
 
-def one_run(ns: Ns, log: Path, tmp: Path, poller: str) -> tuple[float, float, list[list[str]]]:
-    """One drain and one health change of the victim: (drain s, health s, their passes)."""
+def one_run(ns: Ns, log: Path, tmp: Path, poller: str) -> tuple[float, float, float, list[Any]]:
+    """One drain and one health change of the victim: (drain s, health.change to kernel s,
+    kill to kernel s, their passes)."""
     victim = ns.popen(sys.executable, "-c", LISTEN, VICTIM, stdout=subprocess.PIPE, text=True)
     assert victim is not None and victim.stdout is not None
     try:
@@ -245,11 +255,13 @@ def one_run(ns: Ns, log: Path, tmp: Path, poller: str) -> tuple[float, float, li
         n_applies = len(events(log, "dataplane.apply"))
         watcher = poll(ns, "present", poller=poller)
         time.sleep(0.2)
+        t_kill = time.time()
         victim.kill()
         victim.wait(10)
         at = seen_at(watcher)
         change = wait(lambda: downs(log, n_changes), "health.change", 10)[0]
-        return drain, at - epoch(change["timestamp"]), [drain_passes, applied(log, n_applies)]
+        passes = [drain_passes, applied(log, n_applies)]
+        return drain, at - epoch(change["timestamp"]), at - t_kill, passes
     finally:
         victim.kill()
         victim.wait(10)
@@ -271,6 +283,7 @@ def measure(services: int, runs: int, tmp: Path, poller: str = "lib") -> dict[st
         assert daemon is not None and steady is not None
         health: list[float] = []
         drains: list[float] = []
+        kills: list[float] = []
         passes: list[list[list[str]]] = []
         try:
             start = time.monotonic()
@@ -279,8 +292,9 @@ def measure(services: int, runs: int, tmp: Path, poller: str = "lib") -> dict[st
             wait(lambda: len(events(log, "health.change")) >= len(RS), "checks up", 120)
             load = time.monotonic() - start
             for _ in range(runs):
-                drain, change, run_passes = one_run(ns, log, tmp, poller)
+                drain, change, kill, run_passes = one_run(ns, log, tmp, poller)
                 drains.append(drain)
+                kills.append(kill)
                 health.append(change)
                 passes.append(run_passes)
             rss = rss_mb(daemon.pid)
@@ -297,6 +311,8 @@ def measure(services: int, runs: int, tmp: Path, poller: str = "lib") -> dict[st
             "median_s": round(statistics.median(health), 4),
             "drain_to_kernel_s": [round(f, 4) for f in drains],
             "drain_median_s": round(statistics.median(drains), 4),
+            "kill_to_kernel_s": [round(f, 4) for f in kills],  # detection (checks) included
+            "kill_median_s": round(statistics.median(kills), 4),
             "rss_mb": round(rss, 1),
             "nft_exec_fallbacks": fallbacks,
             "passes": passes,  # per run: [drain passes, health passes], scope:ops
@@ -320,7 +336,11 @@ def main() -> None:
             print(json.dumps(r), flush=True)
     base = results[0]
     for r in results[1:]:
-        for what, key in (("health change", "median_s"), ("API drain", "drain_median_s")):
+        for what, key in (
+            ("health.change to kernel", "median_s"),
+            ("API drain to kernel", "drain_median_s"),
+            ("kill to kernel", "kill_median_s"),
+        ):
             ratio = r[key] / base[key] if base[key] else float("inf")
             print(
                 f"{what}: {r['services']} services {r[key] * 1000:.1f} ms / "

@@ -174,7 +174,7 @@ def measure(args: argparse.Namespace, tmp: Path) -> dict[str, Any]:
         "interval_s": args.interval,
         "fall": args.fall,
         "bound_s": round(args.interval * args.fall, 3),
-        "kill_to_kernel_median_s": statistics.median(kill),
+        "kill_to_kernel_median_s": round(statistics.median(kill), 3),
         "runs": runs,
     }
 
