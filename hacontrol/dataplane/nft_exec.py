@@ -36,7 +36,7 @@ OUTPUT_JSON = 1 << 4  # NFT_CTX_OUTPUT_JSON: 1.0.x parses a JSON buffer only wit
 BinaryRunner = Callable[..., Awaitable[tuple[int, str, str]]]
 
 
-class _Lib:
+class LibNft:
     """One libnftables context; every method runs on the owning worker thread only."""
 
     def __init__(self, netns: str | None) -> None:
@@ -94,7 +94,7 @@ class NftExec:
         self.netns = netns
         self.limit = limit
         self._pool: ThreadPoolExecutor | None = None
-        self._lib: _Lib | None = None
+        self._lib: LibNft | None = None
         self.mode = "lib" if prefer_lib else "binary"
 
     async def batch(self, doc: bytes) -> tuple[int, str, str]:
@@ -113,7 +113,7 @@ class NftExec:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hacontrol-nft")
         loop = asyncio.get_running_loop()
         try:
-            self._lib = await loop.run_in_executor(self._pool, _Lib, self.netns)
+            self._lib = await loop.run_in_executor(self._pool, LibNft, self.netns)
         except (OSError, AttributeError) as e:
             self._fallback(f"libnftables unavailable: {e}")
             return False
