@@ -4,14 +4,15 @@ For kernels without IPVS. The plane keeps the table as it last read or wrote it.
 few actions (a health change) is a few commands on the touched services' own objects, set and
 map elements and the service's own chain (``hacontrol.dataplane.nft_delta``), in one transaction:
 the table and its base chains stay. The whole desired table is rendered and replaced atomically
-(``nft -j -f -``: add + delete + add table and all its contents in one batch; established flows
+(one JSON batch: add + delete + add table and all its contents; established flows
 keep their conntrack NAT bindings) only when the plane does not hold a table it trusts: none yet,
 a hand-edited one (a service read back ``altered:``), or after a failed apply. Other nftables
 tables are never touched. An empty desired table deletes our table. A snapshot is read and
 parsed by a child process (``hacontrol.dataplane.nft_read``), not on the event loop.
 ``commands`` counts the commands sent and ``rewrites`` the whole-table replacements (tests, the
-benchmark). Batches go through libnftables in the daemon's process, on a thread of its own,
-falling back to the nft binary (``hacontrol.dataplane.nft_exec``); listings through the binary.
+benchmark). Small batches (an event's commands) go through libnftables in the daemon's process
+on a thread of its own, big ones (a whole table) and listings through the nft binary, which is
+also the fallback (``hacontrol.dataplane.nft_exec``).
 
 Rendering (the table layout, the slot schedules) lives in the pure
 ``hacontrol.dataplane.nft_render``, reading back (detecting hand edits) in the pure

@@ -59,6 +59,7 @@ async def test_lib_and_binary_leave_the_same_table_in_the_plane_namespace(ns: Ns
             await binary.replace(want)  # the same table through the nft binary
             assert _listing(ns, "hcexec") == by_lib
         assert lib.commands > 0 and lib.rewrites <= len(wants)
+        assert binary.exec.sent["lib"] == 0 and lib.exec.sent["binary"] == 0
     finally:
         await lib.remove()
         await lib.close()
@@ -92,3 +93,22 @@ async def test_without_the_library_the_binary_does_the_work(
         await plane.remove()
         await plane.close()
     assert _listing(ns, "hcexecfb") == []
+
+
+async def test_a_big_batch_goes_to_the_binary(ns: Ns) -> None:
+    """A whole table parsed in the daemon would leave its peak in the daemon's heap."""
+    plane = NftDataplane("hcexecbig", netns=ns.name)
+    rnd = random.Random(5)
+    try:
+        plane.exec.lib_max = 200  # bytes: every whole-table batch is bigger
+        first, second = _random_table(rnd), _random_table(rnd)
+        await plane.replace(first)
+        assert plane.exec.sent == {"lib": 0, "binary": 1}
+        plane.exec.lib_max = 1 << 20
+        now = await plane.snapshot(set())
+        await plane.apply(second, diff(second, now, set(now)))
+        assert plane.exec.sent == {"lib": 1, "binary": 1}
+        assert await plane.snapshot(set()) == second
+    finally:
+        await plane.remove()
+        await plane.close()
