@@ -26,10 +26,13 @@ good, logged once as ``dataplane.nft_exec_fallback``. ``mode`` says which is in 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import os
+import queue
+import threading
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 from hacontrol import logs
 from hacontrol.dataplane.base import DataplaneError
@@ -91,6 +94,46 @@ def _enter_netns(name: str) -> None:
         os.close(fd)
 
 
+def _settle(fut: asyncio.Future[Any], ok: bool, value: Any) -> None:
+    if not fut.done():
+        if ok:
+            fut.set_result(value)
+        else:
+            fut.set_exception(value)
+
+
+class Worker:
+    """One daemon thread running calls in order (a stuck C call cannot hold up the process's
+    exit, as a ThreadPoolExecutor's thread would: it is joined at exit)."""
+
+    def __init__(self) -> None:
+        self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        threading.Thread(target=self._serve, name="hacontrol-nft", daemon=True).start()
+
+    def _serve(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            fn, args, fut, loop = job
+            try:
+                ok, value = True, fn(*args)
+            except BaseException as e:  # handed to the awaiting coroutine
+                ok, value = False, e
+            if loop is not None:
+                with contextlib.suppress(RuntimeError):  # a closed loop: nobody waits any more
+                    loop.call_soon_threadsafe(_settle, fut, ok, value)
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._jobs.put((fn, args, fut, loop))
+        return fut
+
+    def stop(self, last: Callable[[], Any] | None = None) -> None:
+        """Run ``last`` (if any) after the calls queued, then end the thread."""
+        if last is not None:
+            self._jobs.put((last, (), None, None))
+        self._jobs.put(None)
+
+
 class NftExec:
     """Runs batches and commands for one plane: in-process libnftables, else ``run``."""
 
@@ -107,7 +150,7 @@ class NftExec:
         self.lib_max = lib_max
         self.netns = netns
         self.limit = limit
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: Worker | None = None
         self._lib: LibNft | None = None
         self.mode = "lib" if prefer_lib else "binary"
         self.sent = {"lib": 0, "binary": 0}  # batches each way (tests, the benchmark)
@@ -127,10 +170,9 @@ class NftExec:
     async def _ready(self) -> bool:
         if self._lib is not None:
             return True
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hacontrol-nft")
-        loop = asyncio.get_running_loop()
+        self._pool = Worker()
         try:
-            self._lib = await loop.run_in_executor(self._pool, LibNft, self.netns)
+            self._lib = await self._pool.submit(LibNft, self.netns)
         except (OSError, AttributeError) as e:
             self._fallback(f"libnftables unavailable: {e}")
             return False
@@ -139,8 +181,7 @@ class NftExec:
     async def _call(self, text: bytes, *, as_json: bool) -> tuple[int, str, str]:
         lib, pool = self._lib, self._pool
         assert lib is not None and pool is not None
-        loop = asyncio.get_running_loop()
-        fut = loop.run_in_executor(pool, lib.run, text, as_json)
+        fut = pool.submit(lib.run, text, as_json)
         try:
             async with asyncio.timeout(self.limit):
                 return await asyncio.shield(fut)
@@ -154,7 +195,8 @@ class NftExec:
     def _fallback(self, reason: str) -> None:
         self.mode = "binary"
         if self._pool is not None:
-            self._pool.shutdown(wait=False)
+            self._pool.stop()
+            self._pool = None
         log.warning("dataplane.nft_exec_fallback", reason=reason, runner="nft binary")
 
     def close(self) -> None:
@@ -162,6 +204,4 @@ class NftExec:
         lib, pool = self._lib, self._pool
         self._lib = self._pool = None
         if pool is not None:
-            if lib is not None:
-                pool.submit(lib.close)
-            pool.shutdown(wait=False)
+            pool.stop(lib.close if lib is not None else None)
