@@ -246,7 +246,8 @@ def one_run(ns: Ns, log: Path, tmp: Path, poller: str) -> tuple[float, float, fl
         t0 = time.time()
         api(tmp, "drain")
         drain = seen_at(watcher) - t0
-        drain_passes = applied(log, n_applies)
+        # the pass's log line is written after the kernel has it: wait for it
+        drain_passes = wait(lambda: applied(log, n_applies), "the drain's pass", 10)
         api(tmp, "clear")
         seen_at(poll(ns, "absent", poller=poller))
         time.sleep(0.5)
@@ -260,7 +261,7 @@ def one_run(ns: Ns, log: Path, tmp: Path, poller: str) -> tuple[float, float, fl
         victim.wait(10)
         at = seen_at(watcher)
         change = wait(lambda: downs(log, n_changes), "health.change", 10)[0]
-        passes = [drain_passes, applied(log, n_applies)]
+        passes = [drain_passes, wait(lambda: applied(log, n_applies), "the pass", 10)]
         return drain, at - epoch(change["timestamp"]), at - t_kill, passes
     finally:
         victim.kill()
