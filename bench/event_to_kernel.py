@@ -1,17 +1,26 @@
-"""Event to kernel: from a real server's ``health.change`` to the nftables table showing it.
+"""Event to kernel: from a health change, and from an API drain, to the nftables table showing it.
 
 A real ``hacontrol run`` daemon (nftables plane) in a network namespace serves S services x 10
 real servers (192.0.2.1-10:8080, each a TCP listener on the namespace's loopback, TCP
-checks, shared by every service so 10 checks serve all) plus one extra service whose only real
-server (192.0.2.99:8080) is killed. A poller in a separate process polls the small ``nodest4`` set
-of our table (``nft -j list set``, bounded in count and time) until the extra service appears
-there (no usable destination), and prints when. The figure is that time minus the timestamp of the
-daemon's ``health.change`` log line (both wall clock, same host). The server is restarted and the
-next run waits for it to leave the set. Runs with S = 10 and S = 1,000 in one invocation and
-prints the ratio; also the daemon's RSS (VmRSS) once the table is loaded, and how many
-``dataplane.apply`` passes the event took and their scope.
+checks, shared by every service so 10 checks serve all) plus one extra service ``victim`` whose
+only real server is 192.0.2.99:8080. A poller in a separate process polls the small ``nodest4``
+set of our table (bounded in count and time) until ``victim`` appears there (no usable
+destination) and prints when. By default the poller lists the set through libnftables in its own
+process (~0.1 ms a poll, one every ~1 ms); ``--poller nft`` runs ``nft -j list set`` each time
+(the first version's poller: a fork + exec, 10-20 ms a poll on a busy machine). Each run:
 
-    python3 bench/event_to_kernel.py [--sizes 10,1000] [--runs 5] [--json out.json]
+* API drain: ``POST /v1/overrides`` drain of the victim's real server; the figure is from just
+  before the request to the kernel showing it (its only real server at weight 0: no usable
+  destination). Then ``clear``, and wait for the set to lose it again.
+* health change: the victim's listener is killed; the figure is from the daemon's
+  ``health.change`` log line to the kernel (both wall clock, same host); also from the kill
+  (detection by the 200 ms checks included).
+
+Runs with S = 10 and S = 1,000 in one invocation and prints the ratios; also the daemon's RSS
+(VmRSS) once the table is loaded, and the ``dataplane.apply`` passes of each event (scope, ops).
+
+    python3 bench/event_to_kernel.py [--sizes 10,1000] [--runs 5] [--poller lib|nft]
+                                     [--json out.json]
 
 As root; every namespace and process is removed at the end, also after a failure.
 """
@@ -30,7 +39,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from hacontrol.cli_api import api_call
 from hacontrol.lab.netns import NetnsLab, Ns, wait_tcp
+
+Popen = subprocess.Popen[str]
 
 RS = [f"192.0.2.{i}" for i in range(1, 11)]
 VICTIM = "192.0.2.99"
@@ -56,7 +68,7 @@ while time.monotonic() < deadline:
     time.sleep(0.01)
 """
 
-POLL = r"""
+POLL_NFT = r"""
 import json, subprocess, sys, time
 table, want, limit = sys.argv[1], sys.argv[2] == "present", float(sys.argv[3])
 key = [6, "198.51.100.250", 9999]
@@ -72,6 +84,51 @@ while time.monotonic() < deadline and polls < 100000:
         if (any(e.get("concat") == key for e in elems if isinstance(e, dict))) == want:
             print(json.dumps({"at": time.time(), "polls": polls}), flush=True)
             sys.exit(0)
+print(json.dumps({"at": None, "polls": polls}), flush=True)
+sys.exit(1)
+"""
+
+# the same poll through libnftables in the poller's process: a filtered ``list set`` costs
+# ~0.1 ms at either size, so the figure's resolution is ~1 ms (the pause between polls), not
+# a fork + exec of nft (10-20 ms on this machine). argv: table, present|absent|count:N, limit,
+# set name (nodest4), and for present/absent the element text (tcp . 198.51.100.250 . 9999)
+POLL = r"""
+import ctypes, json, sys, time
+table, want, limit = sys.argv[1], sys.argv[2], float(sys.argv[3])
+name = sys.argv[4] if len(sys.argv) > 4 else "nodest4"
+key = sys.argv[5] if len(sys.argv) > 5 else "6 . 198.51.100.250 . 9999"
+lib = ctypes.CDLL("libnftables.so.1")
+lib.nft_ctx_new.restype = ctypes.c_void_p
+lib.nft_ctx_buffer_output.argtypes = lib.nft_ctx_buffer_error.argtypes = [ctypes.c_void_p]
+lib.nft_ctx_output_set_flags.argtypes = [ctypes.c_void_p, ctypes.c_uint]
+lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+lib.nft_ctx_get_output_buffer.argtypes = [ctypes.c_void_p]
+lib.nft_ctx_get_output_buffer.restype = ctypes.c_char_p
+ctx = lib.nft_ctx_new(0)
+lib.nft_ctx_buffer_output(ctx); lib.nft_ctx_buffer_error(ctx)
+lib.nft_ctx_output_set_flags(ctx, 16 | 128)  # JSON, protocols as numbers
+kind, _, name = name.rpartition(":")  # "map:weights4" lists a map
+cmd = f"list {kind or 'set'} inet {table} {name}".encode()
+def norm(e):
+    if isinstance(e, dict) and "concat" in e:
+        return " . ".join(str(x) for x in e["concat"])
+    return str(e)
+deadline = time.monotonic() + limit
+polls = 0
+while time.monotonic() < deadline and polls < 200000:
+    polls += 1
+    if lib.nft_run_cmd_from_buffer(ctx, cmd) == 0:
+        out = lib.nft_ctx_get_output_buffer(ctx) or b"{}"
+        elems = [norm(e) for i in json.loads(out).get("nftables", [])
+                 for e in (i.get("set") or i.get("map") or {}).get("elem", [])]
+        if want.startswith("count:"):
+            done = len(elems) >= int(want[6:])
+        else:
+            done = (key in elems) == (want == "present")
+        if done:
+            print(json.dumps({"at": time.time(), "polls": polls, "n": len(elems)}), flush=True)
+            sys.exit(0)
+    time.sleep(0.001)
 print(json.dumps({"at": None, "polls": polls}), flush=True)
 sys.exit(1)
 """
@@ -134,12 +191,84 @@ def rss_mb(pid: int) -> float:
     return 0.0
 
 
-def poll(ns: Ns, state: str) -> subprocess.Popen[str]:
-    return ns.popen(sys.executable, "-c", POLL, TABLE, state, "30", stdout=subprocess.PIPE,
-                    text=True)  # fmt: skip
+POLLERS = {"lib": POLL, "nft": POLL_NFT}
 
 
-def measure(services: int, runs: int, tmp: Path) -> dict[str, Any]:
+def poll(
+    ns: Ns, state: str, *, poller: str = "lib", args: tuple[str, ...] = (), limit: float = 30
+) -> Popen:
+    """A poller child in ``ns`` waiting for the victim's ``nodest4`` element to be ``state``
+    (present/absent; ``count:N`` with ``args`` = (set name, ``map:NAME`` for a map) for the lib
+    poller)."""
+    return ns.popen(sys.executable, "-c", POLLERS[poller], TABLE, state, str(limit), *args,
+                    stdout=subprocess.PIPE, text=True)  # fmt: skip
+
+
+def seen_at(watcher: Popen) -> float:
+    """When the poller saw what it waited for (wall clock)."""
+    assert watcher.stdout is not None
+    seen = json.loads(watcher.stdout.readline())
+    watcher.wait(10)
+    if seen["at"] is None:
+        raise SystemExit("the kernel never showed the change")
+    return float(seen["at"])
+
+
+def api(tmp: Path, action: str) -> None:
+    """One override request on the victim's real server (POST /v1/overrides)."""
+    body = {"action": action, "service": "victim", "real_server": f"{VICTIM}:{PORT}"}
+    code, doc = api_call(f"unix:{tmp}/api.sock", "POST", "/v1/overrides", body, timeout=10)
+    if code != 200:
+        raise SystemExit(f"{action}: HTTP {code}: {doc}")
+
+
+def applied(log: Path, since: int) -> list[str]:
+    return [f"{e.get('scope')}:{e.get('ops')}" for e in events(log, "dataplane.apply")[since:]]
+
+
+def downs(log: Path, since: int) -> list[dict[str, Any]]:
+    return [e for e in events(log, "health.change")[since:] if e.get("to") == "down"]
+
+
+def one_run(ns: Ns, log: Path, tmp: Path, poller: str) -> tuple[float, float, float, list[Any]]:
+    """One drain and one health change of the victim: (drain s, health.change to kernel s,
+    kill to kernel s, their passes)."""
+    victim = ns.popen(sys.executable, "-c", LISTEN, VICTIM, stdout=subprocess.PIPE, text=True)
+    assert victim is not None and victim.stdout is not None
+    try:
+        victim.stdout.readline()
+        seen_at(poll(ns, "absent", poller=poller))  # up and usable again
+        time.sleep(0.5)
+        # the API drain: from the request to the kernel (weight 0: no usable destination)
+        n_applies = len(events(log, "dataplane.apply"))
+        watcher = poll(ns, "present", poller=poller)
+        time.sleep(0.2)  # the poller is polling
+        t0 = time.time()
+        api(tmp, "drain")
+        drain = seen_at(watcher) - t0
+        # the pass's log line is written after the kernel has it: wait for it
+        drain_passes = wait(lambda: applied(log, n_applies), "the drain's pass", 10)
+        api(tmp, "clear")
+        seen_at(poll(ns, "absent", poller=poller))
+        time.sleep(0.5)
+        # the health change: from the daemon's health.change line to the kernel
+        n_changes = len(events(log, "health.change"))
+        n_applies = len(events(log, "dataplane.apply"))
+        watcher = poll(ns, "present", poller=poller)
+        time.sleep(0.2)
+        t_kill = time.time()
+        victim.kill()
+        victim.wait(10)
+        at = seen_at(watcher)
+        change = wait(lambda: downs(log, n_changes), "health.change", 10)[0]
+        passes = [drain_passes, wait(lambda: applied(log, n_applies), "the pass", 10)]
+        return drain, at - epoch(change["timestamp"]), at - t_kill, passes
+    finally:
+        victim.kill()
+        victim.wait(10)
+
+
+def measure(services: int, runs: int, tmp: Path, poller: str = "lib") -> dict[str, Any]:
     with NetnsLab() as lab:
         ns = lab.add("dir", forward=True)
         for a in [*RS, VICTIM, "198.51.100.250"]:
@@ -153,8 +282,10 @@ def measure(services: int, runs: int, tmp: Path) -> dict[str, Any]:
             daemon = ns.popen(sys.executable, "-m", "hacontrol", "run", "-c", str(cfg),
                               stdout=out, stderr=out)  # fmt: skip
         assert daemon is not None and steady is not None
-        figures: list[float] = []
-        passes: list[list[str]] = []
+        health: list[float] = []
+        drains: list[float] = []
+        kills: list[float] = []
+        passes: list[list[list[str]]] = []
         try:
             start = time.monotonic()
             wait(lambda: len(events(log, "dataplane.apply")) > 0, "the first load", 300)
@@ -162,41 +293,13 @@ def measure(services: int, runs: int, tmp: Path) -> dict[str, Any]:
             wait(lambda: len(events(log, "health.change")) >= len(RS), "checks up", 120)
             load = time.monotonic() - start
             for _ in range(runs):
-                victim = ns.popen(sys.executable, "-c", LISTEN, VICTIM, stdout=subprocess.PIPE,
-                                  text=True)  # fmt: skip
-                assert victim is not None and victim.stdout is not None
-                victim.stdout.readline()
-                gone = poll(ns, "absent")
-                assert gone.stdout is not None
-                json.loads(gone.stdout.readline())
-                gone.wait(10)
-                time.sleep(0.5)
-                n_changes = len(events(log, "health.change"))
-                n_applies = len(events(log, "dataplane.apply"))
-                watcher = poll(ns, "present")
-                time.sleep(0.2)  # the poller is polling
-                victim.kill()
-                victim.wait(10)
-                assert watcher.stdout is not None
-                seen = json.loads(watcher.stdout.readline())
-                watcher.wait(10)
-                if seen["at"] is None:
-                    raise SystemExit("the kernel never showed the change")
-                change = wait(
-                    lambda n=n_changes: [
-                        e for e in events(log, "health.change")[n:] if e.get("to") == "down"
-                    ],
-                    "health.change",
-                    10,
-                )[0]
-                figures.append(seen["at"] - epoch(change["timestamp"]))
-                passes.append(
-                    [
-                        f"{e.get('scope')}:{e.get('actions')}"
-                        for e in events(log, "dataplane.apply")[n_applies:]
-                    ]
-                )
+                drain, change, kill, run_passes = one_run(ns, log, tmp, poller)
+                drains.append(drain)
+                kills.append(kill)
+                health.append(change)
+                passes.append(run_passes)
             rss = rss_mb(daemon.pid)
+            fallbacks = len(events(log, "dataplane.nft_exec_fallback"))
         finally:
             daemon.terminate()
             daemon.wait(60)
@@ -205,10 +308,15 @@ def measure(services: int, runs: int, tmp: Path) -> dict[str, Any]:
             "services": services,
             "destinations": services * len(RS) + 1,
             "first_load_s": round(load, 2),
-            "event_to_kernel_s": [round(f, 4) for f in figures],
-            "median_s": round(statistics.median(figures), 4),
+            "event_to_kernel_s": [round(f, 4) for f in health],
+            "median_s": round(statistics.median(health), 4),
+            "drain_to_kernel_s": [round(f, 4) for f in drains],
+            "drain_median_s": round(statistics.median(drains), 4),
+            "kill_to_kernel_s": [round(f, 4) for f in kills],  # detection (checks) included
+            "kill_median_s": round(statistics.median(kills), 4),
             "rss_mb": round(rss, 1),
-            "passes": passes,
+            "nft_exec_fallbacks": fallbacks,
+            "passes": passes,  # per run: [drain passes, health passes], scope:ops
         }
 
 
@@ -216,6 +324,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--sizes", default="10,1000")
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--poller", choices=sorted(POLLERS), default="lib")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     if os.geteuid() != 0:
@@ -223,13 +332,21 @@ def main() -> None:
     results = []
     with tempfile.TemporaryDirectory(prefix="hcbench-") as tmp:
         for size in (int(s) for s in args.sizes.split(",")):
-            r = measure(size, args.runs, Path(tmp))
+            r = measure(size, args.runs, Path(tmp), args.poller)
             results.append(r)
             print(json.dumps(r), flush=True)
-    base = results[0]["median_s"]
+    base = results[0]
     for r in results[1:]:
-        ratio = r["median_s"] / base if base else float("inf")
-        print(f"{r['services']} services / {results[0]['services']} services: {ratio:.2f}x")
+        for what, key in (
+            ("health.change to kernel", "median_s"),
+            ("API drain to kernel", "drain_median_s"),
+            ("kill to kernel", "kill_median_s"),
+        ):
+            ratio = r[key] / base[key] if base[key] else float("inf")
+            print(
+                f"{what}: {r['services']} services {r[key] * 1000:.1f} ms / "
+                f"{base['services']} services {base[key] * 1000:.1f} ms: {ratio:.2f}x"
+            )
     if args.json:
         args.json.write_text(json.dumps(results, indent=1) + "\n")
 

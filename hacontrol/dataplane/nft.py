@@ -4,17 +4,19 @@ For kernels without IPVS. The plane keeps the table as it last read or wrote it.
 few actions (a health change) is a few commands on the touched services' own objects, set and
 map elements and the service's own chain (``hacontrol.dataplane.nft_delta``), in one transaction:
 the table and its base chains stay. The whole desired table is rendered and replaced atomically
-(``nft -j -f -``: add + delete + add table and all its contents in one batch; established flows
+(one JSON batch: add + delete + add table and all its contents; established flows
 keep their conntrack NAT bindings) only when the plane does not hold a table it trusts: none yet,
 a hand-edited one (a service read back ``altered:``), or after a failed apply. Other nftables
 tables are never touched. An empty desired table deletes our table. A snapshot is read and
 parsed by a child process (``hacontrol.dataplane.nft_read``), not on the event loop.
 ``commands`` counts the commands sent and ``rewrites`` the whole-table replacements (tests, the
-benchmark).
+benchmark). Small batches (an event's commands) go through libnftables in the daemon's process
+on a thread of its own, big ones (a whole table) and listings through the nft binary, which is
+also the fallback (``hacontrol.dataplane.nft_exec``).
 
 Rendering (the table layout, the slot schedules) lives in the pure
 ``hacontrol.dataplane.nft_render``, reading back (detecting hand edits) in the pure
-``nft_readback``; this module runs ``nft`` and is the ``Dataplane``.
+``nft_readback``; this module sends the batches and is the ``Dataplane``.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from hacontrol import logs
 from hacontrol.dataplane.base import DataplaneError
 from hacontrol.dataplane.diff import Action, apply_in_place
 from hacontrol.dataplane.nft_delta import AddrRefs, address_refs, delta
+from hacontrol.dataplane.nft_exec import NftExec
 from hacontrol.dataplane.nft_read import read_table
 from hacontrol.dataplane.nft_readback import ALTERED, parse_key
 from hacontrol.dataplane.nft_render import (
@@ -112,11 +115,18 @@ class NftDataplane(NftRenderer):
         return None
 
     def __init__(
-        self, table_name: str = "hacontrol", *, netns: str | None = None, timeout: float = 10.0
+        self,
+        table_name: str = "hacontrol",
+        *,
+        netns: str | None = None,
+        timeout: float = 10.0,
+        in_process: bool = True,
     ) -> None:
         super().__init__(table_name)
         self.netns = netns  # run nft inside this named namespace (lab, tests)
         self.timeout = timeout
+        # batches through libnftables in the daemon (no fork + exec per event), else nft
+        self.exec = NftExec(run_nft, netns=netns, limit=timeout, prefer_lib=in_process)
         self._warned: set[str] = set()
         self._state: Table | None = None  # our table as last read or written; None: unknown
         self._exists = False  # the kernel has our table
@@ -138,11 +148,11 @@ class NftDataplane(NftRenderer):
 
     # -- the Dataplane protocol -----------------------------------------------------------------
 
-    async def _nft(self, *args: str, stdin: bytes | None = None) -> tuple[int, str, str]:
-        return await run_nft(*args, stdin=stdin, netns=self.netns, limit=self.timeout)
+    async def _batch(self, doc: dict[str, object]) -> tuple[int, str, str]:
+        return await self.exec.batch(json.dumps(doc).encode())
 
     async def open(self) -> None:
-        rc, _, err = await self._nft("-j", "list", "tables")
+        rc, _, err = await self.exec.command("-j", "list", "tables")
         if rc != 0:
             raise DataplaneError(f"nftables: cannot list tables: {err} (needs root/CAP_NET_ADMIN)")
 
@@ -184,7 +194,7 @@ class NftDataplane(NftRenderer):
                 touched = {a.service for a in actions}
                 doc = {"nftables": delta(self, self._state, new, touched, refs)}
             self.commands += len(doc["nftables"])
-            rc, _, err = await self._nft("-j", "-f", "-", stdin=json.dumps(doc).encode())
+            rc, _, err = await self._batch(doc)
         except BaseException:
             self._state = None  # unknown: the reconciler reads the table again
             raise
@@ -201,7 +211,7 @@ class NftDataplane(NftRenderer):
         doc = self.render(table)
         self._warn_approximations(table)
         self.rewrites += 1
-        rc, _, err = await self._nft("-j", "-f", "-", stdin=json.dumps(doc).encode())
+        rc, _, err = await self._batch(doc)
         if rc != 0:
             self._state = None
             raise DataplaneError(f"nftables: apply failed: {err[-500:]}")
@@ -210,10 +220,11 @@ class NftDataplane(NftRenderer):
     async def remove(self) -> None:
         """Delete our table (stop without keep_on_stop; tests): the batch of an empty table."""
         doc = self.render({})
-        rc, _, err = await self._nft("-j", "-f", "-", stdin=json.dumps(doc).encode())
+        rc, _, err = await self._batch(doc)
         if rc != 0:
             raise DataplaneError(f"nftables: delete table {self.table_name}: {err}")
         self._remember({}, exists=False)
 
     async def close(self) -> None:
-        """Nothing to release; the table stays (a restart must not drop traffic)."""
+        """Stop the libnftables thread; the table stays (a restart must not drop traffic)."""
+        self.exec.close()

@@ -1,0 +1,144 @@
+"""The cost of one per-event nftables transaction, by how it is sent and by the table's size.
+
+In a fresh network namespace, our table with S services x 10 real servers (rendered by
+``NftDataplane``), then the transaction of one health change (one real server of one service
+goes to weight 0 and back: ``nft_delta``'s commands: a weight element deleted and added, the
+service's chain flushed and its rule added) sent ``--reps`` times, alternating, each way:
+
+* ``binary-json``: ``ip netns exec NS nft -j -f -`` (a fork + exec per transaction; the plane
+  before issue 8's in-process change, and its fallback);
+* ``lib-json``: the same JSON through libnftables in this process (what the plane does now);
+* ``lib-native``: the same commands in nft's native syntax through libnftables (the rule text as
+  nft lists it).
+
+Prints the median and minimum in ms per size and way. What grows with S is nft's cache: before
+every transaction it dumps every chain and set of the namespace (1,000 service chains and their
+1,000 anonymous slot maps at S = 1,000) because the kernel's generation moved on with the last
+commit.
+
+    python3 bench/nft_transaction.py [--sizes 10,1000] [--reps 30]
+
+As root; the namespace is removed at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+
+from hacontrol.dataplane.nft import NftDataplane
+from hacontrol.dataplane.nft_delta import address_refs, delta
+from hacontrol.dataplane.nft_exec import LibNft
+from hacontrol.dataplane.nft_render import chain_name
+from hacontrol.dataplane.table import DestKey, DestSpec, ServiceKey, ServiceSpec, Table
+from hacontrol.dataplane.table import TableService as TS
+from hacontrol.lab.netns import NetnsLab, Ns
+
+TABLE = "hctx"
+
+
+def table(services: int) -> Table:
+    out: Table = {}
+    for i in range(services):
+        key = ServiceKey("tcp", f"198.51.100.{1 + i // 250}", 1000 + i % 250)
+        dests = {DestKey(f"192.0.2.{j}", 8080): DestSpec(1) for j in range(1, 11)}
+        out[key] = TS(ServiceSpec("wrr"), dests)
+    return out
+
+
+def lib_in(ns: Ns) -> LibNft:
+    """A libnftables context opened in ``ns`` (by a thread that enters it)."""
+    got: list[LibNft] = []
+    t = threading.Thread(target=lambda: got.append(LibNft(ns.name)))
+    t.start()
+    t.join()
+    return got[0]
+
+
+def nft_f(ns: Ns, batch: bytes) -> None:
+    """``nft -j -f -`` in ``ns``: the binary, a fork + exec."""
+    subprocess.run(ns.argv("nft", "-j", "-f", "-"), input=batch, check=True, capture_output=True)
+
+
+def timed(send: Callable[[int], None], reps: int) -> tuple[float, float]:
+    took = []
+    for i in range(reps):
+        start = time.perf_counter()
+        send(i)
+        took.append((time.perf_counter() - start) * 1000)
+    return statistics.median(took), min(took)
+
+
+def measure(ns: Ns, services: int, reps: int) -> dict[str, tuple[float, float]]:
+    plane = NftDataplane(TABLE)
+    full = table(services)
+    nft_f(ns, json.dumps(plane.render(full)).encode())
+    key, dest = sorted(full)[0], DestKey("192.0.2.1", 8080)
+    drained = dict(full)
+    drained[key] = TS(full[key].spec, {**full[key].dests, dest: DestSpec(0)})
+    docs = [
+        json.dumps({"nftables": delta(plane, a, b, [key], address_refs(a))}).encode()
+        for a, b in ((full, drained), (drained, full))
+    ]
+    lib = lib_in(ns)
+    chain = chain_name(key)
+    rules = []
+    for doc in docs:
+        assert lib.run(doc, as_json=True)[0] == 0
+        listed = ns.run("nft", "list", "chain", "inet", TABLE, chain).stdout
+        rules.append(next(line.strip() for line in listed.splitlines() if "dnat" in line))
+    elem = f"tcp . {key.address} . {key.port} . {dest.address} . {dest.port}"
+    native = [
+        (f"delete element inet {TABLE} weights4 {{ {elem} }}\n"
+         f"flush chain inet {TABLE} {chain}\nadd rule inet {TABLE} {chain} {rule}\n"
+         f"add element inet {TABLE} weights4 {{ {elem} : {weight} }}\n").encode()
+        for rule, weight in zip(rules, (0, 1), strict=True)
+    ]  # fmt: skip
+
+    def binary(i: int) -> None:
+        nft_f(ns, docs[i % 2])
+
+    def lib_json(i: int) -> None:
+        assert lib.run(docs[i % 2], as_json=True)[0] == 0
+
+    def lib_native(i: int) -> None:
+        rc, _, err = lib.run(native[i % 2], as_json=False)
+        assert rc == 0, err
+
+    try:
+        return {
+            name: timed(send, reps)
+            for name, send in (
+                ("binary-json", binary),
+                ("lib-json", lib_json),
+                ("lib-native", lib_native),
+            )
+        }
+    finally:
+        lib.close()
+        ns.run("nft", "delete", "table", "inet", TABLE)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", default="10,1000")
+    ap.add_argument("--reps", type=int, default=30)
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        raise SystemExit("run as root (a network namespace, nftables)")
+    with NetnsLab() as lab:
+        ns = lab.add("tx")
+        for size in (int(s) for s in args.sizes.split(",")):
+            got = measure(ns, size, args.reps)
+            cells = ", ".join(f"{k} {m:.2f} ms (min {lo:.2f})" for k, (m, lo) in got.items())
+            print(f"{size} services: {cells}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
