@@ -39,15 +39,16 @@ log = logs.get("api")
 class Controller(Protocol):
     """What the API needs from the daemon."""
 
-    def status(self) -> dict[str, Any]:
-        """The status document (see hacontrol.status.build_status)."""
+    async def status_json(self, service: str | None = None) -> bytes | None:
+        """The status document as JSON (see hacontrol.status.build_status), only the service
+        named ``service`` when given (None: there is none). Built in slices at a big table."""
 
     @property
     def counters(self) -> PlaneCounters:
         """The data plane's connection and traffic counters: ``refresh()`` before a status."""
 
-    def metrics_text(self) -> bytes:
-        """Prometheus text exposition."""
+    async def metrics_text(self) -> bytes:
+        """Prometheus text exposition (built in slices at a big table)."""
 
     def token(self) -> str | None:
         """The API token mutating calls need, or None when api.token_file is not set."""
@@ -160,21 +161,19 @@ async def healthz(request: web.Request) -> web.Response:
 async def get_status(request: web.Request) -> web.Response:
     _only_params(request, ("service",))
     await request.app[CONTROLLER].counters.refresh()
-    doc = request.app[CONTROLLER].status()
     name = request.query.get("service")
-    if name is not None:
-        found = [s for s in doc["services"] if s["name"] == name]
-        if not found:
-            raise web.HTTPNotFound(text=f"no service named {name!r}")
-        doc = {**doc, "services": found}
-    return web.json_response(doc)
+    body = await request.app[CONTROLLER].status_json(name)
+    if body is None:
+        raise web.HTTPNotFound(text=f"no service named {name!r}")
+    return web.Response(body=body, content_type="application/json")
 
 
 async def get_metrics(request: web.Request) -> web.Response:
     _only_params(request, ())
     await request.app[CONTROLLER].counters.refresh()
     return web.Response(
-        body=request.app[CONTROLLER].metrics_text(), headers={"Content-Type": METRICS_CONTENT_TYPE}
+        body=await request.app[CONTROLLER].metrics_text(),
+        headers={"Content-Type": METRICS_CONTENT_TYPE},
     )
 
 

@@ -58,7 +58,15 @@ class FakeController:
             "services": [{"name": "web", "real_servers": []}, {"name": "dns", "real_servers": []}],
         }
 
-    def metrics_text(self) -> bytes:
+    async def status_json(self, service: str | None = None) -> bytes | None:
+        doc = self.status()
+        if service is not None:
+            doc = {**doc, "services": [s for s in doc["services"] if s["name"] == service]}
+            if not doc["services"]:
+                return None
+        return json.dumps(doc).encode()
+
+    async def metrics_text(self) -> bytes:
         return self.metrics.render()
 
     def token(self) -> str | None:
