@@ -161,8 +161,9 @@ async def test_the_child_parser_answers_unchanged_services_as_the_same_objects(
         lines = ["node: {name: p}", "dataplane: {kind: memory}", "services:"]
         for i in range(40):
             w = weight if i == 3 else 1
+            rs = f"{{address: 192.0.2.1, port: 80, weight: {w}}}"
             lines.append(f"  - {{name: s{i}, vip: 203.0.113.1, port: {1000 + i}, "
-                         f"real_servers: [{{address: 192.0.2.1, port: 80, weight: {w}}}]}}")  # fmt: skip
+                         f"real_servers: [{rs}]}}")  # fmt: skip
         path.write_text("\n".join(lines) + "\n")
 
     path = tmp_path / "c.yaml"
