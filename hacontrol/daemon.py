@@ -331,11 +331,11 @@ class Daemon:
     def target_status(self, svc: ServiceConfig, rs: RealServer) -> TargetStatus | None:
         return self.targets.status_of(svc, rs)
 
-    async def metrics_text(self) -> bytes:  # built in slices (hacontrol.daemon_status)
+    async def metrics_text(self) -> list[bytes]:  # in slices, pieces (daemon_status)
         tail, head = render_families(self.overrides.families()), self._head()
         return await metrics_text(self, head, self.metrics, self.dataplane_kind(), tail)
 
-    async def status_json(self, service: str | None = None) -> bytes | None:  # the same
+    async def status_json(self, service: str | None = None) -> list[bytes] | None:  # the same
         return await status_json(self, self._head(), self.overrides.annotate, service)
 
     def override_status(self) -> dict[str, Any]:

@@ -145,27 +145,30 @@ async def service_slices(
 
 async def status_json(
     d: DaemonView, head: dict[str, Any], annotate: Annotate, service: str | None = None
-) -> bytes | None:
-    """The status document as JSON (``head``: the document without services), built and
-    serialised in slices; only the service named ``service`` when given (None: no such)."""
+) -> list[bytes] | None:
+    """The status document as JSON, in pieces to send one after the other (never joined: 12 MB
+    at the big table), built and serialised in slices; ``head``: the document without its
+    services; only the service named ``service`` when given (None: there is none)."""
     services = d.running.config.services
     if service is not None:
         services = tuple(s for s in services if s.name == service)
         if not services:
             return None
-    parts: list[str] = []
+    text = json.dumps({k: v for k, v in head.items() if k != "services"})
+    out = [f'{text[:-1]}, "services": ['.encode()]
     async for docs in service_slices(d, services):
         annotate({"services": docs})
-        parts.append(json.dumps(docs)[1:-1])
-    text = json.dumps({k: v for k, v in head.items() if k != "services"})
-    return f'{text[:-1]}, "services": [{", ".join(parts)}]}}'.encode()
+        out.append(((", " if len(out) > 1 else "") + json.dumps(docs)[1:-1]).encode())
+    out.append(b"]}")
+    return out
 
 
 async def metrics_text(
     d: DaemonView, head: dict[str, Any], metrics: Metrics, plane: str, tail: bytes
-) -> bytes:
-    """The /metrics text: the event and node series, then each per-service family rendered a
-    slice of services at a time and joined, then the HA block's and ``tail`` (more series)."""
+) -> list[bytes]:
+    """The /metrics text in pieces to send one after the other (never joined: 16-20 MB at the
+    big table): the event and node series, then each per-service family rendered a slice of
+    services at a time, then the HA block's and ``tail`` (more series)."""
     headers: list[bytes] = []
     samples: list[list[bytes]] = []
     async for docs in service_slices(d, d.running.config.services):
@@ -178,6 +181,9 @@ async def metrics_text(
     if not headers:  # no services: the families' headers alone
         headers = [h for h, _ in family_parts(service_families([]))]
         samples = [[] for _ in headers]
-    body = b"".join(h + b"".join(s) for h, s in zip(headers, samples, strict=True))
-    ha = render_families(ha_families(head.get("ha")))
-    return metrics.render_head(head, plane) + body + ha + tail
+    out = [metrics.render_head(head, plane)]
+    for h, family in zip(headers, samples, strict=True):
+        out.append(h)
+        out.extend(family)
+    out += [render_families(ha_families(head.get("ha"))), tail]
+    return out

@@ -128,11 +128,11 @@ async def test_status_in_slices_is_the_whole_status(
     daemon: Daemon, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(daemon_status, "STATUS_SLICE", 13)
-    body, ran = await yields_during(daemon.status_json())
-    assert body is not None and json.loads(body) == daemon.status()
+    parts, ran = await yields_during(daemon.status_json())
+    assert parts is not None and json.loads(b"".join(parts)) == daemon.status()
     assert ran >= 60 // 3 - 1  # 3 services (18 units) a slice: the loop ran between slices
     one = await daemon.status_json("s7")
-    assert one is not None and [s["name"] for s in json.loads(one)["services"]] == ["s7"]
+    assert one is not None and [s["name"] for s in json.loads(b"".join(one))["services"]] == ["s7"]
     assert await daemon.status_json("nope") is None
 
 
@@ -142,7 +142,8 @@ async def test_metrics_in_slices_are_the_whole_text(
     monkeypatch.setattr(daemon_status, "STATUS_SLICE", 13)
     whole = daemon.metrics.render(daemon.status(), plane=daemon.dataplane_kind())
     whole += render_families(daemon.overrides.families())
-    text, ran = await yields_during(daemon.metrics_text())
+    parts, ran = await yields_during(daemon.metrics_text())
+    text = b"".join(parts)
     assert text == whole
     assert ran >= 60 // 3 - 1
     assert text.count(b'hacontrol_real_server_weight{real_server="192.0.2.1:8080"') == 60
@@ -151,7 +152,7 @@ async def test_metrics_in_slices_are_the_whole_text(
 async def test_metrics_without_services_keep_every_family() -> None:
     d = Daemon(config([]), dataplane=MemoryDataplane(), serve_api=False, clock=lambda: NOW)
     whole = d.metrics.render(d.status(), plane=d.dataplane_kind())
-    assert await d.metrics_text() == whole + render_families(d.overrides.families())
+    assert b"".join(await d.metrics_text()) == whole + render_families(d.overrides.families())
 
 
 async def test_the_child_parser_answers_unchanged_services_as_the_same_objects(
