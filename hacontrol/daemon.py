@@ -78,9 +78,8 @@ class Daemon:
         dataplane: Dataplane | None = None, parse: Parse | None = None, out: TextIO | None = None,
         serve_api: bool = True, ha: HaComponent | None = None,
     ) -> None:  # fmt: skip
-        """``clock``: the running event loop's by default (the one its timers use); ``parse``:
-        how a reload reads the file (by default a child process bounded in time and memory,
-        which keeps the unchanged services' objects: ``ChildParser``)."""
+        """``clock``: the running event loop's by default; ``parse``: how a reload reads the
+        file (by default a bounded child process: ``reload_parse.ChildParser``)."""
         parse = parse if parse is not None else ChildParser()
         self.dry_run = dry_run
         self.clock = clock = clock if clock is not None else loop_clock()
@@ -192,6 +191,8 @@ class Daemon:
         )
         self.overrides.start(None if self.dry_run else cfg.dataplane.state_dir)
         await self.apply_config(cfg)
+        if self.heap is not None:  # the config and its targets live on: out of the GC's walks
+            self.heap.settle("the config loaded", now=True)
         await self.reconciler.start()
         await self.host.start(choice, cfg.dataplane.resync_interval)
         self._sync = await start_sync(cfg, dp, self.clock)  # before HA: the VIPs may move
@@ -318,8 +319,7 @@ class Daemon:
                 loop.remove_signal_handler(sig)
             await self.reloads.close()
 
-    async def reload(self, reason: str) -> dict[str, Any]:
-        """Load the file again and apply it (see ``hacontrol.reload``)."""
+    async def reload(self, reason: str) -> dict[str, Any]:  # see hacontrol.reload
         return await self.reloads.reload(reason)
 
     def token(self) -> str | None:

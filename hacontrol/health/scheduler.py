@@ -12,7 +12,8 @@ once, whatever the number of services sharing them. Cheap at scale (docs/benchma
 * results go straight into the pure ``Tracker`` (hysteresis lives there only);
 * a state change is logged (``health.change``), counted, and passed to ``on_change``.
 
-``set_targets`` is the reload: new keys start UNKNOWN, gone keys are dropped (their probe in
+``set_targets`` is the reload (``update`` with only its delta, the daemon's way: the work is
+the change's, not the table's): new keys start UNKNOWN, gone keys are dropped (their probe in
 flight is aborted), kept keys keep their tracker. A key whose check differs only in rise, fall,
 interval, timeout or jitter is the same probe re-timed: it keeps its state (``reconfigure``).
 
