@@ -181,9 +181,12 @@ async def _send(request: web.Request, parts: list[bytes], content_type: str) -> 
     resp = web.StreamResponse(headers={"Content-Type": content_type})
     resp.content_length = sum(len(p) for p in parts)
     await resp.prepare(request)
-    for part in parts:
-        await resp.write(part)
-    await resp.write_eof()
+    try:
+        for part in parts:
+            await resp.write(part)
+        await resp.write_eof()
+    except ConnectionResetError:  # the client left (a scrape timed out): no one to answer
+        pass
     return resp
 
 
