@@ -9,11 +9,13 @@ the peer's namespace reads every heartbeat the busy node sends (AF_PACKET, kerne
 timestamps: SO_TIMESTAMPNS) until told to stop. Phases, in order:
 
 * ``first load``: the busy daemon starts (its peer already runs) until its table holds every
-  destination (the ``add_dest`` of its ``dataplane.apply`` lines; nothing polls its API, whose
-  /metrics at this size is itself a stall);
+  destination (the ``add_dest`` of its ``dataplane.apply`` lines; nothing polls its API);
 * ``reload 1 %``: SIGHUP with 1 % of the services changed (one real server's weight) until the
   reload's ``dataplane.apply``;
-* ``resync``: 2.5 ``resync_interval`` (two periodic resyncs: full kernel read and compare).
+* ``resync``: 2.5 ``resync_interval`` (two periodic resyncs: full kernel read and compare);
+* ``scrape``: ``GET /metrics`` and ``GET /v1/status`` in turn, ``--scrapes`` times each (what an
+  operator's Prometheus and ``hacontrol status`` ask; 16 MB and 12 MB at the default size),
+  one at a time, each request's seconds and bytes in the last row.
 
 For each: its duration, the largest gap between two heartbeats received from the busy node, the
 lateness (gap minus the interval) and its ratio to the interval (target: at most 0.5), the
@@ -21,7 +23,7 @@ daemon's ``loop.stall`` lines (lateness over 100 ms, with the loop thread's CPU 
 at the end its ``hacontrol_loop_lag_max_seconds`` and whether the peer ever
 left ``backup``/``active`` as expected (a false failover).
 
-    python3 bench/heartbeat_gap.py [--services 2284] [--resync 8] [--json out.json]
+    python3 bench/heartbeat_gap.py [--services 2284] [--resync 8] [--scrapes 3] [--json out.json]
 
 As root; every namespace and process is removed at the end, also after a failure.
 """
@@ -122,15 +124,19 @@ def config(tmp: Path, name: str, services: int, resync: float, bump: int = 0) ->
     return "\n".join(lines) + "\n"
 
 
-def metric(sock: Path, name: str) -> float | None:
-    conn = UnixConnection(str(sock), 10)
+def fetch(sock: Path, path: str) -> bytes | None:
+    conn = UnixConnection(str(sock), 60)
     try:
-        conn.request("GET", "/metrics")
-        body = conn.getresponse().read().decode()
+        conn.request("GET", path)
+        return conn.getresponse().read()
     except OSError:
         return None
     finally:
         conn.close()
+
+
+def metric(sock: Path, name: str) -> float | None:
+    body = (fetch(sock, "/metrics") or b"").decode()
     for line in body.splitlines():
         if line.startswith(name + " "):
             return float(line.split()[1])
@@ -172,7 +178,7 @@ def gaps(times: list[float], start: float, end: float) -> dict[str, Any]:
             "late_ms": round(late * 1000, 1), "late_ratio": round(late / INTERVAL, 2)}  # fmt: skip
 
 
-def run(services: int, resync: float, tmp: Path) -> list[dict[str, Any]]:
+def run(services: int, resync: float, tmp: Path, scrapes: int = 3) -> list[dict[str, Any]]:
     (tmp / "ha.key").write_text(secrets.token_hex(32) + "\n")
     (tmp / "ha.key").chmod(0o600)
     with NetnsLab() as lab:
@@ -231,7 +237,15 @@ def run(services: int, resync: float, tmp: Path) -> list[dict[str, Any]]:
         time.sleep(resync * 2.5)  # two periodic resyncs (and nothing else to do)
         t1 = time.time()
         phases.append(("resync", t0, t1))
-        # scraped once, at the end: a scrape of a big table's /metrics holds the loop itself
+        requests = []  # what an operator's Prometheus and `hacontrol status` ask, one at a time
+        t0 = time.time()
+        for path in ("/metrics", "/v1/status") * scrapes:
+            s = time.monotonic()
+            body = fetch(tmp / "busy.sock", path)
+            requests.append([path, round(time.monotonic() - s, 2), len(body or b"")])
+        t1 = time.time()
+        if scrapes:
+            phases.append((f"scrape x{scrapes} + status x{scrapes}", t0, t1))
         lag = metric(tmp / "busy.sock", "hacontrol_loop_lag_max_seconds")
         cap.terminate()
         for p in procs.values():
@@ -251,7 +265,8 @@ def run(services: int, resync: float, tmp: Path) -> list[dict[str, Any]]:
             out.append(row)
         out.append({"peer_transitions": flips, "odd": failover, "services": services,
                     "destinations": dests, "interval_ms": INTERVAL * 1000,
-                    "loop_lag_max_ms": None if lag is None else round(lag * 1000, 1)})  # fmt: skip
+                    "loop_lag_max_ms": None if lag is None else round(lag * 1000, 1),
+                    "requests_path_s_bytes": requests})  # fmt: skip
         return out
 
 
@@ -259,6 +274,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--services", type=int, default=2284)
     ap.add_argument("--resync", type=float, default=8.0)
+    ap.add_argument("--scrapes", type=int, default=3, help="GET /metrics and /v1/status N times")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--keep", type=Path, help="copy the daemons' logs and configs here")
     args = ap.parse_args()
@@ -266,7 +282,7 @@ def main() -> None:
         raise SystemExit("run as root (network namespaces, nftables)")
     with tempfile.TemporaryDirectory(prefix="hcgap-") as tmp:
         try:
-            rows = run(args.services, args.resync, Path(tmp))
+            rows = run(args.services, args.resync, Path(tmp), args.scrapes)
         finally:
             if args.keep:
                 args.keep.mkdir(parents=True, exist_ok=True)

@@ -3,9 +3,8 @@
 It owns the process lifecycle: start (open the data plane, start the reconciler, the health
 checker and the API), signals (SIGTERM/SIGINT stop cleanly, SIGHUP reloads) and stop (leave the
 kernel table in place when ``dataplane.keep_on_stop``, else remove the owned services). Health
-changes recompute the desired table. Logic lives in the parts it wires, not here.
-Which check target stands for which real servers, and their verdicts, belong to a
-``HealthTargets`` (hacontrol.daemon_targets).
+changes recompute the desired table. Logic lives in the parts it wires, not here. Which check
+target stands for which real servers, and their verdicts: ``HealthTargets`` (daemon_targets).
 
 With an ``ha:`` section it also runs the HA pair member (built, stopped and reported by
 ``hacontrol.daemon_ha``) and starts it last: the kernel table is programmed on both directors,
@@ -23,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import signal
 import sys
 import time
@@ -44,7 +44,7 @@ from hacontrol.daemon_ha import (
 )
 from hacontrol.daemon_host import HostSide
 from hacontrol.daemon_overrides import OverrideSide
-from hacontrol.daemon_status import PlaneCounters, daemon_status
+from hacontrol.daemon_status import PlaneCounters, daemon_status, metrics_text, status_json
 from hacontrol.daemon_targets import HealthTargets
 from hacontrol.dataplane.base import Dataplane, DataplaneError
 from hacontrol.dataplane.ipvs_sync import SyncDaemons
@@ -62,7 +62,7 @@ from hacontrol.model import Config, RealServer, ServiceConfig
 from hacontrol.overrides.core import ACTIONS, Action
 from hacontrol.process import HaComponent, StartError, choose_loop, local_listener, sd_notify
 from hacontrol.reload import Reloader, TargetCounts
-from hacontrol.reload_parse import Parse, parse_in_child
+from hacontrol.reload_parse import ChildParser, Parse
 from hacontrol.running_config import RunningConfig
 
 __all__ = ["Daemon", "DrillError", "DrillUnavailable", "StartError", "run_daemon"]
@@ -74,19 +74,13 @@ class Daemon:
     """One director daemon. ``run()`` until SIGTERM/SIGINT or ``request_stop``."""
 
     def __init__(
-        self,
-        config: Config,
-        *,
-        dry_run: bool = False,
-        clock: Clock | None = None,
-        dataplane: Dataplane | None = None,
-        parse: Parse = parse_in_child,
-        out: TextIO | None = None,
-        serve_api: bool = True,
-        ha: HaComponent | None = None,
-    ) -> None:
-        """``clock``: the running event loop's by default (the one its timers use); ``parse``:
-        how a reload reads the file (a child process bounded in time and memory)."""
+        self, config: Config, *, dry_run: bool = False, clock: Clock | None = None,
+        dataplane: Dataplane | None = None, parse: Parse | None = None, out: TextIO | None = None,
+        serve_api: bool = True, ha: HaComponent | None = None,
+    ) -> None:  # fmt: skip
+        """``clock``: the running event loop's by default; ``parse``: how a reload reads the
+        file (by default a bounded child process: ``reload_parse.ChildParser``)."""
+        parse = parse if parse is not None else ChildParser()
         self.dry_run = dry_run
         self.clock = clock = clock if clock is not None else loop_clock()
         self.running = RunningConfig(config, clock)
@@ -127,15 +121,19 @@ class Daemon:
         """The config in use (owned by ``running``; a reload replaces it)."""
         return self.running.config
 
-    def apply_config(self, config: Config) -> TargetCounts:
-        """Point health and reconciler at ``config`` (start, reload); ValueError or TypeError
-        when a check cannot run, and then nothing changed."""
-        counts = self.targets.set_config(config)
-        if self.reconciler is not None:
-            self.reconciler.set_desired(self.overrides.desired(config))
-        self.overrides.manager.config_changed(self._applied, config)  # dropped servers drain
+    async def apply_config(self, config: Config) -> TargetCounts:
+        """Point health, reconciler, overrides at ``config`` (in slices, committed at once; only
+        the services that changed); ValueError or TypeError: a check cannot run, nothing changed."""
+        done, old = await self.targets.set_config(config), self._applied
+        if self.reconciler is not None:  # a reload compares only the services that changed
+            changed = done.keys() if old is not None else None
+            self.reconciler.set_desired(self.overrides.desired(config), changed)
+        self.overrides.manager.config_changed(  # dropped servers drain
+            None if old is None else dataclasses.replace(old, services=done.gone),
+            dataclasses.replace(config, services=done.came),
+        )
         self._applied = config
-        return counts
+        return done.counts
 
     async def apply_live(self, old: Config, new: Config, live_ha: list[str]) -> None:
         """After a reload: the HA pair member's live fields and digest, the logging section,
@@ -156,10 +154,7 @@ class Daemon:
             dp = self._dataplane_override
             return dp, PlaneChoice(dp.kind, f"{dp.kind}: given by the caller")
         out = self.out
-
-        def echo(line: str) -> None:
-            print(line, file=out, flush=True)
-
+        echo = lambda line: print(line, file=out, flush=True)  # noqa: E731
         return await open_plane(self.config.dataplane, self.dry_run, echo=echo)
 
     async def start(self, reason: str = "start") -> None:
@@ -195,7 +190,9 @@ class Daemon:
             after_full=self.heap.settle if self.heap is not None else None,
         )
         self.overrides.start(None if self.dry_run else cfg.dataplane.state_dir)
-        self.apply_config(cfg)
+        await self.apply_config(cfg)
+        if self.heap is not None:  # the config and its targets live on: out of the GC's walks
+            self.heap.settle("the config loaded", now=True)
         await self.reconciler.start()
         await self.host.start(choice, cfg.dataplane.resync_interval)
         self._sync = await start_sync(cfg, dp, self.clock)  # before HA: the VIPs may move
@@ -323,9 +320,7 @@ class Daemon:
                 loop.remove_signal_handler(sig)
             await self.reloads.close()
 
-    async def reload(self, reason: str) -> dict[str, Any]:
-        """Load the file again and apply it; an invalid file changes nothing, a reload asked
-        while one runs is answered ``busy`` (hacontrol.reload)."""
+    async def reload(self, reason: str) -> dict[str, Any]:  # see hacontrol.reload
         return await self.reloads.reload(reason)
 
     def token(self) -> str | None:
@@ -337,9 +332,12 @@ class Daemon:
     def target_status(self, svc: ServiceConfig, rs: RealServer) -> TargetStatus | None:
         return self.targets.status_of(svc, rs)
 
-    def metrics_text(self) -> bytes:
-        text = self.metrics.render(self.status(), plane=self.dataplane_kind())
-        return text + render_families(self.overrides.families())
+    async def metrics_text(self) -> list[bytes]:  # in slices, pieces (daemon_status)
+        tail, head = render_families(self.overrides.families()), self._head()
+        return await metrics_text(self, head, self.metrics, self.dataplane_kind(), tail)
+
+    async def status_json(self, service: str | None = None) -> list[bytes] | None:  # the same
+        return await status_json(self, self._head(), self.overrides.annotate, service)
 
     def override_status(self) -> dict[str, Any]:
         return self.overrides.status()
@@ -365,13 +363,17 @@ class Daemon:
         return str(self.ha.role) if self.ha is not None else "standalone"
 
     async def drill(self, kind: str, seconds: float | None = None) -> dict[str, Any]:
-        """Run a drill on the HA runner: "handover" or "fault" (``seconds``); see
-        ``hacontrol.daemon_ha.run_drill`` for what it raises."""
+        """An HA drill, "handover" or "fault" (``seconds``): ``daemon_ha.run_drill``."""
         return await run_drill(self.ha, self.config, self._running, kind, seconds)
 
     def status(self) -> dict[str, Any]:
-        """The status document the API serves (see ``hacontrol.daemon_status``)."""
-        doc = daemon_status(self)
+        """The status document in one go (the API serves it in slices: ``status_json``)."""
+        return self._finish(daemon_status(self))
+
+    def _head(self) -> dict[str, Any]:
+        return self._finish(daemon_status(self, head_only=True))
+
+    def _finish(self, doc: dict[str, Any]) -> dict[str, Any]:
         doc["dataplane"]["sync"] = self._sync.status(self.clock()) if self._sync else None
         doc["host"] = self.host.status()
         self.overrides.annotate(doc)

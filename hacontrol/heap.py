@@ -30,12 +30,14 @@ class Settler:
         self._last = -MIN_GAP
         self.freezes = 0
 
-    def settle(self) -> None:
-        """Freeze what is alive now (at most every ``MIN_GAP`` seconds)."""
-        now = time.monotonic()
-        if now - self._last < MIN_GAP:
-            return
-        self._last = now
+    def settle(self, reason: str = "a pass over the whole table", now: bool = False) -> None:
+        """Freeze what is alive now (at most every ``MIN_GAP`` seconds; ``now``: at once,
+        without delaying the next one: the config loaded at start, before its first pass)."""
+        t = time.monotonic()
+        if not now:
+            if t - self._last < MIN_GAP:
+                return
+            self._last = t
         gc.freeze()
         self.freezes += 1
-        log.debug("gc.freeze", frozen=gc.get_freeze_count(), reason="a pass over the whole table")
+        log.debug("gc.freeze", frozen=gc.get_freeze_count(), reason=reason)

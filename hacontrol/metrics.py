@@ -144,6 +144,11 @@ class Metrics:
             return generate_latest(self.registry)
         return generate_latest(_Scrape(self.registry, status_families(status, plane)))
 
+    def render_head(self, status: Mapping[str, Any], plane: str = "-") -> bytes:
+        """The start of a scrape: the event series and the node's state series of ``status``
+        (its services and HA block follow: ``family_parts``, ``ha_families``)."""
+        return generate_latest(_Scrape(self.registry, head_families(status, plane)))
+
 
 def render_families(families: list[Metric]) -> bytes:
     """The text exposition of ``families`` alone (series other parts of the daemon add)."""
@@ -178,6 +183,12 @@ def _add(m: GaugeMetricFamily | CounterMetricFamily, labels: list[str], v: Any) 
 
 def status_families(doc: Mapping[str, Any], plane: str = "-") -> list[Metric]:
     """The state series of one status document (see docs/api.md for each)."""
+    return [*head_families(doc, plane), *service_families(doc["services"]),
+            *ha_families(doc.get("ha"))]  # fmt: skip
+
+
+def head_families(doc: Mapping[str, Any], plane: str = "-") -> list[Metric]:
+    """The node's state series of a status document (build, config, uptime, data plane)."""
     build = InfoMetricFamily(
         "hacontrol_build", "Version, Python and data plane of this daemon",
         labels=["version", "python", "plane"],
@@ -198,8 +209,21 @@ def status_families(doc: Mapping[str, Any], plane: str = "-") -> list[Metric]:
         "hacontrol_dataplane_consecutive_errors", "Reconcile passes failed in a row", []
     )
     dp_err.add_metric([], float(dp["consecutive_errors"]))
-    return [build, config, uptime, dp_ok, dp_err, *service_families(doc["services"]),
-            *ha_families(doc.get("ha"))]  # fmt: skip
+    return [build, config, uptime, dp_ok, dp_err]
+
+
+def family_parts(families: list[Metric]) -> list[tuple[bytes, bytes]]:
+    """The text exposition of ``families`` cut per family: (its ``# HELP``/``# TYPE`` lines,
+    its samples). A big scrape renders its per-service families a slice of services at a time
+    and joins the samples of each family: the same text as one ``generate_latest``."""
+    out = []
+    for block in (b"\n" + render_families(families)).split(b"\n# HELP ")[1:]:
+        help_, _, rest = block.partition(b"\n")
+        type_, _, samples = rest.partition(b"\n")
+        samples = samples.rstrip(b"\n")
+        head = b"# HELP " + help_ + b"\n" + type_ + b"\n"
+        out.append((head, samples + b"\n" if samples else b""))
+    return out
 
 
 def service_families(services: Iterable[Mapping[str, Any]]) -> list[Metric]:

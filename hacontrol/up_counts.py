@@ -4,20 +4,21 @@ The HA runner reads ``(service, up, total)`` for every service on each tick (eve
 default) to put it in the heartbeat. Counting it from the verdicts each time costs one lookup
 per real server: 160 ms of the event loop per tick at 36,544 real servers, most of the interval.
 ``UpCounts`` counts once per config (``reset``: one health lookup per check target, the rest
-additions) and then follows each health change (``change``: one step per service using the
-real server), so a tick reads a cached list. Pure; the daemon feeds it.
+additions; or ``update`` with a reload's delta: only the services it changed) and then follows
+each health change (``change``: one step per service using the real server), so a tick reads a
+cached list. Pure; the daemon feeds it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import TypeVar
 
 from hacontrol.health.state import Health
 from hacontrol.model import RealServer, ServiceConfig
 
 K = TypeVar("K")
-Users = Sequence[tuple[ServiceConfig, RealServer]]
+Users = Iterable[tuple[ServiceConfig, RealServer]]
 
 
 class UpCounts:
@@ -46,6 +47,19 @@ class UpCounts:
                 for svc, _ in users:
                     if svc.name in self._up:
                         self._up[svc.name] += 1
+        self._rows = None
+
+    def update(
+        self, order: Iterable[str], gone: Iterable[str], came: Iterable[tuple[str, int, int]]
+    ) -> None:
+        """A config's delta: the services ``gone`` (names) are counted no more, those that
+        ``came`` as (name, up, total) are; ``order``: every service's name, in config order."""
+        for name in gone:
+            self._total.pop(name, None)
+            self._up.pop(name, None)
+        for name, up, total in came:
+            self._up[name], self._total[name] = up, total
+        self._order = list(order)
         self._rows = None
 
     def change(self, users: Users, old: Health, new: Health) -> None:

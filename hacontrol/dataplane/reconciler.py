@@ -105,14 +105,20 @@ class Reconciler:
 
     # -- public API -------------------------------------------------------------------------
 
-    def set_desired(self, build: Build | DesiredSource) -> None:
+    def set_desired(
+        self, build: Build | DesiredSource, changed: Iterable[ServiceKey] | None = None
+    ) -> None:
         """Set the desired table (a ``DesiredSource``, or a function of the actual table) and
-        wake the loop: the next pass compares the whole desired table with the view."""
+        wake the loop: the next pass compares the whole desired table with the view, or only
+        the services ``changed`` (a reload's delta: the others' desired state is the same)."""
         if callable(build):
             self._build, self._source = build, None
         else:
             self._build, self._source = None, build
-        self._all_dirty = True
+        if changed is None:
+            self._all_dirty = True
+        else:
+            self._dirty.update(changed)
         self._wake.set()
 
     def mark_dirty(self, keys: Iterable[ServiceKey]) -> None:

@@ -9,7 +9,7 @@ check that cannot run with a ``ValueError``.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 from hacontrol.health.exec import ExecProbe
 from hacontrol.health.http import HttpProbe, HttpSpec, HttpsProbe
@@ -27,6 +27,14 @@ class CheckKey:
     check: CheckConfig  # as configured
     address: str  # canonical text
     port: int  # the port probed (check.port or the real server's port)
+    # hashed once: a lookup per real server per pass would hash the whole CheckConfig each time
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.check, self.address, self.port)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     @property
     def target(self) -> str:

@@ -12,7 +12,8 @@ once, whatever the number of services sharing them. Cheap at scale (docs/benchma
 * results go straight into the pure ``Tracker`` (hysteresis lives there only);
 * a state change is logged (``health.change``), counted, and passed to ``on_change``.
 
-``set_targets`` is the reload: new keys start UNKNOWN, gone keys are dropped (their probe in
+``set_targets`` is the reload (``update`` with only its delta, the daemon's way: the work is
+the change's, not the table's): new keys start UNKNOWN, gone keys are dropped (their probe in
 flight is aborted), kept keys keep their tracker. A key whose check differs only in rise, fall,
 interval, timeout or jitter is the same probe re-timed: it keeps its state (``reconfigure``).
 
@@ -50,23 +51,8 @@ MAX_LAUNCH_PER_TICK = 1000
 
 
 class _Target:
-    __slots__ = (
-        "alive",
-        "checker",
-        "done",
-        "due",
-        "gen",
-        "inflight",
-        "interval",
-        "jitter",
-        "key",
-        "kind",
-        "probe",
-        "started",
-        "timeout",
-        "timeout_reason",
-        "tracker",
-    )
+    __slots__ = ("alive", "checker", "done", "due", "gen", "inflight", "interval", "jitter",
+                 "key", "kind", "probe", "started", "timeout", "timeout_reason", "tracker")
 
     def __init__(
         self, checker: HealthChecker, key: CheckKey, probe: Probe | None, now: float
@@ -137,34 +123,42 @@ class HealthChecker:
     def set_targets(self, keys: Iterable[CheckKey]) -> None:
         """Make the checked set equal ``keys``; validates everything before changing anything."""
         wanted = dict.fromkeys(keys)
-        old = self._targets
-        gone = {identity(k): t for k, t in old.items() if k not in wanted}
+        self.update([k for k in wanted if k not in self._targets],
+                    [k for k in self._targets if k not in wanted])  # fmt: skip
+
+    def update(self, add: Iterable[CheckKey], remove: Iterable[CheckKey]) -> None:
+        """Check ``add`` too and ``remove`` no more (a reload's delta: the work is the delta's,
+        not the table's); validates everything before changing anything."""
+        old, adding = self._targets, dict.fromkeys(add)
+        gone = {identity(k): old[k] for k in dict.fromkeys(remove) if k in old and k not in adding}
         now = self._clock()
         new: dict[CheckKey, _Target] = {}
         carried: list[tuple[_Target, CheckKey]] = []
         fresh: list[_Target] = []
-        for key in wanted:
+        for key in adding:
             if not isinstance(key, CheckKey):
                 raise TypeError(f"not a CheckKey: {key!r}")
             validate(key.check)
-            t = old.get(key)
-            if t is None:
-                t = gone.pop(identity(key), None)
-                if t is not None:
-                    check_thresholds(key.check.rise, key.check.fall)
-                    carried.append((t, key))
-                else:
-                    t = _Target(self, key, make_probe(key), now)
-                    fresh.append(t)
+            if key in old:
+                continue
+            t = gone.pop(identity(key), None)
+            if t is not None:
+                check_thresholds(key.check.rise, key.check.fall)
+                carried.append((t, key))
+            else:
+                t = _Target(self, key, make_probe(key), now)
+                fresh.append(t)
             new[key] = t
         # commit: nothing below raises on bad input
         for t in gone.values():
             self._drop(t)
+            del old[t.key]
         for t, key in carried:
+            del old[t.key]
             t.key = key
             t.tracker.reconfigure(key.check.rise, key.check.fall)
             t.retime(key.check)
-        self._targets = new
+        old.update(new)
         for t in fresh:
             self._counts[Health.UNKNOWN] += 1
             if t.probe is None:

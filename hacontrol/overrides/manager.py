@@ -238,13 +238,16 @@ class OverrideManager:
 
     def config_changed(self, old: Config | None, new: Config) -> None:
         """A reload: destinations the new config drops leave with a deadline; those it lists
-        again stop leaving."""
+        again stop leaving. ``old`` and ``new`` may hold only the services that changed (the
+        daemon passes its delta): an unchanged service neither drops nor lists again."""
         gone: set[ServiceKey] = set()
         for lv in removed_pairs(old, new, self._wall()) if old is not None else []:
             if (lv.service, lv.dest) not in self.leaving:
                 self.leaving[(lv.service, lv.dest)] = lv
                 gone.add(lv.service)
-        listed = {(service_key(s), dest_key(rs)) for s in new.services for rs in s.real_servers}
+        keys = {p[0] for p in self.leaving}  # only the services with leaving destinations
+        listed = {(k, dest_key(rs)) for s in new.services if (k := service_key(s)) in keys
+                  for rs in s.real_servers} if keys else set()  # fmt: skip
         back = [p for p in self.leaving if p in listed]
         for p in back:
             del self.leaving[p]

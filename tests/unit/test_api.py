@@ -58,8 +58,18 @@ class FakeController:
             "services": [{"name": "web", "real_servers": []}, {"name": "dns", "real_servers": []}],
         }
 
-    def metrics_text(self) -> bytes:
-        return self.metrics.render()
+    async def status_json(self, service: str | None = None) -> list[bytes] | None:
+        doc = self.status()
+        if service is not None:
+            doc = {**doc, "services": [s for s in doc["services"] if s["name"] == service]}
+            if not doc["services"]:
+                return None
+        text = json.dumps(doc).encode()
+        return [text[:10], text[10:]]  # sent in pieces
+
+    async def metrics_text(self) -> list[bytes]:
+        text = self.metrics.render()
+        return [text[:100], text[100:]]
 
     def token(self) -> str | None:
         return self._token

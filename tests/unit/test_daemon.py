@@ -213,7 +213,7 @@ async def test_invalid_reload_keeps_old_config(
     assert ev[0]["log_level"] == "error" and "SIGHUP" in ev[0]["reason"]
     await more_checks(d, 2)
     assert weights(dp) == {ports[0]: 2, ports[1]: 1}
-    metrics = d.metrics_text().decode()
+    metrics = b"".join(await d.metrics_text()).decode()
     assert 'hacontrol_config_reloads_total{result="error"} 1.0' in metrics
 
 
