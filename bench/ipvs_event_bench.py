@@ -54,38 +54,90 @@ import asyncio, json, sys, time
 from hacontrol.dataplane.ipvs import IpvsDataplane
 from hacontrol.dataplane.ipvs_codec import CMD, CMD_ATTR_DEST, decode_dest, service_attrs
 from hacontrol.dataplane.table import ServiceKey
-addr, port, dest, want, limit = (sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4],
-                                 float(sys.argv[5]))
-def done(got):
+def done(got, dest, want):
     if want == "absent":
         return dest not in got
     if want == "out":  # not scheduled: weight 0 or gone
         return got.get(dest, 0) == 0
     return got.get(dest) == int(want)  # a weight
+async def watch(plane, addr, port, dest, want, limit):
+    body = service_attrs(ServiceKey("tcp", addr, int(port)), None)
+    deadline, polls = time.monotonic() + float(limit), 0
+    while time.monotonic() < deadline and polls < 500000:
+        polls += 1
+        try:
+            dests = await plane.dump_nested(CMD["get_dest"], body, CMD_ATTR_DEST)
+        except Exception:
+            dests = []  # the service itself is gone
+        got = {str(k): w for k, _f, w in (decode_dest(a, 2) for a in dests)}
+        if done(got, dest, want):
+            return {"at": time.time(), "polls": polls}
+        if polls == 1:
+            print("@armed", flush=True)  # polling: the caller may act now
+        await asyncio.sleep(0.002)
+    return {"at": None, "polls": polls}
 async def main():
     plane = IpvsDataplane()
     await plane.open()
-    body = service_attrs(ServiceKey("tcp", addr, port), None)
-    print("ready", flush=True)
-    deadline, polls = time.monotonic() + limit, 0
+    loop = asyncio.get_running_loop()
+    print("@ready", flush=True)
     try:
-        while time.monotonic() < deadline and polls < 200000:
-            polls += 1
-            try:
-                dests = await plane.dump_nested(CMD["get_dest"], body, CMD_ATTR_DEST)
-            except Exception:
-                dests = []  # the service itself is gone
-            got = {str(k): w for k, _f, w in (decode_dest(a, 2) for a in dests)}
-            if done(got):
-                print(json.dumps({"at": time.time(), "polls": polls}), flush=True)
-                return 0
-            await asyncio.sleep(0.002)
+        for _ in range(10000):
+            line = await loop.run_in_executor(None, sys.stdin.readline)
+            if not line:
+                break
+            print("@" + json.dumps(await watch(plane, *line.split())), flush=True)
     finally:
         await plane.close()
-    print(json.dumps({"at": None, "polls": polls}), flush=True)
-    return 1
-sys.exit(asyncio.run(main()))
+asyncio.run(main())
 """
+
+
+class Poller:
+    """One poller process in the namespace; ``arm`` starts a watch and returns once it polls
+    (a watch already satisfied returns at once), ``seen`` is when the kernel showed it."""
+
+    def __init__(self, ns: Ns, errlog: Path) -> None:
+        self.errlog = errlog
+        with open(errlog, "ab") as err:
+            self.p = ns.popen(sys.executable, "-c", POLL, stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=err, text=True)  # fmt: skip
+        self.expect("ready")
+        self.result: str | None = None
+
+    def line(self) -> str:
+        """The next line marked ``@`` (anything else the plane may print is passed on)."""
+        assert self.p.stdout is not None
+        for _ in range(1000):
+            line: str = self.p.stdout.readline()
+            if not line or line.startswith("@"):
+                return line[1:].strip()
+            print(f"[poller] {line.rstrip()}", file=sys.stderr)
+        return ""
+
+    def expect(self, what: str) -> None:
+        got = self.line()
+        if got != what:
+            raise SystemExit(f"poller: wanted {what!r}, got {got!r} (exit {self.p.poll()}): "
+                             f"{self.errlog.read_text()[-2000:]}")  # fmt: skip
+
+    def arm(self, svc: tuple[str, int], dest: str, want: str, limit: float = 60) -> None:
+        assert self.p.stdin is not None
+        self.p.stdin.write(f"{svc[0]} {svc[1]} {dest}:{PORT} {want} {limit}\n")
+        self.p.stdin.flush()
+        got = self.line()
+        self.result = None if got == "armed" else got
+
+    def seen(self) -> float:
+        got = json.loads(self.result or self.line() or '{"at": null}')
+        if got["at"] is None:
+            raise SystemExit("the kernel never showed the change")
+        return float(got["at"])
+
+    def close(self) -> None:
+        if self.p.stdin is not None:
+            self.p.stdin.close()
+        self.p.wait(30)
 
 
 def config(tmp: Path, services: int) -> str:
@@ -111,25 +163,6 @@ def config(tmp: Path, services: int) -> str:
         f"{check}, real_servers: [{{address: {VICTIM}, port: {PORT}}}]}}"
     )
     return "\n".join(lines) + "\n"
-
-
-def poller(ns: Ns, svc: tuple[str, int], dest: str, want: str) -> subprocess.Popen[str]:
-    """A poller that is polling (it printed ``ready``) for ``dest`` of ``svc`` to be ``want``."""
-    p = ns.popen(sys.executable, "-c", POLL, svc[0], str(svc[1]), f"{dest}:{PORT}", want, "60",
-                 stdout=subprocess.PIPE, text=True)  # fmt: skip
-    assert p.stdout is not None
-    if p.stdout.readline().strip() != "ready":
-        raise SystemExit("the poller did not start")
-    return p
-
-
-def seen(p: subprocess.Popen[str]) -> float:
-    assert p.stdout is not None
-    got = json.loads(p.stdout.readline())
-    p.wait(10)
-    if got["at"] is None:
-        raise SystemExit("the kernel never showed the change")
-    return float(got["at"])
 
 
 def override(api: str, action: str) -> None:
@@ -161,21 +194,24 @@ def measure(services: int, runs: int, tmp: Path) -> dict[str, Any]:
             start = time.monotonic()
             wait(lambda: len(events(log, "dataplane.apply")) > 0, "the first load", 900)
             wait(lambda: len(events(log, "health.change")) >= len(RS), "checks up", 300)
-            wait(lambda: not poller_once(ns, S0, DRAINED, "1"), "s0 loaded", 300)
+            watch = Poller(ns, tmp / f"poller{services}.err")
+            watch.arm(S0, DRAINED, "1", 300)
+            watch.seen()
             load = time.monotonic() - start
             for _ in range(runs):
                 victim = ns.popen(sys.executable, "-c", LISTEN, VICTIM, stdout=subprocess.PIPE,
                                   text=True)  # fmt: skip
                 assert victim.stdout is not None
                 victim.stdout.readline()
-                seen(poller(ns, VICTIM_SVC, VICTIM, "1"))  # it is back in the kernel
+                watch.arm(VICTIM_SVC, VICTIM, "1")
+                watch.seen()  # it is back in the kernel
                 time.sleep(0.5)
                 n_changes = len(events(log, "health.change"))
                 n_applies = len(events(log, "dataplane.apply"))
-                watcher = poller(ns, VICTIM_SVC, VICTIM, "absent")
+                watch.arm(VICTIM_SVC, VICTIM, "absent")
                 victim.kill()
                 victim.wait(10)
-                at = seen(watcher)
+                at = watch.seen()
                 change = wait(
                     lambda n=n_changes: [
                         e for e in events(log, "health.change")[n:] if e.get("to") == "down"
@@ -186,14 +222,15 @@ def measure(services: int, runs: int, tmp: Path) -> dict[str, Any]:
                 passes.append([f"{e.get('scope')}:{e.get('actions')}"
                                for e in events(log, "dataplane.apply")[n_applies:]])  # fmt: skip
             for _ in range(runs):
-                watcher = poller(ns, S0, DRAINED, "out")
+                watch.arm(S0, DRAINED, "out")
                 t0 = time.time()
                 override(api, "drain")
-                drain.append(seen(watcher) - t0)
-                back = poller(ns, S0, DRAINED, "1")
+                drain.append(watch.seen() - t0)
                 override(api, "clear")
-                seen(back)
+                watch.arm(S0, DRAINED, "1")
+                watch.seen()
             rss = rss_mb(daemon.pid)
+            watch.close()
         finally:
             daemon.terminate()
             daemon.wait(120)
@@ -209,13 +246,6 @@ def measure(services: int, runs: int, tmp: Path) -> dict[str, Any]:
             "rss_mb": round(rss, 1),
             "passes": passes,
         }
-
-
-def poller_once(ns: Ns, svc: tuple[str, int], dest: str, want: str) -> int:
-    """Exit status of a poller given 1 s: 0 when ``dest`` of ``svc`` is ``want`` already."""
-    r = ns.run(sys.executable, "-c", POLL, svc[0], str(svc[1]), f"{dest}:{PORT}", want, "1",
-               check=False, timeout=120)  # fmt: skip
-    return r.returncode
 
 
 def in_vm(argv: list[str]) -> int:
