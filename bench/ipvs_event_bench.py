@@ -219,8 +219,10 @@ def measure(services: int, runs: int, tmp: Path) -> dict[str, Any]:
                     "health.change", 30,
                 )[0]  # fmt: skip
                 health.append(at - epoch(change["timestamp"]))
-                passes.append([f"{e.get('scope')}:{e.get('actions')}"
-                               for e in events(log, "dataplane.apply")[n_applies:]])  # fmt: skip
+                # the pass logs once its acks are in: the kernel may show it before the line
+                applied = wait(lambda n=n_applies: events(log, "dataplane.apply")[n:],
+                               "the pass's log line", 30)  # fmt: skip
+                passes.append([f"{e.get('scope')}:{e.get('actions')}" for e in applied])
             for _ in range(runs):
                 watch.arm(S0, DRAINED, "out")
                 t0 = time.time()
