@@ -33,6 +33,7 @@ from ipvslab import Director, ipvsadm, wait_for
 from test_daemon_ipvs import CLIENT
 
 from hacontrol.cli_api import ApiError, api_call
+from hacontrol.lab.netns import NetnsLab
 from tests.integration.test_drain_nft import HOLD_CLIENT, HOLD_SERVER
 
 pytestmark = [pytest.mark.ipvs, pytest.mark.usefixtures("clean_ipvs")]
@@ -208,8 +209,6 @@ class Scene:
 
 @pytest.fixture
 def scene(tmp_path: Path) -> Iterator[Scene]:
-    from hacontrol.lab.netns import NetnsLab
-
     lab = NetnsLab()
     d = Director(lab, 2, tmp_path)
     s = Scene(d, tmp_path, tmp_path / "hacontrol.yaml", tmp_path / "daemon.log")
