@@ -1,13 +1,17 @@
 """Connections per destination, read from the kernel for the drain watcher (the I/O shell).
 
-IPVS: the destination's active and inactive connection counters, one destination dump per
-service (hacontrol.dataplane.counters.read_ipvs). nftables: the plane keeps no per-destination
-counter, so the conntrack table is read (``/proc/net/nf_conntrack`` of the daemon's namespace, on
-a worker thread; the netlink dump, pyroute2 ``AsyncConntrack``, where the kernel has no such
-file) and an entry counts for (service, destination) when its original direction goes to the
-service's VIP and port and its reply comes from the destination. Entries in TIME_WAIT or CLOSE
-are finished connections the kernel keeps only to absorb late packets: they do not count. A
-plane with neither (the in-memory one) counts None: only the deadline ends a drain.
+IPVS: the destination's connection counters, one destination dump per service
+(hacontrol.dataplane.counters.read_ipvs), as ``ipvs_live`` counts them: for TCP the active
+(ESTABLISHED) connections only, since the inactive counter also holds every closed connection in
+TIME_WAIT, FIN_WAIT or CLOSE for up to two minutes after it ended (a drain would wait for them);
+for UDP, whose IPVS connections are never active, the inactive ones. nftables: the plane keeps
+no per-destination counter, so the conntrack table is read (``/proc/net/nf_conntrack`` of the
+daemon's namespace, on a worker thread; the netlink dump, pyroute2 ``AsyncConntrack``, where
+the kernel has no such file) and an entry counts for (service, destination) when its original
+direction goes to the service's VIP and port and its reply comes from the destination. Entries
+in TIME_WAIT or CLOSE are finished connections the kernel keeps only to absorb late packets: they
+do not count. A plane with neither (the in-memory one) counts None: only the deadline ends a
+drain.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from typing import Any
 
 from hacontrol import logs
 from hacontrol.dataplane.base import Dataplane, DataplaneError
-from hacontrol.dataplane.counters import read_ipvs
+from hacontrol.dataplane.counters import DestCounters, read_ipvs
 from hacontrol.dataplane.table import PROTO_NUM, DestKey, ServiceKey
 
 log = logs.get("hacontrol.overrides")
@@ -29,6 +33,17 @@ Flow = tuple[int, str, int, str, int]  # proto, orig dst, orig dport, reply src,
 
 # nf_conntrack_tcp.h: TCP_CONNTRACK_TIME_WAIT = 7, TCP_CONNTRACK_CLOSE = 8
 FINISHED_TCP = frozenset({7, 8})
+
+
+def ipvs_live(service: ServiceKey, counters: DestCounters | None) -> int:
+    """The live connections of one IPVS destination (pure): TCP counts its active connections
+    (inactive ones are closed or half-open: TIME_WAIT, FIN_WAIT, CLOSE, SYN_RECV), UDP its
+    inactive ones (IPVS never marks a UDP connection active; each lives until its timeout)."""
+    if counters is None:
+        return 0
+    if service.protocol == "tcp":
+        return counters.active
+    return counters.active + counters.inactive
 
 
 def flow_of(pair: Pair) -> Flow:
@@ -144,9 +159,7 @@ def conn_reader(
                 req = dp.ipvs_requests()
                 if req is not None:
                     counters = await read_ipvs(req, sorted({sk for sk, _ in pairs}))
-                    return {
-                        p: (c.active + c.inactive if (c := counters.get(p)) else 0) for p in pairs
-                    }
+                    return {p: ipvs_live(p[0], counters.get(p)) for p in pairs}
                 if dp.kind == "nftables":
                     flows = await asyncio.to_thread(read_flows)
                     return count_flows(flows, pairs)
