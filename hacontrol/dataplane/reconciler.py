@@ -99,6 +99,7 @@ class Reconciler:
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._owned: set[ServiceKey] = set()
+        self._dests = 0  # destinations of the owned services in the view (the table gauge)
         self._owned_loaded = False
         self._record = PassRecord(dataplane.kind, self._clock, metrics=metrics, backoff=backoff)
         self._last_start: float | None = None  # when the last pass began (the coalescing)
@@ -226,7 +227,10 @@ class Reconciler:
             label = "table" if scope is None else "services"
         self._dirty.clear()  # taken: on an error the view is dropped and a full pass follows
         self._all_dirty = False
-        owned = set(self._owned)
+        # what we own among the services this pass looks at (only the scope's on a change
+        # pass: nothing here is O(table) then); a whole-table plane owns what it finds
+        keys = self._owned if scope is None else {k for k in scope if k in self._owned}
+        owned = set(keys)
         if self._dp.whole_table:
             owned |= set(actual) if scope is None else {k for k in scope if k in actual}
         if self._build is None and self._source is None:  # nothing desired yet: only observe
@@ -245,12 +249,13 @@ class Reconciler:
         if drift:
             log.warning("dataplane.drift", reason=reason, differences=drift[:20], count=len(drift))
         texts = [str(a) for a in actions[:200]]
-        now_owned = set(desired) if scope is None else (owned - set(scope)) | set(desired)
+        # owned after this pass, as a change to the looked-at part (keys the scope's own)
+        adds, drops = set(desired) - owned, owned - set(desired)
+        dests_before = self._dests_of(actual, keys)  # what the gauge counted of them
         parts = batches(actions)
         if actions:
-            claim = owned | now_owned
-            if claim != owned:  # remember new services BEFORE creating them (crash safety)
-                self._save_owned(claim)
+            if adds or owned - self._owned:  # remember new services BEFORE creating them
+                self._save_owned(self._owned | owned | adds)  # (crash safety)
             self._view = None  # until every batch is acknowledged
             for n, part in enumerate(parts):
                 if n:
@@ -260,15 +265,19 @@ class Reconciler:
                 apply_in_place(actual, part)  # acknowledged: the view follows
             duration = self._since(started)
             self._record.applied(reason, actions, texts, drift, duration, label, len(parts))
-        if now_owned != owned or (scope is None and now_owned != self._owned):
+        now_owned = (self._owned | owned | adds) - drops
+        if adds or drops or owned - self._owned:
             self._save_owned(now_owned)
+        now_keys = (owned | adds) - drops
+        if scope is None:
+            self._dests = self._dests_of(actual, now_owned)
+        else:  # the change of the looked-at part only
+            self._dests += self._dests_of(actual, now_keys) - dests_before
         self._owned = now_owned
         self._view = actual
         if self._after_full is not None and (scope is None or len(actions) >= BIG_PASS):
             self._after_full()
-        self._record.table(
-            len(self._owned), sum(len(actual[k].dests) for k in self._owned if k in actual)
-        )
+        self._record.table(len(self._owned), self._dests)
         return ReconcileResult(
             True,
             reason,
@@ -280,6 +289,10 @@ class Reconciler:
         )
 
     # -- helpers ----------------------------------------------------------------------------
+
+    @staticmethod
+    def _dests_of(table: Table, keys: Iterable[ServiceKey]) -> int:
+        return sum(len(table[k].dests) for k in keys if k in table)
 
     async def _drift(self, actual: Table) -> list[str]:
         """How the kernel differs from our view of it (owned part; none without a view)."""

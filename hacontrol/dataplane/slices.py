@@ -70,8 +70,9 @@ async def diff_sliced(
 ) -> list[Action]:
     """``diff(desired, actual, owned)`` restricted to ``scope`` (every service when None),
     computed ``SLICE`` services at a time; the same list as the whole diff (property-tested)."""
-    everything = set(desired) | (set(actual) & set(owned))
-    keys = sorted(everything if scope is None else set(scope))
+    # a change pass names its few services: nothing here is O(table) then
+    everything = set(scope) if scope is not None else set(desired) | (set(actual) & set(owned))
+    keys = sorted(everything)
     phases: tuple[list[Action], list[Action], list[Action], list[Action]] = ([], [], [], [])
     pieces = chunks(keys, lambda k: _size(desired, k) + _size(actual, k))
     for n, chunk in enumerate(pieces):

@@ -26,6 +26,7 @@ from hacontrol.dataplane.table import (
     TableService,
 )
 from hacontrol.health.state import Health
+from hacontrol.metrics import Metrics
 from hacontrol.model import RealServer, ServiceConfig
 
 
@@ -176,6 +177,33 @@ def test_a_reload_compares_the_whole_table_against_the_view_without_reading() ->
     run_virtual(main())
 
 
+def test_a_reload_delta_keeps_ownership_and_the_gauges_by_its_own_services() -> None:
+    async def main() -> None:
+        world = World(services(5))
+        dp = MemoryDataplane()
+        metrics = Metrics()
+        rec = Reconciler(dp, metrics=metrics)
+        rec.set_desired(world.source())
+        await rec.sync_now("start")
+        gone, new = world.svcs[1], services(7, per=2)[6]  # one dropped, one added
+        world.svcs = [s for s in world.svcs if s is not gone] + [new]
+        rec.set_desired(world.source(), changed={service_key(gone), service_key(new)})
+        res = await rec.sync_now("change")
+        assert res.scope == "services" and dp.snapshot_calls == 1
+        assert res.actions == [
+            "add_service tcp/198.51.100.1:1006 scheduler=wrr persistence=0",
+            "add_dest tcp/198.51.100.1:1006 -> 192.0.2.10:8006 weight=1 forwarding=nat",
+            "add_dest tcp/198.51.100.1:1006 -> 192.0.2.11:8006 weight=2 forwarding=nat",
+            "del_service tcp/198.51.100.1:1001",
+        ]
+        assert rec.owned == set(dp.table) == {service_key(s) for s in world.svcs}
+        sample = metrics.registry.get_sample_value
+        assert sample("hacontrol_dataplane_services") == 5
+        assert sample("hacontrol_dataplane_destinations") == 4 * 3 + 2
+
+    run_virtual(main())
+
+
 SVC = [ServiceKey("tcp", "198.51.100.1", p) for p in range(1, 9)]
 DST = [DestKey(f"192.0.2.{i}", 80) for i in range(1, 6)]
 tables = st.dictionaries(
@@ -224,12 +252,21 @@ def test_incremental_passes_reach_the_table_a_full_pass_reaches(
         ]
         world = World(svcs)
         dp = MemoryDataplane()
-        rec = Reconciler(dp)
+        metrics = Metrics()
+        rec = Reconciler(dp, metrics=metrics)
         rec.set_desired(world.source())
         await rec.sync_now("start")
         for i, j, h in seq:
             rec.mark_dirty({world.set(i, j, h)})
             assert (await rec.sync_now("change")).ok
+            # the ownership and the table gauges, kept by each pass's own services, agree
+            # with a recount of the whole table
+            assert rec.owned == set(dp.table)
+            sample = metrics.registry.get_sample_value
+            assert sample("hacontrol_dataplane_services") == len(dp.table)
+            assert sample("hacontrol_dataplane_destinations") == sum(
+                len(s.dests) for s in dp.table.values()
+            )
         ref = MemoryDataplane()
         full = Reconciler(ref)
         full.set_desired(world.source())
