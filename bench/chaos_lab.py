@@ -172,6 +172,14 @@ class SoakCluster(Cluster):
             rs.get("health") == "up" and rs.get("kernel_weight") for rs in rss
         )
 
+    def table_serves(self, name: str) -> bool:
+        """``name``'s nftables table exists and maps the VIP again (after a flush or delete)."""
+        fam = self.nft_table_family(name)
+        if fam is None:
+            return False
+        r = self.ns(name).run("nft", "list", "table", fam, "hacontrol", check=False)
+        return r.returncode == 0 and VIP in r.stdout
+
     def nft_table_family(self, name: str) -> str | None:
         r = self.ns(name).run("nft", "-j", "list", "tables", check=False)
         with contextlib.suppress(ValueError, KeyError):

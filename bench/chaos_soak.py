@@ -205,7 +205,10 @@ class Soak:
             fam = c.nft_table_family(name) or "ip"
             verb = "flush" if p["how"] == "flush" else "delete"
             r = c.ns(name).run("nft", verb, "table", fam, "hacontrol", check=False)
-            note["rc"] = r.returncode
+            t, deadline = time.monotonic(), time.monotonic() + self.args.settle
+            while not c.table_serves(name) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            note.update(rc=r.returncode, repaired_s=round(time.monotonic() - t, 2))
         return note
 
     def run(self, faults: list[Fault], deadline: float) -> None:
