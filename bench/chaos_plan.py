@@ -79,7 +79,8 @@ def schedule(
     seed: int, minutes: float, gap: tuple[float, float] = (4.0, 7.0), kinds: Sequence[str] = KINDS
 ) -> list[Fault]:
     """The faults of a soak of ``minutes`` (by their nominal lengths plus the gaps), drawn from
-    ``kinds`` (unknown kinds are a ValueError)."""
+    ``kinds`` (unknown kinds are a ValueError). A longer soak with the same seed extends the
+    shorter one's schedule (the runner asks for more than it needs and stops at its deadline)."""
     unknown = sorted(set(kinds) - set(KINDS))
     if unknown:
         raise ValueError(f"unknown fault kinds: {', '.join(unknown)} (known: {', '.join(KINDS)})")
@@ -228,6 +229,7 @@ def summarize(
     tot.seconds = span[1] - span[0]
     tot.no_active, tot.two_active = overlap(zero, *span), overlap(two, *span)
     tot.two_active_max = longest(two, *span)
+    tot.two_after_heal = max((r.two_after_heal for r in rows.values()), default=0.0)
     tot.log_no_active = overlap(roles.get(0, []), *span)
     tot.log_two_active = overlap(roles.get(2, []), *span)
     faults = [r for k, r in rows.items() if k not in (QUIET, "total")]

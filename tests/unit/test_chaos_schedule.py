@@ -36,6 +36,12 @@ def test_the_same_seed_gives_the_same_schedule_and_another_seed_another() -> Non
     assert [(f.kind, f.params, f.gap) for f in a] != [(f.kind, f.params, f.gap) for f in c]
 
 
+def test_a_longer_soak_extends_the_shorter_ones_schedule() -> None:
+    short, long = cp.schedule(4, 3), cp.schedule(4, 10)
+    assert len(long) > len(short)
+    assert [f.label() for f in long[: len(short)]] == [f.label() for f in short]
+
+
 def test_every_kind_recurs_about_equally_and_the_schedule_fits_the_minutes() -> None:
     faults = cp.schedule(1, 10)
     counts = Counter(f.kind for f in faults)
@@ -119,3 +125,4 @@ def test_summary_per_kind_with_quiet_and_total() -> None:
     assert (tot.sent, tot.failed, tot.long_broken) == (6, 3, 2)
     assert tot.two_active == pytest.approx(4.3) and q.two_active == pytest.approx(0.0)
     assert tot.seconds == pytest.approx(50.0)
+    assert tot.two_after_heal == pytest.approx(0.3)  # the worst of the kinds
