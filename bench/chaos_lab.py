@@ -172,13 +172,16 @@ class SoakCluster(Cluster):
             rs.get("health") == "up" and rs.get("kernel_weight") for rs in rss
         )
 
-    def table_serves(self, name: str) -> bool:
-        """``name``'s nftables table exists and maps the VIP again (after a flush or delete)."""
+    def table_rules(self, name: str) -> int:
+        """How many rules ``name``'s nftables table holds (0: none, or no table). A flush
+        empties the chains but keeps the sets, so the rules are what tells it repaired."""
         fam = self.nft_table_family(name)
         if fam is None:
-            return False
-        r = self.ns(name).run("nft", "list", "table", fam, "hacontrol", check=False)
-        return r.returncode == 0 and VIP in r.stdout
+            return 0
+        r = self.ns(name).run("nft", "-j", "list", "table", fam, "hacontrol", check=False)
+        with contextlib.suppress(ValueError, KeyError):
+            return sum(1 for item in json.loads(r.stdout)["nftables"] if "rule" in item)
+        return 0
 
     def nft_table_family(self, name: str) -> str | None:
         r = self.ns(name).run("nft", "-j", "list", "tables", check=False)

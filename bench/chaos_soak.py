@@ -202,11 +202,11 @@ class Soak:
             c.signal_servers(p["server"], signal.SIGCONT)
         elif f.kind == "table_flush":
             name = note["name"] = self.pick(p["target"])
-            fam = c.nft_table_family(name) or "ip"
+            fam, rules = c.nft_table_family(name) or "ip", c.table_rules(name)
             verb = "flush" if p["how"] == "flush" else "delete"
             r = c.ns(name).run("nft", verb, "table", fam, "hacontrol", check=False)
             t, deadline = time.monotonic(), time.monotonic() + self.args.settle
-            while not c.table_serves(name) and time.monotonic() < deadline:
+            while c.table_rules(name) < rules and time.monotonic() < deadline:
                 time.sleep(0.2)
             note.update(rc=r.returncode, repaired_s=round(time.monotonic() - t, 2))
         return note
