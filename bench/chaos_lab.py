@@ -8,7 +8,9 @@ running bench/chaos_io.py's echo server) for the long-lived connections, weights
 reloads flip, and a file a bad reload breaks. ``api`` calls a daemon's API from inside its
 namespace (http.client on a thread that entered it). ``VipWatch`` polls, on one thread per
 director inside its namespace (pyroute2), whether it holds the public VIP, and records every
-change on the monotonic clock: the kernel's view of how many directors are active.
+change on the monotonic clock: the kernel's view of how many directors are active. ``Hold``
+runs the long-connection client; ``partition`` cuts or heals a director's heartbeats;
+``log_events`` reads the daemons' ``ha.transition`` and ``ha.stall`` lines.
 """
 
 from __future__ import annotations
@@ -22,18 +24,29 @@ import subprocess
 import sys
 import threading
 import time
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from hacontrol.lab.netns import NetnsLab
-from hacontrol.lab.topology import API, PORT, REAL_SERVERS, VIP, Cluster, Director, Timing
+from hacontrol.lab.topology import (
+    API,
+    HB_PORT,
+    PORT,
+    REAL_SERVERS,
+    VIP,
+    Cluster,
+    Director,
+    Timing,
+)
 
 HERE = Path(__file__).resolve().parent
 ECHO_PORT = 7000
 A, B = "director-a", "director-b"
 SERVICES = ("web", "echo")
+PART_TABLE = "chaos_partition"
 PORTS = {"web": PORT, "echo": ECHO_PORT}
 
 
@@ -249,3 +262,70 @@ class VipWatch:
         self._stop.set()
         for t in self.threads:
             t.join(timeout=5)
+
+
+class Hold:
+    """bench/chaos_io.py ``hold`` in the client namespace; its JSON lines collected on a thread."""
+
+    def __init__(self, c: SoakCluster, conns: int, duration: float) -> None:
+        self.lines: list[dict[str, Any]] = []
+        self.proc = c.client.popen(
+            sys.executable, str(HERE / "chaos_io.py"), "hold", "--target", f"{VIP}:{ECHO_PORT}",
+            "--conns", str(conns), "--interval", "1.0", "--timeout", "2.0", "--duration",
+            str(duration), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )  # fmt: skip
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            try:
+                self.lines.append(json.loads(line))
+            except ValueError:
+                continue
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+        self.thread.join(timeout=5)
+
+
+def partition(c: SoakCluster, name: str, on: bool) -> None:
+    """Drop the heartbeat port both ways in ``name``'s namespace (a table of our own), or heal."""
+    if on:
+        drop = f"udp dport {HB_PORT} drop;"
+        rules = (f"table inet {PART_TABLE} {{\n"
+                 f"  chain i {{ type filter hook input priority -400; {drop} }}\n"
+                 f"  chain o {{ type filter hook output priority -400; {drop} }}\n"
+                 "}\n")  # fmt: skip
+        path = c.workdir / f"{PART_TABLE}.nft"
+        path.write_text(rules)
+        c.ns(name).run("nft", "-f", str(path))
+    else:
+        c.ns(name).run("nft", "delete", "table", "inet", PART_TABLE, check=False)
+
+
+def log_events(c: SoakCluster, mono_of_wall: float) -> list[tuple[float, str, str, str]]:
+    """Each daemon's ``ha.transition`` and ``ha.stall`` lines: (monotonic time, node, event,
+    new role or the stall's gap)."""
+    out = []
+    for d in (A, B):
+        for line in c.log_path(d).read_text(errors="replace").splitlines():
+            if '"ha.transition"' not in line and '"ha.stall"' not in line:
+                continue
+            try:
+                e = json.loads(line)
+                stamp = e["timestamp"].replace("Z", "+00:00")
+                wall = datetime.fromisoformat(stamp).timestamp()
+            except (ValueError, KeyError):
+                continue
+            what = "transition" if e["event"] == "ha.transition" else "stall"
+            detail = str(e.get("to_role") if what == "transition" else e.get("gap"))
+            out.append((wall - mono_of_wall, d, what, detail))
+    return sorted(out)

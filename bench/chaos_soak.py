@@ -31,24 +31,23 @@ import os
 import platform
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from chaos_lab import (  # type: ignore[import-not-found]
-    ECHO_PORT,
-    HERE,
     PORTS,
     SERVICES,
     A,
     B,
+    Hold,
     SoakCluster,
     VipWatch,
+    log_events,
+    partition,
 )  # fmt: skip
 from chaos_plan import (  # type: ignore[import-not-found]
     KINDS,
@@ -65,45 +64,14 @@ from chaos_plan import (  # type: ignore[import-not-found]
 
 from hacontrol.lab import traffic
 from hacontrol.lab.netns import NetnsLab, cleanup_stale
-from hacontrol.lab.topology import HB_PORT, REAL_SERVERS, TARGET, VIP, Timing
+from hacontrol.lab.topology import REAL_SERVERS, TARGET, Timing
 
 TAIL = 3.5  # s after settling still counted to the fault (a broken connection shows within 3 s)
-PART_TABLE = "chaos_partition"
-
-
-class Hold:
-    """bench/chaos_io.py ``hold`` in the client namespace; its JSON lines collected on a thread."""
-
-    def __init__(self, c: SoakCluster, conns: int, duration: float) -> None:
-        self.lines: list[dict[str, Any]] = []
-        self.proc = c.client.popen(
-            sys.executable, str(HERE / "chaos_io.py"), "hold", "--target", f"{VIP}:{ECHO_PORT}",
-            "--conns", str(conns), "--interval", "1.0", "--timeout", "2.0", "--duration",
-            str(duration), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-        )  # fmt: skip
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            try:
-                self.lines.append(json.loads(line))
-            except ValueError:
-                continue
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        self.thread.join(timeout=5)
 
 
 class Soak:
+    """Runs the schedule's faults one at a time on the cluster and records their windows."""
+
     def __init__(self, c: SoakCluster, watch: VipWatch, args: argparse.Namespace) -> None:
         self.c, self.watch, self.args = c, watch, args
         self.windows: list[Window] = []
@@ -236,41 +204,6 @@ class Soak:
         return (f"alive {[d for d in (A, B) if c.daemon_alive(d)]}, roles "
                 f"{[c.role(d) for d in (A, B)]}, VIP on {sorted(self.watch.holders())}, "
                 f"a serving {c.serving(A)}")  # fmt: skip
-
-
-def partition(c: SoakCluster, name: str, on: bool) -> None:
-    """Drop the heartbeat port both ways in ``name``'s namespace (a table of our own), or heal."""
-    if on:
-        drop = f"udp dport {HB_PORT} drop;"
-        rules = (f"table inet {PART_TABLE} {{\n"
-                 f"  chain i {{ type filter hook input priority -400; {drop} }}\n"
-                 f"  chain o {{ type filter hook output priority -400; {drop} }}\n"
-                 "}\n")  # fmt: skip
-        path = c.workdir / f"{PART_TABLE}.nft"
-        path.write_text(rules)
-        c.ns(name).run("nft", "-f", str(path))
-    else:
-        c.ns(name).run("nft", "delete", "table", "inet", PART_TABLE, check=False)
-
-
-def log_events(c: SoakCluster, mono_of_wall: float) -> list[tuple[float, str, str, str]]:
-    """Each daemon's ``ha.transition`` and ``ha.stall`` lines: (monotonic time, node, event,
-    new role or the stall's gap)."""
-    out = []
-    for d in (A, B):
-        for line in c.log_path(d).read_text(errors="replace").splitlines():
-            if '"ha.transition"' not in line and '"ha.stall"' not in line:
-                continue
-            try:
-                e = json.loads(line)
-                stamp = e["timestamp"].replace("Z", "+00:00")
-                wall = datetime.fromisoformat(stamp).timestamp()
-            except (ValueError, KeyError):
-                continue
-            what = "transition" if e["event"] == "ha.transition" else "stall"
-            detail = str(e.get("to_role") if what == "transition" else e.get("gap"))
-            out.append((wall - mono_of_wall, d, what, detail))
-    return sorted(out)
 
 
 def report(rows: dict[str, Row], res: dict[str, Any]) -> str:
