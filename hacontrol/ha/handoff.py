@@ -13,7 +13,9 @@ peer NATed before the move: the client's segments to a VIP, the real servers' re
 the gateway VIP) are handed to the peer, which still holds their NAT state and keeps forwarding
 them (they reach it by ``dup to``, unchanged, to its MAC: no policy routing, and a VIP now
 local here does not swallow them); every new connection is served here. An unplanned takeover
-(dead peer) never drains.
+(dead peer) never drains. A drain ends early when the peer goes silent, unless its last
+heartbeat said it was stopping: a daemon restarted or upgraded leaves its kernel forwarding
+those connections (the chaos soak lost every long connection at a restart before).
 With the IPVS data plane the equivalent is the IPVS connection sync daemon (`ha.sync`,
 hacontrol/dataplane/ipvs_sync.py).
 Errors are ``HaIoError``; the runner logs them and goes on without the hand-off.

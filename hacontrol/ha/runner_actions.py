@@ -24,7 +24,7 @@ from hacontrol import logs
 from hacontrol.ha import fsm_types as ft
 from hacontrol.ha.fsm_types import Role
 from hacontrol.ha.interfaces import HaIoError, Notifier, Tracker, VipManager
-from hacontrol.ha.peer import PeerWatch
+from hacontrol.ha.peer import PeerWatch, from_wire
 from hacontrol.ha.timeline import TakeoverMarks
 
 if TYPE_CHECKING:
@@ -128,11 +128,18 @@ class VipActions:
         why = None
         if h.due(now):
             why = "drain period over"
-        elif not self.hooks.peer_alive(now):
+        elif not self.hooks.peer_alive(now) and not self._peer_stopped():
             why = "peer dead: nothing to hand off to"
         if why is not None:
             self._drain_ending = True
             self.submit(EndDrain(why))
+
+    def _peer_stopped(self) -> bool:
+        """The peer's last word was a clean stop (STOPPING): its daemon is gone, its kernel
+        keeps the connections' NAT state (a restart, an upgrade), so the drain goes on until
+        its period ends. A peer silent after ACTIVE or BACKUP may be a dead host: end it."""
+        last = self.peer.last
+        return last is not None and from_wire(last.role) is Role.STOPPING
 
     async def settle(self, within: float) -> None:
         """Wait (bounded) until every queued action has run."""

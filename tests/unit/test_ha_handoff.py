@@ -255,6 +255,21 @@ async def test_drain_ends_when_the_peer_dies(tmp_path: Path) -> None:
 
 
 @sim
+async def test_a_drain_outlives_a_peer_that_stopped_cleanly(tmp_path: Path) -> None:
+    # a restart: the stopping daemon hands over and is gone, its kernel still forwards the
+    # connections it NATed, so the new active keeps handing them to it for the whole period
+    world = World()
+    async with pair_h(tmp_path, world, b_drain=30 * INTERVAL) as (a, b):
+        await a.r.stop()  # graceful: STOPPING, the VIPs handed over, then silence
+        await wait_until(lambda: b.role == "active" and fake(b).draining)
+        took = world.events[world.index("b", "drain")][0]
+        await wait_until(lambda: not fake(b).draining, within=60 * INTERVAL)
+        ended = world.events[world.index("b", "undrain")][0]
+        assert ended - took >= 30 * INTERVAL, "cut when the stopped peer fell silent"
+        assert "drain period over" in fake(b).reasons[-1] and b.role == "active"
+
+
+@sim
 async def test_open_failure_runs_without_handoff(tmp_path: Path) -> None:
     world = World()
     a, b = make_pair(tmp_path, world)
