@@ -47,6 +47,7 @@ from typing import Any
 
 from hacontrol.cli_api import UnixConnection
 from hacontrol.lab.netns import NetnsLab, Ns, wait_tcp
+from hacontrol.lab.scenario import log_events as events
 
 BUSY, PEER = "198.51.100.2", "198.51.100.3"
 RS = [f"192.0.2.{i}" for i in range(1, 17)]
@@ -143,14 +144,6 @@ def metric(sock: Path, name: str) -> float | None:
     return None
 
 
-def events(log: Path, name: str) -> list[dict[str, Any]]:
-    out = []
-    for line in log.read_text().splitlines():
-        if line.startswith("{"):
-            ev = json.loads(line)
-            if ev.get("event") == name:
-                out.append(ev)
-    return out
 
 
 def epoch(ts: str) -> float:

@@ -17,17 +17,17 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import os
 import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+import guest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -177,34 +177,6 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                                                                    "ratio": ratio}}  # fmt: skip
 
 
-def in_vm(argv: list[str]) -> int:
-    """Re-run this script inside the tests/vm guest (one boot); the JSON file comes back."""
-    path = REPO / "tests" / "vm" / "vmharness.py"
-    spec = importlib.util.spec_from_file_location("hacontrol_vmharness", path)
-    assert spec is not None and spec.loader is not None
-    vm = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = vm  # dataclasses look their module up there
-    spec.loader.exec_module(vm)
-    try:
-        vm.ensure_built()
-    except vm.VmUnavailable as e:
-        print(f"cannot run: no IPVS here and {e}", file=sys.stderr)
-        return 2
-    rw = []
-    if "--json" in argv:
-        out = Path(argv[argv.index("--json") + 1]).resolve()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        argv[argv.index("--json") + 1] = str(out)
-        rw.append(out.parent)
-    print(f"[bench] no IPVS on this host: running in the qemu guest ({vm.cache_dir()})", flush=True)
-    with tempfile.TemporaryDirectory(prefix="hacontrol-bench-") as tmp:
-        tree = vm.snapshot_tree(Path(tmp) / "src")  # edits during the boot cannot tear files
-        script = tree / "bench" / Path(__file__).name
-        r = vm.run([sys.executable, str(script), *argv], rw=rw, timeout=1800, cwd=tree)
-    print(r.stdout, end="")
-    return int(r.returncode)
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -218,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
         not os.path.exists("/proc/net/ip_vs")
         and subprocess.run(["modprobe", "ip_vs"], capture_output=True).returncode
     ):
-        return in_vm(argv)
+        return guest.in_vm("ipvs_apply_bench.py", argv)
     subprocess.run(["modprobe", "-a", "ip_vs", "ip_vs_wrr"], capture_output=True)
     from hacontrol import logs
 

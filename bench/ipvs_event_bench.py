@@ -27,7 +27,6 @@ is available. Every namespace and process is removed at the end, also after a fa
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import statistics
@@ -39,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import guest
 from event_to_kernel import LISTEN, PORT, RS, VICTIM, epoch, events, rss_mb, wait
 
 from hacontrol.cli_api import api_call
@@ -250,34 +250,6 @@ def measure(services: int, runs: int, tmp: Path) -> dict[str, Any]:
         }
 
 
-def in_vm(argv: list[str]) -> int:
-    """Re-run this script inside the tests/vm guest (one boot); the JSON file comes back."""
-    path = REPO / "tests" / "vm" / "vmharness.py"
-    spec = importlib.util.spec_from_file_location("hacontrol_vmharness", path)
-    assert spec is not None and spec.loader is not None
-    vm = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = vm  # dataclasses look their module up there
-    spec.loader.exec_module(vm)
-    try:
-        vm.ensure_built()
-    except vm.VmUnavailable as e:
-        print(f"cannot run: no IPVS here and {e}", file=sys.stderr)
-        return 2
-    rw = []
-    if "--json" in argv:
-        out = Path(argv[argv.index("--json") + 1]).resolve()
-        out.parent.mkdir(parents=True, exist_ok=True)
-        argv[argv.index("--json") + 1] = str(out)
-        rw.append(out.parent)
-    print(f"[bench] no IPVS on this host: running in the qemu guest ({vm.cache_dir()})", flush=True)
-    with tempfile.TemporaryDirectory(prefix="hacontrol-bench-") as tmp:
-        tree = vm.snapshot_tree(Path(tmp) / "src")  # edits during the boot cannot tear files
-        script = tree / "bench" / Path(__file__).name
-        r = vm.run([sys.executable, str(script), *argv], rw=rw, timeout=3000, cwd=tree)
-    print(r.stdout, end="")
-    return int(r.returncode)
-
-
 def main() -> int:
     argv = sys.argv[1:]
     ap = argparse.ArgumentParser(description=(__doc__ or "").split("\n")[0])
@@ -291,7 +263,7 @@ def main() -> int:
         not os.path.exists("/proc/net/ip_vs")
         and subprocess.run(["modprobe", "-a", "ip_vs", "ip_vs_wrr"], capture_output=True).returncode
     ):
-        return in_vm(list(argv))
+        return guest.in_vm("ipvs_event_bench.py", list(argv), timeout=3000)
     started = time.time()
     results = []
     with tempfile.TemporaryDirectory(prefix="hcbench-") as tmp:

@@ -3,8 +3,8 @@
 ``Report``/``Step`` hold what a scenario measured (the JSON report is ``Report.as_dict()``);
 ``Watch`` polls a daemon's ``/v1/status`` from inside its namespace and waits for a condition on
 it; ``wait_answers``/``wait_server`` wait on the client's recorded requests; ``round_robin`` is
-the step both forms use to show the spread. Every wait has a deadline and fails with a
-``LabError`` that says what was expected.
+the step both forms use to show the spread; ``log_events`` reads a daemon's JSON log. Every
+wait has a deadline and fails with a ``LabError`` that says what was expected.
 """
 
 from __future__ import annotations
@@ -154,6 +154,20 @@ def failed(reqs: list[traffic.Request], start: float = 0.0, end: float = float("
         out["errors"] = traffic.errors(bad)
         at = [round(r.t - start, 3) for r in bad]
         out["failed_at_s"] = at if len(at) <= 10 else [at[0], at[-1]]
+    return out
+
+
+def log_events(path: Path, name: str | None = None) -> list[dict[str, Any]]:
+    """The JSON log lines of a daemon's log file (every event, or those named ``name``); other
+    lines (a traceback, a partial last line) are skipped."""
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            ev = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(ev, dict) and (name is None or ev.get("event") == name):
+            out.append(ev)
     return out
 
 

@@ -39,6 +39,7 @@ import pytest
 
 from hacontrol.cli_api import UnixConnection
 from hacontrol.lab.netns import NetnsLab, wait_tcp
+from hacontrol.lab.scenario import log_events as events
 
 pytestmark = pytest.mark.root
 
@@ -77,14 +78,6 @@ def config(tmp: Path, bump: int = 0) -> str:
     ]) + "\n"  # fmt: skip
 
 
-def events(log: Path, name: str) -> list[dict[str, Any]]:
-    out = []
-    for line in log.read_text().splitlines():
-        if line.startswith("{"):
-            ev = json.loads(line)
-            if ev.get("event") == name:
-                out.append(ev)
-    return out
 
 
 def epoch(ev: dict[str, Any]) -> float:

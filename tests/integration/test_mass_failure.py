@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 
 from hacontrol.lab.netns import NetnsLab, wait_tcp
+from hacontrol.lab.scenario import log_events as events
 
 pytestmark = pytest.mark.root
 
@@ -66,14 +67,6 @@ def config(tmp: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-def events(log: Path, name: str) -> list[dict[str, Any]]:
-    out = []
-    for line in log.read_text().splitlines():
-        if line.startswith("{"):
-            ev = json.loads(line)
-            if ev.get("event") == name:
-                out.append(ev)
-    return out
 
 
 def wait(cond: Any, what: str, limit: float, log: Path) -> Any:

@@ -13,7 +13,6 @@ A wrong token: exit 1 (HTTP 401). No daemon: exit 2.
 
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import signal
@@ -24,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+
+from hacontrol.lab.scenario import log_events as events
 
 REPO = Path(__file__).resolve().parents[2]
 UNIT = REPO / "deploy" / "hacontrol.service"
@@ -68,16 +69,6 @@ def cli(argv: list[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=120)
 
 
-def events(log: Path, name: str) -> list[dict[str, Any]]:
-    out = []
-    for line in log.read_text().splitlines():
-        try:
-            ev = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(ev, dict) and ev.get("event") == name:
-            out.append(ev)
-    return out
 
 
 def wait_for(cond: Any, what: str) -> Any:
