@@ -101,10 +101,18 @@ GOOD = obj(2, OURS)
         (GOOD + struct.pack("=IHHII", 16, 4, 0, 0, 0), 1, "overrun"),
         (bytes(range(256)) * 4, 0, "past the datagram"),
     ],
-    ids=(
-        "short-header cut-message second-cut length-under-header cut-nfgen no-nfgen "
-        "attr-past-end attr-too-short overrun garbage"
-    ).split(),
+    ids=[
+        "short-header",
+        "cut-message",
+        "second-cut",
+        "length-under-header",
+        "cut-nfgen",
+        "no-nfgen",
+        "attr-past-end",
+        "attr-too-short",
+        "overrun",
+        "garbage",
+    ],
 )
 def test_truncated_or_garbage_is_refused_without_exception(
     data: bytes, kept: int, why: str
