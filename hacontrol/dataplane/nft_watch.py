@@ -110,6 +110,7 @@ class NftWatch:
         self._pending = 0  # foreign changes since the last call of ``changed``
         self._reason = ""
         self.state = "stopped"  # stopped | watching | retrying | disabled
+        self.watching = asyncio.Event()  # set while the socket is open (tests wait on it)
         self.refused = 0  # malformed datagrams skipped
         self.foreign = 0  # foreign changes seen (before coalescing)
 
@@ -146,10 +147,14 @@ class NftWatch:
                 why = f"cannot open the nf_tables notification socket: {e}"
             else:
                 self.state = "watching"
+                self.watching.set()
                 if opened_before:  # changes made while it was closed were not seen
                     self._foreign("the notification watch restarted: changes may be missed")
                 opened_before = True
-                why = await self._serve(sock)
+                try:
+                    why = await self._serve(sock)
+                finally:
+                    self.watching.clear()
                 delay = BACKOFF[0] if why.startswith("ran") else delay
             self.state = "retrying"
             log.warning("dataplane.watch_error", reason=why, retry_in=delay)
