@@ -135,8 +135,8 @@ class NftWatch:
         while True:
             try:
                 sock = open_socket(self.netns)
-            except OSError as e:
-                if e.errno in DISABLING:
+            except Exception as e:  # an OSError, or anything unforeseen: never fatal
+                if isinstance(e, OSError) and e.errno in DISABLING:
                     self.state = "disabled"
                     log.warning(
                         "dataplane.watch_disabled",
@@ -153,6 +153,8 @@ class NftWatch:
                 opened_before = True
                 try:
                     why = await self._serve(sock)
+                except Exception as e:  # add_reader refused, a bug: log, back off, reopen
+                    why = f"{type(e).__name__}: {e}"
                 finally:
                     self.watching.clear()
                 delay = BACKOFF[0] if why.startswith("ran") else delay
@@ -166,8 +168,8 @@ class NftWatch:
         loop = asyncio.get_running_loop()
         failed: asyncio.Future[str] = loop.create_future()
         started = loop.time()
-        loop.add_reader(sock.fileno(), self._readable, sock, failed)
         try:
+            loop.add_reader(sock.fileno(), self._readable, sock, failed)
             why = await failed
         finally:
             with contextlib.suppress(Exception):
