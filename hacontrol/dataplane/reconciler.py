@@ -20,7 +20,8 @@ check interval, lands in a few batches while a lone event still goes at once), e
 backoff is tried after the shortest backoff: the new desired table may be the fix). An error of
 the plane or of the builder is logged (``dataplane.error``), counted, shown in ``status()`` and
 retried; it never ends the loop. Log events: ``dataplane.apply``, ``dataplane.drift``,
-``dataplane.error``, ``dataplane.recovered``, ``dataplane.owned_error``. This module owns the
+``dataplane.error``, ``dataplane.recovered``, ``dataplane.owned_error``,
+``dataplane.foreign_change``. This module owns the
 view, the dirty marks, the owned services and the loop; the record of the passes (outcome,
 backoff, counters, metrics, the apply/error logs) is ``hacontrol.dataplane.reconcile_status``.
 
