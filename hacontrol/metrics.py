@@ -77,6 +77,11 @@ class Metrics:
             "hacontrol_dataplane_actions", "Table changes applied, by operation", ["op"], registry=r
         )
         self.resyncs = Counter("hacontrol_dataplane_resyncs", "Periodic resyncs run", registry=r)
+        self.foreign_changes = Counter(
+            "hacontrol_dataplane_foreign_changes",
+            "Changes to the kernel table by someone else, seen as they happen (nftables)",
+            registry=r,
+        )
         self.drift_repairs = Counter(
             "hacontrol_dataplane_drift_repairs",
             "Resyncs that found the kernel differing from the desired table",

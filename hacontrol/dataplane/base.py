@@ -8,7 +8,7 @@ table owned by the daemon, replaced atomically) and ``memory.MemoryDataplane`` (
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from hacontrol.dataplane.diff import Action
@@ -47,6 +47,11 @@ class Dataplane(Protocol):
     def ipvs_requests(self) -> IpvsRequests | None:
         """The plane's IPVS netlink requests for the connection sync daemons (``ha.sync``);
         None on a plane without kernel IPVS connections."""
+
+    def watch(self, changed: Callable[[str, int], None]) -> None:
+        """Call ``changed(reason, count)`` when someone else changes the plane's kernel objects
+        (nftables: notifications on our table; ``count`` foreign changes, coalesced), so the
+        reconciler repairs them before the periodic resync. Planes that cannot tell do nothing."""
 
     async def open(self) -> None:
         """Connect to the kernel; raise DataplaneError with a clear reason if unavailable."""

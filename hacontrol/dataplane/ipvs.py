@@ -31,7 +31,7 @@ import errno
 import os
 import socket
 import struct
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from hacontrol import logs
@@ -139,6 +139,9 @@ class IpvsDataplane:
         self._family = family
         self._sock = _netlink_socket()
         log.info("ipvs.open", family_id=family, reason="kernel has IPVS")
+
+    def watch(self, changed: Callable[[str, int], None]) -> None:
+        """No change notifications watched: drift is repaired at the periodic resync."""
 
     def ipvs_requests(self) -> IpvsDataplane:
         """This plane serves the connection sync daemons' netlink requests itself."""

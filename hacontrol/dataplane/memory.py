@@ -47,6 +47,9 @@ class MemoryDataplane:
         self.opened = False
         self.closed = False
 
+    def watch(self, changed: Callable[[str, int], None]) -> None:
+        """No change notifications watched: drift is repaired at the periodic resync."""
+
     def ipvs_requests(self) -> None:
         return None
 

@@ -12,7 +12,10 @@ parsed by a child process (``hacontrol.dataplane.nft_read``), not on the event l
 ``commands`` counts the commands sent and ``rewrites`` the whole-table replacements (tests, the
 benchmark). Small batches (an event's commands) go through libnftables in the daemon's process
 on a thread of its own, big ones (a whole table) and listings through the nft binary, which is
-also the fallback (``hacontrol.dataplane.nft_exec``).
+also the fallback (``hacontrol.dataplane.nft_exec``). A change someone else makes to our table
+(``nft flush table``, ``nft delete table``) is seen in the nf_tables notifications
+(``hacontrol.dataplane.nft_watch``, started by ``watch``) and asks the reconciler for a resync at
+once; our own commits (this process's threads, the nft children we start) are not.
 
 Rendering (the table layout, the slot schedules) lives in the pure
 ``hacontrol.dataplane.nft_render``, reading back (detecting hand edits) in the pure
@@ -24,7 +27,9 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-from collections.abc import Sequence
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from hacontrol import logs
 from hacontrol.dataplane.base import DataplaneError
@@ -44,6 +49,7 @@ from hacontrol.dataplane.nft_render import (
     slots_for,
     smooth_slots,
 )
+from hacontrol.dataplane.nft_watch import NftWatch
 from hacontrol.dataplane.table import ServiceKey, Table
 
 __all__ = [
@@ -66,10 +72,15 @@ log = logs.get("hacontrol.dataplane.nft")
 
 
 async def run_nft(
-    *args: str, stdin: bytes | None = None, netns: str | None = None, limit: float = 10.0
+    *args: str,
+    stdin: bytes | None = None,
+    netns: str | None = None,
+    limit: float = 10.0,
+    started: Callable[[int], None] | None = None,
 ) -> tuple[int, str, str]:
     """Run nft (in the named namespace ``netns`` if given, killed after ``limit`` seconds):
-    (exit status, stdout, stderr).
+    (exit status, stdout, stderr). ``started`` is told the child's pid (``ip netns exec``
+    execs nft in the same process), so the notification watch can tell its commits as ours.
 
     A batch goes in through a memfd, not a pipe: nft opens ``-f -`` as /dev/stdin, which fails
     on the socketpairs uvloop uses for subprocess pipes. Shared by every nftables table the daemon
@@ -93,6 +104,8 @@ async def run_nft(
             raise DataplaneError(f"nftables: cannot run nft: {e}") from e
     finally:
         os.close(fd)
+    if started is not None:
+        started(proc.pid)
     try:
         async with asyncio.timeout(limit):
             out, err = await proc.communicate()
@@ -126,7 +139,9 @@ class NftDataplane(NftRenderer):
         self.netns = netns  # run nft inside this named namespace (lab, tests)
         self.timeout = timeout
         # batches through libnftables in the daemon (no fork + exec per event), else nft
-        self.exec = NftExec(run_nft, netns=netns, limit=timeout, prefer_lib=in_process)
+        self.exec = NftExec(self._run_binary, netns=netns, limit=timeout, prefer_lib=in_process)
+        self._children: deque[int] = deque(maxlen=32)  # pids of the last nft children we ran
+        self.watcher: NftWatch | None = None
         self._warned: set[str] = set()
         self._state: Table | None = None  # our table as last read or written; None: unknown
         self._exists = False  # the kernel has our table
@@ -146,7 +161,22 @@ class NftDataplane(NftRenderer):
                     reason=f"nftables has no {sched}: weighted round-robin (numgen) used",
                 )
 
+    async def _run_binary(self, *args: str, **kw: Any) -> tuple[int, str, str]:
+        return await run_nft(*args, started=self._children.append, **kw)
+
+    def ours(self, pid: int) -> bool:
+        """Whether the task that committed an nftables transaction is ours: a thread of this
+        process (libnftables runs on one) or one of the last nft children it started."""
+        return pid in self._children or os.path.exists(f"/proc/self/task/{pid}")
+
     # -- the Dataplane protocol -----------------------------------------------------------------
+
+    def watch(self, changed: Callable[[str, int], None]) -> None:
+        """Watch the nf_tables notifications; ``changed(reason, count)`` on foreign changes to
+        our table (``hacontrol.dataplane.nft_watch``)."""
+        if self.watcher is None:
+            self.watcher = NftWatch(self.table_name, changed, self.ours, netns=self.netns)
+            self.watcher.start()
 
     async def _batch(self, doc: dict[str, object]) -> tuple[int, str, str]:
         return await self.exec.batch(json.dumps(doc).encode())
@@ -226,5 +256,9 @@ class NftDataplane(NftRenderer):
         self._remember({}, exists=False)
 
     async def close(self) -> None:
-        """Stop the libnftables thread; the table stays (a restart must not drop traffic)."""
+        """Stop the watch and the libnftables thread; the table stays (a restart must not drop
+        traffic)."""
+        if self.watcher is not None:
+            await self.watcher.stop()
+            self.watcher = None
         self.exec.close()

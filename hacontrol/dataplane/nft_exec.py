@@ -51,7 +51,7 @@ class LibNft:
 
     def __init__(self, netns: str | None) -> None:
         if netns:
-            _enter_netns(netns)
+            enter_netns(netns)
         lib = ctypes.CDLL(LIBRARY)
         lib.nft_ctx_new.restype = ctypes.c_void_p
         lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
@@ -82,7 +82,7 @@ class LibNft:
         self.lib.nft_ctx_free(self.ctx)
 
 
-def _enter_netns(name: str) -> None:
+def enter_netns(name: str) -> None:
     """Move the calling thread (only it) into the named network namespace."""
     libc = ctypes.CDLL(None, use_errno=True)
     fd = os.open(f"/run/netns/{name}", os.O_RDONLY | os.O_CLOEXEC)

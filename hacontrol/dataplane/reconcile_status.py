@@ -4,10 +4,11 @@
 whether the last pass succeeded, the consecutive errors and the retry deadline they set (an
 exponential backoff between ``backoff[0]`` and ``backoff[1]``), when the last pass ran and the last
 apply changed the kernel, the counts of passes, applies and drift repairs. It also feeds the
-Prometheus metrics of the data plane and logs ``dataplane.apply``, ``dataplane.error`` and
-``dataplane.recovered``. ``hacontrol.dataplane.reconciler`` decides and applies; it tells this
-record what happened through a few calls and reads nothing of it but ``retry_at``,
-``last_pass_at`` and ``status()``. "Now" comes from the reconciler's clock (the event loop's).
+Prometheus metrics of the data plane and logs ``dataplane.apply``, ``dataplane.error``,
+``dataplane.foreign_change`` and ``dataplane.recovered``. ``hacontrol.dataplane.reconciler``
+decides and applies; it tells this record what happened through a few calls and reads nothing of
+it but ``retry_at``, ``last_pass_at`` and ``status()``. "Now" comes from the reconciler's clock
+(the event loop's).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ class ReconcileResult:
     """The outcome of one pass."""
 
     ok: bool
-    reason: str  # start | change | resync | retry | manual
+    reason: str  # start | change | resync | retry | manual | foreign
     actions: list[str] = field(default_factory=list)
     drift: list[str] = field(default_factory=list)  # how the kernel differed from what we left
     error: str | None = None
@@ -96,6 +97,14 @@ class PassRecord:
         """A periodic resync pass begins."""
         if self._metrics is not None:
             self._metrics.resyncs.inc()
+
+    def foreign(self, reason: str, changes: int) -> None:
+        """Someone else changed the kernel table: a full pass is asked for now."""
+        if self._metrics is not None:
+            self._metrics.foreign_changes.inc(changes)
+        log.warning(
+            "dataplane.foreign_change", reason=reason, changes=changes, repair="full pass now"
+        )
 
     def succeeded(self, reason: str) -> None:
         """A pass succeeded: any pending error is over."""

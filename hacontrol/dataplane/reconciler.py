@@ -8,8 +8,10 @@ kernel (the last snapshot advanced by every action the kernel acknowledged), and
 the services marked dirty (``mark_dirty``: a health change touches a few) against that view, or
 the whole desired table against the view after ``set_desired`` (a reload). The kernel's answer to
 the actions (netlink acks, the nft transaction) is the confirmation; the next full pass repairs
-anything else (drift: hand edits, ``ipvsadm -C``, ``nft flush ruleset``). After an error the view
-is dropped, so the next pass is a full one.
+anything else (drift: hand edits, ``ipvsadm -C``, ``nft flush ruleset``); a plane that sees
+foreign changes as they happen (nftables: ``Dataplane.watch``) asks for that full pass at once
+(``request_resync``, reason ``foreign``). After an error the view is dropped, so the next pass is
+a full one.
 
 Passes run on a wake (bursts in one event-loop tick coalesce into one pass; change passes start
 at most every ``coalesce`` seconds, so a mass failure, which the checks detect spread over one
@@ -18,7 +20,8 @@ check interval, lands in a few batches while a lone event still goes at once), e
 backoff is tried after the shortest backoff: the new desired table may be the fix). An error of
 the plane or of the builder is logged (``dataplane.error``), counted, shown in ``status()`` and
 retried; it never ends the loop. Log events: ``dataplane.apply``, ``dataplane.drift``,
-``dataplane.error``, ``dataplane.recovered``, ``dataplane.owned_error``. This module owns the
+``dataplane.error``, ``dataplane.recovered``, ``dataplane.owned_error``,
+``dataplane.foreign_change``. This module owns the
 view, the dirty marks, the owned services and the loop; the record of the passes (outcome,
 backoff, counters, metrics, the apply/error logs) is ``hacontrol.dataplane.reconcile_status``.
 
@@ -103,6 +106,7 @@ class Reconciler:
         self._owned_loaded = False
         self._record = PassRecord(dataplane.kind, self._clock, metrics=metrics, backoff=backoff)
         self._last_start: float | None = None  # when the last pass began (the coalescing)
+        self._resync_wanted = False  # a foreign change was seen: the next pass reads the kernel
 
     # -- public API -------------------------------------------------------------------------
 
@@ -134,6 +138,15 @@ class Reconciler:
             return
         self._load_owned()
         self._task = asyncio.create_task(self._run(), name="hacontrol-reconciler")
+        self._dp.watch(self.request_resync)
+
+    def request_resync(self, reason: str, changes: int = 1) -> None:
+        """Someone else changed the kernel table (``changes`` times, coalesced by the caller:
+        the plane's notification watch): the next pass, at once, is a full one (reason
+        ``foreign``). Logged ``dataplane.foreign_change`` and counted."""
+        self._record.foreign(reason, changes)
+        self._resync_wanted = True
+        self._wake.set()
 
     async def stop(self) -> None:
         """Stop the loop (the kernel table is left as it is; closing the plane is the owner's)."""
@@ -198,6 +211,9 @@ class Reconciler:
     async def _pass(self, reason: str) -> ReconcileResult:
         async with self._lock:
             self._wake.clear()
+            wanted, self._resync_wanted = self._resync_wanted, False  # any full pass serves
+            if wanted and reason == "change":
+                reason = "foreign"
             self._last_start = self._clock()
             started = time.perf_counter()
             if reason == "resync":
