@@ -6,11 +6,9 @@ kernel table in place when ``dataplane.keep_on_stop``, else remove the owned ser
 changes recompute the desired table. Logic lives in the parts it wires, not here. Which check
 target stands for which real servers, and their verdicts: ``HealthTargets`` (daemon_targets).
 
-With an ``ha:`` section it also runs the HA pair member (built, stopped and reported by
-``hacontrol.daemon_ha``) and starts it last: the kernel table is programmed on both directors,
-only the VIPs move. A stop hands over first. The role comes from the runner ("standalone"
-without ``ha:``); drills are forwarded to it. systemd: ``hacontrol.systemd``; capabilities:
-``hacontrol.caps``.
+With an ``ha:`` section it also runs the HA pair member (``hacontrol.daemon_ha``), started last:
+the kernel table is programmed on both directors, only the VIPs move; a stop hands over first;
+the role ("standalone" without ``ha:``) and drills are the runner's. See also hacontrol.systemd.
 
 One owner each: the config in use, its token and load time belong to a ``RunningConfig``
 (hacontrol.running_config); reloads to a ``Reloader`` (hacontrol.reload), which changes the
