@@ -233,6 +233,10 @@ def measure(services: int, runs: int, tmp: Path) -> dict[str, Any]:
                 watch.seen()
             rss = rss_mb(daemon.pid)
             watch.close()
+        except BaseException:  # say why: the daemon's last lines
+            print(f"[bench] {services} services failed; the daemon's log ends:", flush=True)
+            print("\n".join(log.read_text(errors="replace").splitlines()[-15:]), flush=True)
+            raise
         finally:
             daemon.terminate()
             daemon.wait(120)
