@@ -281,15 +281,13 @@ class Reconciler:
                 apply_in_place(actual, part)  # acknowledged: the view follows
             duration = self._since(started)
             self._record.applied(reason, actions, texts, drift, duration, label, len(parts))
-        now_owned = (self._owned | owned | adds) - drops
-        if adds or drops or owned - self._owned:
-            self._save_owned(now_owned)
-        now_keys = (owned | adds) - drops
+        if adds or drops or owned - self._owned:  # (no copy of the whole set otherwise)
+            self._owned = (self._owned | owned | adds) - drops
+            self._save_owned(self._owned)
         if scope is None:
-            self._dests = self._dests_of(actual, now_owned)
+            self._dests = self._dests_of(actual, self._owned)
         else:  # the change of the looked-at part only
-            self._dests += self._dests_of(actual, now_keys) - dests_before
-        self._owned = now_owned
+            self._dests += self._dests_of(actual, (owned | adds) - drops) - dests_before
         self._view = actual
         if self._after_full is not None and (scope is None or len(actions) >= BIG_PASS):
             self._after_full()
