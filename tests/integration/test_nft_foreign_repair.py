@@ -143,9 +143,12 @@ def test_a_flush_and_a_delete_of_our_table_are_repaired_before_any_resync(scene:
             sys.executable, "-m", "hacontrol", "run", "-c", str(cfg), stdout=log, stderr=log
         )
     # both servers up: the table holds the service with both destinations
-    wait_until(lambda: sum(RS[1] in x for x in s.listing() or []) > 0, "the table with rs2")
+    wait_until(
+        lambda: all(any(a in x for x in s.listing() or []) for a in RS),
+        "the table with both real servers",
+    )  # each check comes up on its own: wait for both
     full = s.listing()
-    assert full is not None and any(RS[0] in x for x in full)
+    assert full is not None and all(any(a in x for x in full) for a in RS)
 
     # our own commits are no foreign change: the start, and a health change (rs2 down and up)
     rs2 = next(p for p in s.ns.procs if f"{RS[1]}:{PORT}" in " ".join(map(str, p.args)))
