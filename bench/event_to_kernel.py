@@ -41,6 +41,7 @@ from typing import Any
 
 from hacontrol.cli_api import api_call
 from hacontrol.lab.netns import NetnsLab, Ns, wait_tcp
+from hacontrol.lab.scenario import log_events
 
 Popen = subprocess.Popen[str]
 
@@ -158,16 +159,10 @@ def config(tmp: Path, services: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+
 def events(log: Path, name: str) -> list[dict[str, Any]]:
-    out = []
-    for line in log.read_text().splitlines():
-        try:
-            ev = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(ev, dict) and ev.get("event") == name:
-            out.append(ev)
-    return out
+    """The daemon's log events named ``name`` (``lab.scenario.log_events``)."""
+    return log_events(log, name)
 
 
 def wait(cond: Any, what: str, limit: float) -> Any:

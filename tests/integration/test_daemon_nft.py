@@ -36,6 +36,7 @@ import pytest
 from hacontrol.cli_api import ApiError, api_call
 from hacontrol.lab import traffic
 from hacontrol.lab.netns import NetnsLab, Ns, wait_tcp
+from hacontrol.lab.scenario import log_events
 from tests.reload_children import parser_children
 
 pytestmark = pytest.mark.root
@@ -125,15 +126,7 @@ class Scene:
         return {by_addr[r["address"]]: r for r in doc["services"][0]["real_servers"]}
 
     def events(self, name: str) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log.read_text().splitlines():
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(ev, dict) and ev.get("event") == name:
-                out.append(ev)
-        return out
+        return log_events(self.log, name)
 
     def nft_table_exists(self) -> bool:
         r = self.director.run("nft", "list", "table", "inet", self.table, check=False)

@@ -30,6 +30,7 @@ import pytest
 from hacontrol.dataplane.nft import NftDataplane
 from hacontrol.dataplane.table import DestKey, DestSpec, ServiceKey, ServiceSpec, TableService
 from hacontrol.lab.netns import NetnsLab, Ns, wait_tcp
+from hacontrol.lab.scenario import log_events
 
 pytestmark = pytest.mark.root
 
@@ -66,15 +67,7 @@ class Scene:
         return sorted(out)
 
     def events(self, name: str) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log.read_text().splitlines():
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(ev, dict) and ev.get("event") == name:
-                out.append(ev)
-        return out
+        return log_events(self.log, name)
 
     def foreign_changes(self) -> int:
         return sum(int(e["changes"]) for e in self.events("dataplane.foreign_change"))

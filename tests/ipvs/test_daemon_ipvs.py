@@ -10,7 +10,6 @@ restart adopts the running table without removing anything (watched by a polling
 
 from __future__ import annotations
 
-import json
 import signal
 import subprocess
 import sys
@@ -26,6 +25,7 @@ from ipvslab import Director, ipvsadm, kernel_table, wait_for
 
 from hacontrol.dataplane.table import DestKey, DestSpec, ServiceKey
 from hacontrol.lab.netns import NetnsLab
+from hacontrol.lab.scenario import log_events
 
 pytestmark = pytest.mark.ipvs
 
@@ -87,13 +87,7 @@ class Setup:
         return rc
 
     def events(self, name: str) -> list[dict[str, Any]]:
-        out = []
-        for line in self.logs[-1].read_text().splitlines():
-            if line.startswith("{") and f'"{name}"' in line:
-                doc = json.loads(line)
-                if doc.get("event") == name:
-                    out.append(doc)
-        return out
+        return log_events(self.logs[-1], name)
 
     def dests(self) -> dict[DestKey, DestSpec] | None:
         svc = kernel_table().get(VIP_KEY)

@@ -18,7 +18,6 @@ it when the connection ends.
 
 from __future__ import annotations
 
-import json
 import re
 import signal
 import subprocess
@@ -34,6 +33,7 @@ from test_daemon_ipvs import CLIENT
 
 from hacontrol.cli_api import ApiError, api_call
 from hacontrol.lab.netns import NetnsLab
+from hacontrol.lab.scenario import log_events
 from tests.integration.test_drain_nft import HOLD_CLIENT, HOLD_SERVER
 
 pytestmark = [pytest.mark.ipvs, pytest.mark.usefixtures("clean_ipvs")]
@@ -198,13 +198,7 @@ class Scene:
         return held
 
     def events(self, name: str) -> list[dict[str, Any]]:
-        out = []
-        for line in self.log.read_text().splitlines():
-            if line.startswith("{") and f'"{name}"' in line:
-                doc = json.loads(line)
-                if doc.get("event") == name:
-                    out.append(doc)
-        return out
+        return log_events(self.log, name)
 
 
 @pytest.fixture
