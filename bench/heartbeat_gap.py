@@ -41,9 +41,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 from typing import Any
+
+from event_to_kernel import epoch, wait
 
 from hacontrol.cli_api import UnixConnection
 from hacontrol.lab.netns import NetnsLab, Ns, wait_tcp
@@ -145,19 +146,6 @@ def metric(sock: Path, name: str) -> float | None:
 
 
 
-
-def epoch(ts: str) -> float:
-    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
-
-
-def wait(cond: Any, what: str, limit: float) -> Any:
-    deadline = time.monotonic() + limit
-    while time.monotonic() < deadline:
-        got = cond()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise SystemExit(f"timed out after {limit}s waiting for {what}")
 
 
 def gaps(times: list[float], start: float, end: float) -> dict[str, Any]:
