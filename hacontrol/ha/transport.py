@@ -24,6 +24,7 @@ import ipaddress
 import os
 import socket
 import stat
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -166,6 +167,8 @@ class HaTransport(asyncio.DatagramProtocol):
         self.send_errors = 0
         self.unconfirmed: dict[str, float] = {}  # peer node -> when its last unconfirmed came
         self._transport: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = None  # ours (not an attached endpoint's)
+        self._lock = threading.RLock()  # stamping and sending: the loop and the sender thread
         self._last_log: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
@@ -190,37 +193,62 @@ class HaTransport(asyncio.DatagramProtocol):
             sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
         sock.setblocking(False)
         await loop.create_datagram_endpoint(lambda: self, sock=sock)
+        self._sock = sock
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.DatagramTransport, transport)
 
     def close(self) -> None:
+        with self._lock:  # no thread sends on a closed (and perhaps reused) descriptor
+            self._sock = None
         if self._transport is not None:
             self._transport.close()
             self._transport = None
 
     def send(self, msg: Message) -> int:
-        """Send ``msg`` to every peer path, each copy with its own sequence number. Returns the
-        number of copies handed to the kernel (errors are logged and counted, never raised)."""
-        if self._transport is None:
-            return 0
+        """Send ``msg`` to every peer path, each copy with its own sequence number (from the
+        event loop, through its datagram transport). Returns the number of copies handed to the
+        kernel (errors are logged and counted, never raised)."""
+        t = self._transport
+        return 0 if t is None else self._stamp_and_send(msg, t.sendto)
+
+    def send_threaded(self, msg: Message) -> int:
+        """``send`` from another thread (the heartbeat sender, hacontrol.ha.beat): a plain
+        ``sendto`` on the socket, never a wait (it is non-blocking: a full send buffer is a
+        counted error). 0 without a socket of our own (an attached endpoint) or once closed."""
+        with self._lock:
+            sock = self._sock
+            return 0 if sock is None else self._stamp_and_send(msg, sock.sendto)
+
+    @property
+    def threadable(self) -> bool:
+        """``send_threaded`` can send (a UDP socket of our own, open)."""
+        return self._sock is not None
+
+    def _stamp_and_send(
+        self, msg: Message, sendto: Callable[[bytes, tuple[str, int]], object]
+    ) -> int:
+        """Stamp (epoch, the next sequence number, nonce, echo), encode with the MAC and send
+        one copy per path. Under the lock: sequence numbers stay unique and increasing whichever
+        thread sends."""
         n = 0
-        for peer in self.peers:
-            self.seq += 1
-            stamped = dataclasses.replace(
-                msg, epoch=self.epoch, seq=self.seq, nonce=self.nonce, echo=self.fresh.echo
-            )
-            data = encode(stamped, self.key)
-            path = str(peer)
-            try:
-                self._transport.sendto(data, _addr(peer))
-            except OSError as e:  # pragma: no cover - asyncio reports most via error_received
-                self.error_received(e)
-                continue
-            n += 1
-            if msg.type is not MsgType.OVERRIDES:  # those are counted by their owner
-                self.sent[path] = self.sent.get(path, 0) + 1
-                self.metrics.hb_sent.labels(path=path).inc()
+        with self._lock:
+            for peer in self.peers:
+                self.seq += 1
+                stamped = dataclasses.replace(
+                    msg, epoch=self.epoch, seq=self.seq, nonce=self.nonce, echo=self.fresh.echo
+                )
+                data = encode(stamped, self.key)
+                path = str(peer)
+                try:
+                    sendto(data, _addr(peer))
+                except OSError as e:  # asyncio reports most via error_received; a thread here
+                    self.error_received(e)
+                    continue
+                n += 1
+                if msg.type is not MsgType.OVERRIDES:  # those are counted by their owner
+                    self.sent[path] = self.sent.get(path, 0) + 1
+                    self.metrics.hb_sent.labels(path=path).inc()
         return n
 
     @property
