@@ -77,11 +77,14 @@ class HaRunner:
         handoff: Handoff | None = None,
         attach: Attach | None = None,
         beat_thread: bool = False,
+        stall_factor: float = 2.0,
     ) -> None:
         """``sock``: an already bound heartbeat socket; ``attach``: connects the transport to
         another datagram endpoint instead of a UDP socket (in-memory links in tests);
         ``beat_thread``: the periodic heartbeats leave from a thread of their own (the daemon;
-        hacontrol.ha.beat), else from the loop's tick (virtual-time tests)."""
+        hacontrol.ha.beat), else from the loop's tick (virtual-time tests); ``stall_factor``: an
+        event loop silent this many intervals has stalled (the machine's rule, and how long the
+        sender thread speaks for a silent loop)."""
         if cfg.bind is None:  # the loader requires it with the own protocol (not with vrrp3)
             raise ValueError("ha.bind is required by the own protocol (ha.protocol: hacontrol)")
         self.cfg, self.node, self.key, self.clock = cfg, node_name, key, clock
@@ -94,7 +97,7 @@ class HaRunner:
             dead_after=cfg.dead_after, preempt=cfg.preempt, preempt_delay=cfg.preempt_delay,
             penalty=cfg.track.priority_penalty,
             confirm_gateway=tracker is not None and cfg.track.gateway is not None,
-            confirm_timeout=cfg.track.gateway_interval + cfg.interval,
+            confirm_timeout=cfg.track.gateway_interval + cfg.interval, stall_factor=stall_factor,
         )  # fmt: skip
         self.fsm = Machine(self.params, clock())
         self.transport: HaTransport | None = None
