@@ -8,7 +8,9 @@ is sent after it. The same block with the loop-driven sender (the baseline) lets
 A plain UDP socket is the peer: it never answers, so the runner is a lone node (active once its
 listen ends); the kernel's receive timestamp (SO_TIMESTAMPNS, wall clock) places each packet
 against the block's wall-clock bounds. No timing asserts beyond the rule itself (generous
-slack: a send is stamped by the kernel within microseconds on loopback)."""
+slack: a send is stamped by the kernel within microseconds on loopback). The receive side: a
+backup whose loop is held past the dead interval reads the heartbeats queued meanwhile before
+its deadline tick, and never takes over from the live active."""
 
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -183,3 +186,76 @@ def test_loop_driven_sender_is_silent_while_blocked(tmp_path: Path, sink: Sink) 
             await r.stop(graceful=False)
 
     asyncio.run(main())
+
+
+class LoopThread:
+    """An event loop in a thread of its own (one per runner: one director each)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Any, within: float = 30.0) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(within)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()
+
+
+def test_backup_blocked_past_the_dead_interval_reads_queued_heartbeats_first(
+    tmp_path: Path,
+) -> None:
+    """The receive side: the backup's loop is held longer than the dead interval (0.3 s) but
+    shorter than a stall (0.5 s here), so only the order of the loop's work protects it: the
+    heartbeats queued meanwhile must be read before the deadline tick runs. Five holds; the
+    backup never becomes active and the active never leaves."""
+    lo = ipaddress.ip_address("127.0.0.1")
+    socks = {n: socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for n in ("a", "b")}
+    for s in socks.values():
+        s.bind(("127.0.0.1", 0))
+    port = {n: s.getsockname()[1] for n, s in socks.items()}
+    loops = {n: LoopThread() for n in ("a", "b")}
+    runners: dict[str, HaRunner] = {}
+    try:
+        for n, prio, other in (("a", 150, "b"), ("b", 100, "a")):
+            cfg = HAConfig(
+                bind=Endpoint(lo, port[n]), peers=(Endpoint(lo, port[other]),), secret_file="-",
+                priority=prio, preempt=False, interval=INTERVAL, dead_after=3, lease=None,
+            )  # fmt: skip
+
+            async def make(cfg: HAConfig = cfg, n: str = n) -> HaRunner:
+                r = HaRunner(
+                    cfg, f"dir-{n}", KEY, clock=loop_clock(), metrics=Metrics(),
+                    vips=VipGroup(()), notifier=CommandNotifier((), node=n),
+                    health_summary=lambda: [("web", 1, 1)], digest="cd" * 32,
+                    state_dir=str(tmp_path / n), sock=socks[n], beat_thread=True,
+                    stall_factor=STALL,
+                )  # fmt: skip
+                await r.start()
+                return r
+
+            runners[n] = loops[n].run(make())
+        a, b = runners["a"], runners["b"]
+
+        async def elected() -> None:
+            await b.wait_until(lambda: (a.role, b.role) == ("active", "backup"), 20.0)
+            await b.wait_until(lambda: b.fsm.peer_alive(b.clock()), 20.0)
+
+        loops["b"].run(elected())
+        hold = 0.45  # > dead interval 0.3, < the stall window 0.5
+        for _ in range(5):
+            loops["b"].run(block_loop(b, hold))
+            loops["b"].run(b.wait_until(lambda: b.fsm.peer_alive(b.clock()), 10.0))
+        assert (a.role, b.role) == ("active", "backup")
+        took = b.metrics.registry.get_sample_value(
+            "hacontrol_ha_transitions_total", {"from_role": "backup", "to_role": "active"}
+        )
+        assert took is None, "the backup took over from a live active"
+    finally:
+        for n, r in runners.items():
+            loops[n].run(r.stop(graceful=False))
+        for lp in loops.values():
+            lp.close()
