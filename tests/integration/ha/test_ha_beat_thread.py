@@ -3,7 +3,8 @@ deliberately blocked (a ``time.sleep`` callback on the loop, in-process) keeps s
 heartbeats during the block while the loop is recent, and stops once the loop has been silent
 longer than ``stall_factor x interval``; it resumes when the loop runs again, every copy with a
 unique increasing sequence number whichever thread sent it; ``stop`` joins the thread and nothing
-is sent after it. The same block with the loop-driven sender (the baseline) lets nothing out.
+is sent after it; a silent machine (a fault drill) sends nothing from the thread either. The
+same block with the loop-driven sender (the baseline) lets nothing out.
 
 A plain UDP socket is the peer: it never answers, so the runner is a lone node (active once its
 listen ends); the kernel's receive timestamp (SO_TIMESTAMPNS, wall clock) places each packet
@@ -166,6 +167,30 @@ def test_thread_speaks_through_a_blocked_loop_then_pauses(tmp_path: Path, sink: 
         seqs = [m.seq for _, m in sink.got]
         assert seqs == sorted(set(seqs)), "sequence numbers not unique and increasing"
         assert len({m.epoch for _, m in sink.got}) == 1
+
+    asyncio.run(main())
+
+
+def test_thread_says_nothing_while_the_machine_is_silent(tmp_path: Path, sink: Sink) -> None:
+    """The loop-driven rules hold for the thread: a fault drill (silent, "behave as dead") is
+    published as nothing to send, so no heartbeat leaves until it ends; then they resume."""
+
+    async def main() -> None:
+        r = make_runner(tmp_path, sink.sock.getsockname()[1], threaded=True)
+        await r.start()
+        try:
+            await r.wait_until(lambda: r.role == "active", 10.0)
+            await sink.wait_count(len(sink.got) + 3)
+            r.feed(ft.DrillFault(r.clock(), 1.0))
+            t0 = time.time()
+            await r.wait_until(lambda: not r.fsm.silent, 10.0)
+            t1 = time.time()
+            assert t1 - t0 >= 0.5
+            assert sink.between(t0 + 0.05, t1) == [], "a heartbeat while silent"
+            await sink.wait_count(len(sink.got) + 3)  # the drill is over: heard again
+            assert r.status()["beat"]["alive"]
+        finally:
+            await r.stop(graceful=False)
 
     asyncio.run(main())
 
