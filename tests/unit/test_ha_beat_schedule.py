@@ -15,7 +15,7 @@ import pytest
 from hacontrol.clock import monotonic
 from hacontrol.ha.beat import BeatThread
 from hacontrol.ha.beat_schedule import BeatSchedule
-from hacontrol.metrics import Metrics
+from hacontrol.metrics import Metrics, beat_families
 
 IV, W = 0.25, 0.5  # interval, window (stall_factor 2); binary fractions: exact comparisons
 
@@ -228,3 +228,15 @@ def test_thread_starts_once() -> None:
             bt.start()
     finally:
         bt.stop()
+
+
+def test_beat_series_follow_the_status_block() -> None:
+    beat = {"sender": "thread", "alive": True, "paused": True, "sent": 9, "late_max_ms": 12.5,
+            "error": None}  # fmt: skip
+    got = {f.name: f.samples[0].value for f in beat_families(beat)}
+    assert got == {
+        "hacontrol_ha_beat_late_max_seconds": 0.0125,
+        "hacontrol_ha_beat_paused": 1.0,
+        "hacontrol_ha_beat_alive": 1.0,
+    }
+    assert beat_families({"sender": "loop"}) == [] and beat_families(None) == []
