@@ -346,8 +346,8 @@ def ha_families(ha: Mapping[str, Any] | None) -> list[Metric]:
 
 
 def beat_families(beat: Mapping[str, Any] | None) -> list[Metric]:
-    """The heartbeat sender thread's state (hacontrol.ha.beat; none when the loop sends)."""
-    if not beat or beat.get("sender") != "thread":
+    """The heartbeat sender's state (hacontrol.ha.beat, beat_proc; none when the loop sends)."""
+    if not beat or beat.get("sender") not in ("thread", "process"):
         return []
     late = _gauge(
         "hacontrol_ha_beat_late_max_seconds",

@@ -7,13 +7,14 @@ said hold for both ways: nothing before start or when the machine is silent (a f
 done, HANDOVER while handing over, and never "active" while the VIPs are being taken (make
 before break); ``content`` is None then.
 
-- Loop-driven (``threaded=False``, the virtual-time tests): each tick sends the content, as do
+- Loop-driven (``mode="loop"``, the virtual-time tests): each tick sends the content, as do
   the immediate sends.
-- Threaded (the daemon): each tick and every machine step (``changed``) *publishes* the content
-  with the time the machine last stepped; the thread sends it every interval and stops when
-  that is older than ``stall_factor x interval`` (hacontrol.ha.beat_schedule). The immediate
-  sends (a transition, a new peer nonce to echo, handover) still go out from the loop at once
-  and publish too. If the thread stops on a bug, the tick sends again.
+- A sender (``"thread"``: hacontrol.ha.beat; ``"process"``: hacontrol.ha.beat_proc, the daemon's):
+  each tick and every machine step (``changed``) *publishes* the content with the time the
+  machine last stepped; the sender sends it every interval and stops when that is older than
+  ``stall_factor x interval`` (hacontrol.ha.beat_schedule). The immediate sends (a transition,
+  a new peer nonce to echo, handover, overrides) still go out from the loop at once and publish
+  too. Until the sender runs, or if it stops, the tick sends again.
 """
 
 from __future__ import annotations
@@ -21,9 +22,12 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable, Iterable
 
+from hacontrol import logs
 from hacontrol.clock import Clock
 from hacontrol.ha import packet as pk
 from hacontrol.ha.beat import BeatThread
+from hacontrol.ha.beat_proc import BeatProcess
+from hacontrol.ha.beat_stamp import SharedBoard
 from hacontrol.ha.fsm import Machine, Params
 from hacontrol.ha.fsm_types import Role
 from hacontrol.ha.peer import to_wire
@@ -35,6 +39,8 @@ from hacontrol.metrics import Metrics
 __all__ = ["Speaker", "Summary"]
 
 Summary = list[tuple[str, int, int]]  # (service, healthy, total)
+MODES = ("loop", "thread", "process")
+log = logs.get("hacontrol.ha.beat")
 
 
 def _fit(name: str) -> str:
@@ -56,14 +62,17 @@ class Speaker:
         health_summary: Callable[[], Iterable[tuple[str, int, int]]],
         clock: Clock,
         metrics: Metrics,
-        threaded: bool,
+        mode: str = "loop",
     ) -> None:
+        if mode not in MODES:
+            raise ValueError(f"beat mode {mode!r}: one of {', '.join(MODES)}")
         self.params, self.machine, self.actions, self.marks = params, machine, actions, marks
         self.health_summary, self.clock, self.metrics = health_summary, clock, metrics
-        self.threaded = threaded
+        self.mode = mode
         self.digest = digest_bytes(digest)
         self.transport: HaTransport | None = None
-        self.thread: BeatThread[pk.Message] | None = None
+        self.sender: BeatThread[pk.Message] | BeatProcess | None = None
+        self.board: SharedBoard | None = None
         self._summary: Summary = []  # the top of the last one read (a tick's, a send's)
         self._fed_at = clock()  # when the machine last stepped
 
@@ -73,35 +82,57 @@ class Speaker:
     # -- lifecycle -------------------------------------------------------------------------
 
     def attach(self, transport: HaTransport) -> None:
-        """Speak through ``transport``; start the sender thread when threaded (and the
-        transport has a socket a thread can use)."""
+        """Speak through ``transport``; start the sender thread or process of ``mode`` (when
+        the transport has a socket of its own; else, or if it cannot start, the loop sends)."""
         self.transport = transport
-        if self.threaded and transport.threadable:
-            p = self.params
-            self.thread = BeatThread(
-                transport.send_threaded, interval=p.interval, window=p.stall_factor * p.interval,
-                clock=self.clock, metrics=self.metrics,
+        p = self.params
+        window = p.stall_factor * p.interval
+        if self.mode == "thread" and transport.threadable:
+            self.sender = BeatThread(
+                transport.send_threaded, interval=p.interval, window=window, clock=self.clock,
+                metrics=self.metrics,
             )  # fmt: skip
-            self.thread.start()
+            self.sender.start()
+        elif self.mode == "process" and transport.fileno is not None:
+            board = self.board = SharedBoard.create()
+            transport.share_seq(board)
+            self.sender = BeatProcess(
+                key=transport.key, epoch=transport.epoch, nonce=transport.nonce,
+                echo=lambda: transport.fresh.echo, paths=transport.paths(),
+                count_sent=transport.count_sent, sock_fd=transport.fileno, board=board,
+                interval=p.interval, window=window, metrics=self.metrics,
+            )  # fmt: skip
+            try:
+                self.sender.start()
+            except OSError as e:
+                log.error("ha.beat_error", reason=f"cannot start the sender process: {e}")
+                self.metrics.ha_beat_errors.labels(reason="process").inc()
+                self.sender = None
 
     def stop(self) -> None:
-        """Stop and join the sender thread (idempotent); the transport stays the runner's."""
-        if self.thread is not None:
-            self.thread.stop()
+        """Stop and join the sender (idempotent); the transport stays the runner's."""
+        if self.sender is not None:
+            self.sender.stop()
+        if self.board is not None and self.transport is not None:
+            self.transport.share_seq(None)
+            self.board.close()
+            self.board = None
 
     @property
-    def threading(self) -> bool:
-        """The thread sends the periodic heartbeats (started and alive)."""
-        return self.thread is not None and self.thread.alive
+    def sending(self) -> bool:
+        """The thread or process sends the periodic heartbeats (started and alive)."""
+        return self.sender is not None and self.sender.alive
 
     def status(self) -> dict[str, object]:
         """Who sends the periodic heartbeats, and how the thread fares (the ``beat`` block of
         the HA status)."""
-        t = self.thread
+        t = self.sender
         if t is None:
             return {"sender": "loop"}
+        if isinstance(t, BeatProcess):
+            t.poll()
         return {
-            "sender": "thread", "alive": t.alive, "paused": t.paused, "sent": t.sent,
+            "sender": self.mode, "alive": t.alive, "paused": t.paused, "sent": t.sent,
             "late_max_ms": round(t.late_max * 1000, 1), "error": t.error,
         }  # fmt: skip
 
@@ -110,13 +141,15 @@ class Speaker:
     def changed(self, now: float) -> None:
         """The machine stepped at ``now``: publish the content (with the last summary read)."""
         self._fed_at = now
-        if self.threading:
+        if self.sending:
             self._publish(self.content(now, self._summary))
 
     def tick(self, now: float, summary: Summary | None) -> None:
         """The periodic heartbeat: published to the thread, or sent here when there is none.
         ``summary``: read this tick (None: reading it failed, read again for the message)."""
-        if self.threading:
+        if isinstance(self.sender, BeatProcess):
+            self.sender.poll()
+        if self.sending:
             self._publish(self.content(now, summary))
         else:
             self.send_now(now, summary)
@@ -125,7 +158,7 @@ class Speaker:
         """Send the heartbeat at once from the loop (a transition, an echo, a tick without
         thread); published to the thread too. ``summary``: else read here."""
         msg = self.content(now, summary)
-        if self.threading:
+        if self.sending:
             self._publish(msg)
         if msg is None or self.transport is None:
             return
@@ -184,5 +217,5 @@ class Speaker:
         )  # fmt: skip
 
     def _publish(self, msg: pk.Message | None) -> None:
-        if self.thread is not None:
-            self.thread.publish(msg, self._fed_at)
+        if self.sender is not None:
+            self.sender.publish(msg, self._fed_at)

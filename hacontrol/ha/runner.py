@@ -3,10 +3,10 @@
 It owns the machine, the timers (a tick every ``interval`` and a deadline tick just after the
 peer's dead interval, both on the running event loop, whose time is the injected clock), the
 heartbeat transport and the tracker task, and feeds the machine ticks, heartbeats, local faults,
-drills and stop. What it says and who sends it is ``Speaker``'s (hacontrol.ha.beat_speaker): with
-``beat_thread`` (the daemon) the periodic heartbeats leave from their own thread
-(hacontrol.ha.beat), which the tick and every machine step only hand the current content to. What
-the machine returns is handled here (``ha.*`` logs; a ``Transition`` is logged as
+drills and stop. What it says and who sends it is ``Speaker``'s (hacontrol.ha.beat_speaker): in
+the daemon (``beat="process"``) the periodic heartbeats leave from a sender process of their own
+(hacontrol.ha.beat_proc), which the tick and every machine step only hand the current content
+to. What the machine returns is handled here (``ha.*`` logs; a ``Transition`` is logged as
 ``ha.transition``, counted and shown in the role gauge) or queued to the action worker. The state
 split out of it has one owner each: ``VipActions`` (hacontrol.ha.runner_actions: the action queue,
 whether the VIPs are held, the lease renewal, the announce burst, the connection hand-off drain),
@@ -76,13 +76,14 @@ class HaRunner:
         sock: socket.socket | None = None,
         handoff: Handoff | None = None,
         attach: Attach | None = None,
-        beat_thread: bool = False,
+        beat: str = "loop",
         stall_factor: float = 2.0,
     ) -> None:
         """``sock``: an already bound heartbeat socket; ``attach``: connects the transport to
         another datagram endpoint instead of a UDP socket (in-memory links in tests);
-        ``beat_thread``: the periodic heartbeats leave from a thread of their own (the daemon;
-        hacontrol.ha.beat), else from the loop's tick (virtual-time tests); ``stall_factor``: an
+        ``beat``: who sends the periodic heartbeats: ``"process"`` (the daemon: a sender process,
+        hacontrol.ha.beat_proc), ``"thread"`` (hacontrol.ha.beat) or ``"loop"`` (its tick: the
+        virtual-time tests); ``stall_factor``: an
         event loop silent this many intervals has stalled (the machine's rule, and how long the
         sender thread speaks for a silent loop)."""
         if cfg.bind is None:  # the loader requires it with the own protocol (not with vrrp3)
@@ -118,7 +119,7 @@ class HaRunner:
         self.speaker = Speaker(
             self.params, digest, machine=lambda: self.fsm, actions=self.actions,
             marks=self.marks, health_summary=health_summary, clock=clock, metrics=metrics,
-            threaded=beat_thread,
+            mode=beat,
         )  # fmt: skip
         self._tasks: list[asyncio.Task[None]] = []
         self._changed = asyncio.Event()

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import hashlib
 import ipaddress
 import os
@@ -34,6 +33,7 @@ from hacontrol import logs
 from hacontrol.clock import Clock
 from hacontrol.config.secrets import SecretError, read_key
 from hacontrol.fsutil import write_atomic
+from hacontrol.ha.beat_stamp import SharedBoard, stamp
 from hacontrol.ha.freshness import Freshness
 from hacontrol.ha.packet import (
     DECODE_REASONS,
@@ -45,7 +45,6 @@ from hacontrol.ha.packet import (
     PacketError,
     ReplayGuard,
     decode,
-    encode,
 )
 from hacontrol.metrics import Metrics
 from hacontrol.model import Endpoint, host_port
@@ -169,6 +168,7 @@ class HaTransport(asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
         self._sock: socket.socket | None = None  # ours (not an attached endpoint's)
         self._lock = threading.RLock()  # stamping and sending: the loop and the sender thread
+        self._board: SharedBoard | None = None  # sequence numbers shared with a sender process
         self._last_log: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
@@ -220,6 +220,32 @@ class HaTransport(asyncio.DatagramProtocol):
             sock = self._sock
             return 0 if sock is None else self._stamp_and_send(msg, sock.sendto)
 
+    def share_seq(self, board: SharedBoard | None) -> None:
+        """Take sequence numbers through ``board`` (shared with the sender process,
+        hacontrol.ha.beat_stamp), or alone again (None)."""
+        with self._lock:
+            old = self._board
+            if old is not None:  # alone again: above every number either side took
+                self.seq = max(self.seq, old.get("child_seq"), old.get("daemon_seq"))
+            if board is not None:
+                board.set("daemon_seq", self.seq)
+            self._board = board
+
+    def count_sent(self, i: int, n: int) -> None:
+        """``n`` heartbeats the sender process sent on path ``i`` (of ``peers``)."""
+        path = str(self.peers[i])
+        self.sent[path] = self.sent.get(path, 0) + n
+        self.metrics.hb_sent.labels(path=path).inc(n)
+
+    def paths(self) -> list[tuple[str, int]]:
+        """Each peer path as a socket address, in the order of ``peers``."""
+        return [_addr(p) for p in self.peers]
+
+    @property
+    def fileno(self) -> int | None:
+        """The socket's descriptor (None: no socket of our own, or closed)."""
+        return None if self._sock is None else self._sock.fileno()
+
     @property
     def threadable(self) -> bool:
         """``send_threaded`` can send (a UDP socket of our own, open)."""
@@ -234,11 +260,13 @@ class HaTransport(asyncio.DatagramProtocol):
         n = 0
         with self._lock:
             for peer in self.peers:
-                self.seq += 1
-                stamped = dataclasses.replace(
-                    msg, epoch=self.epoch, seq=self.seq, nonce=self.nonce, echo=self.fresh.echo
-                )
-                data = encode(stamped, self.key)
+                board = self._board
+                if board is None:
+                    self.seq += 1
+                else:  # odd numbers; the sender process takes the even ones
+                    self.seq = board.take_seq("daemon_seq", "child_seq", 1)
+                data = stamp(msg, epoch=self.epoch, seq=self.seq, nonce=self.nonce,
+                             echo=self.fresh.echo, key=self.key)  # fmt: skip
                 path = str(peer)
                 try:
                     sendto(data, _addr(peer))

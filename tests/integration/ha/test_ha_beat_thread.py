@@ -1,17 +1,17 @@
-"""The heartbeat sender thread on real UDP sockets (loopback): a real HaRunner whose event loop is
-deliberately blocked (a ``time.sleep`` callback on the loop, in-process) keeps sending its
-heartbeats during the block while the loop is recent, and stops once the loop has been silent
-longer than ``stall_factor x interval``; it resumes when the loop runs again, every copy with a
-unique increasing sequence number whichever thread sent it; ``stop`` joins the thread and nothing
-is sent after it; a silent machine (a fault drill) sends nothing from the thread either. The
-same block with the loop-driven sender (the baseline) lets nothing out.
+"""The heartbeat sender, thread and process, on real UDP sockets (loopback): a real HaRunner whose
+event loop is deliberately blocked (a ``time.sleep`` callback on the loop, in-process) keeps
+sending its heartbeats during the block while the loop is recent, and stops once the loop has been
+silent longer than ``stall_factor x interval``; it resumes when the loop runs again, every copy
+with a unique increasing sequence number whichever thread sent it; ``stop`` joins the thread and
+nothing is sent after it; a silent machine (a fault drill) sends nothing from the thread either.
+The same block with the loop-driven sender (the baseline) lets nothing out.
 
 A plain UDP socket is the peer: it never answers, so the runner is a lone node (active once its
 listen ends); the kernel's receive timestamp (SO_TIMESTAMPNS, wall clock) places each packet
-against the block's wall-clock bounds. No timing asserts beyond the rule itself (generous
-slack: a send is stamped by the kernel within microseconds on loopback). The receive side: a
-backup whose loop is held past the dead interval reads the heartbeats queued meanwhile before
-its deadline tick, and never takes over from the live active."""
+against the block's wall-clock bounds. No timing asserts beyond the rule itself (generous slack: a
+send is stamped by the kernel within microseconds on loopback). The receive side: a backup whose
+loop is held past the dead interval reads the heartbeats queued meanwhile before its deadline tick,
+and never takes over from the live active."""
 
 from __future__ import annotations
 
@@ -100,7 +100,7 @@ def sink() -> Iterator[Sink]:
         s.close()
 
 
-def make_runner(tmp_path: Path, peer_port: int, threaded: bool) -> HaRunner:
+def make_runner(tmp_path: Path, peer_port: int, beat: str) -> HaRunner:
     own = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     own.bind(("127.0.0.1", 0))
     lo = ipaddress.ip_address("127.0.0.1")
@@ -111,7 +111,7 @@ def make_runner(tmp_path: Path, peer_port: int, threaded: bool) -> HaRunner:
     return HaRunner(
         cfg, "dir-a", KEY, clock=loop_clock(), metrics=Metrics(), vips=VipGroup(()),
         notifier=CommandNotifier((), node="dir-a"), health_summary=lambda: [("web", 1, 1)],
-        digest="cd" * 32, state_dir=str(tmp_path), sock=own, beat_thread=threaded,
+        digest="cd" * 32, state_dir=str(tmp_path), sock=own, beat=beat,
         stall_factor=STALL,
     )  # fmt: skip
 
@@ -134,9 +134,12 @@ async def block_loop(r: HaRunner, seconds: float) -> tuple[float, float]:
     return bounds[0], bounds[1]
 
 
-def test_thread_speaks_through_a_blocked_loop_then_pauses(tmp_path: Path, sink: Sink) -> None:
+@pytest.mark.parametrize("beat", ["thread", "process"])
+def test_sender_speaks_through_a_blocked_loop_then_pauses(
+    tmp_path: Path, sink: Sink, beat: str
+) -> None:
     async def main() -> None:
-        r = make_runner(tmp_path, sink.sock.getsockname()[1], threaded=True)
+        r = make_runner(tmp_path, sink.sock.getsockname()[1], beat)
         await r.start()
         try:
             await r.wait_until(lambda: r.role == "active", 10.0)
@@ -150,7 +153,7 @@ def test_thread_speaks_through_a_blocked_loop_then_pauses(tmp_path: Path, sink: 
             assert all(m.role == pk.WireRole.ACTIVE for m in during)
             assert late == [], "the thread kept a silent loop alive"
             st = r.status()["beat"]
-            assert st["sender"] == "thread" and st["alive"] and st["paused"]
+            assert st["sender"] == beat and st["alive"] and st["error"] is None
             n1 = len(sink.got)
             await sink.wait_count(n1 + 3)  # the loop runs again: the thread resumes
             await r.wait_until(lambda: not r.status()["beat"]["paused"], 10.0)
@@ -160,7 +163,7 @@ def test_thread_speaks_through_a_blocked_loop_then_pauses(tmp_path: Path, sink: 
             assert pauses == 1
         finally:
             await r.stop(graceful=False)
-        assert r.speaker.thread is not None and not r.speaker.thread.alive
+        assert r.speaker.sender is not None and not r.speaker.sender.alive
         after = time.time()
         await asyncio.sleep(5 * INTERVAL)
         assert sink.between(after, time.time()) == [], "sent after stop"
@@ -171,12 +174,15 @@ def test_thread_speaks_through_a_blocked_loop_then_pauses(tmp_path: Path, sink: 
     asyncio.run(main())
 
 
-def test_thread_says_nothing_while_the_machine_is_silent(tmp_path: Path, sink: Sink) -> None:
+@pytest.mark.parametrize("beat", ["thread", "process"])
+def test_sender_says_nothing_while_the_machine_is_silent(
+    tmp_path: Path, sink: Sink, beat: str
+) -> None:
     """The loop-driven rules hold for the thread: a fault drill (silent, "behave as dead") is
     published as nothing to send, so no heartbeat leaves until it ends; then they resume."""
 
     async def main() -> None:
-        r = make_runner(tmp_path, sink.sock.getsockname()[1], threaded=True)
+        r = make_runner(tmp_path, sink.sock.getsockname()[1], beat)
         await r.start()
         try:
             await r.wait_until(lambda: r.role == "active", 10.0)
@@ -199,7 +205,7 @@ def test_loop_driven_sender_is_silent_while_blocked(tmp_path: Path, sink: Sink) 
     """The baseline: the same block with the loop sending (virtual-time tests' mode)."""
 
     async def main() -> None:
-        r = make_runner(tmp_path, sink.sock.getsockname()[1], threaded=False)
+        r = make_runner(tmp_path, sink.sock.getsockname()[1], "loop")
         await r.start()
         try:
             await r.wait_until(lambda: r.role == "active", 10.0)
@@ -256,7 +262,7 @@ def test_backup_blocked_past_the_dead_interval_reads_queued_heartbeats_first(
                     cfg, f"dir-{n}", KEY, clock=loop_clock(), metrics=Metrics(),
                     vips=VipGroup(()), notifier=CommandNotifier((), node=n),
                     health_summary=lambda: [("web", 1, 1)], digest="cd" * 32,
-                    state_dir=str(tmp_path / n), sock=socks[n], beat_thread=True,
+                    state_dir=str(tmp_path / n), sock=socks[n], beat="process",
                     stall_factor=STALL,
                 )  # fmt: skip
                 await r.start()
