@@ -12,7 +12,7 @@ at each wake-up:
   reason ``loop_stalled`` with the loop's age) and sends nothing until the loop publishes again
   (then it *resumes*). So a hung daemon is not kept alive by its thread, and after SIGSTOP /
   SIGCONT the machine's stall handling runs (and is published) before the thread speaks again.
-- Before the first publish it sends nothing (not a pause).
+- Before the first publish it sends nothing (not a pause); the first publish is due at once.
 
 Generic in the content type: the tests use strings, the runner ``pk.Message``.
 """
@@ -64,6 +64,8 @@ class BeatSchedule(Generic[T]):
     def publish(self, content: T | None, at: float) -> None:
         """The loop's current content, with the time its machine last stepped (``at``). After
         a pause, the next due slot sends it (and notes the resume)."""
+        if self.published_at is None:  # the first content: due at once (a sender taking over
+            self.next_at = min(self.next_at, at)  # from the loop leaves no gap)
         self.content, self.published_at = content, at
 
     def step(self, now: float) -> Step[T]:

@@ -129,10 +129,12 @@ class Speaker:
         t = self.sender
         if t is None:
             return {"sender": "loop"}
+        doc: dict[str, object] = {"sender": self.mode}
         if isinstance(t, BeatProcess):
             t.poll()
-        return {
-            "sender": self.mode, "alive": t.alive, "paused": t.paused, "sent": t.sent,
+            doc["pid"] = t.proc.pid if t.proc is not None else None
+        return doc | {
+            "alive": t.alive, "paused": t.paused, "sent": t.sent,
             "late_max_ms": round(t.late_max * 1000, 1), "error": t.error,
         }  # fmt: skip
 
@@ -141,7 +143,7 @@ class Speaker:
     def changed(self, now: float) -> None:
         """The machine stepped at ``now``: publish the content (with the last summary read)."""
         self._fed_at = now
-        if self.sending:
+        if self.sender is not None:  # also while it starts: its first send goes out at once
             self._publish(self.content(now, self._summary))
 
     def tick(self, now: float, summary: Summary | None) -> None:
@@ -151,14 +153,14 @@ class Speaker:
             self.sender.poll()
         if self.sending:
             self._publish(self.content(now, summary))
-        else:
+        else:  # no sender, or not yet (or no longer) running: this tick sends (and publishes)
             self.send_now(now, summary)
 
     def send_now(self, now: float, summary: Summary | None = None) -> None:
         """Send the heartbeat at once from the loop (a transition, an echo, a tick without
         thread); published to the thread too. ``summary``: else read here."""
         msg = self.content(now, summary)
-        if self.sending:
+        if self.sender is not None:
             self._publish(msg)
         if msg is None or self.transport is None:
             return

@@ -41,6 +41,12 @@ SCRIPTS: dict[str, Script] = {
         ("step", 0.5, "hb", 0.525, 0.25, None),  # slot 0.25 late by 0.25: next 0.5 -> 0.525
         ("step", 0.525, "hb", 0.775, 0.0, None),
     ],
+    "the first publish is due at once (a sender taking over from the loop)": [
+        ("step", 0.0, None, 0.25, 0.0, None),
+        ("pub", 0.125, "hb", 0.125),
+        ("step", 0.125, "hb", 0.375, 0.0, None),  # not at the 0.25 slot: no gap at the switch
+        ("step", 0.375, "hb", 0.625, 0.0, None),
+    ],
     "None published: nothing sent, not a pause": [
         ("pub", 0.0, None, 0.0),
         ("step", 0.0, None, 0.25, 0.0, None),
