@@ -1,5 +1,8 @@
 """The heartbeat sender thread: sends the loop's published heartbeat every interval, so big work
 on the event loop (a first load, a resync, a scrape, a refused config) never delays a heartbeat.
+It shares the daemon's interpreter: what holds that (a full garbage collection of a big table)
+holds the thread too, which is why the daemon uses the sender process (hacontrol.ha.beat_proc,
+the same schedule and rules); the thread remains for ``HaRunner(beat="thread")``.
 
 The I/O shell around hacontrol.ha.beat_schedule (the schedule and the liveness rule: it pauses
 once the loop's last publish is older than ``stall_factor x interval``). It owns one daemon

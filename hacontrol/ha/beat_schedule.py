@@ -60,20 +60,24 @@ class BeatSchedule(Generic[T]):
         self.published_at: float | None = None  # when the loop's machine last stepped
         self.paused = False
         self.pauses = 0
+        self.due_now = False
 
     def publish(self, content: T | None, at: float) -> None:
         """The loop's current content, with the time its machine last stepped (``at``). After
         a pause, the next due slot sends it (and notes the resume)."""
         if self.published_at is None:  # the first content: due at once (a sender taking over
-            self.next_at = min(self.next_at, at)  # from the loop leaves no gap)
+            self.due_now = True  # from the loop leaves no gap), and not late by definition
         self.content, self.published_at = content, at
 
     def step(self, now: float) -> Step[T]:
         """The decision at ``now``."""
-        if now < self.next_at:
+        if now < self.next_at and not self.due_now:
             return Step(None, self.next_at)
-        late = now - self.next_at
-        self.next_at = max(self.next_at + self.interval, now + self.interval / 10)
+        if self.due_now:  # the first content: a fresh phase from now
+            late, self.due_now, self.next_at = 0.0, False, now + self.interval
+        else:
+            late = now - self.next_at
+            self.next_at = max(self.next_at + self.interval, now + self.interval / 10)
         if self.published_at is None:
             return Step(None, self.next_at, late)
         age = now - self.published_at

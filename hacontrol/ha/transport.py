@@ -2,16 +2,19 @@
 
 Each outgoing message is stamped with this daemon's boot epoch, a fresh sequence number per path,
 its random boot nonce and the echo of the peer's (hacontrol.ha.freshness), encoded and MAC'd
-(hacontrol.ha.packet). Each incoming datagram is checked in this order: its source address must
-be one of ``ha.peers`` (else ``foreign``, before any decoding), it must decode with our key, not
-carry our own name, and pass ``Freshness.check``: only a packet that echoes our boot nonce
-(``alive``) is handed to ``on_message(msg, path, now)`` (an ``overrides`` message, type 3, to
-``on_overrides`` instead: it never reaches the role machine); an ``unconfirmed`` one only teaches us
-the peer's nonce (``on_learn()`` is then called, so the owner can answer at once) and is counted
-as such. A dropped one is counted in ``hb_rejected{reason}`` and logged as ``ha.drop`` (at most once
-per reason per ``log_every`` seconds, with the number suppressed; ``unconfirmed`` at info level:
-every restart of either node sees one or two). Also here: ``next_epoch`` (the persistent boot
-epoch), ``new_nonce``, ``load_key`` (the shared secret) and ``digest_bytes`` (the config digest).
+(``hacontrol.ha.beat_stamp.stamp``), under one lock whichever thread sends (``send`` from the event
+loop, ``send_threaded`` from the sender thread); with a sender process the sequence numbers are
+shared with it through its board (``share_seq``: odd here, even there), and what it sent is counted
+here (``count_sent``). Each incoming datagram is checked in this order: its source address must be
+one of ``ha.peers`` (else ``foreign``, before any decoding), it must decode with our key, not carry
+our own name, and pass ``Freshness.check``: only a packet that echoes our boot nonce (``alive``) is
+handed to ``on_message(msg, path, now)`` (an ``overrides`` message, type 3, to ``on_overrides``
+instead: it never reaches the role machine); an ``unconfirmed`` one only teaches us the peer's
+nonce (``on_learn()`` is then called, so the owner can answer at once) and is counted as such. A
+dropped one is counted in ``hb_rejected{reason}`` and logged as ``ha.drop`` (at most once per
+reason per ``log_every`` seconds, with the number suppressed; ``unconfirmed`` at info level: every
+restart of either node sees one or two). Also here: ``next_epoch`` (the persistent boot epoch),
+``new_nonce``, ``load_key`` (the shared secret) and ``digest_bytes`` (the config digest).
 """
 
 from __future__ import annotations

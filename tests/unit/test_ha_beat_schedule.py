@@ -47,6 +47,10 @@ SCRIPTS: dict[str, Script] = {
         ("step", 0.125, "hb", 0.375, 0.0, None),  # not at the 0.25 slot: no gap at the switch
         ("step", 0.375, "hb", 0.625, 0.0, None),
     ],
+    "a first content stepped before the sender began is sent at once, not late": [
+        ("pub", 0.5, "hb", 0.25),  # the sender's process started at 0.0, its input queued
+        ("step", 0.5, "hb", 0.75, 0.0, None),
+    ],
     "None published: nothing sent, not a pause": [
         ("pub", 0.0, None, 0.0),
         ("step", 0.0, None, 0.25, 0.0, None),
