@@ -20,6 +20,7 @@ before break); ``content`` is None then.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable, Iterable
 
 from hacontrol import logs
@@ -104,8 +105,9 @@ class Speaker:
             )  # fmt: skip
             try:
                 self.sender.start()
-            except OSError as e:
-                log.error("ha.beat_error", reason=f"cannot start the sender process: {e}")
+            except OSError as e:  # as the table reader's child (an interpreter not ours to run)
+                why = f"cannot start the sender process ({e}); the event loop sends the heartbeats"
+                log.warning("ha.beat_fallback", reason=why, interpreter=sys.executable)
                 self.metrics.ha_beat_errors.labels(reason="process").inc()
                 self.sender = None
 
