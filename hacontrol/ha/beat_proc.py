@@ -74,6 +74,10 @@ class BeatProcess:
                 [sys.executable, "-m", "hacontrol.ha.beat_child"], stdin=rfd,
                 pass_fds=(self.sock_fd, self.board.fd), close_fds=True,
             )  # fmt: skip
+        except OSError:
+            os.close(self._wfd)
+            self._wfd = -1
+            raise
         finally:
             os.close(rfd)
         os.set_blocking(self._wfd, False)
@@ -92,7 +96,7 @@ class BeatProcess:
 
     def publish(self, content: Message | None, at: float) -> None:
         """The heartbeat to send from now on (None: nothing), and when the machine last stepped."""
-        if self.proc is not None and self._wfd >= 0:
+        if self.proc is not None and self._wfd >= 0 and self.error is None:
             self._write(frame((content, at, self.echo())))
 
     def poll(self) -> None:

@@ -95,21 +95,26 @@ class Speaker:
             )  # fmt: skip
             self.sender.start()
         elif self.mode == "process" and transport.fileno is not None:
-            board = self.board = SharedBoard.create()
-            transport.share_seq(board)
-            self.sender = BeatProcess(
-                key=transport.key, epoch=transport.epoch, nonce=transport.nonce,
-                echo=lambda: transport.fresh.echo, paths=transport.paths(),
-                count_sent=transport.count_sent, sock_fd=transport.fileno, board=board,
-                interval=p.interval, window=window, metrics=self.metrics,
-            )  # fmt: skip
             try:
-                self.sender.start()
+                self._start_process(transport, window)
             except OSError as e:  # as the table reader's child (an interpreter not ours to run)
                 why = f"cannot start the sender process ({e}); the event loop sends the heartbeats"
                 log.warning("ha.beat_fallback", reason=why, interpreter=sys.executable)
                 self.metrics.ha_beat_errors.labels(reason="process").inc()
                 self.sender = None
+
+    def _start_process(self, transport: HaTransport, window: float) -> None:
+        board = self.board = SharedBoard.create()
+        transport.share_seq(board)
+        fd = transport.fileno
+        assert fd is not None
+        self.sender = BeatProcess(
+            key=transport.key, epoch=transport.epoch, nonce=transport.nonce,
+            echo=lambda: transport.fresh.echo, paths=transport.paths(),
+            count_sent=transport.count_sent, sock_fd=fd, board=board,
+            interval=self.params.interval, window=window, metrics=self.metrics,
+        )  # fmt: skip
+        self.sender.start()
 
     def stop(self) -> None:
         """Stop and join the sender (idempotent); the transport stays the runner's."""

@@ -3,7 +3,8 @@ owner is a small program running a real HaRunner with ``beat="process"`` as the 
 SIGSTOP of the owner silences the sender at once (it reads the owner's state, not only the age
 of its last publish: the window here is 0.5 s), SIGCONT brings the heartbeats back; kill -9 of
 the owner ends the sender (end of its input, PR_SET_PDEATHSIG) and frees the heartbeat port, so
-a restarted daemon can bind it. Every process is killed at the end, also on failure."""
+a restarted daemon can bind it; a sender killed alone leaves the heartbeats to the daemon's event
+loop again. Every process is killed at the end, also on failure."""
 
 from __future__ import annotations
 
@@ -139,4 +140,16 @@ def test_kill_9_of_the_daemon_ends_the_sender_and_frees_the_port(
         again.bind(("127.0.0.1", port))  # a restarted daemon can bind it
     drain(sink, 0.1)
     assert drain(sink, 0.3) == []
+
+
+def test_a_dead_sender_leaves_the_heartbeats_to_the_daemon(
+    owner: tuple[subprocess.Popen[bytes], int, socket.socket, int],
+) -> None:
+    """Kill -9 of the sender process alone: the daemon notices (its tick) and sends again."""
+    p, child, sink, _ = owner
+    assert len(drain(sink, 0.3)) >= 2
+    os.kill(child, signal.SIGKILL)
+    wait_for(lambda: gone(child))
+    drain(sink, 0.5)  # the daemon's next ticks notice
+    assert len(drain(sink, 1.0)) >= 5 and p.poll() is None
 
