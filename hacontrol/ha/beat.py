@@ -19,8 +19,11 @@ log lines and counters:
   ``hacontrol_ha_beat_late_max_seconds``, by hacontrol.metrics.beat_families).
 
 ``send`` is the transport's thread-safe path (``HaTransport.send_threaded``: the same stamping,
-sequence numbers and MAC as the loop's sends). The clock must be real monotonic time (the daemon's
-loop clock): the thread sleeps in real seconds. Virtual-time tests keep the loop-driven sends.
+sequence numbers and MAC as the loop's sends). The clock must be CLOCK_MONOTONIC read fresh
+(``hacontrol.clock.monotonic``; the loop's publish times are on the same base, to the
+millisecond under uvloop), not an event loop's ``time`` (uvloop's updates the loop's own state:
+not a call for another thread). The thread sleeps in real seconds. Virtual-time tests keep the
+loop-driven sends.
 """
 
 from __future__ import annotations

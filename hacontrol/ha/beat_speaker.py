@@ -24,7 +24,7 @@ import sys
 from collections.abc import Callable, Iterable
 
 from hacontrol import logs
-from hacontrol.clock import Clock
+from hacontrol.clock import Clock, monotonic
 from hacontrol.ha import packet as pk
 from hacontrol.ha.beat import BeatThread
 from hacontrol.ha.beat_proc import BeatProcess
@@ -89,9 +89,9 @@ class Speaker:
         p = self.params
         window = p.stall_factor * p.interval
         if self.mode == "thread" and transport.threadable:
-            self.sender = BeatThread(
-                transport.send_threaded, interval=p.interval, window=window, clock=self.clock,
-                metrics=self.metrics,
+            self.sender = BeatThread(  # its own clock: not the loop's time from another thread
+                transport.send_threaded, interval=p.interval, window=window,
+                clock=monotonic, metrics=self.metrics,
             )  # fmt: skip
             self.sender.start()
         elif self.mode == "process" and transport.fileno is not None:
