@@ -20,7 +20,9 @@ timestamps: SO_TIMESTAMPNS) until told to stop. Phases, in order:
 For each: its duration, the largest gap between two heartbeats received from the busy node, the
 lateness (gap minus the interval) and its ratio to the interval (target: at most 0.5), the
 daemon's ``loop.stall`` lines (lateness over 100 ms, with the loop thread's CPU time meanwhile);
-at the end its ``hacontrol_loop_lag_max_seconds`` and whether the peer ever
+at the end its ``hacontrol_loop_lag_max_seconds``, its heartbeat sender thread's own largest
+lateness (``hacontrol_ha_beat_late_max_seconds``) and pauses (``ha.beat_paused``: its event loop
+silent for 2 intervals), and whether the peer ever
 left ``backup``/``active`` as expected (a false failover).
 
     python3 bench/heartbeat_gap.py [--services 2284] [--resync 8] [--scrapes 3] [--json out.json]
@@ -137,12 +139,15 @@ def fetch(sock: Path, path: str) -> bytes | None:
         conn.close()
 
 
-def metric(sock: Path, name: str) -> float | None:
+def metrics(sock: Path, *names: str) -> list[float | None]:
+    """The value of each unlabelled series ``names`` in one scrape (None: absent)."""
     body = (fetch(sock, "/metrics") or b"").decode()
+    found: dict[str, float] = {}
     for line in body.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return None
+        name, _, rest = line.partition(" ")
+        if name in names:
+            found[name] = float(rest.split()[0])
+    return [found.get(n) for n in names]
 
 
 
@@ -227,7 +232,8 @@ def run(services: int, resync: float, tmp: Path, scrapes: int = 3) -> list[dict[
         t1 = time.time()
         if scrapes:
             phases.append((f"scrape x{scrapes} + status x{scrapes}", t0, t1))
-        lag = metric(tmp / "busy.sock", "hacontrol_loop_lag_max_seconds")
+        names = ("hacontrol_loop_lag_max_seconds", "hacontrol_ha_beat_late_max_seconds")
+        lag, beat_late = metrics(tmp / "busy.sock", *names)
         cap.terminate()
         for p in procs.values():
             p.terminate()
@@ -247,6 +253,8 @@ def run(services: int, resync: float, tmp: Path, scrapes: int = 3) -> list[dict[
         out.append({"peer_transitions": flips, "odd": failover, "services": services,
                     "destinations": dests, "interval_ms": INTERVAL * 1000,
                     "loop_lag_max_ms": None if lag is None else round(lag * 1000, 1),
+                    "beat_late_max_ms": None if beat_late is None else round(beat_late * 1000, 1),
+                    "beat_pauses": len(events(logs["busy"], "ha.beat_paused")),
                     "requests_path_s_bytes": requests})  # fmt: skip
         return out
 

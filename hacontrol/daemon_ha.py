@@ -110,6 +110,7 @@ def build_ha(
         state_dir=cfg.dataplane.state_dir,
         tracker=LocalTracker.from_config(ha),
         handoff=handoff,
+        beat="process",  # big work in this interpreter never delays a heartbeat (beat_proc)
     )
     # the kernel sheds heartbeat-port junk from non-peers (hacontrol.ha.guard)
     guard = HeartbeatGuard(f"{cfg.dataplane.nft_table}_hb", runner.bind, list(ha.peers))

@@ -131,6 +131,19 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        # the heartbeat sender thread (hacontrol.ha.beat, issue 8)
+        self.ha_beat_pauses = Counter(
+            "hacontrol_ha_beat_pauses",
+            "Times the heartbeat sender thread paused: the event loop stopped publishing",
+            ["reason"],
+            registry=r,
+        )
+        self.ha_beat_errors = Counter(
+            "hacontrol_ha_beat_errors",
+            "Heartbeat sender thread errors (send: a failed send; thread: it stopped)",
+            ["reason"],
+            registry=r,
+        )
         self.ha_transitions = Counter(
             "hacontrol_ha_transitions", "HA role transitions", ["from_role", "to_role"], registry=r
         )
@@ -329,4 +342,27 @@ def ha_families(ha: Mapping[str, Any] | None) -> list[Metric]:
         [],
     )
     _add(since, [], ha.get("since_ago"))
-    return [alive, match, held, present, configured, since]
+    return [alive, match, held, present, configured, since, *beat_families(ha.get("beat"))]
+
+
+def beat_families(beat: Mapping[str, Any] | None) -> list[Metric]:
+    """The heartbeat sender's state (hacontrol.ha.beat, beat_proc; none when the loop sends)."""
+    if not beat or beat.get("sender") not in ("thread", "process"):
+        return []
+    late = _gauge(
+        "hacontrol_ha_beat_late_max_seconds",
+        "Largest lateness of a heartbeat sent by the sender thread behind its schedule",
+        [],
+    )
+    _add(late, [], (beat.get("late_max_ms") or 0.0) / 1000)
+    paused = _gauge(
+        "hacontrol_ha_beat_paused",
+        "1 while the heartbeat sender thread is paused (the event loop stopped publishing)",
+        [],
+    )
+    paused.add_metric([], 1.0 if beat.get("paused") else 0.0)
+    alive = _gauge(
+        "hacontrol_ha_beat_alive", "1 while the heartbeat sender thread runs (0: it failed)", []
+    )
+    alive.add_metric([], 1.0 if beat.get("alive") else 0.0)
+    return [late, paused, alive]

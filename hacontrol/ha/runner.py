@@ -3,21 +3,23 @@
 It owns the machine, the timers (a tick every ``interval`` and a deadline tick just after the
 peer's dead interval, both on the running event loop, whose time is the injected clock), the
 heartbeat transport and the tracker task, and feeds the machine ticks, heartbeats, local faults,
-drills and stop. What the machine returns is handled here (``ha.*`` logs; a ``Transition`` is
-logged as ``ha.transition``, counted and shown in the role gauge) or queued to the action
-worker. The state split out of it has one owner each: ``VipActions`` (hacontrol.ha.runner_actions:
-the action queue, whether the VIPs are held, the lease renewal, the announce burst, the
-connection hand-off drain), ``PeerWatch`` (hacontrol.ha.peer: the peer's messages and paths) and
-``TakeoverMarks`` (hacontrol.ha.timeline). Drills (hacontrol.ha.drills) use the runner's public
-surface (``feed``, ``wait_until``, ``settle``, ``peer``, ``marks``); ``status`` is built by
-hacontrol.ha.runner_status from plain values; ``reconfigure`` takes what a reload may change live.
+drills and stop. What it says and who sends it is ``Speaker``'s (hacontrol.ha.beat_speaker): in
+the daemon (``beat="process"``) the periodic heartbeats leave from a sender process of their own
+(hacontrol.ha.beat_proc), which the tick and every machine step only hand the current content
+to. What the machine returns is handled here (``ha.*`` logs; a ``Transition`` is logged as
+``ha.transition``, counted and shown in the role gauge) or queued to the action worker. The state
+split out of it has one owner each: ``VipActions`` (hacontrol.ha.runner_actions: the action queue,
+whether the VIPs are held, the lease renewal, the announce burst, the connection hand-off drain),
+``PeerWatch`` (hacontrol.ha.peer: the peer's messages and paths) and ``TakeoverMarks``
+(hacontrol.ha.timeline). Drills (hacontrol.ha.drills) use the runner's public surface (``feed``,
+``wait_until``, ``settle``, ``peer``, ``marks``); ``status`` is built by hacontrol.ha.runner_status
+from plain values; ``reconfigure`` takes what a reload may change live.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import socket
 from collections.abc import Awaitable, Callable, Iterable
 from typing import TYPE_CHECKING, Any
@@ -27,15 +29,16 @@ from hacontrol.clock import Clock
 from hacontrol.ha import drills
 from hacontrol.ha import fsm_types as ft
 from hacontrol.ha import packet as pk
+from hacontrol.ha.beat_speaker import Speaker
 from hacontrol.ha.drills import DrillError
 from hacontrol.ha.fsm import Machine, Params
 from hacontrol.ha.fsm_types import Role
 from hacontrol.ha.interfaces import HaIoError, Notifier, Tracker, TrackEvent, VipManager
-from hacontrol.ha.peer import PeerWatch, peer_event, to_wire
+from hacontrol.ha.peer import PeerWatch, peer_event
 from hacontrol.ha.runner_actions import Hooks, VipActions
 from hacontrol.ha.runner_status import runner_status
 from hacontrol.ha.timeline import TakeoverMarks
-from hacontrol.ha.transport import HaTransport, digest_bytes, next_epoch
+from hacontrol.ha.transport import HaTransport, next_epoch
 from hacontrol.metrics import Metrics
 from hacontrol.model import HAConfig
 from hacontrol.tasks import cancel_and_wait
@@ -50,11 +53,6 @@ log = logs.get("hacontrol.ha")
 
 HealthSummary = Callable[[], Iterable[tuple[str, int, int]]]  # (service, healthy, total)
 Attach = Callable[[HaTransport], Awaitable[None]]  # gives the transport its datagram endpoint
-
-
-def _fit(name: str) -> str:
-    """A service name cut to the wire's 64 UTF-8 bytes (never empty)."""
-    return name.encode()[: pk.MAX_NAME].decode("utf-8", "ignore") or "-"
 
 
 class HaRunner:
@@ -78,9 +76,16 @@ class HaRunner:
         sock: socket.socket | None = None,
         handoff: Handoff | None = None,
         attach: Attach | None = None,
+        beat: str = "loop",
+        stall_factor: float = 2.0,
     ) -> None:
         """``sock``: an already bound heartbeat socket; ``attach``: connects the transport to
-        another datagram endpoint instead of a UDP socket (in-memory links in tests)."""
+        another datagram endpoint instead of a UDP socket (in-memory links in tests);
+        ``beat``: who sends the periodic heartbeats: ``"process"`` (the daemon: a sender process,
+        hacontrol.ha.beat_proc), ``"thread"`` (hacontrol.ha.beat) or ``"loop"`` (its tick: the
+        virtual-time tests); ``stall_factor``: an
+        event loop silent this many intervals has stalled (the machine's rule, and how long the
+        sender thread speaks for a silent loop)."""
         if cfg.bind is None:  # the loader requires it with the own protocol (not with vrrp3)
             raise ValueError("ha.bind is required by the own protocol (ha.protocol: hacontrol)")
         self.cfg, self.node, self.key, self.clock = cfg, node_name, key, clock
@@ -88,13 +93,12 @@ class HaRunner:
         self.metrics, self.vips, self.tracker = metrics, vips, tracker
         self.health_summary, self.state_dir = health_summary, state_dir
         self._sock, self._attach = sock, attach
-        self._digest = digest_bytes(digest)
         self.params = Params(
             node=node_name, priority=cfg.priority, interval=cfg.interval,
             dead_after=cfg.dead_after, preempt=cfg.preempt, preempt_delay=cfg.preempt_delay,
             penalty=cfg.track.priority_penalty,
             confirm_gateway=tracker is not None and cfg.track.gateway is not None,
-            confirm_timeout=cfg.track.gateway_interval + cfg.interval,
+            confirm_timeout=cfg.track.gateway_interval + cfg.interval, stall_factor=stall_factor,
         )  # fmt: skip
         self.fsm = Machine(self.params, clock())
         self.transport: HaTransport | None = None
@@ -105,12 +109,17 @@ class HaRunner:
             role=lambda: self.fsm.role,
             peer_alive=lambda now: self.fsm.peer_alive(now),
             feed=self.feed,
-            heartbeat_now=lambda: self._send_heartbeat(self.clock()),
+            heartbeat_now=lambda: self.speaker.send_now(self.clock()),
         )
         gateway = None if cfg.track.gateway is None else str(cfg.track.gateway)
         self.actions = VipActions(
             vips, cfg.lease, clock=clock, hooks=hooks, marks=self.marks, peer=self.peer,
             notifier=notifier, tracker=tracker, gateway=gateway, handoff=handoff,
+        )  # fmt: skip
+        self.speaker = Speaker(
+            self.params, digest, machine=lambda: self.fsm, actions=self.actions,
+            marks=self.marks, health_summary=health_summary, clock=clock, metrics=metrics,
+            mode=beat,
         )  # fmt: skip
         self._tasks: list[asyncio.Task[None]] = []
         self._changed = asyncio.Event()
@@ -147,7 +156,7 @@ class HaRunner:
         if notifier is not None:
             self.actions.notifier = notifier
         if digest is not None:
-            self._digest = digest_bytes(digest)
+            self.speaker.set_digest(digest)
         if handoff_services is not None and self.actions.handoff is not None:
             self.actions.handoff.cover(*handoff_services)
 
@@ -161,6 +170,7 @@ class HaRunner:
                 self._transition(a)
             else:
                 self.actions.submit(a)
+        self.speaker.changed(ev.now)  # the thread's content follows every step
         self._changed.set()
 
     async def wait_until(self, cond: Callable[[], bool], within: float) -> None:
@@ -201,7 +211,7 @@ class HaRunner:
         self.transport = HaTransport(
             self.bind, self.cfg.peers, self.key, node=self.node, epoch=self.epoch,
             metrics=self.metrics, clock=self.clock, on_message=self._on_message,
-            on_learn=lambda: self._send_heartbeat(self.clock()),  # echo a new peer nonce now
+            on_learn=lambda: self.speaker.send_now(self.clock()),  # echo a new peer nonce now
             on_overrides=lambda msg, path, now: self.on_overrides and self.on_overrides(
                 msg, path, now),
         )  # fmt: skip
@@ -209,6 +219,7 @@ class HaRunner:
             await self._attach(self.transport)
         else:
             await self.transport.open(self._sock)
+        self.speaker.attach(self.transport)
         self._arm_deadline()
         self._tasks = [
             asyncio.create_task(self._tick_loop(), name="ha-tick"),
@@ -229,8 +240,11 @@ class HaRunner:
             await self.actions.settle(5.0)
         if self._deadline is not None:
             self._deadline.cancel()
-        await cancel_and_wait(*self._tasks, quiet=True)
-        await self.actions.close()
+        try:
+            await cancel_and_wait(*self._tasks, quiet=True)
+            await self.actions.close()
+        finally:
+            self.speaker.stop()  # joined before the socket closes
         self._tasks.clear()
         if self.transport is not None:
             self.transport.close()
@@ -254,7 +268,7 @@ class HaRunner:
             return
         self.peer.heard(msg, path, now)
         self._arm_deadline()
-        self.feed(peer_event(msg, now, self._digest))
+        self.feed(peer_event(msg, now, self.speaker.digest))
 
     def _on_track(self, ev: TrackEvent) -> None:
         self.feed(ft.LocalFault(self.clock(), ev.name, ev.failed, ev.blocking, ev.reason))
@@ -293,7 +307,7 @@ class HaRunner:
                 summary = self._feed_health(now)
                 self.feed(ft.Tick(now))
                 self.actions.tick(now, stalled=self.fsm.stall_until is not None)
-                self._send_heartbeat(now, summary)
+                self.speaker.tick(now, summary)
             except Exception as e:  # a bug: keep ticking (and heartbeating), loudly
                 log.exception("ha.tick_error", reason=repr(e))
             next_at = max(next_at + interval, now + interval / 10)
@@ -313,52 +327,12 @@ class HaRunner:
             self.feed(ft.LocalHealth(now, *totals))
         return summary
 
-    # -- heartbeats ------------------------------------------------------------------------
-
-    def _message(
-        self, now: float, summary: Iterable[tuple[str, int, int]] | None = None
-    ) -> pk.Message:
-        """The heartbeat to send now; ``summary``: the health summary already read this tick
-        (else it is read here)."""
-        m = self.fsm
-        flags = (
-            (pk.FLAG_BLOCKED if m.blocked else 0)
-            | (pk.FLAG_YIELDING if m.yielding else 0)
-            | (pk.FLAG_VIPS_HELD if self.actions.held else 0)
-        )
-        top = sorted(self.health_summary() if summary is None else summary)[: pk.MAX_SERVICES]
-        return pk.Message(
-            type=pk.MsgType.HANDOVER if m.handing_over else pk.MsgType.HEARTBEAT,
-            node=self.node, role=to_wire(m.role), priority=self.params.priority,
-            effective_priority=min(254, m.effective_priority(now)), epoch=0, seq=0,
-            digest=self._digest, flags=flags,
-            health=tuple(pk.ServiceHealth(_fit(n), min(h, t, 65535), min(t, 65535))
-                         for n, h, t in top),
-            takeover=self.marks.takeover(now) if m.role is Role.ACTIVE else pk.Takeover(),
-        )  # fmt: skip
-
-    def _send_heartbeat(
-        self, now: float, summary: Iterable[tuple[str, int, int]] | None = None
-    ) -> None:
-        m = self.fsm
-        if self.transport is None or m.silent or (m.done and not m.handing_over):
-            return
-        if self.actions.taking and m.role is Role.ACTIVE:
-            return  # say "active" only once the VIPs are held (make before break)
-        self.transport.send(self._message(now, summary))
-        if m.role is Role.ACTIVE and self.actions.held:
-            self.marks.first("hb_active", now)
+    # -- heartbeats (hacontrol.ha.beat_speaker) ---------------------------------------------
 
     def send_overrides(self, payload: bytes) -> int:
         """Send one overrides message (type 3) with ``payload`` on every path; the copies sent
         (0 before start, after stop, or while silent: a fault drill)."""
-        m = self.fsm
-        if self.transport is None or m.silent or m.done:
-            return 0
-        msg = self._message(self.clock(), ())
-        return self.transport.send(
-            dataclasses.replace(msg, type=pk.MsgType.OVERRIDES, payload=payload)
-        )
+        return self.speaker.send_overrides(payload)
 
     def _set_role_gauge(self) -> None:
         for r in Role:
@@ -369,12 +343,14 @@ class HaRunner:
     def status(self) -> dict[str, Any]:
         """The ``ha`` block of the daemon's status (see ``runner_status``)."""
         now = self.clock()
-        return runner_status(
+        doc = runner_status(
             self.fsm, now=now, node=self.node, epoch=self.epoch,
             peers_configured=[str(p) for p in self.cfg.peers], paths=self.peer.paths(),
             vips=self.vips.describe(), vips_held=self.actions.held, lease=self.cfg.lease,
             last_takeover=self.marks.ago(now), counters=self.transport,
         )  # fmt: skip
+        doc["beat"] = self.speaker.status()
+        return doc
 
     async def drill_handover(self) -> dict[str, Any]:
         """Planned handover drill; the timeline (see ``hacontrol.ha.drills.drill_handover``)."""

@@ -2,28 +2,31 @@
 
 Each outgoing message is stamped with this daemon's boot epoch, a fresh sequence number per path,
 its random boot nonce and the echo of the peer's (hacontrol.ha.freshness), encoded and MAC'd
-(hacontrol.ha.packet). Each incoming datagram is checked in this order: its source address must
-be one of ``ha.peers`` (else ``foreign``, before any decoding), it must decode with our key, not
-carry our own name, and pass ``Freshness.check``: only a packet that echoes our boot nonce
-(``alive``) is handed to ``on_message(msg, path, now)`` (an ``overrides`` message, type 3, to
-``on_overrides`` instead: it never reaches the role machine); an ``unconfirmed`` one only teaches us
-the peer's nonce (``on_learn()`` is then called, so the owner can answer at once) and is counted
-as such. A dropped one is counted in ``hb_rejected{reason}`` and logged as ``ha.drop`` (at most once
-per reason per ``log_every`` seconds, with the number suppressed; ``unconfirmed`` at info level:
-every restart of either node sees one or two). Also here: ``next_epoch`` (the persistent boot
-epoch), ``new_nonce``, ``load_key`` (the shared secret) and ``digest_bytes`` (the config digest).
+(``hacontrol.ha.beat_stamp.stamp``), under one lock whichever thread sends (``send`` from the event
+loop, ``send_threaded`` from the sender thread); with a sender process the sequence numbers are
+shared with it through its board (``share_seq``: odd here, even there), and what it sent is counted
+here (``count_sent``). Each incoming datagram is checked in this order: its source address must be
+one of ``ha.peers`` (else ``foreign``, before any decoding), it must decode with our key, not carry
+our own name, and pass ``Freshness.check``: only a packet that echoes our boot nonce (``alive``) is
+handed to ``on_message(msg, path, now)`` (an ``overrides`` message, type 3, to ``on_overrides``
+instead: it never reaches the role machine); an ``unconfirmed`` one only teaches us the peer's
+nonce (``on_learn()`` is then called, so the owner can answer at once) and is counted as such. A
+dropped one is counted in ``hb_rejected{reason}`` and logged as ``ha.drop`` (at most once per
+reason per ``log_every`` seconds, with the number suppressed; ``unconfirmed`` at info level: every
+restart of either node sees one or two). Also here: ``next_epoch`` (the persistent boot epoch),
+``new_nonce``, ``load_key`` (the shared secret) and ``digest_bytes`` (the config digest).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import hashlib
 import ipaddress
 import os
 import socket
 import stat
+import threading
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -33,6 +36,7 @@ from hacontrol import logs
 from hacontrol.clock import Clock
 from hacontrol.config.secrets import SecretError, read_key
 from hacontrol.fsutil import write_atomic
+from hacontrol.ha.beat_stamp import SharedBoard, stamp
 from hacontrol.ha.freshness import Freshness
 from hacontrol.ha.packet import (
     DECODE_REASONS,
@@ -44,7 +48,6 @@ from hacontrol.ha.packet import (
     PacketError,
     ReplayGuard,
     decode,
-    encode,
 )
 from hacontrol.metrics import Metrics
 from hacontrol.model import Endpoint, host_port
@@ -166,6 +169,9 @@ class HaTransport(asyncio.DatagramProtocol):
         self.send_errors = 0
         self.unconfirmed: dict[str, float] = {}  # peer node -> when its last unconfirmed came
         self._transport: asyncio.DatagramTransport | None = None
+        self._sock: socket.socket | None = None  # ours (not an attached endpoint's)
+        self._lock = threading.RLock()  # stamping and sending: the loop and the sender thread
+        self._board: SharedBoard | None = None  # sequence numbers shared with a sender process
         self._last_log: dict[str, float] = {}
         self._suppressed: dict[str, int] = {}
 
@@ -190,37 +196,90 @@ class HaTransport(asyncio.DatagramProtocol):
             sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
         sock.setblocking(False)
         await loop.create_datagram_endpoint(lambda: self, sock=sock)
+        self._sock = sock
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.DatagramTransport, transport)
 
     def close(self) -> None:
+        with self._lock:  # no thread sends on a closed (and perhaps reused) descriptor
+            self._sock = None
         if self._transport is not None:
             self._transport.close()
             self._transport = None
 
     def send(self, msg: Message) -> int:
-        """Send ``msg`` to every peer path, each copy with its own sequence number. Returns the
-        number of copies handed to the kernel (errors are logged and counted, never raised)."""
-        if self._transport is None:
-            return 0
+        """Send ``msg`` to every peer path, each copy with its own sequence number (from the
+        event loop, through its datagram transport). Returns the number of copies handed to the
+        kernel (errors are logged and counted, never raised)."""
+        t = self._transport
+        return 0 if t is None else self._stamp_and_send(msg, t.sendto)
+
+    def send_threaded(self, msg: Message) -> int:
+        """``send`` from another thread (the heartbeat sender, hacontrol.ha.beat): a plain
+        ``sendto`` on the socket, never a wait (it is non-blocking: a full send buffer is a
+        counted error). 0 without a socket of our own (an attached endpoint) or once closed."""
+        with self._lock:
+            sock = self._sock
+            return 0 if sock is None else self._stamp_and_send(msg, sock.sendto)
+
+    def share_seq(self, board: SharedBoard | None) -> None:
+        """Take sequence numbers through ``board`` (shared with the sender process,
+        hacontrol.ha.beat_stamp), or alone again (None)."""
+        with self._lock:
+            old = self._board
+            if old is not None:  # alone again: above every number either side took
+                self.seq = max(self.seq, old.get("child_seq"), old.get("daemon_seq"))
+            if board is not None:
+                board.set("daemon_seq", self.seq)
+            self._board = board
+
+    def count_sent(self, i: int, n: int) -> None:
+        """``n`` heartbeats the sender process sent on path ``i`` (of ``peers``)."""
+        path = str(self.peers[i])
+        self.sent[path] = self.sent.get(path, 0) + n
+        self.metrics.hb_sent.labels(path=path).inc(n)
+
+    def paths(self) -> list[tuple[str, int]]:
+        """Each peer path as a socket address, in the order of ``peers``."""
+        return [_addr(p) for p in self.peers]
+
+    @property
+    def fileno(self) -> int | None:
+        """The socket's descriptor (None: no socket of our own, or closed)."""
+        return None if self._sock is None else self._sock.fileno()
+
+    @property
+    def threadable(self) -> bool:
+        """``send_threaded`` can send (a UDP socket of our own, open)."""
+        return self._sock is not None
+
+    def _stamp_and_send(
+        self, msg: Message, sendto: Callable[[bytes, tuple[str, int]], object]
+    ) -> int:
+        """Stamp (epoch, the next sequence number, nonce, echo), encode with the MAC and send
+        one copy per path. Under the lock: sequence numbers stay unique and increasing whichever
+        thread sends."""
         n = 0
-        for peer in self.peers:
-            self.seq += 1
-            stamped = dataclasses.replace(
-                msg, epoch=self.epoch, seq=self.seq, nonce=self.nonce, echo=self.fresh.echo
-            )
-            data = encode(stamped, self.key)
-            path = str(peer)
-            try:
-                self._transport.sendto(data, _addr(peer))
-            except OSError as e:  # pragma: no cover - asyncio reports most via error_received
-                self.error_received(e)
-                continue
-            n += 1
-            if msg.type is not MsgType.OVERRIDES:  # those are counted by their owner
-                self.sent[path] = self.sent.get(path, 0) + 1
-                self.metrics.hb_sent.labels(path=path).inc()
+        with self._lock:
+            for peer in self.peers:
+                board = self._board
+                if board is None:
+                    self.seq += 1
+                else:  # odd numbers; the sender process takes the even ones
+                    self.seq = board.take_seq("daemon_seq", "child_seq", 1)
+                data = stamp(msg, epoch=self.epoch, seq=self.seq, nonce=self.nonce,
+                             echo=self.fresh.echo, key=self.key)  # fmt: skip
+                path = str(peer)
+                try:
+                    sendto(data, _addr(peer))
+                except OSError as e:  # asyncio reports most via error_received; a thread here
+                    self.error_received(e)
+                    continue
+                n += 1
+                if msg.type is not MsgType.OVERRIDES:  # those are counted by their owner
+                    self.sent[path] = self.sent.get(path, 0) + 1
+                    self.metrics.hb_sent.labels(path=path).inc()
         return n
 
     @property

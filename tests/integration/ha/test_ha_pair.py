@@ -75,6 +75,10 @@ def test_planned_handover_under_load_fails_no_request(make_pair: MakePair) -> No
     assert [timeline[k] for k in steps] == sorted(timeline[k] for k in steps), timeline
     overlap = pair.events(B, "ha.handover_overlap")
     assert overlap and not pair.events(B, "ha.split_brain"), "a handover is not split brain"
+    for name in (A, B):  # the periodic heartbeats from the sender process, the rest from the
+        ha = pair.ha(name)  # loop: their interleaved sequence numbers all pass the replay window
+        assert ha["beat"]["sender"] == "process" and ha["beat"]["alive"], ha["beat"]
+        assert ha["beat"]["sent"] > 0 and "replayed" not in ha["heartbeats"]["rejected"], ha
     gap = traffic.outage(reqs, t0, t1)
     during = len(traffic.between(reqs, t0, t1))
     print(f"handover under load: {during} requests during it, 0 failed, longest gap between "
