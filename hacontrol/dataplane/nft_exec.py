@@ -106,9 +106,9 @@ class Worker:
     """One daemon thread running calls in order (a stuck C call cannot hold up the process's
     exit, as a ThreadPoolExecutor's thread would: it is joined at exit)."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "hacontrol-nft") -> None:
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        threading.Thread(target=self._serve, name="hacontrol-nft", daemon=True).start()
+        threading.Thread(target=self._serve, name=name, daemon=True).start()
 
     def _serve(self) -> None:
         while (job := self._jobs.get()) is not None:
