@@ -32,6 +32,7 @@ import errno
 import os
 import socket
 import time
+from collections.abc import Callable
 
 from hacontrol import logs
 from hacontrol.dataplane.base import DataplaneError
@@ -49,34 +50,39 @@ BUFFER = 4 << 20  # bytes: a coalesced pass of hundreds of services' messages an
 DATAGRAM = 1 << 16
 
 
-class Channel:
-    """The socket; every method runs on the owning worker thread only."""
+def open_socket(netns: str | None) -> socket.socket:
+    """A NETLINK_NETFILTER socket (in ``netns`` when given: call on a thread of its own)."""
+    if netns:
+        enter_netns(netns)
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
+                         NETLINK_NETFILTER)  # fmt: skip
+    try:
+        for force, plain in ((SO_SNDBUFFORCE, socket.SO_SNDBUF),
+                             (SO_RCVBUFFORCE, socket.SO_RCVBUF)):  # fmt: skip
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, force, BUFFER)
+            except OSError:  # without CAP_NET_ADMIN: as much as rmem_max allows
+                sock.setsockopt(socket.SOL_SOCKET, plain, BUFFER)
+        sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)  # errors without the request echoed
+        sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)  # ... with the kernel's reason
+        sock.bind((0, 0))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
-    def __init__(self, netns: str | None, limit: float) -> None:
-        if netns:
-            enter_netns(netns)
-        sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_CLOEXEC,
-                             NETLINK_NETFILTER)  # fmt: skip
-        try:
-            for force, plain in ((SO_SNDBUFFORCE, socket.SO_SNDBUF),
-                                 (SO_RCVBUFFORCE, socket.SO_RCVBUF)):  # fmt: skip
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, force, BUFFER)
-                except OSError:  # without CAP_NET_ADMIN: as much as rmem_max allows
-                    sock.setsockopt(socket.SOL_SOCKET, plain, BUFFER)
-            sock.setsockopt(SOL_NETLINK, NETLINK_CAP_ACK, 1)  # errors without the request echoed
-            sock.setsockopt(SOL_NETLINK, NETLINK_EXT_ACK, 1)  # ... with the kernel's reason
-            sock.bind((0, 0))
-            sock.settimeout(limit)
-        except BaseException:
-            sock.close()
-            raise
+
+class Channel:
+    """A socket and the batches sent on it; every method runs on the owning worker thread."""
+
+    def __init__(self, sock: socket.socket, limit: float) -> None:
         self.sock = sock
         self.limit = limit
 
     def roundtrip(self, batch: Batch) -> list[Ack]:
         """Send the batch; the answers to its messages (every ack, or the commit's error)."""
         data = batch.data
+        self.sock.settimeout(self.limit)
         self.sock.send(data)
         pending = set(batch.what)
         got: list[Ack] = []
@@ -103,9 +109,10 @@ class Channel:
     def _drain(self, pending: set[int]) -> list[Ack]:
         """The answers already queued (the kernel answers a batch before send returns)."""
         out: list[Ack] = []
+        self.sock.settimeout(0)  # with a timeout, Python would wait for more first
         for _ in range(1024):  # bounded: a batch's answers fill far fewer datagrams
             try:
-                raw = self.sock.recv(DATAGRAM, socket.MSG_DONTWAIT)
+                raw = self.sock.recv(DATAGRAM)
             except (BlockingIOError, InterruptedError):
                 break
             out += [a for a in parse_acks(raw) if a.seq in pending]
@@ -118,8 +125,15 @@ class Channel:
 class NftNetlink:
     """Per-event batches of one plane's table, written on our own netlink socket."""
 
-    def __init__(self, *, netns: str | None, limit: float) -> None:
+    def __init__(
+        self,
+        *,
+        netns: str | None,
+        limit: float,
+        opener: Callable[[str | None], socket.socket] = open_socket,
+    ) -> None:
         self.netns = netns
+        self.opener = opener
         self.limit = limit
         self.mode = "netlink"  # or "off": the socket was refused, nft does all
         self._worker: Worker | None = None
@@ -140,12 +154,13 @@ class NftNetlink:
             return True
         self._worker = Worker("hacontrol-nftnl")
         try:
-            self._chan = await self._worker.submit(Channel, self.netns, self.limit)
+            sock = await self._worker.submit(self.opener, self.netns)
         except OSError as e:
             self._worker.stop()
             self._worker = None
             self.mode = "off"
             return self._fallback("socket", f"cannot open the nf_tables netlink socket: {e}")
+        self._chan = Channel(sock, self.limit)
         return True
 
     async def send(self, table: str, commands: list[Json]) -> bool:
