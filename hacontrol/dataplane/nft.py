@@ -10,12 +10,16 @@ a hand-edited one (a service read back ``altered:``), or after a failed apply. O
 tables are never touched. An empty desired table deletes our table. A snapshot is read and
 parsed by a child process (``hacontrol.dataplane.nft_read``), not on the event loop.
 ``commands`` counts the commands sent and ``rewrites`` the whole-table replacements (tests, the
-benchmark). Small batches (an event's commands) go through libnftables in the daemon's process
-on a thread of its own, big ones (a whole table) and listings through the nft binary, which is
-also the fallback (``hacontrol.dataplane.nft_exec``). A change someone else makes to our table
-(``nft flush table``, ``nft delete table``) is seen in the nf_tables notifications
-(``hacontrol.dataplane.nft_watch``, started by ``watch``) and asks the reconciler for a resync at
-once; our own commits (this process's threads, the nft children we start) are not.
+benchmark). An event's commands go as our own nf_tables netlink batch (``hacontrol.dataplane.
+nftnl``: no cache listing of the table first, so the cost does not grow with the table; the
+kernel's acks confirm the commit); a batch it cannot encode exactly, or every batch when its
+socket is refused, goes to nft instead (logged once). Through nft, small batches go through
+libnftables in the daemon's process on a thread of its own, big ones (a whole table) and listings
+through the nft binary, which is also the fallback (``hacontrol.dataplane.nft_exec``). A change
+someone else makes to our table (``nft flush table``, ``nft delete table``) is seen in the
+nf_tables notifications (``hacontrol.dataplane.nft_watch``, started by ``watch``) and asks the
+reconciler for a resync at once; our own commits (this process's threads, among them the netlink
+writer's and libnftables', and the nft children we start) are not.
 
 Rendering (the table layout, the slot schedules) lives in the pure
 ``hacontrol.dataplane.nft_render``, reading back (detecting hand edits) in the pure
