@@ -15,7 +15,9 @@ then made by that thread, whose id the notification watch sees as ours (``NftDat
 a task of this process).
 
 ``send(table, commands)`` returns False when this path cannot take the batch: a command the
-encoder does not produce exactly (``Unencodable``), or no socket (refused, no namespace). The
+encoder does not produce exactly (``Unencodable``), a batch over the socket's buffers (bytes for
+one sendmsg, room for its acks; the reconciler's batches of at most 64 services are far below),
+or no socket (refused, no namespace). The
 plane then sends the batch through nft as before; each kind of reason is logged once as
 ``dataplane.nftnl_fallback``; a socket that could not be opened is not retried. A kernel error
 raises ``DataplaneError`` naming the refused message (errno, the object, the kernel's extended
@@ -48,6 +50,7 @@ NETLINK_CAP_ACK, NETLINK_EXT_ACK = 10, 11
 SO_SNDBUFFORCE, SO_RCVBUFFORCE = 32, 33
 BUFFER = 4 << 20  # bytes: a coalesced pass of hundreds of services' messages and their acks
 DATAGRAM = 1 << 16
+ACK_COST = 1024  # bytes of receive buffer one ack may take (its skb's truesize), at most
 
 
 def open_socket(netns: str | None) -> socket.socket:
@@ -78,6 +81,10 @@ class Channel:
     def __init__(self, sock: socket.socket, limit: float) -> None:
         self.sock = sock
         self.limit = limit
+        # what one batch may hold: its bytes in one sendmsg (the kernel refuses more than the
+        # send buffer), its acks in the receive buffer (each ack takes up to ~1 KiB of it)
+        self.max_bytes = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) - 64
+        self.max_acks = sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF) // ACK_COST
 
     def roundtrip(self, batch: Batch) -> list[Ack]:
         """Send the batch; the answers to its messages (every ack, or the commit's error)."""
@@ -175,9 +182,14 @@ class NftNetlink:
             return self._fallback("encoder", f"not encoded: {e}")
         if not await self._ready():
             return False
-        self._seq = (batch.next_seq() + 1) & 0x7FFFFFFF
         chan, worker = self._chan, self._worker
         assert chan is not None and worker is not None
+        size, count = len(batch.data), len(batch.what)
+        if size > chan.max_bytes or count > chan.max_acks:
+            return self._fallback("size", f"a batch of {size} bytes and {count} messages is over "
+                                  f"the socket's buffers ({chan.max_bytes} bytes, "
+                                  f"{chan.max_acks} acks)")  # fmt: skip
+        self._seq = (batch.next_seq() + 1) & 0x7FFFFFFF
         fut = worker.submit(chan.roundtrip, batch)
         try:
             async with asyncio.timeout(self.limit + 1.0):

@@ -369,3 +369,20 @@ async def test_what_cannot_go_by_netlink_goes_to_nft_logged_once() -> None:
     falls = [e for e in logs if e["event"] == "dataplane.nftnl_fallback"]
     assert len(falls) == 1 and falls[0]["kind"] == "socket"
     nl.close()
+
+
+async def test_a_batch_over_the_socket_buffers_goes_to_nft() -> None:
+    k = FakeKernel()
+    k.ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # the kernel doubles it
+    nl = NftNetlink(netns=None, limit=5.0, opener=k.open)
+    r = NftRenderer("hc")
+    many: Table = {ServiceKey("tcp", "192.0.2.10", 1000 + i): ts("wrr", RS4) for i in range(20)}
+    big = delta(r, {}, many, list(many), {})
+    assert len(encode("hc", big, 1).data) > 2 * 4096
+    with capture_logs() as logs:
+        assert not await nl.send("hc", big)
+        assert await nl.send("hc", CMDS)  # a small one still goes
+    falls = [e for e in logs if e["event"] == "dataplane.nftnl_fallback"]
+    assert len(falls) == 1 and falls[0]["kind"] == "size"
+    assert nl.sent == {"netlink": 1, "fallback": 1} and len(k.batches) == 1
+    nl.close()
