@@ -102,9 +102,11 @@ class Channel:
             try:
                 raw = self.sock.recv(DATAGRAM)
             except OSError as e:
-                if e.errno == errno.ENOBUFS:
-                    raise TimeoutError("acks lost (receive buffer overrun)") from e
+                if e.errno == errno.ENOBUFS:  # not knowing which: the table is unknown
+                    raise OSError(errno.ENOBUFS, "acks lost (receive buffer overrun)") from e
                 raise
+            if not raw:
+                raise OSError(errno.EPIPE, "the netlink socket was closed")
             for ack in parse_acks(raw):
                 if ack.seq in pending or (ack.seq == batch.begin and ack.error):
                     pending.discard(ack.seq)
@@ -194,7 +196,7 @@ class NftNetlink:
         try:
             async with asyncio.timeout(self.limit + 1.0):
                 acks = await asyncio.shield(fut)
-        except (TimeoutError, OSError) as e:
+        except (OSError, ValueError) as e:  # a timeout, a socket error, an unreadable answer
             self._give_up()
             what = "timed out" if isinstance(e, TimeoutError) else "failed"
             raise DataplaneError(f"nftables: netlink batch {what}: {e}") from None

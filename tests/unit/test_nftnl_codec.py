@@ -386,3 +386,23 @@ async def test_a_batch_over_the_socket_buffers_goes_to_nft() -> None:
     assert len(falls) == 1 and falls[0]["kind"] == "size"
     assert nl.sent == {"netlink": 1, "fallback": 1} and len(k.batches) == 1
     nl.close()
+
+
+async def test_acks_that_do_not_come_are_an_error_and_a_new_socket_follows() -> None:
+    silent = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)  # never answers
+    answering = FakeKernel()
+    socks = [silent[0], answering.ours]
+
+    def opener(netns: str | None) -> socket.socket:
+        return socks.pop(0)
+
+    nl = NftNetlink(netns=None, limit=0.3, opener=opener)
+    try:
+        with pytest.raises(DataplaneError, match="netlink batch timed out"):
+            await nl.send("hc", CMDS)
+        assert nl.mode == "netlink"
+        assert await nl.send("hc", CMDS)  # on a new socket (and thread)
+        assert socks == [] and len(answering.batches) == 1
+    finally:
+        nl.close()
+        silent[1].close()
