@@ -100,13 +100,15 @@ class Channel:
                 raise TimeoutError(f"{len(pending)} of {len(batch.what)} acks missing")
             self.sock.settimeout(left)
             try:
-                raw = self.sock.recv(DATAGRAM)
+                raw, sender = self.sock.recvfrom(DATAGRAM)
             except OSError as e:
                 if e.errno == errno.ENOBUFS:  # not knowing which: the table is unknown
                     raise OSError(errno.ENOBUFS, "acks lost (receive buffer overrun)") from e
                 raise
             if not raw:
                 raise OSError(errno.EPIPE, "the netlink socket was closed")
+            if isinstance(sender, tuple) and sender[0] != 0:
+                continue  # not from the kernel (netlink port 0): another process's, skipped
             for ack in parse_acks(raw):
                 if ack.seq in pending or (ack.seq == batch.begin and ack.error):
                     pending.discard(ack.seq)
