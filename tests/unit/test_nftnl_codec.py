@@ -99,6 +99,27 @@ def test_the_batch_is_byte_for_byte_what_nft_sends(n: int) -> None:
     assert seqs == list(range(1000, 1000 + len(seqs)))
 
 
+def test_the_golden_deltas_are_what_nft_delta_gives_now() -> None:
+    """The captured batches stay meaningful: nft_delta still writes the deltas nft was fed
+    (the tables of golden/nftnl/README.md)."""
+    r = NftRenderer("hc")
+    k1, k2 = ServiceKey("tcp", "192.0.2.10", 80), ServiceKey("udp", "2001:db8::10", 53)
+    k3, k4 = ServiceKey("tcp", "2001:db8::20", 443), ServiceKey("udp", "192.0.2.11", 53)
+    a = {k1: ts("wrr", [("198.51.100.1", 8080, 1), ("198.51.100.2", 8080, 2)])}
+    b = {
+        k1: ts("sh", [("198.51.100.1", 8080, 1), ("198.51.100.2", 8080, 3)]),
+        k2: ts("rr", [("2001:db8::1", 53, 1)]),
+    }
+    c = {
+        k2: ts("rr", [("2001:db8::1", 53, 0)]),
+        k3: ts("sh", [("2001:db8::1", 443, 1), ("2001:db8::2", 443, 1)]),
+        k4: ts("fo", [("198.51.100.1", 53, 1), ("198.51.100.3", 53, 5)]),
+    }
+    for n, (old, new) in enumerate(((a, b), (b, c)), 1):
+        want = json.loads((GOLDEN / f"delta{n}.json").read_text())["nftables"]
+        assert delta(r, old, new, [k1, k2, k3, k4], address_refs(old)) == want
+
+
 def _rule_ids(m: tuple[int, int, bytes]) -> tuple[int, int, bytes]:
     """NFTA_LOOKUP_SET_ID inside a rule (``lookup`` ... ``SET_ID`` n) set to 0."""
     t, f, body = m
@@ -176,13 +197,13 @@ def test_pyroute2_reads_a_new_service_as_nft_would_list_it(sched: str, key: Serv
     assert verdict.get_attr("NFTA_VERDICT_CHAIN") == chain_name(key)
     addr = socket.inet_pton(socket.AF_INET if fam == 4 else socket.AF_INET6, key.address)
     proto = bytes([6 if key.protocol == "tcp" else 17, 0, 0, 0])
-    head = proto + addr + struct.pack(">H", key.port) + b"\0\0"
+    prefix = proto + addr + struct.pack(">H", key.port) + b"\0\0"
     marks = {}
     weights = [m for _k, m in msgs[4:] if m.get_attr("NFTA_SET_ELEM_LIST_SET") == f"weights{fam}"]
     for e in (e for m in weights for e in m.get_attr("NFTA_SET_ELEM_LIST_ELEMENTS")):
         k = e.get_attr("NFTA_SET_ELEM_KEY").get_attr("NFTA_DATA_VALUE")
-        assert k.startswith(head)
-        marks[k[len(head) :]] = e.get_attr("NFTA_SET_ELEM_DATA").get_attr("NFTA_DATA_VALUE")
+        assert k.startswith(prefix)
+        marks[k[len(prefix) :]] = e.get_attr("NFTA_SET_ELEM_DATA").get_attr("NFTA_DATA_VALUE")
     want = {}
     for a, p, w in RS4 if fam == 4 else RS6:
         raw = socket.inet_pton(socket.AF_INET if fam == 4 else socket.AF_INET6, a)
