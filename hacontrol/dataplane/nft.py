@@ -174,7 +174,8 @@ class NftDataplane(NftRenderer):
 
     def ours(self, pid: int) -> bool:
         """Whether the task that committed an nftables transaction is ours: a thread of this
-        process (libnftables runs on one) or one of the last nft children it started."""
+        process (the netlink writer and libnftables run on one) or one of the last nft
+        children it started."""
         return pid in self._children or os.path.exists(f"/proc/self/task/{pid}")
 
     # -- the Dataplane protocol -----------------------------------------------------------------
