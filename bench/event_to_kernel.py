@@ -295,6 +295,8 @@ def measure(services: int, runs: int, tmp: Path, poller: str = "lib") -> dict[st
                 passes.append(run_passes)
             rss = rss_mb(daemon.pid)
             fallbacks = len(events(log, "dataplane.nft_exec_fallback"))
+            # batches the netlink writer left to nft (hacontrol.dataplane.nftnl): none expected
+            nl_fallbacks = len(events(log, "dataplane.nftnl_fallback"))
         finally:
             daemon.terminate()
             daemon.wait(60)
@@ -311,6 +313,7 @@ def measure(services: int, runs: int, tmp: Path, poller: str = "lib") -> dict[st
             "kill_median_s": round(statistics.median(kills), 4),
             "rss_mb": round(rss, 1),
             "nft_exec_fallbacks": fallbacks,
+            "nftnl_fallbacks": nl_fallbacks,
             "passes": passes,  # per run: [drain passes, health passes], scope:ops
         }
 

@@ -9,12 +9,14 @@ service's chain flushed and its rule added) sent ``--reps`` times, alternating, 
   before issue 8's in-process change, and its fallback);
 * ``lib-json``: the same JSON through libnftables in this process (what the plane does now);
 * ``lib-native``: the same commands in nft's native syntax through libnftables (the rule text as
-  nft lists it).
+  nft lists it);
+* ``netlink``: the same commands as our own nf_tables netlink batch (``hacontrol.dataplane.
+  nftnl``: what the plane does now), every ack read.
 
-Prints the median and minimum in ms per size and way. What grows with S is nft's cache: before
-every transaction it dumps every chain and set of the namespace (1,000 service chains and their
-1,000 anonymous slot maps at S = 1,000) because the kernel's generation moved on with the last
-commit.
+Prints the median and minimum in ms per size and way. What grows with S through nft is its cache:
+before every transaction it dumps every chain and set of the namespace (1,000 service chains and
+their 1,000 anonymous slot maps at S = 1,000) because the kernel's generation moved on with the
+last commit. Our own batch lists nothing.
 
     python3 bench/nft_transaction.py [--sizes 10,1000] [--reps 30]
 
@@ -36,6 +38,8 @@ from hacontrol.dataplane.nft import NftDataplane
 from hacontrol.dataplane.nft_delta import address_refs, delta
 from hacontrol.dataplane.nft_exec import LibNft
 from hacontrol.dataplane.nft_render import chain_name
+from hacontrol.dataplane.nftnl import Channel, open_socket
+from hacontrol.dataplane.nftnl_rule import encode
 from hacontrol.dataplane.table import DestKey, DestSpec, ServiceKey, ServiceSpec, Table
 from hacontrol.dataplane.table import TableService as TS
 from hacontrol.lab.netns import NetnsLab, Ns
@@ -56,6 +60,15 @@ def lib_in(ns: Ns) -> LibNft:
     """A libnftables context opened in ``ns`` (by a thread that enters it)."""
     got: list[LibNft] = []
     t = threading.Thread(target=lambda: got.append(LibNft(ns.name)))
+    t.start()
+    t.join()
+    return got[0]
+
+
+def channel_in(ns: Ns) -> Channel:
+    """Our netlink writer's socket opened in ``ns`` (by a thread that enters it)."""
+    got: list[Channel] = []
+    t = threading.Thread(target=lambda: got.append(Channel(open_socket(ns.name), 10.0)))
     t.start()
     t.join()
     return got[0]
@@ -111,6 +124,13 @@ def measure(ns: Ns, services: int, reps: int) -> dict[str, tuple[float, float]]:
         rc, _, err = lib.run(native[i % 2], as_json=False)
         assert rc == 0, err
 
+    chan = channel_in(ns)
+    commands = [json.loads(doc)["nftables"] for doc in docs]
+
+    def netlink(i: int) -> None:
+        batch = encode(TABLE, commands[i % 2], 1 + i * 64)
+        assert not [a for a in chan.roundtrip(batch) if a.error]
+
     try:
         return {
             name: timed(send, reps)
@@ -118,10 +138,12 @@ def measure(ns: Ns, services: int, reps: int) -> dict[str, tuple[float, float]]:
                 ("binary-json", binary),
                 ("lib-json", lib_json),
                 ("lib-native", lib_native),
+                ("netlink", netlink),
             )
         }
     finally:
         lib.close()
+        chan.close()
         ns.run("nft", "delete", "table", "inet", TABLE)
 
 

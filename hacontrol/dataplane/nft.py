@@ -10,12 +10,16 @@ a hand-edited one (a service read back ``altered:``), or after a failed apply. O
 tables are never touched. An empty desired table deletes our table. A snapshot is read and
 parsed by a child process (``hacontrol.dataplane.nft_read``), not on the event loop.
 ``commands`` counts the commands sent and ``rewrites`` the whole-table replacements (tests, the
-benchmark). Small batches (an event's commands) go through libnftables in the daemon's process
-on a thread of its own, big ones (a whole table) and listings through the nft binary, which is
-also the fallback (``hacontrol.dataplane.nft_exec``). A change someone else makes to our table
-(``nft flush table``, ``nft delete table``) is seen in the nf_tables notifications
-(``hacontrol.dataplane.nft_watch``, started by ``watch``) and asks the reconciler for a resync at
-once; our own commits (this process's threads, the nft children we start) are not.
+benchmark). An event's commands go as our own nf_tables netlink batch (``hacontrol.dataplane.
+nftnl``: no cache listing of the table first, so the cost does not grow with the table; the
+kernel's acks confirm the commit); a batch it cannot encode exactly, or every batch when its
+socket is refused, goes to nft instead (logged once). Through nft, small batches go through
+libnftables in the daemon's process on a thread of its own, big ones (a whole table) and listings
+through the nft binary, which is also the fallback (``hacontrol.dataplane.nft_exec``). A change
+someone else makes to our table (``nft flush table``, ``nft delete table``) is seen in the
+nf_tables notifications (``hacontrol.dataplane.nft_watch``, started by ``watch``) and asks the
+reconciler for a resync at once; our own commits (this process's threads, among them the netlink
+writer's and libnftables', and the nft children we start) are not.
 
 Rendering (the table layout, the slot schedules) lives in the pure
 ``hacontrol.dataplane.nft_render``, reading back (detecting hand edits) in the pure
@@ -50,6 +54,7 @@ from hacontrol.dataplane.nft_render import (
     smooth_slots,
 )
 from hacontrol.dataplane.nft_watch import NftWatch
+from hacontrol.dataplane.nftnl import NftNetlink
 from hacontrol.dataplane.table import ServiceKey, Table
 
 __all__ = [
@@ -134,12 +139,15 @@ class NftDataplane(NftRenderer):
         netns: str | None = None,
         timeout: float = 10.0,
         in_process: bool = True,
+        netlink: bool = True,
     ) -> None:
         super().__init__(table_name)
         self.netns = netns  # run nft inside this named namespace (lab, tests)
         self.timeout = timeout
         # batches through libnftables in the daemon (no fork + exec per event), else nft
         self.exec = NftExec(self._run_binary, netns=netns, limit=timeout, prefer_lib=in_process)
+        # per-event deltas as our own nf_tables netlink batch (no cache listing by nft first)
+        self.netlink = NftNetlink(netns=netns, limit=timeout) if netlink else None
         self._children: deque[int] = deque(maxlen=32)  # pids of the last nft children we ran
         self.watcher: NftWatch | None = None
         self._warned: set[str] = set()
@@ -166,7 +174,8 @@ class NftDataplane(NftRenderer):
 
     def ours(self, pid: int) -> bool:
         """Whether the task that committed an nftables transaction is ours: a thread of this
-        process (libnftables runs on one) or one of the last nft children it started."""
+        process (the netlink writer and libnftables run on one) or one of the last nft
+        children it started."""
         return pid in self._children or os.path.exists(f"/proc/self/task/{pid}")
 
     # -- the Dataplane protocol -----------------------------------------------------------------
@@ -215,8 +224,9 @@ class NftDataplane(NftRenderer):
             raise DataplaneError("nftables: the table was not read yet (snapshot first)")
         new = apply_in_place(dict(self._state), actions)
         self._warn_approximations({a.service: new[a.service] for a in actions if a.service in new})
+        whole = not (self._exists and self._trusted) or not new
         try:
-            if not (self._exists and self._trusted) or not new:
+            if whole:
                 doc = self.render(new)
                 self.rewrites += 1
             else:
@@ -224,17 +234,21 @@ class NftDataplane(NftRenderer):
                 touched = {a.service for a in actions}
                 doc = {"nftables": delta(self, self._state, new, touched, refs)}
             self.commands += len(doc["nftables"])
-            rc, _, err = await self._batch(doc)
+            # a delta goes as our own netlink batch when it can, else (and a whole table) to nft
+            if whole or not await self._send_netlink(doc["nftables"]):
+                rc, _, err = await self._batch(doc)
+                if rc != 0:
+                    raise DataplaneError(f"nftables: apply failed: {err[-500:]}")
         except BaseException:
             self._state = None  # unknown: the reconciler reads the table again
             raise
-        if rc != 0:
-            self._state = None
-            raise DataplaneError(f"nftables: apply failed: {err[-500:]}")
-        if new and (self._exists and self._trusted):
+        if not whole:
             self._state, self._refs = new, refs
         else:
             self._remember(new, exists=bool(new))
+
+    async def _send_netlink(self, commands: list[dict[str, object]]) -> bool:
+        return self.netlink is not None and await self.netlink.send(self.table_name, commands)
 
     async def replace(self, table: Table) -> None:
         """Render ``table`` whole and replace ours with it atomically (tests, the benchmark)."""
@@ -262,3 +276,5 @@ class NftDataplane(NftRenderer):
             await self.watcher.stop()
             self.watcher = None
         self.exec.close()
+        if self.netlink is not None:
+            self.netlink.close()

@@ -1,5 +1,8 @@
 """Running nft batches for the nftables data plane: libnftables in the daemon, else the binary.
 
+The per-event deltas themselves now go as our own netlink batch (``hacontrol.dataplane.nftnl``);
+this is their fallback, and the path of listings and whole tables.
+
 Each ``nft -j -f`` of the plane's per-event transaction cost a fork and exec of nft, and nft's
 fresh cache of the whole table (every chain and set of the netns, dumped over netlink): 20-30 ms
 on a busy small host, most of the time from a health change to the kernel. ``NftExec`` sends the
@@ -106,9 +109,9 @@ class Worker:
     """One daemon thread running calls in order (a stuck C call cannot hold up the process's
     exit, as a ThreadPoolExecutor's thread would: it is joined at exit)."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "hacontrol-nft") -> None:
         self._jobs: queue.SimpleQueue[Any] = queue.SimpleQueue()
-        threading.Thread(target=self._serve, name="hacontrol-nft", daemon=True).start()
+        threading.Thread(target=self._serve, name=name, daemon=True).start()
 
     def _serve(self) -> None:
         while (job := self._jobs.get()) is not None:

@@ -281,7 +281,9 @@ class OverrideManager:
 
     def _pending(self) -> list[tuple[Any, Pair, float]]:
         """(progress id, (service, destination), deadline) of every drain not over yet."""
-        keys = {s.name: service_key(s) for s in self._config().services}
+        drained = {o.service for o in self.records.values() if o.action == "drain"}
+        # only those services' keys: all of them cost 2 ms a look at 1,000 services (issue 8)
+        keys = {s.name: service_key(s) for s in self._config().services if s.name in drained}
         out: list[tuple[Any, Pair, float]] = []
         for o in self.records.values():
             ident = (o.key, o.version)

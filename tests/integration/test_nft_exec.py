@@ -43,7 +43,7 @@ def _host_has(name: str) -> bool:
 
 async def test_lib_and_binary_leave_the_same_table_in_the_plane_namespace(ns: Ns) -> None:
     rnd = random.Random(7)
-    lib = NftDataplane("hcexec", netns=ns.name)
+    lib = NftDataplane("hcexec", netns=ns.name, netlink=False)  # deltas through the library too
     binary = NftDataplane("hcexec", netns=ns.name, in_process=False)
     try:
         first = _random_table(rnd)
@@ -97,7 +97,7 @@ async def test_without_the_library_the_binary_does_the_work(
 
 async def test_a_big_batch_goes_to_the_binary(ns: Ns) -> None:
     """A whole table parsed in the daemon would leave its peak in the daemon's heap."""
-    plane = NftDataplane("hcexecbig", netns=ns.name)
+    plane = NftDataplane("hcexecbig", netns=ns.name, netlink=False)
     rnd = random.Random(5)
     try:
         plane.exec.lib_max = 200  # bytes: every whole-table batch is bigger

@@ -88,6 +88,8 @@ async def test_a_health_change_is_element_updates_and_traffic_follows(lab: Lab) 
         assert set(lab.requests(lab.client, VIP4, 3)) == {"rs3"}
         # what the commands left reads back as the table, nothing altered
         assert await plane.snapshot(set()) == {HTTP: svc("rr", RS4[2:], [1])}
+        # every change went as the plane's own netlink batch (hacontrol.dataplane.nftnl)
+        assert plane.netlink is not None and plane.netlink.sent == {"netlink": 3, "fallback": 0}
     finally:
         await plane.remove()
 
