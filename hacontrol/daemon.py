@@ -185,7 +185,7 @@ class Daemon:
             resync_interval=cfg.dataplane.resync_interval,
             owned_store=OwnedStore(cfg.dataplane.state_dir) if not self.dry_run else None,
             metrics=self.metrics,
-            after_full=self.heap.settle if self.heap is not None else None,
+            heap=self.heap,
         )
         self.overrides.start(None if self.dry_run else cfg.dataplane.state_dir)
         await self.apply_config(cfg)

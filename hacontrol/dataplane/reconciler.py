@@ -34,8 +34,11 @@ the event loop's own clock, because the waits run on the loop (``asyncio.timeout
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable, Collection, Iterable
+from contextlib import AbstractContextManager
+from typing import Protocol
 
 from hacontrol import logs
 from hacontrol.clock import Clock
@@ -64,7 +67,17 @@ def _loop_time() -> float:
 
 
 Build = Callable[[Table], Table]
-BIG_PASS = 1000  # actions: a pass this big (or over the whole table) calls ``after_full``
+BIG_PASS = 1000  # actions: a pass this big (or over the whole table) calls ``heap.settle``
+
+
+class HeapPolicy(Protocol):
+    """The daemon's garbage-collector policy (``hacontrol.heap.Settler``): ``hold()`` spans each
+    pass over the whole table (no full collection walks the tables it builds meanwhile),
+    ``settle()`` follows each big pass (freeze what it left)."""
+
+    def hold(self) -> AbstractContextManager[None]: ...
+
+    def settle(self, reason: str = ..., now: bool = ...) -> None: ...
 
 
 class Reconciler:
@@ -79,14 +92,14 @@ class Reconciler:
         backoff: tuple[float, float] = (0.1, 10.0),
         timeout: float = 30.0,
         coalesce: float = 0.1,
-        after_full: Callable[[], None] | None = None,
+        heap: HeapPolicy | None = None,
     ) -> None:
         if resync_interval <= 0 or backoff[0] <= 0 or backoff[1] < backoff[0] or timeout <= 0:
             raise ValueError("resync_interval, backoff and timeout must be positive")
         if coalesce < 0:
             raise ValueError("coalesce must not be negative")
         self._coalesce = coalesce
-        self._after_full = after_full  # called after each big pass (the daemon's heap policy)
+        self._heap = heap  # the daemon's GC policy around whole-table passes (None: none)
         self._dp = dataplane
         self._clock: Clock = clock if clock is not None else _loop_time
         self._resync = resync_interval
@@ -218,9 +231,12 @@ class Reconciler:
             started = time.perf_counter()
             if reason == "resync":
                 self._record.resync()
+            whole = reason != "change" or self._view is None or self._all_dirty
+            held = self._heap.hold() if whole and self._heap else contextlib.nullcontext()
             try:
-                async with asyncio.timeout(self._timeout):
-                    result = await self._reconcile(reason, started)
+                with held:
+                    async with asyncio.timeout(self._timeout):
+                        result = await self._reconcile(reason, started)
             except Exception as e:  # the plane or the builder: never fatal
                 result = self._failed(reason, e, started)
             else:
@@ -289,8 +305,8 @@ class Reconciler:
         else:  # the change of the looked-at part only
             self._dests += self._dests_of(actual, (owned | adds) - drops) - dests_before
         self._view = actual
-        if self._after_full is not None and (scope is None or len(actions) >= BIG_PASS):
-            self._after_full()
+        if self._heap is not None and (scope is None or len(actions) >= BIG_PASS):
+            self._heap.settle()
         self._record.table(len(self._owned), self._dests)
         return ReconcileResult(
             True,
