@@ -4,10 +4,13 @@
 starts processes inside them, and removes every namespace, process and link it made on ``close()``
 (also after a failure: use it as a context manager). It shells out to ``ip``: this is test and
 lab scaffolding, never the daemon. Only documentation address ranges should be used inside.
+``LoopThread`` runs an event loop on a thread of its own, optionally inside one namespace (one
+per simulated director in the in-process tests).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import ctypes
 import os
@@ -215,3 +218,40 @@ def wait_tcp(ns: Ns, host: str, port: int, timeout: float = 30.0) -> None:
                 f"{host}:{port} not reachable from {ns.name}: {r.stderr.strip()[-200:]}"
             )
         time.sleep(0.1)
+
+
+class LoopThread:
+    """An event loop in a thread of its own; with ``ns``, the thread lives in that namespace, so
+    every socket the code running on it opens (UDP, netlink, AF_PACKET) belongs there, as in a
+    daemon started there."""
+
+    def __init__(self, ns: Ns | None = None) -> None:
+        self.loop = asyncio.new_event_loop()
+        ready = threading.Event()
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                if ns is not None:
+                    ns.enter()
+            except BaseException as e:
+                errors.append(e)
+                ready.set()
+                return
+            ready.set()
+            self.loop.run_forever()
+
+        self.thread = threading.Thread(target=run, daemon=True)
+        self.thread.start()
+        ready.wait(10)
+        if errors:
+            raise errors[0]
+
+    def run(self, coro: Any, within: float = 30.0) -> Any:
+        """Run ``coro`` on the loop and wait for its result (at most ``within`` seconds)."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(within)
+
+    def close(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+        self.loop.close()

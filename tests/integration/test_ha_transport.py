@@ -11,18 +11,16 @@ import contextlib
 import dataclasses
 import ipaddress
 import socket
-import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from hacontrol.clock import monotonic
 from hacontrol.ha import packet as p
 from hacontrol.ha.transport import HaTransport
-from hacontrol.lab.netns import NetnsLab, Ns
+from hacontrol.lab.netns import LoopThread, NetnsLab, Ns
 from hacontrol.metrics import Metrics
 from hacontrol.model import Endpoint
 
@@ -262,40 +260,6 @@ async def test_two_paths_reordered_are_all_accepted(lab: NetnsLab) -> None:
 # -- the runner over this transport and the real VIP group, one namespace per director ---------
 
 
-class NsLoop:
-    """An event loop in a thread that lives in ``ns``: every socket the code running on it opens
-    (UDP, netlink, AF_PACKET) belongs to that namespace, as in a daemon started there."""
-
-    def __init__(self, ns: Ns) -> None:
-        self.loop = asyncio.new_event_loop()
-        ready = threading.Event()
-        errors: list[BaseException] = []
-
-        def run() -> None:
-            try:
-                ns.enter()
-            except BaseException as e:
-                errors.append(e)
-                ready.set()
-                return
-            ready.set()
-            self.loop.run_forever()
-
-        self.thread = threading.Thread(target=run, daemon=True)
-        self.thread.start()
-        ready.wait(10)
-        if errors:
-            raise errors[0]
-
-    def run(self, coro: Any, within: float = 30.0) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(within)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
-
-
 VIP = "192.0.2.100"
 
 
@@ -364,7 +328,7 @@ def test_runner_pair_moves_the_vip_and_the_clients_neighbour(
     lab = cluster
     vips = (VipConfig(ipaddress.ip_interface(f"{VIP}/24"), "eth0"),)
     announce = AnnounceConfig(count=3, interval=0.02, refresh=0)
-    loops = {n: NsLoop(lab[n]) for n in ("a", "b")}
+    loops = {n: LoopThread(lab[n]) for n in ("a", "b")}
     runners: dict[str, HaRunner] = {}
     ips = {"a": A_IP, "b": B_IP}
     for n, prio in (("a", 150), ("b", 100)):

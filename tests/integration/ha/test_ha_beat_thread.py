@@ -24,7 +24,6 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -34,6 +33,7 @@ from hacontrol.ha import packet as pk
 from hacontrol.ha.notify import CommandNotifier
 from hacontrol.ha.runner import HaRunner
 from hacontrol.ha.vip import VipGroup
+from hacontrol.lab.netns import LoopThread
 from hacontrol.metrics import Metrics
 from hacontrol.model import Endpoint, HAConfig
 
@@ -217,23 +217,6 @@ def test_loop_driven_sender_is_silent_while_blocked(tmp_path: Path, sink: Sink) 
             await r.stop(graceful=False)
 
     asyncio.run(main())
-
-
-class LoopThread:
-    """An event loop in a thread of its own (one per runner: one director each)."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Any, within: float = 30.0) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(within)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
 
 
 def test_backup_blocked_past_the_dead_interval_reads_queued_heartbeats_first(
