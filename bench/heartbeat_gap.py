@@ -20,9 +20,14 @@ timestamps: SO_TIMESTAMPNS) until told to stop. Phases, in order:
 For each: its duration, the largest gap between two heartbeats received from the busy node, the
 lateness (gap minus the interval) and its ratio to the interval (target: at most 0.5), the
 daemon's ``loop.stall`` lines (lateness over 100 ms, with the loop thread's CPU time meanwhile);
-at the end its ``hacontrol_loop_lag_max_seconds``, its heartbeat sender thread's own largest
-lateness (``hacontrol_ha_beat_late_max_seconds``) and pauses (``ha.beat_paused``: its event loop
-silent for 2 intervals), and whether the peer ever
+the read side: the largest lateness of the busy daemon's ``ha.read_late`` lines in the phase (a
+heartbeat from its peer read more than 1.5 intervals after the previous one on its path: its
+event loop read late, or the peer sent late; at most one line per 5 s, the others counted as
+suppressed, so a phase's figure is a lower bound) and their number;
+at the end its ``hacontrol_loop_lag_max_seconds``, its largest read gap since start
+(``hacontrol_ha_read_gap_max_seconds``, the largest over its paths), its heartbeat sender
+thread's own largest lateness (``hacontrol_ha_beat_late_max_seconds``) and pauses
+(``ha.beat_paused``: its event loop silent for 2 intervals), and whether the peer ever
 left ``backup``/``active`` as expected (a false failover).
 
     python3 bench/heartbeat_gap.py [--services 2284] [--resync 8] [--scrapes 3] [--json out.json]
@@ -140,13 +145,18 @@ def fetch(sock: Path, path: str) -> bytes | None:
 
 
 def metrics(sock: Path, *names: str) -> list[float | None]:
-    """The value of each unlabelled series ``names`` in one scrape (None: absent)."""
+    """The value of each series ``names`` in one scrape, the largest over its labels (None:
+    absent)."""
     body = (fetch(sock, "/metrics") or b"").decode()
     found: dict[str, float] = {}
     for line in body.splitlines():
-        name, _, rest = line.partition(" ")
-        if name in names:
-            found[name] = float(rest.split()[0])
+        if line.startswith("#"):
+            continue
+        series, _, rest = line.rpartition("} ") if "{" in line else line.partition(" ")
+        name = series.partition("{")[0]
+        if name in names and rest:
+            v = float(rest.split()[0])
+            found[name] = max(v, found.get(name, v))
     return [found.get(n) for n in names]
 
 
@@ -232,8 +242,9 @@ def run(services: int, resync: float, tmp: Path, scrapes: int = 3) -> list[dict[
         t1 = time.time()
         if scrapes:
             phases.append((f"scrape x{scrapes} + status x{scrapes}", t0, t1))
-        names = ("hacontrol_loop_lag_max_seconds", "hacontrol_ha_beat_late_max_seconds")
-        lag, beat_late = metrics(tmp / "busy.sock", *names)
+        names = ("hacontrol_loop_lag_max_seconds", "hacontrol_ha_beat_late_max_seconds",
+                 "hacontrol_ha_read_gap_max_seconds")  # fmt: skip
+        lag, beat_late, read_gap = metrics(tmp / "busy.sock", *names)
         cap.terminate()
         for p in procs.values():
             p.terminate()
@@ -244,16 +255,25 @@ def run(services: int, resync: float, tmp: Path, scrapes: int = 3) -> list[dict[
         flips = len(roles("peer"))
         stalls = [(epoch(e["timestamp"]), e.get("lag_ms"), e.get("cpu_ms"))
                   for e in events(logs["busy"], "loop.stall")]  # fmt: skip
+        reads = [(epoch(e["timestamp"]), float(e.get("lateness", 0.0)), int(e.get("suppressed", 0)))
+                 for e in events(logs["busy"], "ha.read_late")]  # fmt: skip
         out = []
         for name, a, b in phases:
             within = [[ms, c] for t, ms, c in stalls if a <= t <= b]
+            late_reads = [(late, n) for t, late, n in reads if a <= t <= b]
+            worst_read = max((late for late, _ in late_reads), default=0.0)
             row = {"phase": name, "seconds": round(b - a, 2), **gaps(times, a, b),
-                   "stalls_lag_cpu_ms": within}  # fmt: skip
+                   "stalls_lag_cpu_ms": within,
+                   "read_late_ms": round(worst_read * 1000, 1),
+                   "read_late_ratio": round(worst_read / INTERVAL, 2),
+                   "read_late_lines": len(late_reads),
+                   "read_late_suppressed": sum(n for _, n in late_reads)}  # fmt: skip
             out.append(row)
         out.append({"peer_transitions": flips, "odd": failover, "services": services,
                     "destinations": dests, "interval_ms": INTERVAL * 1000,
                     "loop_lag_max_ms": None if lag is None else round(lag * 1000, 1),
                     "beat_late_max_ms": None if beat_late is None else round(beat_late * 1000, 1),
+                    "read_gap_max_ms": None if read_gap is None else round(read_gap * 1000, 1),
                     "beat_pauses": len(events(logs["busy"], "ha.beat_paused")),
                     "requests_path_s_bytes": requests})  # fmt: skip
         return out

@@ -131,6 +131,13 @@ class Metrics:
             ["reason"],
             registry=r,
         )
+        # the read side (hacontrol.ha.read_gap, issue 8): the event loop reads the heartbeats
+        self.ha_read_gap_max = Gauge(
+            "hacontrol_ha_read_gap_max_seconds",
+            "Largest gap between two heartbeats read from the peer, by path (since start)",
+            ["path"],
+            registry=r,
+        )
         # the heartbeat sender thread (hacontrol.ha.beat, issue 8)
         self.ha_beat_pauses = Counter(
             "hacontrol_ha_beat_pauses",

@@ -35,6 +35,7 @@ from hacontrol.ha.fsm import Machine, Params
 from hacontrol.ha.fsm_types import Role
 from hacontrol.ha.interfaces import HaIoError, Notifier, Tracker, TrackEvent, VipManager
 from hacontrol.ha.peer import PeerWatch, peer_event
+from hacontrol.ha.read_gap import ReadGaps
 from hacontrol.ha.runner_actions import Hooks, VipActions
 from hacontrol.ha.runner_status import runner_status
 from hacontrol.ha.timeline import TakeoverMarks
@@ -214,6 +215,7 @@ class HaRunner:
             on_learn=lambda: self.speaker.send_now(self.clock()),  # echo a new peer nonce now
             on_overrides=lambda msg, path, now: self.on_overrides and self.on_overrides(
                 msg, path, now),
+            reads=ReadGaps(self.cfg.interval, self.params.dead_interval),
         )  # fmt: skip
         if self._attach is not None:
             await self._attach(self.transport)
@@ -306,6 +308,8 @@ class HaRunner:
             try:
                 summary = self._feed_health(now)
                 self.feed(ft.Tick(now))
+                if self.transport is not None:
+                    self.transport.watch(now)  # a peer silent past its dead interval: no read gap
                 self.actions.tick(now, stalled=self.fsm.stall_until is not None)
                 self.speaker.tick(now, summary)
             except Exception as e:  # a bug: keep ticking (and heartbeating), loudly

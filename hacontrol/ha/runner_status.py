@@ -2,7 +2,8 @@
 
 ``runner_status`` builds plain JSON values from what the runner hands it: the role machine
 (role, reason, peer, faults, recent transitions), the peer's paths, the VIPs, the takeover
-marks and the heartbeat counters; it changes nothing. Times are seconds ago on the runner's
+marks and the heartbeat counters (with the read gaps per path, hacontrol.ha.read_gap); it
+changes nothing. Times are seconds ago on the runner's
 monotonic clock, except ``since`` (wall-clock UTC, for people).
 """
 
@@ -26,6 +27,8 @@ class Counters(Protocol):
 
     @property
     def dropped(self) -> Mapping[str, int]: ...
+
+    def read_gaps(self) -> Mapping[str, Mapping[str, float | int]]: ...
 
 
 def runner_status(
@@ -75,6 +78,7 @@ def runner_status(
         "heartbeats": {
             "sent": dict(t.sent) if t else {}, "received": dict(t.received) if t else {},
             "rejected": {k: v for k, v in (t.dropped if t else {}).items() if v},
+            "read_gaps": {p: dict(g) for p, g in t.read_gaps().items()} if t else {},
         },
         "transitions": [
             {"ago": ago(x.at), "from": x.from_role.name.lower(),

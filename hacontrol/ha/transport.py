@@ -13,8 +13,12 @@ instead: it never reaches the role machine); an ``unconfirmed`` one only teaches
 nonce (``on_learn()`` is then called, so the owner can answer at once) and is counted as such. A
 dropped one is counted in ``hb_rejected{reason}`` and logged as ``ha.drop`` (at most once per
 reason per ``log_every`` seconds, with the number suppressed; ``unconfirmed`` at info level: every
-restart of either node sees one or two). Also here: ``next_epoch`` (the persistent boot epoch),
-``new_nonce``, ``load_key`` (the shared secret) and ``digest_bytes`` (the config digest).
+restart of either node sees one or two). Each accepted heartbeat's read time is fed to
+``reads`` (hacontrol.ha.read_gap, when given): a read later than 1.5 intervals after the previous
+one on its path is logged as ``ha.read_late`` (rate-limited like the drops), and the runner's tick
+calls ``watch`` so a peer silent past its dead interval is no read gap. Also here: ``next_epoch``
+(the persistent boot epoch), ``new_nonce``, ``load_key`` (the shared secret) and
+``digest_bytes`` (the config digest).
 """
 
 from __future__ import annotations
@@ -49,6 +53,7 @@ from hacontrol.ha.packet import (
     ReplayGuard,
     decode,
 )
+from hacontrol.ha.read_gap import ReadGaps
 from hacontrol.metrics import Metrics
 from hacontrol.model import Endpoint, host_port
 
@@ -149,6 +154,7 @@ class HaTransport(asyncio.DatagramProtocol):
         guard: ReplayGuard | None = None,
         nonce: bytes | None = None,
         log_every: float = 5.0,
+        reads: ReadGaps | None = None,
     ) -> None:
         if not key:
             raise ValueError("the HA key is empty")
@@ -163,6 +169,7 @@ class HaTransport(asyncio.DatagramProtocol):
         self.fresh = Freshness(nonce if nonce is not None else new_nonce(), guard)
         self.allowed = frozenset(p.address for p in self.peers)  # the only sources accepted
         self.log_every = log_every
+        self.reads = reads  # the read gaps per path (None: not measured)
         self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self.received: dict[str, int] = {}
         self.sent: dict[str, int] = {}
@@ -322,8 +329,32 @@ class HaTransport(asyncio.DatagramProtocol):
             self.metrics.hb_received.labels(path=path).inc()
             self.unconfirmed.pop(msg.node, None)
             self.on_message(msg, path, now)
+            self._note_read(path, now, msg.epoch)
         if verdict.learned and self.on_learn is not None:
             self.on_learn()  # answer now: the peer confirms us within a round trip
+
+    def _note_read(self, path: str, now: float, epoch: int) -> None:
+        if self.reads is None:
+            return
+        g = self.reads.read(path, now, epoch)
+        if g is None:
+            return
+        self.metrics.ha_read_gap_max.labels(path=path).set(self.reads.paths[path].max_gap)
+        if g.late:
+            self._ratelimited(
+                "read_late", "ha.read_late", path=path, gap=round(g.gap, 4),
+                interval=self.reads.interval, lateness=round(g.lateness, 4),
+                reason="the event loop read the peer's heartbeat late (or the peer sent it late)",
+            )  # fmt: skip
+
+    def watch(self, now: float) -> None:
+        """A tick of the running loop: paths silent past the dead interval start afresh."""
+        if self.reads is not None:
+            self.reads.watch(now)
+
+    def read_gaps(self) -> dict[str, dict[str, float | int]]:
+        """The read gaps per path (``ReadGaps.status``; empty when not measured)."""
+        return {} if self.reads is None else self.reads.status()
 
     def _drop(self, reason: str, source: str, detail: str, level: str = "warning") -> None:
         self.dropped[reason] = self.dropped.get(reason, 0) + 1
