@@ -15,7 +15,10 @@ timestamps: SO_TIMESTAMPNS) until told to stop. Phases, in order:
 * ``resync``: 2.5 ``resync_interval`` (two periodic resyncs: full kernel read and compare);
 * ``scrape``: ``GET /metrics`` and ``GET /v1/status`` in turn, ``--scrapes`` times each (what an
   operator's Prometheus and ``hacontrol status`` ask; 16 MB and 12 MB at the default size),
-  one at a time, each request's seconds and bytes in the last row.
+  one at a time, each request's seconds and bytes in the last row;
+* ``refused NN MB``: SIGHUP with a config file of ``--huge`` MB (the big config followed by a
+  list of junk strings under an unknown top-level key: it must be parsed whole before it is
+  refused) until the daemon's ``config.reload`` line refusing it (0: no such phase).
 
 For each: its duration, the largest gap between two heartbeats received from the busy node, the
 lateness (gap minus the interval) and its ratio to the interval (target: at most 0.5), the
@@ -174,7 +177,15 @@ def gaps(times: list[float], start: float, end: float) -> dict[str, Any]:
             "late_ms": round(late * 1000, 1), "late_ratio": round(late / INTERVAL, 2)}  # fmt: skip
 
 
-def run(services: int, resync: float, tmp: Path, scrapes: int = 3) -> list[dict[str, Any]]:
+def huge_config(good: str, megabytes: int) -> str:
+    """``good`` followed by ``megabytes`` MB of junk strings under an unknown key (refused)."""
+    line = "  - " + "x" * 60 + "\n"
+    return good + "junk:\n" + line * (megabytes * (1 << 20) // len(line))
+
+
+def run(
+    services: int, resync: float, tmp: Path, scrapes: int = 3, huge: int = 50
+) -> list[dict[str, Any]]:
     (tmp / "ha.key").write_text(secrets.token_hex(32) + "\n")
     (tmp / "ha.key").chmod(0o600)
     with NetnsLab() as lab:
@@ -242,6 +253,19 @@ def run(services: int, resync: float, tmp: Path, scrapes: int = 3) -> list[dict[
         t1 = time.time()
         if scrapes:
             phases.append((f"scrape x{scrapes} + status x{scrapes}", t0, t1))
+        if huge:
+            good = cfgs["busy"].read_text()
+            cfgs["busy"].write_text(huge_config(good, huge))
+            n = len(events(logs["busy"], "config.reload"))
+            t0 = time.time()
+            os.killpg(procs["busy"].pid, signal.SIGHUP)
+            wait(lambda: len(events(logs["busy"], "config.reload")) > n, "the refusal", 600)
+            t1 = time.time()
+            last = events(logs["busy"], "config.reload")[-1]
+            if last.get("result") == "ok":
+                raise SystemExit(f"the {huge} MB config was not refused: {last}")
+            phases.append((f"refused {huge} MB", t0, t1))
+            cfgs["busy"].write_text(good)
         names = ("hacontrol_loop_lag_max_seconds", "hacontrol_ha_beat_late_max_seconds",
                  "hacontrol_ha_read_gap_max_seconds")  # fmt: skip
         lag, beat_late, read_gap = metrics(tmp / "busy.sock", *names)
@@ -284,6 +308,7 @@ def main() -> None:
     ap.add_argument("--services", type=int, default=2284)
     ap.add_argument("--resync", type=float, default=8.0)
     ap.add_argument("--scrapes", type=int, default=3, help="GET /metrics and /v1/status N times")
+    ap.add_argument("--huge", type=int, default=50, help="MB of the refused config (0: none)")
     ap.add_argument("--json", type=Path)
     ap.add_argument("--keep", type=Path, help="copy the daemons' logs and configs here")
     args = ap.parse_args()
@@ -291,7 +316,7 @@ def main() -> None:
         raise SystemExit("run as root (network namespaces, nftables)")
     with tempfile.TemporaryDirectory(prefix="hcgap-") as tmp:
         try:
-            rows = run(args.services, args.resync, Path(tmp), args.scrapes)
+            rows = run(args.services, args.resync, Path(tmp), args.scrapes, args.huge)
         finally:
             if args.keep:
                 args.keep.mkdir(parents=True, exist_ok=True)
