@@ -16,6 +16,10 @@ process (~0.1 ms a poll, one every ~1 ms); ``--poller nft`` runs ``nft -j list s
   ``health.change`` log line to the kernel (both wall clock, same host); also from the kill
   (detection by the 200 ms checks included).
 
+For both, also the daemon's own view (microsecond log timestamps, no poller in between): to its
+``dataplane.apply`` line, which the pass writes once the kernel acknowledged every message (the
+plane's confirmation), from the ``health.change`` line and from just before the request.
+
 Runs with S = 10 and S = 1,000 in one invocation and prints the ratios; also the daemon's RSS
 (VmRSS) once the table is loaded, and the ``dataplane.apply`` passes of each event (scope, ops).
 
@@ -225,9 +229,17 @@ def downs(log: Path, since: int) -> list[dict[str, Any]]:
     return [e for e in events(log, "health.change")[since:] if e.get("to") == "down"]
 
 
-def one_run(ns: Ns, log: Path, tmp: Path, poller: str) -> tuple[float, float, float, list[Any]]:
+def acked_at(log: Path, since: int) -> float:
+    """When the first ``dataplane.apply`` line after ``since`` was written: the pass logs it once
+    the kernel acknowledged every message (the plane's confirmation; microsecond timestamps)."""
+    return epoch(events(log, "dataplane.apply")[since]["timestamp"])
+
+
+def one_run(
+    ns: Ns, log: Path, tmp: Path, poller: str
+) -> tuple[float, float, float, list[Any], tuple[float, float]]:
     """One drain and one health change of the victim: (drain s, health.change to kernel s,
-    kill to kernel s, their passes)."""
+    kill to kernel s, their passes, (drain, health.change) to the kernel's ack s)."""
     victim = ns.popen(sys.executable, "-c", LISTEN, VICTIM, stdout=subprocess.PIPE, text=True)
     assert victim is not None and victim.stdout is not None
     try:
@@ -243,6 +255,7 @@ def one_run(ns: Ns, log: Path, tmp: Path, poller: str) -> tuple[float, float, fl
         drain = seen_at(watcher) - t0
         # the pass's log line is written after the kernel has it: wait for it
         drain_passes = wait(lambda: applied(log, n_applies), "the drain's pass", 10)
+        drain_ack = acked_at(log, n_applies) - t0
         api(tmp, "clear")
         seen_at(poll(ns, "absent", poller=poller))
         time.sleep(0.5)
@@ -257,7 +270,9 @@ def one_run(ns: Ns, log: Path, tmp: Path, poller: str) -> tuple[float, float, fl
         at = seen_at(watcher)
         change = wait(lambda: downs(log, n_changes), "health.change", 10)[0]
         passes = [drain_passes, wait(lambda: applied(log, n_applies), "the pass", 10)]
-        return drain, at - epoch(change["timestamp"]), at - t_kill, passes
+        changed = epoch(change["timestamp"])
+        acks = (drain_ack, acked_at(log, n_applies) - changed)
+        return drain, at - changed, at - t_kill, passes, acks
     finally:
         victim.kill()
         victim.wait(10)
@@ -281,6 +296,7 @@ def measure(services: int, runs: int, tmp: Path, poller: str = "lib") -> dict[st
         drains: list[float] = []
         kills: list[float] = []
         passes: list[list[list[str]]] = []
+        acks: list[tuple[float, float]] = []
         try:
             start = time.monotonic()
             wait(lambda: len(events(log, "dataplane.apply")) > 0, "the first load", 300)
@@ -288,7 +304,8 @@ def measure(services: int, runs: int, tmp: Path, poller: str = "lib") -> dict[st
             wait(lambda: len(events(log, "health.change")) >= len(RS), "checks up", 120)
             load = time.monotonic() - start
             for _ in range(runs):
-                drain, change, kill, run_passes = one_run(ns, log, tmp, poller)
+                drain, change, kill, run_passes, run_acks = one_run(ns, log, tmp, poller)
+                acks.append(run_acks)
                 drains.append(drain)
                 kills.append(kill)
                 health.append(change)
@@ -311,6 +328,10 @@ def measure(services: int, runs: int, tmp: Path, poller: str = "lib") -> dict[st
             "drain_median_s": round(statistics.median(drains), 4),
             "kill_to_kernel_s": [round(f, 4) for f in kills],  # detection (checks) included
             "kill_median_s": round(statistics.median(kills), 4),
+            # the daemon's own view: to the log line of the pass, written after the kernel's ack
+            "ack_s": [[round(d, 5), round(h, 5)] for d, h in acks],
+            "health_ack_median_s": round(statistics.median(h for _, h in acks), 5),
+            "drain_ack_median_s": round(statistics.median(d for d, _ in acks), 5),
             "rss_mb": round(rss, 1),
             "nft_exec_fallbacks": fallbacks,
             "nftnl_fallbacks": nl_fallbacks,
@@ -339,6 +360,8 @@ def main() -> None:
             ("health.change to kernel", "median_s"),
             ("API drain to kernel", "drain_median_s"),
             ("kill to kernel", "kill_median_s"),
+            ("health.change to the kernel's ack", "health_ack_median_s"),
+            ("API drain to the kernel's ack", "drain_ack_median_s"),
         ):
             ratio = r[key] / base[key] if base[key] else float("inf")
             print(
