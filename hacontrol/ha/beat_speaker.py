@@ -176,6 +176,18 @@ class Speaker:
         if m.role is Role.ACTIVE and self.actions.held:
             self.marks.first("hb_active", now)
 
+    def farewell(self, now: float) -> int:
+        """A clean stop's last word, ``stopping``, on every path (twice: a lost datagram must not
+        make it look like a crash); the copies sent. Whatever the role was: a backup's stop
+        releases nothing and hands nothing over, so without it the peer would see a stopped
+        backup as a dead host and end a hand-off drain whose flows this node's kernel still
+        forwards (hacontrol.ha.runner_actions ``_peer_stopped``). Not while silent (a drill)."""
+        m = self.machine()
+        if self.transport is None or m.silent or m.role is not Role.STOPPING:
+            return 0
+        msg = dataclasses.replace(self.message(now, self._summary), type=pk.MsgType.HEARTBEAT)
+        return sum(self.transport.send(msg) for _ in range(2))
+
     def send_overrides(self, payload: bytes) -> int:
         """Send one overrides message (type 3) with ``payload`` on every path; the copies sent
         (0 before start, after stop, or while silent: a fault drill)."""

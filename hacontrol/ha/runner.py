@@ -240,6 +240,7 @@ class HaRunner:
             with contextlib.suppress(TimeoutError):
                 await self.wait_until(lambda: self.fsm.done, bound)
             await self.actions.settle(5.0)
+            self.speaker.farewell(self.clock())  # "stopping": a clean stop, not a dead host
         if self._deadline is not None:
             self._deadline.cancel()
         try:

@@ -103,6 +103,29 @@ async def test_graceful_stop_hands_over_make_before_break(tmp_path: Path) -> Non
 
 
 @sim
+async def test_a_backup_stopping_cleanly_says_so_last(tmp_path: Path) -> None:
+    """A backup's clean stop hands nothing over, yet its kernel may still forward flows the
+    active hands to it (a drain after a move): its last word must be ``stopping``, or the active
+    takes it for a dead host and ends that drain (the soak's backup restarts broke them)."""
+    async with elected(tmp_path, World()) as (a, b):
+        await b.r.stop(graceful=True)
+        last = await wait(lambda: a.r.peer.last is not None
+                          and from_wire(a.r.peer.last.role) is Role.STOPPING)  # fmt: skip
+        assert last <= INTERVAL
+        assert a.role == "active"
+        await asyncio.sleep(2 * DEAD)  # then silence, and the active stays as it is
+        assert a.role == "active" and from_wire(a.r.peer.last.role) is Role.STOPPING
+
+
+@sim
+async def test_a_crashed_backup_says_nothing(tmp_path: Path) -> None:
+    async with elected(tmp_path, World()) as (a, b):
+        await b.r.stop(graceful=False)
+        await asyncio.sleep(2 * DEAD)
+        assert a.r.peer.last is not None and from_wire(a.r.peer.last.role) is Role.BACKUP
+
+
+@sim
 async def test_drill_handover_timeline(tmp_path: Path) -> None:
     world = World()
     async with elected(tmp_path, world) as (a, b):
