@@ -251,6 +251,19 @@ class LoopThread:
         """Run ``coro`` on the loop and wait for its result (at most ``within`` seconds)."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(within)
 
+    def hold(self, seconds: float) -> None:
+        """Hold this loop for ``seconds`` (a callback that sleeps: big work, in a test);
+        returns once it ran."""
+        done = threading.Event()
+
+        def hold() -> None:
+            time.sleep(seconds)  # nothing else runs on this loop meanwhile
+            done.set()
+
+        self.loop.call_soon_threadsafe(hold)
+        if not done.wait(seconds + 30.0):
+            raise TimeoutError(f"the loop did not run a {seconds} s hold within 30 s")
+
     def close(self) -> None:
         self.loop.call_soon_threadsafe(self.loop.stop)
         self.thread.join(5)

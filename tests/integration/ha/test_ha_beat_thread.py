@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from looppair import loopback_pair
 
 from hacontrol.clock import loop_clock
 from hacontrol.ha import fsm_types as ft
@@ -33,7 +34,6 @@ from hacontrol.ha import packet as pk
 from hacontrol.ha.notify import CommandNotifier
 from hacontrol.ha.runner import HaRunner
 from hacontrol.ha.vip import VipGroup
-from hacontrol.lab.netns import LoopThread
 from hacontrol.metrics import Metrics
 from hacontrol.model import Endpoint, HAConfig
 
@@ -226,32 +226,8 @@ def test_backup_blocked_past_the_dead_interval_reads_queued_heartbeats_first(
     shorter than a stall (0.5 s here), so only the order of the loop's work protects it: the
     heartbeats queued meanwhile must be read before the deadline tick runs. Five holds; the
     backup never becomes active and the active never leaves."""
-    lo = ipaddress.ip_address("127.0.0.1")
-    socks = {n: socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for n in ("a", "b")}
-    for s in socks.values():
-        s.bind(("127.0.0.1", 0))
-    port = {n: s.getsockname()[1] for n, s in socks.items()}
-    loops = {n: LoopThread() for n in ("a", "b")}
-    runners: dict[str, HaRunner] = {}
-    try:
-        for n, prio, other in (("a", 150, "b"), ("b", 100, "a")):
-            cfg = HAConfig(
-                bind=Endpoint(lo, port[n]), peers=(Endpoint(lo, port[other]),), secret_file="-",
-                priority=prio, preempt=False, interval=INTERVAL, dead_after=3, lease=None,
-            )  # fmt: skip
-
-            async def make(cfg: HAConfig = cfg, n: str = n) -> HaRunner:
-                r = HaRunner(
-                    cfg, f"dir-{n}", KEY, clock=loop_clock(), metrics=Metrics(),
-                    vips=VipGroup(()), notifier=CommandNotifier((), node=n),
-                    health_summary=lambda: [("web", 1, 1)], digest="cd" * 32,
-                    state_dir=str(tmp_path / n), sock=socks[n], beat="process",
-                    stall_factor=STALL,
-                )  # fmt: skip
-                await r.start()
-                return r
-
-            runners[n] = loops[n].run(make())
+    with loopback_pair(tmp_path, KEY, interval=INTERVAL, dead_after=3, stall=STALL) as pair:
+        runners, loops, _ = pair
         a, b = runners["a"], runners["b"]
 
         async def elected() -> None:
@@ -268,8 +244,3 @@ def test_backup_blocked_past_the_dead_interval_reads_queued_heartbeats_first(
             "hacontrol_ha_transitions_total", {"from_role": "backup", "to_role": "active"}
         )
         assert took is None, "the backup took over from a live active"
-    finally:
-        for n, r in runners.items():
-            loops[n].run(r.stop(graceful=False))
-        for lp in loops.values():
-            lp.close()

@@ -11,24 +11,13 @@ phase late."""
 
 from __future__ import annotations
 
-import asyncio
-import ipaddress
-import socket
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from looppair import Pair, loopback_pair
 from structlog.testing import capture_logs
-
-from hacontrol.clock import loop_clock
-from hacontrol.ha.notify import CommandNotifier
-from hacontrol.ha.runner import HaRunner
-from hacontrol.ha.vip import VipGroup
-from hacontrol.metrics import Metrics
-from hacontrol.model import Endpoint, HAConfig
 
 KEY = b"read gap test key 0123456789"
 INTERVAL = 0.5
@@ -37,73 +26,10 @@ STALL = 6.0  # the stall window: 3 s
 HOLD = 3 * INTERVAL  # late (> 1.5 intervals), short of the stall window and the dead interval
 
 
-class LoopThread:
-    """An event loop in a thread of its own."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Any, within: float = 30.0) -> Any:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(within)
-
-    def hold(self, seconds: float) -> None:
-        """Hold this loop for ``seconds`` (a callback that sleeps); returns once it ran."""
-        done = threading.Event()
-
-        def hold() -> None:
-            time.sleep(seconds)  # the big work: nothing else runs on this loop meanwhile
-            done.set()
-
-        self.loop.call_soon_threadsafe(hold)
-        assert done.wait(seconds + 30.0)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
-
-
-Pair = tuple[dict[str, HaRunner], dict[str, LoopThread], dict[str, int]]
-
-
 @pytest.fixture
 def pair(tmp_path: Path) -> Iterator[Pair]:
-    lo = ipaddress.ip_address("127.0.0.1")
-    socks = {n: socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for n in ("a", "b")}
-    for s in socks.values():
-        s.bind(("127.0.0.1", 0))
-    port = {n: s.getsockname()[1] for n, s in socks.items()}
-    loops = {n: LoopThread() for n in ("a", "b")}
-    runners: dict[str, HaRunner] = {}
-    try:
-        for n, prio, other in (("a", 150, "b"), ("b", 100, "a")):
-            cfg = HAConfig(
-                bind=Endpoint(lo, port[n]), peers=(Endpoint(lo, port[other]),), secret_file="-",
-                priority=prio, preempt=False, interval=INTERVAL, dead_after=DEAD_AFTER, lease=None,
-            )  # fmt: skip
-
-            async def make(cfg: HAConfig = cfg, n: str = n) -> HaRunner:
-                r = HaRunner(
-                    cfg, f"dir-{n}", KEY, clock=loop_clock(), metrics=Metrics(),
-                    vips=VipGroup(()), notifier=CommandNotifier((), node=n),
-                    health_summary=lambda: [("web", 1, 1)], digest="cd" * 32,
-                    state_dir=str(tmp_path / n), sock=socks[n], beat="process",
-                    stall_factor=STALL,
-                )  # fmt: skip
-                await r.start()
-                return r
-
-            runners[n] = loops[n].run(make())
-        yield runners, loops, port
-    finally:
-        for n, r in runners.items():
-            loops[n].run(r.stop(graceful=False))
-        for lp in loops.values():
-            lp.close()
-        for s in socks.values():
-            s.close()
+    with loopback_pair(tmp_path, KEY, interval=INTERVAL, dead_after=DEAD_AFTER, stall=STALL) as p:
+        yield p
 
 
 def test_a_held_loop_reads_the_peers_heartbeats_late(pair: Pair) -> None:
