@@ -243,7 +243,9 @@ class HaTransport(asyncio.DatagramProtocol):
 
     def count_sent(self, i: int, n: int) -> None:
         """``n`` heartbeats the sender process sent on path ``i`` (of ``peers``)."""
-        path = str(self.peers[i])
+        self._count_sent(str(self.peers[i]), n)
+
+    def _count_sent(self, path: str, n: int) -> None:
         self.sent[path] = self.sent.get(path, 0) + n
         self.metrics.hb_sent.labels(path=path).inc(n)
 
@@ -285,8 +287,7 @@ class HaTransport(asyncio.DatagramProtocol):
                     continue
                 n += 1
                 if msg.type is not MsgType.OVERRIDES:  # those are counted by their owner
-                    self.sent[path] = self.sent.get(path, 0) + 1
-                    self.metrics.hb_sent.labels(path=path).inc()
+                    self._count_sent(path, 1)
         return n
 
     @property
