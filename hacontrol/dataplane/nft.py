@@ -1,4 +1,5 @@
-"""The nftables data plane: the whole desired table as ONE nftables table the daemon owns.
+"""The nftables data plane: the whole desired table as nftables tables the daemon owns (one main
+table and up to 16 service tables, ``hacontrol.dataplane.nft_render``), replaced as one.
 
 For kernels without IPVS. The plane keeps the table as it last read or wrote it. An apply of a
 few actions (a health change) is a few commands on the touched services' own objects, set and
@@ -38,21 +39,12 @@ from typing import Any
 from hacontrol import logs
 from hacontrol.dataplane.base import DataplaneError
 from hacontrol.dataplane.diff import Action, apply_in_place
-from hacontrol.dataplane.nft_delta import AddrRefs, address_refs, delta
+from hacontrol.dataplane.nft_delta import Refs, address_refs, delta
 from hacontrol.dataplane.nft_exec import NftExec
 from hacontrol.dataplane.nft_read import read_table
 from hacontrol.dataplane.nft_readback import ALTERED, parse_key
-from hacontrol.dataplane.nft_render import (
-    EXACT,
-    FAMILY,
-    MAX_SLOTS,
-    NAT_CHAINS,
-    WEIGHT_MAPS,
-    NftRenderer,
-    check,
-    slots_for,
-    smooth_slots,
-)
+from hacontrol.dataplane.nft_render import EXACT, FAMILY, WEIGHT_MAPS, NftRenderer, check
+from hacontrol.dataplane.nft_slots import MAX_SLOTS, slots_for, smooth_slots
 from hacontrol.dataplane.nft_watch import NftWatch
 from hacontrol.dataplane.nftnl import NftNetlink
 from hacontrol.dataplane.table import ServiceKey, Table
@@ -62,7 +54,6 @@ __all__ = [
     "EXACT",
     "FAMILY",
     "MAX_SLOTS",
-    "NAT_CHAINS",
     "WEIGHT_MAPS",
     "NftDataplane",
     "NftRenderer",
@@ -154,7 +145,7 @@ class NftDataplane(NftRenderer):
         self._state: Table | None = None  # our table as last read or written; None: unknown
         self._exists = False  # the kernel has our table
         self._trusted = False  # no service of it reads back altered: commands can change it
-        self._refs: AddrRefs = {}
+        self._refs = Refs()
         self.commands = 0
         self.rewrites = 0
 
@@ -184,7 +175,7 @@ class NftDataplane(NftRenderer):
         """Watch the nf_tables notifications; ``changed(reason, count)`` on foreign changes to
         our table (``hacontrol.dataplane.nft_watch``)."""
         if self.watcher is None:
-            self.watcher = NftWatch(self.table_name, changed, self.ours, netns=self.netns)
+            self.watcher = NftWatch(self.owns, changed, self.ours, netns=self.netns)
             self.watcher.start()
 
     async def _batch(self, doc: dict[str, object]) -> tuple[int, str, str]:
@@ -212,7 +203,7 @@ class NftDataplane(NftRenderer):
         self._trusted = exists and not any(
             s.spec.scheduler.startswith(ALTERED) for s in table.values()
         )
-        self._refs = address_refs(table)
+        self._refs = address_refs(table, self)
 
     async def apply(self, desired: Table, actions: Sequence[Action]) -> None:
         """Apply ``actions`` on the table as this plane knows it (``desired``, the touched
@@ -230,7 +221,7 @@ class NftDataplane(NftRenderer):
                 doc = self.render(new)
                 self.rewrites += 1
             else:
-                refs = dict(self._refs)
+                refs = self._refs.copy()
                 touched = {a.service for a in actions}
                 doc = {"nftables": delta(self, self._state, new, touched, refs)}
             self.commands += len(doc["nftables"])
@@ -248,7 +239,12 @@ class NftDataplane(NftRenderer):
             self._remember(new, exists=bool(new))
 
     async def _send_netlink(self, commands: list[dict[str, object]]) -> bool:
-        return self.netlink is not None and await self.netlink.send(self.table_name, commands)
+        """Our own netlink batch, unless ``commands`` add or delete a service table (rare: its
+        first or last service; the encoder writes no tables or base chains): then nft."""
+        tables = any("table" in what for c in commands for what in c.values())  # type: ignore[operator]
+        if self.netlink is None or tables:
+            return False
+        return await self.netlink.send(self.tables(), commands)
 
     async def replace(self, table: Table) -> None:
         """Render ``table`` whole and replace ours with it atomically (tests, the benchmark)."""
@@ -266,7 +262,7 @@ class NftDataplane(NftRenderer):
         doc = self.render({})
         rc, _, err = await self._batch(doc)
         if rc != 0:
-            raise DataplaneError(f"nftables: delete table {self.table_name}: {err}")
+            raise DataplaneError(f"nftables: delete tables {self.table_name}*: {err}")
         self._remember({}, exists=False)
 
     async def close(self) -> None:

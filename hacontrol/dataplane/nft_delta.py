@@ -5,9 +5,12 @@ into their ``new`` one with commands on the objects of those services only (see 
 ``hacontrol.dataplane.nft_render``): elements of the weight maps, of the ``svc`` verdict map and
 of the ``nodest`` sets; the service's own chain (added, flushed and given its new rule, or
 deleted); and the ``rs`` masquerade sets, by a reference count of each address. The
-table and its base chains are never replaced, so their handles stay and established flows are
-untouched. Order inside the one transaction: element deletes, chain flushes and deletes, chain
-adds and rules, element adds (a verdict element must go before its chain, and come after it).
+tables and their base chains are never replaced, so their handles stay and established flows
+are untouched, except that a service table is added with its first service and deleted with its
+last (by a count of services per service table, kept with the address counts in ``Refs``).
+Order inside the one transaction: service tables added, element deletes, chain flushes and
+deletes, chain adds and rules, element adds (a verdict element must go before its chain, and
+come after it), service tables deleted.
 
 The kernel state after ``delta`` equals what ``render(new)`` would give (tested on nftables).
 """
@@ -15,22 +18,25 @@ The kernel state after ``delta`` equals what ``render(new)`` would give (tested 
 from __future__ import annotations
 
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from hacontrol.dataplane.nft_readback import norm_elem
-from hacontrol.dataplane.nft_render import Json, NftRenderer, check
+from hacontrol.dataplane.nft_render import Json, NftRenderer, SetId, check
 from hacontrol.dataplane.table import ServiceKey, Table, TableService
 
 
-def _elements(r: NftRenderer, key: ServiceKey, svc: TableService | None) -> dict[str, Any]:
-    """{(set name, canonical text): element} of one service."""
-    out: dict[tuple[str, str], Any] = {}
+def _elements(
+    r: NftRenderer, key: ServiceKey, svc: TableService | None
+) -> dict[tuple[SetId, str], Any]:
+    """{(set, canonical text): element} of one service."""
+    out: dict[tuple[SetId, str], Any] = {}
     if svc is None:
         return {}
-    for name, items in r.service_elements(key, svc).items():
+    for where, items in r.service_elements(key, svc).items():
         for e in items:
-            out[(name, norm_elem(e))] = e
-    return out  # type: ignore[return-value]
+            out[(where, norm_elem(e))] = e
+    return out
 
 
 def _key_only(elem: Any) -> Any:
@@ -39,7 +45,7 @@ def _key_only(elem: Any) -> Any:
 
 
 def delta(
-    r: NftRenderer, old: Table, new: Table, touched: Iterable[ServiceKey], refs: AddrRefs
+    r: NftRenderer, old: Table, new: Table, touched: Iterable[ServiceKey], refs: Refs
 ) -> list[Json]:
     """The commands taking the ``touched`` services from ``old`` to ``new`` (both whole tables,
     only the touched services are read); ``refs``: ``address_refs(old)``, updated to ``new``'s
@@ -66,24 +72,59 @@ def delta(
             chain_ops += [{"add": chain}, *({"add": rule} for rule in rules)]
         elif rules != r.service_rules(key, was):
             chain_ops += [{"flush": chain}, *({"add": rule} for rule in rules)]
-    rs_dels, rs_adds = _rs_changes(r, old, new, keys, refs)
-    return dels + rs_dels + chain_ops + adds + rs_adds
+    rs_dels, rs_adds = _rs_changes(r, old, new, keys, refs.addrs)
+    born, gone = _shard_changes(r, old, new, keys, refs.shards)
+    tables = [{"add": o} for shard in born for o in r.shard_objects(shard)]
+    dead = [{"delete": {"table": {"family": "inet", "name": shard}}} for shard in gone]
+    return tables + dels + rs_dels + chain_ops + adds + rs_adds + dead
 
 
-AddrRefs = dict[tuple[int, str], int]  # (family, address): destinations using it
+@dataclass
+class Refs:
+    """Reference counts of a table: destinations per address (the masquerade sets) and services
+    per service table (which exist)."""
+
+    addrs: dict[tuple[int, str], int] = field(default_factory=dict)  # (family, address): dests
+    shards: dict[str, int] = field(default_factory=dict)  # service table: services
+
+    def copy(self) -> Refs:
+        return Refs(dict(self.addrs), dict(self.shards))
 
 
-def address_refs(table: Table) -> AddrRefs:
-    """How many destinations use each address (the masquerade sets' reference counts)."""
-    out: AddrRefs = {}
+def address_refs(table: Table, r: NftRenderer) -> Refs:
+    """The reference counts of ``table``."""
+    out = Refs()
     for key, svc in table.items():
+        shard = r.shard(key)
+        out.shards[shard] = out.shards.get(shard, 0) + 1
         for d in svc.dests:
-            out[(key.family, d.address)] = out.get((key.family, d.address), 0) + 1
+            out.addrs[(key.family, d.address)] = out.addrs.get((key.family, d.address), 0) + 1
     return out
 
 
+def _shard_changes(
+    r: NftRenderer, old: Table, new: Table, keys: list[ServiceKey], counts: dict[str, int]
+) -> tuple[list[str], list[str]]:
+    """Service tables that get their first service (born) and lose their last (gone);
+    ``counts`` is updated to ``new``'s."""
+    before = {r.shard(k) for k in keys}
+    was = {s: counts.get(s, 0) for s in before}
+    for key in keys:
+        shard = r.shard(key)
+        counts[shard] = counts.get(shard, 0) + (key in new) - (key in old)
+    born = sorted(s for s in before if was[s] <= 0 < counts[s])
+    gone = sorted(s for s in before if counts[s] <= 0 < was[s])
+    for shard in gone:
+        del counts[shard]
+    return born, gone
+
+
 def _rs_changes(
-    r: NftRenderer, old: Table, new: Table, keys: list[ServiceKey], refs: AddrRefs
+    r: NftRenderer,
+    old: Table,
+    new: Table,
+    keys: list[ServiceKey],
+    refs: dict[tuple[int, str], int],
 ) -> tuple[list[Json], list[Json]]:
     """Masquerade set elements: an address enters with its first destination and leaves with its
     last (an address is often shared by services). ``refs`` (the counts of ``old``) is updated
@@ -100,9 +141,9 @@ def _rs_changes(
     for tag in sorted(t for t in refs if (refs[t] > 0) != (before.get(t, 0) > 0)):
         family, addr = tag
         if refs[tag] > 0:
-            adds.append({"add": r.element(f"rs{family}", [addr])})
+            adds.append({"add": r.element((r.table_name, f"rs{family}"), [addr])})
         else:
-            dels.append({"delete": r.element(f"rs{family}", [addr])})
+            dels.append({"delete": r.element((r.table_name, f"rs{family}"), [addr])})
     for tag in [t for t, n in refs.items() if n <= 0]:
         del refs[tag]
     return dels, adds

@@ -118,11 +118,14 @@ def parse(data: bytes) -> Parsed:
 
 
 class Tracker:
-    """Follows transactions: the messages touching our table (``family`` ``table``) until the
-    NEWGEN that closes them; ``own(pid)`` says whether a committing task is ours."""
+    """Follows transactions: the messages touching our tables (``family``, a name ``mine``
+    accepts) until the NEWGEN that closes them; ``own(pid)`` says whether a committing task is
+    ours."""
 
-    def __init__(self, table: str, family: int, own: Callable[[int], bool]) -> None:
-        self.table = table
+    def __init__(
+        self, mine: Callable[[str], bool], family: int, own: Callable[[int], bool]
+    ) -> None:
+        self.mine = mine
         self.family = family
         self.own = own
         self._touched: Counter[str] = Counter()  # kinds of message, at most len(MESSAGES)
@@ -132,7 +135,7 @@ class Tracker:
     def feed(self, note: Note) -> str | None:
         """The reason, when ``note`` closes a foreign transaction that touched our table."""
         if note.msg != "newgen":
-            if note.table == self.table and note.family == self.family:
+            if note.table is not None and note.family == self.family and self.mine(note.table):
                 self._touched[note.msg] += 1
             return None
         touched, self._touched = self._touched, Counter()

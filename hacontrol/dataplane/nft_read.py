@@ -1,11 +1,13 @@
-"""Read our nftables table back in a child process, so the big parse never holds the daemon.
+"""Read our nftables tables back in a child process, so the big parse never holds the daemon.
 
-A periodic resync reads the whole table (``nft -j list table``): at 10,000 destinations that is
+A periodic resync reads all our tables (``nft -j list ruleset inet``, other tables skipped:
+one nft run for the main table and every service table): at 10,000 destinations that is
 a ~5 MB JSON document whose ``json.loads`` alone holds the interpreter for ~100 ms, a thread does
 not help (the GIL), and the event loop also sends the heartbeats. So ``python -m
 hacontrol.dataplane.nft_read TABLE [NETNS]`` runs nft, parses and checks the listing
 (``NftRenderer.parse``, hand edits read back ``altered:``) and writes ``marshal`` frames (a
-4-byte length, then the data) to stdout: first ``("ok",)``, ``("absent",)`` (no such table) or
+4-byte length, then the data) to stdout: first ``("ok",)``, ``("absent",)`` (none of our
+tables) or
 ``("error", text)``, then for "ok" the rows, a slice a frame; a row is ``(proto, vip,
 port, scheduler, persistence, ((address, port, weight, forwarding), ...))``. The parent
 (``read_table``) waits on the loop with a deadline (the child is killed on timeout or
@@ -113,19 +115,21 @@ def read_here(
     listing)."""
     # -p: protocols as numbers, so the listing is the same with or without /etc/protocols
     # (ports are numbers unless -S is given); the parser reads both forms anyway
-    argv = ["nft", "-j", "-p", "list", "table", FAMILY, table_name]
+    argv = ["nft", "-j", "-p", "list", "ruleset", FAMILY]
     if netns:
         argv = ["ip", "netns", "exec", netns, *argv]
     try:
         r = subprocess.run(argv, capture_output=True, text=True, timeout=limit, check=False)
     except (OSError, subprocess.TimeoutExpired) as e:
-        return ("error", f"nftables: list table {table_name}: {e}"), None
+        return ("error", f"nftables: list ruleset {FAMILY}: {e}"), None
     if r.returncode != 0:
-        if "No such file or directory" in r.stderr:
-            return ("absent",), None
-        return ("error", f"nftables: list table {table_name}: {r.stderr.strip()}"), None
+        return ("error", f"nftables: list ruleset {FAMILY}: {r.stderr.strip()}"), None
+    renderer = NftRenderer(table_name)
     try:
-        table = NftRenderer(table_name).parse(json.loads(r.stdout))
+        doc = json.loads(r.stdout) if r.stdout.strip() else {"nftables": []}
+        if not any(renderer.owns(i["table"]["name"]) for i in doc["nftables"] if "table" in i):
+            return ("absent",), None
+        table = renderer.parse(doc)
     except (ValueError, KeyError, TypeError) as e:
         return ("error", f"nftables: cannot parse table {table_name}: {e}"), None
     return ("ok",), rows_of(table)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, get_args
 
@@ -40,23 +41,31 @@ from hacontrol.dataplane.table import (
 Json = dict[str, Any]
 ALTERED = "altered:"
 PORT_FIELDS = ("sport", "dport")  # payload fields whose values nft may print by service name
-RuleKey = tuple[str, str, str]  # (chain, comment, canonical expressions)
+RuleKey = tuple[str, str, str, str]  # (table, chain, comment, canonical expressions)
+SetId = tuple[str, str]  # (table, set or map name)
 
 
 class Rendering(Protocol):
-    """What reading back needs of the renderer: the objects a table renders to."""
+    """What reading back needs of the renderer: where things are, the objects a table renders
+    to."""
 
-    def chains(self) -> list[Json]: ...
+    table_name: str  # the main table
+
+    def owns(self, table: str) -> bool: ...
+
+    def shards(self, keys: Iterable[ServiceKey]) -> set[str]: ...
+
+    def chains(self, shards: Iterable[str]) -> list[Json]: ...
 
     def service_chain(self, key: ServiceKey) -> Json: ...
 
     def service_rules(self, key: ServiceKey, svc: TableService) -> list[Json]: ...
 
-    def service_elements(self, key: ServiceKey, svc: TableService) -> dict[str, list[Any]]: ...
+    def service_elements(self, key: ServiceKey, svc: TableService) -> dict[SetId, list[Any]]: ...
 
-    def shared_elements(self, table: Table) -> dict[str, list[Any]]: ...
+    def shared_elements(self, table: Table) -> dict[SetId, list[Any]]: ...
 
-    def global_rules(self) -> list[Json]: ...
+    def global_rules(self, shards: Iterable[str]) -> list[Json]: ...
 
     def renders(self, key: ServiceKey, svc: TableService) -> bool: ...
 
@@ -113,36 +122,44 @@ def read_elem_key(value: Any) -> ServiceKey:
 
 @dataclass
 class Listing:
-    """What one listing holds: the services its comments and weight elements name, and the live
-    rules, chains and elements to check them against."""
+    """What one listing holds of our tables: the services its comments and weight elements name,
+    and the live tables, rules, chains and elements to check them against."""
 
     specs: dict[ServiceKey, ServiceSpec] = field(default_factory=dict)
     dests: dict[ServiceKey, dict[DestKey, DestSpec]] = field(default_factory=dict)
+    tables: set[str] = field(default_factory=set)
     rules: list[RuleKey] = field(default_factory=list)
     chains: set[str] = field(default_factory=set)
-    elems: dict[str, list[Any]] = field(default_factory=dict)  # set/map name: elements
+    elems: dict[SetId, list[Any]] = field(default_factory=dict)  # set/map: elements
     broken: bool = False  # something hand-made that belongs to no service: re-render everything
 
 
-def read_listing(doc: Json) -> Listing:
-    """Sort a listing's objects; the weight maps become the destinations of each service."""
+def read_listing(doc: Json, r: Rendering) -> Listing:
+    """Sort the objects of our tables in a listing (``list ruleset inet``: other tables are
+    skipped); the main table's weight maps become the destinations of each service."""
     out = Listing()
     for item in doc.get("nftables", []):
-        if "rule" in item:
-            r = item["rule"]
-            comment = r.get("comment", "")
-            out.rules.append((r["chain"], comment, norm_rule(r["expr"])))
+        if "table" in item:
+            if r.owns(item["table"].get("name", "")):
+                out.tables.add(item["table"]["name"])
+            continue
+        kind = next((k for k in ("rule", "chain", "map", "set") if k in item), None)
+        if kind is None or not r.owns(item[kind].get("table", "")):
+            continue
+        obj = item[kind]
+        if kind == "rule":
+            comment = obj.get("comment", "")
+            out.rules.append((obj["table"], obj["chain"], comment, norm_rule(obj["expr"])))
             parts = comment.split()
             if len(parts) == 4 and parts[:2] == ["hc", "svc"]:
                 with contextlib.suppress(ValueError):
                     out.specs[parse_key(parts[2])] = ServiceSpec(parts[3], 0)
-        elif "chain" in item:
-            out.chains.add(chain_key(item["chain"]))
-        elif "map" in item or "set" in item:
-            obj = item.get("map") or item["set"]
-            out.elems[obj["name"]] = obj.get("elem", [])
+        elif kind == "chain":
+            out.chains.add(chain_key(obj))
+        else:
+            out.elems[(obj["table"], obj["name"])] = obj.get("elem", [])
     for name in ("weights4", "weights6"):
-        for elem in out.elems.pop(name, []):
+        for elem in out.elems.pop((r.table_name, name), []):
             try:
                 proto, vip, port, addr, dport = elem[0]["concat"]
                 key = ServiceKey(read_proto(proto), vip, read_port(port))
@@ -155,20 +172,24 @@ def read_listing(doc: Json) -> Listing:
 
 
 def read_table(doc: Json, r: Rendering) -> Table:
-    """Our table as listed by ``nft -j list table`` -> Table (see module doc)."""
-    listing = read_listing(doc)
+    """Our tables as listed by ``nft -j list ruleset inet`` -> Table (see module doc); empty
+    when none of them is listed."""
+    listing = read_listing(doc, r)
     specs, dests, broken = listing.specs, listing.dests, listing.broken
     for key in dests.keys() - specs.keys():  # its rule was deleted by hand
         specs[key] = ServiceSpec(ALTERED + "unknown")
     table: Table = {k: TableService(s, dests.get(k, {})) for k, s in specs.items()}
+    if not listing.tables and not table:
+        return table
     # verify: the live rules and elements must be exactly what this table renders to
-    want_chains = {chain_key(c["chain"]) for c in r.chains()}
+    shards = r.shards(table)
+    want_chains = {chain_key(c["chain"]) for c in r.chains(shards)}
     want_chains |= {chain_key(r.service_chain(k)["chain"]) for k in table}
     live = set(listing.rules)
     expected: set[RuleKey] = set()
     altered: set[ServiceKey] = set()
-    owner: dict[tuple[str, str], ServiceKey] = {}
-    want_elems: set[tuple[str, str]] = set()
+    owner: dict[tuple[SetId, str], ServiceKey] = {}
+    want_elems: set[tuple[SetId, str]] = set()
     for key, svc in table.items():
         ok = r.renders(key, svc)
         mine = _keyed(r.service_rules(key, svc)) if ok else []
@@ -176,20 +197,20 @@ def read_table(doc: Json, r: Rendering) -> Table:
         if not mine or not all(x in live for x in mine):
             altered.add(key)
         if ok:
-            for name, items_ in r.service_elements(key, svc).items():
-                if name.startswith("weights"):
+            for where, items_ in r.service_elements(key, svc).items():
+                if where[1].startswith("weights"):
                     continue
                 for e in items_:
-                    tag = (name, norm_elem(e))
+                    tag = (where, norm_elem(e))
                     want_elems.add(tag)
                     owner[tag] = key
-    for name, shared in r.shared_elements(table).items():
-        want_elems.update((name, norm_elem(a)) for a in shared)
-    live_tags: set[tuple[str, str]] = set()
-    for name, elems in listing.elems.items():
+    for where, shared in r.shared_elements(table).items():
+        want_elems.update((where, norm_elem(a)) for a in shared)
+    live_tags: set[tuple[SetId, str]] = set()
+    for where, elems in listing.elems.items():
         for e in elems:
             try:
-                live_tags.add((name, norm_elem(e)))
+                live_tags.add((where, norm_elem(e)))
             except (KeyError, TypeError, ValueError):
                 broken = True
     for tag in want_elems ^ live_tags:  # an element missing or extra: whose is it?
@@ -197,18 +218,19 @@ def read_table(doc: Json, r: Rendering) -> Table:
             altered.add(owner[tag])
         else:
             broken = True
-    own = _keyed(r.global_rules())
+    own = _keyed(r.global_rules(shards))
     expected.update(own)
     by_comment = {service_comment(k, s.spec): k for k, s in table.items()}
     unknown = False
     for rule in live - expected:  # an extra or edited rule: whose is it?
-        if rule[1] in by_comment:
-            altered.add(by_comment[rule[1]])
+        if rule[2] in by_comment:
+            altered.add(by_comment[rule[2]])
         else:
             unknown = True
     if (
         unknown
         or broken
+        or listing.tables != {r.table_name, *shards}
         or listing.chains != want_chains
         or len(listing.rules) != len(live)
         or not all(x in live for x in own)
@@ -224,7 +246,8 @@ def read_table(doc: Json, r: Rendering) -> Table:
 
 def _keyed(objs: list[Json]) -> list[RuleKey]:
     return [
-        (o["rule"]["chain"], o["rule"]["comment"], norm_rule(o["rule"]["expr"])) for o in objs
+        (o["rule"]["table"], o["rule"]["chain"], o["rule"]["comment"], norm_rule(o["rule"]["expr"]))
+        for o in objs
     ]
 
 
@@ -243,8 +266,9 @@ def norm_elem(elem: Any) -> str:
 
 
 def chain_key(chain: Json) -> str:
-    """What of a chain must match its rendering: name, type, hook, priority, policy."""
-    return norm_rule({k: chain.get(k) for k in ("name", "type", "hook", "prio", "policy")})
+    """What of a chain must match its rendering: table, name, type, hook, priority, policy."""
+    fields = ("table", "name", "type", "hook", "prio", "policy")
+    return norm_rule({k: chain.get(k) for k in fields})
 
 
 def norm_rule(expr: Any) -> str:

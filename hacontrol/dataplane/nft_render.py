@@ -6,23 +6,32 @@ services, through ``hacontrol.dataplane.nft_readback`` (which owns the listing s
 comment, canonical rules and elements, nft's printed forms).
 ``hacontrol.dataplane.nft.NftDataplane`` runs nft with what this renders.
 
-Layout of ``table inet <name>`` (made so that one service's change touches only that service's
-objects: ``hacontrol.dataplane.nft_delta`` renders such a change as a few commands):
+Layout: one main ``table inet <name>`` and up to ``SHARDS`` service tables ``<name>_s<n>``, each
+service in the one its key hashes to (``shard_index``, crc32: the same in every process and on
+both directors). Services are spread over tables because the kernel validates a whole table,
+every chain a jump or goto reaches, when a transaction adds a rule with a nat expression or a
+verdict element: with one table a health change at 1,000 services cost 0.4 ms more in the
+commit than at 10 (bench/nft_transaction.py); a shard holds about 1/16 of them. A service table
+exists only while it holds a service (a delta adds and deletes it).
 
-* base chains ``dnat_pre`` (nat prerouting, dstnat) and ``dnat_out`` (nat output, so a client on
-  the director works) hold one static rule per family: ``meta l4proto . ip daddr . th dport vmap
-  @svc4`` (``@svc6``). The verdict map has one element per service with a weight > 0
-  destination: ``tcp . VIP . P : goto s4_<id>``.
-* one regular chain per service (``s4_<proto>_<hex address>_<port>``) holding its rule, commented
+* each service table has base chains ``dnat_pre`` (nat prerouting, dstnat) and ``dnat_out`` (nat
+  output, so a client on the director works) holding one static rule per family: ``meta l4proto
+  . ip daddr . th dport vmap @svc4`` (``@svc6``). The verdict map has one element per service of
+  the table with a weight > 0 destination: ``tcp . VIP . P : goto s4_<id>``. A new flow passes
+  the dnat chains of the service tables in turn until one NATs it (one hash lookup each).
+* one regular chain per service (``s4_<proto>_<hex address>_<port>``), in its service table,
+  holding its rule, commented
   ``hc svc <key> <scheduler>``: ``ip daddr VIP tcp dport P dnat ip to <key> map {slot: addr .
   port}``. rr: one slot per destination; wrr (and every other scheduler, approximated, warned
   once): slots repeat each destination by its weight (divided by the gcd, capped at MAX_SLOTS) in
   smooth weighted round-robin order, key ``numgen inc``; sh/mh: the same slots keyed by ``jhash
   ip saddr``; fo: the highest weight destination only. A service without a usable destination has
-  a ``return`` rule there (it only carries the comment) and an element in ``nodest4``/``nodest6``.
+  a ``return`` rule there (it only carries the comment) and an element in ``nodest4``/``nodest6``
+  (main table).
   Weight-0 destinations get no new flows (established ones keep going: NAT chains only see new
   flows). The slot map is in the rule because numgen's modulus is: a change of a service's slots
   rewrites that one rule (flush its chain, add the rule), nothing else.
+The main table holds what is not one service's:
 * ``no_dest``, jumped to from filter input/forward/output: static rules rejecting new connections
   (tcp reset / port unreachable) to the services of the ``nodest`` sets, instead of letting them
   reach the director's own sockets.
@@ -39,76 +48,31 @@ objects: ``hacontrol.dataplane.nft_delta`` renders such a change as a few comman
 from __future__ import annotations
 
 import ipaddress
-import math
-from functools import reduce
+import zlib
+from collections.abc import Iterable
 from typing import Any
 
 from hacontrol.dataplane.base import DataplaneError
 from hacontrol.dataplane.nft_readback import read_table, service_comment
-from hacontrol.dataplane.table import (
-    DestKey,
-    DestSpec,
-    ServiceKey,
-    ServiceSpec,
-    Table,
-    TableService,
-)
+from hacontrol.dataplane.nft_slots import slots_for
+from hacontrol.dataplane.table import ServiceKey, Table, TableService
 
 Json = dict[str, Any]
 FAMILY = "inet"
-MAX_SLOTS = 256
+SHARDS = 16  # service tables at most
 EXACT = {"rr", "wrr", "sh", "mh", "fo"}
-NAT_CHAINS = {  # name: (type, hook, priority)
-    "dnat_pre": ("nat", "prerouting", -100),
-    "dnat_out": ("nat", "output", -100),
+MAIN_CHAINS = {  # name: (type, hook, priority)
     "snat_post": ("nat", "postrouting", 100),
     "filter_in": ("filter", "input", 0),
     "filter_fwd": ("filter", "forward", 0),
     "filter_out": ("filter", "output", 0),
 }
+SHARD_CHAINS = {"dnat_pre": ("nat", "prerouting", -100), "dnat_out": ("nat", "output", -100)}
 WEIGHT_MAPS = {4: ("weights4", "ipv4_addr"), 6: ("weights6", "ipv6_addr")}
 
 
 def _ipfam(family: int) -> str:
     return "ip" if family == 4 else "ip6"
-
-
-def smooth_slots(weights: dict[DestKey, int]) -> list[DestKey]:
-    """Slots for weighted round-robin: each dest repeated by its (reduced) weight, interleaved
-    like nginx's smooth WRR so consecutive new flows spread out."""
-    live = {k: w for k, w in sorted(weights.items()) if w > 0}
-    if not live:
-        return []
-    g = reduce(math.gcd, live.values())
-    red = {k: w // g for k, w in live.items()}
-    total = sum(red.values())
-    if total > MAX_SLOTS:
-        red = {k: max(1, round(w * MAX_SLOTS / total)) for k, w in red.items()}
-        total = sum(red.values())
-    keys, weights_ = list(red), list(red.values())
-    current = [0] * len(keys)
-    out: list[DestKey] = []
-    for _ in range(total):
-        best = 0
-        for i, w in enumerate(weights_):
-            current[i] += w
-            if current[i] > current[best]:  # ties: the first (lowest) key wins
-                best = i
-        current[best] -= total
-        out.append(keys[best])
-    return out
-
-
-def slots_for(spec: ServiceSpec, dests: dict[DestKey, DestSpec]) -> tuple[str, list[DestKey]]:
-    """(key kind "numgen" | "jhash", slot list) for a service's new flows."""
-    weights = {k: d.weight for k, d in dests.items()}
-    if spec.scheduler == "rr":
-        return "numgen", [k for k in sorted(weights) if weights[k] > 0]
-    if spec.scheduler == "fo":
-        live = sorted((k for k in weights if weights[k] > 0), key=lambda k: (-weights[k], k))
-        return "numgen", live[:1]
-    kind = "jhash" if spec.scheduler in ("sh", "mh") else "numgen"
-    return kind, smooth_slots(weights)
 
 
 def _match(proto: str, field: str, right: Any, op: str = "==") -> Json:
@@ -161,35 +125,63 @@ def _elem_key(key: ServiceKey) -> Json:
     return {"concat": [key.protocol, key.address, key.port]}
 
 
+def shard_index(key: ServiceKey) -> int:
+    """Which service table holds ``key``: a crc32 of the key, so every process and both
+    directors agree without asking the kernel."""
+    return zlib.crc32(f"{key.protocol} {key.address} {key.port}".encode()) % SHARDS
+
+
+SetId = tuple[str, str]  # (table, set or map name)
+
+
 class NftRenderer:
-    """Renders and parses one named ``inet`` table; pure, so it needs no root and no nft binary."""
+    """Renders and parses our ``inet`` tables (the main one, named ``table_name``, and its
+    service tables); pure, so it needs no root and no nft binary."""
 
     def __init__(self, table_name: str = "hacontrol") -> None:
         self.table_name = table_name
+        self.shard_names = [f"{table_name}_s{i}" for i in range(SHARDS)]
+
+    # -- where things are -----------------------------------------------------------------------
+
+    def shard(self, key: ServiceKey) -> str:
+        """The service table of ``key``."""
+        return self.shard_names[shard_index(key)]
+
+    def shards(self, keys: Iterable[ServiceKey]) -> set[str]:
+        """The service tables holding ``keys``."""
+        return {self.shard(k) for k in keys}
+
+    def tables(self) -> list[str]:
+        """Every table name of ours, the main one first."""
+        return [self.table_name, *self.shard_names]
+
+    def owns(self, table: str) -> bool:
+        return table == self.table_name or table in self.shard_names
 
     # -- rendering ------------------------------------------------------------------------------
 
-    def _obj(self, kind: str, **fields: Any) -> Json:
-        return {kind: {"family": FAMILY, "table": self.table_name, **fields}}
+    def _obj(self, kind: str, table: str, **fields: Any) -> Json:
+        return {kind: {"family": FAMILY, "table": table, **fields}}
 
-    def _rule(self, chain: str, expr: list[Json], comment: str) -> Json:
-        return self._obj("rule", chain=chain, expr=expr, comment=comment)
+    def _rule(self, table: str, chain: str, expr: list[Json], comment: str) -> Json:
+        return self._obj("rule", table, chain=chain, expr=expr, comment=comment)
 
-    def element(self, name: str, elems: list[Any]) -> Json:
-        """An ``element`` object (for add / delete commands)."""
-        return self._obj("element", name=name, elem=elems)
+    def element(self, where: SetId, elems: list[Any]) -> Json:
+        """An ``element`` object (for add / delete commands) of set ``where``."""
+        return self._obj("element", where[0], name=where[1], elem=elems)
 
     def service_chain(self, key: ServiceKey) -> Json:
-        return self._obj("chain", name=chain_name(key))
+        return self._obj("chain", self.shard(key), name=chain_name(key))
 
     def service_rules(self, key: ServiceKey, svc: TableService) -> list[Json]:
         """The rule of the service's own chain."""
         fam = _ipfam(key.family)
         kind, slots = slots_for(svc.spec, svc.dests)
         comment = service_comment(key, svc.spec)
-        chain = chain_name(key)
+        chain, table = chain_name(key), self.shard(key)
         if not slots:
-            return [self._rule(chain, [{"return": None}], comment)]
+            return [self._rule(table, chain, [{"return": None}], comment)]
         if kind == "jhash":
             hkey: Json = {
                 "jhash": {
@@ -201,25 +193,29 @@ class NftRenderer:
             hkey = {"numgen": {"mode": "inc", "mod": len(slots), "offset": 0}}
         data = [[i, {"concat": [d.address, d.port]}] for i, d in enumerate(slots)]
         dnat = {"dnat": {"family": fam, "addr": {"map": {"key": hkey, "data": {"set": data}}}}}
-        return [self._rule(chain, [*_service_match(key), dnat], comment)]
+        return [self._rule(table, chain, [*_service_match(key), dnat], comment)]
 
-    def service_elements(self, key: ServiceKey, svc: TableService) -> dict[str, list[Any]]:
-        """The service's elements, per set or map name (not ``rs4``/``rs6``: shared)."""
+    def service_elements(self, key: ServiceKey, svc: TableService) -> dict[SetId, list[Any]]:
+        """The service's elements, per set or map (not ``rs4``/``rs6``: shared)."""
         fam = key.family
         weights = [
             [{"concat": [key.protocol, key.address, key.port, d.address, d.port]}, s.weight]
             for d, s in sorted(svc.dests.items())
         ]
-        out: dict[str, list[Any]] = {WEIGHT_MAPS[fam][0]: weights}
+        out: dict[SetId, list[Any]] = {(self.table_name, WEIGHT_MAPS[fam][0]): weights}
         if slots_for(svc.spec, svc.dests)[1]:
-            out[f"svc{fam}"] = [[_elem_key(key), {"goto": {"target": chain_name(key)}}]]
+            goto = {"goto": {"target": chain_name(key)}}
+            out[(self.shard(key), f"svc{fam}")] = [[_elem_key(key), goto]]
         else:
-            out[f"nodest{fam}"] = [_elem_key(key)]
+            out[(self.table_name, f"nodest{fam}")] = [_elem_key(key)]
         return out
 
-    def shared_elements(self, table: Table) -> dict[str, list[Any]]:
+    def shared_elements(self, table: Table) -> dict[SetId, list[Any]]:
         """The elements services share: every destination address per family (``rs4``/``rs6``)."""
-        return {f"rs{family}": sorted(addrs) for family, addrs in rs_addresses(table).items()}
+        return {
+            (self.table_name, f"rs{family}"): sorted(addrs)
+            for family, addrs in rs_addresses(table).items()
+        }
 
     def renders(self, key: ServiceKey, svc: TableService) -> bool:
         """Can nftables do this service (``check`` passes)?"""
@@ -229,24 +225,18 @@ class NftRenderer:
             return False
         return True
 
-    def global_rules(self) -> list[Json]:
-        """The static rules of the base chains and ``no_dest`` (they name sets, not elements)."""
+    def global_rules(self, shards: Iterable[str]) -> list[Json]:
+        """The static rules of the main table's chains and of the service tables ``shards``
+        (they name sets, not elements)."""
+        main = self.table_name
         rules = [
-            self._rule(c, [{"jump": {"target": "no_dest"}}], "hc jump")
+            self._rule(main, c, [{"jump": {"target": "no_dest"}}], "hc jump")
             for c in ("filter_in", "filter_fwd", "filter_out")
         ]
         for family in (4, 6):
             fam = _ipfam(family)
             daddr = {"payload": {"protocol": fam, "field": "daddr"}}
             concat = [{"meta": {"key": "l4proto"}}, daddr]
-            vmap = {
-                "vmap": {
-                    "key": {"concat": [*concat, {"payload": {"protocol": "th", "field": "dport"}}]},
-                    "data": f"@svc{family}",
-                }
-            }
-            for chain in ("dnat_pre", "dnat_out"):
-                rules.append(self._rule(chain, [vmap], f"hc vmap {fam}"))
             icmp = "icmp" if family == 4 else "icmpv6"
             rejects: list[tuple[str, Json]] = [
                 ("tcp", {"reject": {"type": "tcp reset"}}),
@@ -261,7 +251,8 @@ class NftRenderer:
                         "right": f"@nodest{family}",
                     }
                 }
-                rules.append(self._rule("no_dest", [match, verdict], f"hc nodest {proto} {fam}"))
+                comment = f"hc nodest {proto} {fam}"
+                rules.append(self._rule(main, "no_dest", [match, verdict], comment))
             not_dnat = {
                 "match": {
                     "op": "!=",
@@ -269,56 +260,111 @@ class NftRenderer:
                     "right": "dnat",
                 }
             }
-            rules.append(
-                self._rule(
-                    "snat_post",
-                    [_match(fam, "saddr", f"@rs{family}"), not_dnat, {"masquerade": None}],
-                    f"hc masquerade {fam}",
-                )
-            )
+            masq = [_match(fam, "saddr", f"@rs{family}"), not_dnat, {"masquerade": None}]
+            rules.append(self._rule(main, "snat_post", masq, f"hc masquerade {fam}"))
+        for shard in sorted(shards):
+            rules += self.shard_rules(shard)
         return rules
 
-    def chains(self) -> list[Json]:
+    def shard_rules(self, shard: str) -> list[Json]:
+        """The static rules of one service table: the verdict map lookups."""
+        rules = []
+        for family in (4, 6):
+            fam = _ipfam(family)
+            daddr = {"payload": {"protocol": fam, "field": "daddr"}}
+            dport = {"payload": {"protocol": "th", "field": "dport"}}
+            key = {"concat": [{"meta": {"key": "l4proto"}}, daddr, dport]}
+            vmap = {"vmap": {"key": key, "data": f"@svc{family}"}}
+            for chain in SHARD_CHAINS:
+                rules.append(self._rule(shard, chain, [vmap], f"hc vmap {fam}"))
+        return rules
+
+    def chains(self, shards: Iterable[str]) -> list[Json]:
+        """The main table's chains and the base chains of the service tables ``shards``."""
         out = [
-            self._obj("chain", name=name, type=t, hook=h, prio=p, policy="accept")
-            for name, (t, h, p) in NAT_CHAINS.items()
+            self._obj("chain", self.table_name, name=name, type=t, hook=h, prio=p, policy="accept")
+            for name, (t, h, p) in MAIN_CHAINS.items()
         ]
-        return [*out, self._obj("chain", name="no_dest")]
+        out.append(self._obj("chain", self.table_name, name="no_dest"))
+        for shard in sorted(shards):
+            out += self.shard_chains(shard)
+        return out
+
+    def shard_chains(self, shard: str) -> list[Json]:
+        return [
+            self._obj("chain", shard, name=name, type=t, hook=h, prio=p, policy="accept")
+            for name, (t, h, p) in SHARD_CHAINS.items()
+        ]
+
+    def shard_sets(self, shard: str, elems: dict[SetId, list[Any]] | None = None) -> list[Json]:
+        """The verdict maps of one service table, with their elements in ``elems``."""
+        out = []
+        for family, (_w, addr_type) in WEIGHT_MAPS.items():
+            obj: Json = {
+                "name": f"svc{family}",
+                "map": "verdict",
+                "type": ["inet_proto", addr_type, "inet_service"],
+            }
+            if elems and elems.get((shard, obj["name"])):
+                obj["elem"] = elems[(shard, obj["name"])]
+            out.append(self._obj("map", shard, **obj))
+        return out
+
+    def shard_objects(self, shard: str, elems: dict[SetId, list[Any]] | None = None) -> list[Json]:
+        """Everything a service table holds but its services' chains and rules: the ``add``
+        objects creating it (the table first)."""
+        ident = {"table": {"family": FAMILY, "name": shard}}
+        return [ident, *self.shard_chains(shard), *self.shard_sets(shard, elems),
+                *self.shard_rules(shard)]  # fmt: skip
 
     def sets(self, table: Table) -> list[Json]:
-        """Every named set and map, with the table's elements."""
-        elems: dict[str, list[Any]] = {}
-        for key, svc in sorted(table.items()):
-            for name, items in self.service_elements(key, svc).items():
-                elems.setdefault(name, []).extend(items)
-        elems.update(self.shared_elements(table))
+        """Every named set and map of the main table and of the table's service tables, with the
+        table's elements."""
+        elems = self.all_elements(table)
         out = []
         for family, (wname, addr_type) in WEIGHT_MAPS.items():
             svc_type = ["inet_proto", addr_type, "inet_service"]
             for name, fields in (
                 (wname, {"map": "mark", "type": [*svc_type, addr_type, "inet_service"]}),
-                (f"svc{family}", {"map": "verdict", "type": svc_type}),
                 (f"nodest{family}", {"type": svc_type}),
                 (f"rs{family}", {"type": addr_type}),
             ):
                 obj: Json = {"name": name, **fields}
-                if elems.get(name):
-                    obj["elem"] = elems[name]
-                out.append(self._obj("map" if "map" in fields else "set", **obj))
+                if elems.get((self.table_name, name)):
+                    obj["elem"] = elems[(self.table_name, name)]
+                out.append(self._obj("map" if "map" in fields else "set", self.table_name, **obj))
+        for shard in sorted(self.shards(table)):
+            out += self.shard_sets(shard, elems)
         return out
 
+    def all_elements(self, table: Table) -> dict[SetId, list[Any]]:
+        elems: dict[SetId, list[Any]] = {}
+        for key, svc in sorted(table.items()):
+            for where, items in self.service_elements(key, svc).items():
+                elems.setdefault(where, []).extend(items)
+        elems.update(self.shared_elements(table))
+        return elems
+
     def render(self, table: Table) -> Json:
-        """The nft JSON batch replacing our table with ``table`` (deleting it when empty)."""
+        """The nft JSON batch replacing our tables with ``table`` (deleting them all when it is
+        empty, and every service table it has no service in)."""
         check(table)
-        ident = {"family": FAMILY, "name": self.table_name}
-        batch: list[Json] = [{"add": {"table": ident}}, {"delete": {"table": ident}}]
+        batch: list[Json] = []
+        for name in self.tables():
+            ident = {"family": FAMILY, "name": name}
+            batch += [{"add": {"table": ident}}, {"delete": {"table": ident}}]
         if table:
-            batch.append({"add": {"table": ident}})
-            objs = [*self.chains(), *(self.service_chain(k) for k in sorted(table))]
+            shards = sorted(self.shards(table))
+            objs: list[Json] = [{"table": {"family": FAMILY, "name": self.table_name}}]
+            objs += self.chains(())
+            for shard in shards:
+                objs.append({"table": {"family": FAMILY, "name": shard}})
+                objs += self.shard_chains(shard)
+            objs += [self.service_chain(k) for k in sorted(table)]
             objs += self.sets(table)
             for key, svc in sorted(table.items()):
                 objs += self.service_rules(key, svc)
-            objs += self.global_rules()
+            objs += self.global_rules(shards)
             batch += [{"add": o} for o in objs]
         return {"nftables": batch}
 

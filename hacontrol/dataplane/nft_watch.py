@@ -89,11 +89,12 @@ def _open_here() -> socket.socket:
 
 
 class NftWatch:
-    """Watches one nftables table (``inet`` ``table``) for changes made by others."""
+    """Watches our nftables tables (``inet``, the names ``mine`` accepts) for changes made by
+    others."""
 
     def __init__(
         self,
-        table: str,
+        mine: Callable[[str], bool],
         changed: Changed,
         own: Callable[[int], bool],
         *,
@@ -102,7 +103,7 @@ class NftWatch:
     ) -> None:
         self.netns = netns
         self.min_gap = min_gap
-        self.tracker = Tracker(table, NFPROTO_INET, own)
+        self.tracker = Tracker(mine, NFPROTO_INET, own)
         self._changed = changed
         self._task: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None

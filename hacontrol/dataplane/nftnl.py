@@ -34,7 +34,7 @@ import errno
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 
 from hacontrol import logs
 from hacontrol.dataplane.base import DataplaneError
@@ -134,7 +134,7 @@ class Channel:
 
 
 class NftNetlink:
-    """Per-event batches of one plane's table, written on our own netlink socket."""
+    """Per-event batches of one plane's tables, written on our own netlink socket."""
 
     def __init__(
         self,
@@ -174,14 +174,14 @@ class NftNetlink:
         self._chan = Channel(sock, self.limit)
         return True
 
-    async def send(self, table: str, commands: list[Json]) -> bool:
-        """Commit ``commands`` on table ``inet table``: True when done, False when nft must do
+    async def send(self, tables: Collection[str], commands: list[Json]) -> bool:
+        """Commit ``commands`` on our ``tables`` (inet): True when done, False when nft must do
         it (logged once per kind of reason); raises DataplaneError when the kernel refused it
         or its acks did not come back."""
         if self.mode != "netlink" or not commands:
             return False
         try:
-            batch = encode(table, commands, self._seq)
+            batch = encode(tables, commands, self._seq)
         except Unencodable as e:
             return self._fallback("encoder", f"not encoded: {e}")
         if not await self._ready():

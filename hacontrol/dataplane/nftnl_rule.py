@@ -22,6 +22,7 @@ A rule of any other shape raises ``Unencodable``.
 from __future__ import annotations
 
 import struct
+from collections.abc import Collection
 from typing import Any
 
 from hacontrol.dataplane.nftnl_codec import (
@@ -203,9 +204,11 @@ def rule_messages(batch: Batch, table: str, obj: Json) -> None:
     batch.add(NEWRULE, NLM_F_CREATE | NLM_F_APPEND, body, f"add rule {chain} ({comment})")
 
 
-def encode(table: str, commands: list[Json], begin: int) -> Batch:
-    """The batch of ``commands`` (``nft_delta``'s) on ``table`` (family inet); sequence numbers
-    from ``begin`` (the BATCH_BEGIN) on."""
+def encode(tables: Collection[str], commands: list[Json], begin: int) -> Batch:
+    """The batch of ``commands`` (``nft_delta``'s) on the ``tables`` (family inet: ours, the
+    main one and its service tables); sequence numbers from ``begin`` (the BATCH_BEGIN) on."""
+    if isinstance(tables, str):
+        raise TypeError("tables: a collection of names, not one name")
     batch = Batch(begin)
     batch.parts.append(message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, begin, b"", family=0))
     for cmd in commands:
@@ -215,8 +218,9 @@ def encode(table: str, commands: list[Json], begin: int) -> Batch:
         if not isinstance(what, dict) or len(what) != 1:
             raise Unencodable(f"not one object: {cmd!r}")
         ((kind, obj),) = what.items()
-        if obj.get("family") != "inet" or obj.get("table") != table:
-            raise Unencodable(f"object outside table inet {table}: {cmd!r}")
+        table = obj.get("table")
+        if obj.get("family") != "inet" or not isinstance(table, str) or table not in tables:
+            raise Unencodable(f"object outside our inet tables: {cmd!r}")
         if kind == "element" and op in ("add", "delete"):
             element_msg(batch, table, op, obj)
         elif kind == "chain":

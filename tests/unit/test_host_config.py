@@ -58,6 +58,8 @@ def test_defaults_and_a_full_section() -> None:
          ["3: nat.table: must differ from dataplane.nft_table ('t1')"]),
         ("nat: {table: hacontrol}",
          ["2: nat.table: must differ from dataplane.nft_table ('hacontrol')"]),
+        ("nat: {table: hacontrol_s3}",
+         ["2: nat.table: must differ from the data plane's service tables (hacontrol_s<n>)"]),
         ("nat: {snat: [{to: 192.0.2.10}]}", ["2: nat.snat[0].source: missing (required)"]),
         ("nat: {snat: [{source: 198.51.100.0/24}]}", ["2: nat.snat[0].to: missing (required)"]),
         ("nat: {snat: [{source: 198.51.100.9/24, to: 192.0.2.10}]}",

@@ -52,7 +52,7 @@ def test_each_kind_touching_our_table_by_another_process_is_foreign(
     parsed = parse(obj(msg_type, table, family) + newgen(4242))
     assert parsed.error is None
     assert parsed.notes == [Note(name, family, table), Note("newgen", 0, None, 4242, "nft")]
-    tr = Tracker(OURS, NFPROTO_INET, own=lambda pid: pid == 1)
+    tr = Tracker(OURS.__eq__, NFPROTO_INET, own=lambda pid: pid == 1)
     reasons = [tr.feed(n) for n in parsed.notes]
     if foreign:
         assert reasons == [None, f"{name} x1 by nft (pid 4242)"] and tr.foreign_seen == 1
@@ -62,16 +62,16 @@ def test_each_kind_touching_our_table_by_another_process_is_foreign(
 
 def test_our_own_commit_is_not_foreign_and_a_transaction_is_summed() -> None:
     data = obj(8, OURS) + obj(8, OURS) + obj(14, OURS) + newgen(1, "python3")
-    tr = Tracker(OURS, NFPROTO_INET, own=lambda pid: pid == 1)
+    tr = Tracker(OURS.__eq__, NFPROTO_INET, own=lambda pid: pid == 1)
     assert [tr.feed(n) for n in parse(data).notes] == [None] * 4
     assert (tr.own_seen, tr.foreign_seen) == (1, 0)
-    tr2 = Tracker(OURS, NFPROTO_INET, own=lambda pid: False)
+    tr2 = Tracker(OURS.__eq__, NFPROTO_INET, own=lambda pid: False)
     reasons = [tr2.feed(n) for n in parse(data).notes]
     assert reasons[-1] == "delrule x2, delsetelem x1 by python3 (pid 1)"
 
 
 def test_a_newgen_without_pid_counts_as_foreign_and_one_alone_is_nothing() -> None:
-    tr = Tracker(OURS, NFPROTO_INET, own=lambda pid: True)
+    tr = Tracker(OURS.__eq__, NFPROTO_INET, own=lambda pid: True)
     notes = parse(newgen(None, None) + obj(2, OURS) + newgen(None, None)).notes
     assert [tr.feed(n) for n in notes] == [None, None, "deltable x1 by ? (pid ?)"]
 

@@ -35,7 +35,7 @@ def test_rows_round_trip_through_the_frames_in_slices() -> None:
 def test_a_reader_without_nft_answers_an_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PATH", "/nonexistent")
     record, rows = nft_read.read_here("hacontrol")
-    assert record[0] == "error" and "list table hacontrol" in record[1] and rows is None
+    assert record[0] == "error" and "list ruleset inet" in record[1] and rows is None
 
 
 def test_a_daemon_that_cannot_run_its_interpreter_reads_in_process(
@@ -44,7 +44,9 @@ def test_a_daemon_that_cannot_run_its_interpreter_reads_in_process(
     # the unprivileged daemon of a virtualenv under a 0700 home cannot exec sys.executable
     # again: the reader then runs nft itself, on a worker thread, with the same answers
     fake = tmp_path / "nft"
-    fake.write_text('#!/bin/sh\necho "Error: No such file or directory" >&2\nexit 1\n')
+    # a ruleset without our tables (another inet table only): absent
+    listing = '{"nftables": [{"table": {"family": "inet", "name": "other", "handle": 1}}]}'
+    fake.write_text(f"#!/bin/sh\necho '{listing}'\n")
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setattr(sys, "executable", "/nonexistent/python3")

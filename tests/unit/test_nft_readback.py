@@ -177,7 +177,7 @@ def _regen() -> None:
         GOLDEN.mkdir(parents=True, exist_ok=True)
         for form, opts in FORMS.items():
             out = subprocess.run(
-                [*nft, "-j", *opts, "list", "table", "inet", TABLE_NAME],
+                [*nft, "-j", *opts, "list", "ruleset", "inet"],
                 capture_output=True, text=True, check=True,
             ).stdout  # fmt: skip
             doc = json.loads(out)

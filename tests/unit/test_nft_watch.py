@@ -60,7 +60,7 @@ async def test_foreign_changes_call_back_coalesced_and_the_rest_is_ignored(
         calls.append((reason, count))
         at.append(asyncio.get_running_loop().time())
 
-    w = NftWatch(OURS, changed, own=lambda pid: pid == 1, min_gap=1.0)
+    w = NftWatch(OURS.__eq__, changed, own=lambda pid: pid == 1, min_gap=1.0)
     w.start()
     try:
         await w.watching.wait()
@@ -92,7 +92,7 @@ async def test_a_failing_reader_is_reopened_and_a_resync_asked(pairs: list[socke
             raise RuntimeError("a bug in the own check")
         return False
 
-    w = NftWatch(OURS, lambda r, n: calls.append((r, n)), own=own)
+    w = NftWatch(OURS.__eq__, lambda r, n: calls.append((r, n)), own=own)
     with capture_logs() as logs:
         w.start()
         try:
@@ -112,7 +112,7 @@ async def test_a_failing_reader_is_reopened_and_a_resync_asked(pairs: list[socke
 
 @virtual
 async def test_a_missing_namespace_is_retried_with_backoff_never_raised() -> None:
-    w = NftWatch(OURS, lambda r, n: None, own=lambda pid: False, netns="hc-no-such-netns")
+    w = NftWatch(OURS.__eq__, lambda r, n: None, own=lambda pid: False, netns="hc-no-such-netns")
     with capture_logs() as logs:
         w.start()
         try:
