@@ -96,20 +96,20 @@ def measure(ns: Ns, services: int, reps: int) -> dict[str, tuple[float, float]]:
     drained = dict(full)
     drained[key] = TS(full[key].spec, {**full[key].dests, dest: DestSpec(0)})
     docs = [
-        json.dumps({"nftables": delta(plane, a, b, [key], address_refs(a))}).encode()
+        json.dumps({"nftables": delta(plane, a, b, [key], address_refs(a, plane))}).encode()
         for a, b in ((full, drained), (drained, full))
     ]
     lib = lib_in(ns)
-    chain = chain_name(key)
+    chain, shard = chain_name(key), plane.shard(key)
     rules = []
     for doc in docs:
         assert lib.run(doc, as_json=True)[0] == 0
-        listed = ns.run("nft", "list", "chain", "inet", TABLE, chain).stdout
+        listed = ns.run("nft", "list", "chain", "inet", shard, chain).stdout
         rules.append(next(line.strip() for line in listed.splitlines() if "dnat" in line))
     elem = f"tcp . {key.address} . {key.port} . {dest.address} . {dest.port}"
     native = [
         (f"delete element inet {TABLE} weights4 {{ {elem} }}\n"
-         f"flush chain inet {TABLE} {chain}\nadd rule inet {TABLE} {chain} {rule}\n"
+         f"flush chain inet {shard} {chain}\nadd rule inet {shard} {chain} {rule}\n"
          f"add element inet {TABLE} weights4 {{ {elem} : {weight} }}\n").encode()
         for rule, weight in zip(rules, (0, 1), strict=True)
     ]  # fmt: skip
@@ -128,7 +128,7 @@ def measure(ns: Ns, services: int, reps: int) -> dict[str, tuple[float, float]]:
     commands = [json.loads(doc)["nftables"] for doc in docs]
 
     def netlink(i: int) -> None:
-        batch = encode(TABLE, commands[i % 2], 1 + i * 64)
+        batch = encode(plane.tables(), commands[i % 2], 1 + i * 64)
         assert not [a for a in chan.roundtrip(batch) if a.error]
 
     try:
@@ -144,7 +144,8 @@ def measure(ns: Ns, services: int, reps: int) -> dict[str, tuple[float, float]]:
     finally:
         lib.close()
         chan.close()
-        ns.run("nft", "delete", "table", "inet", TABLE)
+        for name in plane.shards(full) | {TABLE}:
+            ns.run("nft", "delete", "table", "inet", name)
 
 
 def main() -> None:

@@ -194,7 +194,15 @@ async def test_roundtrip_drift_and_repair(lab: Lab) -> None:
     try:
         await plane.replace(table)
         assert await plane.snapshot(set()) == table
-        lab.director.run("nft", "delete", "table", "inet", "hacontrol")  # by hand
+        # the main table deleted by hand: the services' rules are still in their service tables,
+        # their destinations (the weight maps) are gone: all read back altered, and a pass
+        # re-renders everything
+        lab.director.run("nft", "delete", "table", "inet", "hacontrol")
+        back = await plane.snapshot(set())
+        assert set(back) == set(table)
+        assert all(s.spec.scheduler.startswith("altered:") and not s.dests for s in back.values())
+        for name in plane.shards(table):  # and every table of ours by hand: nothing left
+            lab.director.run("nft", "delete", "table", "inet", name)
         assert await plane.snapshot(set()) == {}
         rec = Reconciler(plane)
         rec.set_desired(lambda actual: dict(table))
@@ -210,8 +218,9 @@ async def test_roundtrip_drift_and_repair(lab: Lab) -> None:
         # one rule deleted by hand: the service reads back altered (its scheduler was in the
         # rule's comment: unknown now) and is repaired
         chain = chain_name(HTTP)
-        handle = _handle(lab.director, chain, VIP4)
-        lab.director.run("nft", "delete", "rule", "inet", "hacontrol", chain, "handle", handle)
+        shard = plane.shard(HTTP)
+        handle = _handle(lab.director, shard, chain, VIP4)
+        lab.director.run("nft", "delete", "rule", "inet", shard, chain, "handle", handle)
         res = await rec.sync_now("resync")
         assert res.ok and rec.status().drift_repairs == 2
         assert res.drift == [
@@ -227,8 +236,8 @@ async def test_roundtrip_drift_and_repair(lab: Lab) -> None:
         await plane.remove()
 
 
-def _handle(ns: Ns, chain: str, needle: str) -> str:
-    out = ns.run("nft", "-a", "list", "chain", "inet", "hacontrol", chain).stdout
+def _handle(ns: Ns, table: str, chain: str, needle: str) -> str:
+    out = ns.run("nft", "-a", "list", "chain", "inet", table, chain).stdout
     line = next(x for x in out.splitlines() if needle in x)
     return line.rsplit("handle ", 1)[1].strip()
 
@@ -341,8 +350,9 @@ async def test_reconciler_drives_nft_like_memory(lab: Lab) -> None:
 
 
 def _listing(plane: NftDataplane, table: Table) -> dict[str, object]:
-    """What ``nft -j list table`` would print for ``table`` (the rendered objects, no batch)."""
-    batch = plane.render(table)["nftables"][3:] if table else []
+    """What ``nft -j list ruleset inet`` would print for ``table`` (the rendered objects, not
+    the add + delete of every table of ours that opens the batch)."""
+    batch = plane.render(table)["nftables"][2 * len(plane.tables()) :]
     return {"nftables": [obj["add"] for obj in batch]}
 
 
