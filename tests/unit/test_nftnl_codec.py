@@ -24,7 +24,7 @@ from pyroute2.netlink.nfnetlink import nftsocket as p2
 from structlog.testing import capture_logs
 
 from hacontrol.dataplane.base import DataplaneError
-from hacontrol.dataplane.nft_delta import address_refs, delta
+from hacontrol.dataplane.nft_delta import Refs, address_refs, delta
 from hacontrol.dataplane.nft_render import NftRenderer, chain_name
 from hacontrol.dataplane.nftnl import NftNetlink
 from hacontrol.dataplane.nftnl_codec import NLM_F_ACK, Unencodable, parse_acks
@@ -33,6 +33,7 @@ from hacontrol.dataplane.table import DestKey, DestSpec, ServiceKey, ServiceSpec
 from hacontrol.dataplane.table import TableService as TS
 
 GOLDEN = Path(__file__).parent / "golden" / "nftnl"
+TABLES = NftRenderer("hc").tables()  # the main table and its 16 service tables
 CLASSES: dict[int, type[Any]] = {
     p2.NFT_MSG_NEWCHAIN: p2.nft_chain_msg, p2.NFT_MSG_DELCHAIN: p2.nft_chain_msg,
     p2.NFT_MSG_NEWRULE: p2.nft_rule_msg, p2.NFT_MSG_DELRULE: p2.nft_rule_msg,
@@ -86,7 +87,7 @@ def normal(msgs: list[tuple[int, int, int, bytes]]) -> list[tuple[int, int, byte
 def test_the_batch_is_byte_for_byte_what_nft_sends(n: int) -> None:
     nft = bytes.fromhex((GOLDEN / f"batch{n}.hex").read_text().replace("\n", ""))
     doc = json.loads((GOLDEN / f"delta{n}.json").read_text())
-    ours = encode("hc", doc["nftables"], 1000)
+    ours = encode(TABLES, doc["nftables"], 1000)
     theirs_msgs, our_msgs = split(nft), split(ours.data)
     assert len(our_msgs) == len(theirs_msgs) > 10
     # a rule's lookup names its anonymous map by id: renumber the ids inside rules too
@@ -99,25 +100,48 @@ def test_the_batch_is_byte_for_byte_what_nft_sends(n: int) -> None:
     assert seqs == list(range(1000, 1000 + len(seqs)))
 
 
-def test_the_golden_deltas_are_what_nft_delta_gives_now() -> None:
-    """The captured batches stay meaningful: nft_delta still writes the deltas nft was fed
-    (the tables of golden/nftnl/README.md)."""
-    r = NftRenderer("hc")
+def golden_tables() -> tuple[list[Table], list[ServiceKey]]:
+    """The three tables of golden/nftnl (README.md) and the services the deltas touch. Each
+    service table a delta touches holds an anchor service (not touched) before and after, so no
+    delta adds or deletes a table (those go through nft, not the encoder)."""
     k1, k2 = ServiceKey("tcp", "192.0.2.10", 80), ServiceKey("udp", "2001:db8::10", 53)
     k3, k4 = ServiceKey("tcp", "2001:db8::20", 443), ServiceKey("udp", "192.0.2.11", 53)
-    a = {k1: ts("wrr", [("198.51.100.1", 8080, 1), ("198.51.100.2", 8080, 2)])}
+    anchors = {  # hc_s10, hc_s3, hc_s6, hc_s14: the tables of k1, k2, k3, k4
+        ServiceKey("tcp", "192.0.2.20", 80): ts("rr", [("203.0.113.1", 80, 1)]),
+        ServiceKey("tcp", "2001:db8::30", 443): ts("wrr", [("2001:db8:1::1", 443, 2)]),
+        ServiceKey("udp", "2001:db8::31", 53): ts("sh", [("2001:db8:1::2", 53, 1)]),
+        ServiceKey("udp", "192.0.2.21", 53): ts("rr", [("203.0.113.2", 53, 1)]),
+    }
+    a = {**anchors, k1: ts("wrr", [("198.51.100.1", 8080, 1), ("198.51.100.2", 8080, 2)])}
     b = {
+        **anchors,
         k1: ts("sh", [("198.51.100.1", 8080, 1), ("198.51.100.2", 8080, 3)]),
         k2: ts("rr", [("2001:db8::1", 53, 1)]),
     }
     c = {
+        **anchors,
         k2: ts("rr", [("2001:db8::1", 53, 0)]),
         k3: ts("sh", [("2001:db8::1", 443, 1), ("2001:db8::2", 443, 1)]),
         k4: ts("fo", [("198.51.100.1", 53, 1), ("198.51.100.3", 53, 5)]),
     }
+    return [a, b, c], [k1, k2, k3, k4]
+
+
+def test_the_golden_deltas_are_what_nft_delta_gives_now() -> None:
+    """The captured batches stay meaningful: nft_delta still writes the deltas nft was fed
+    (the tables of golden/nftnl/README.md), on the main table and four service tables, none
+    of them added or deleted."""
+    r = NftRenderer("hc")
+    (a, b, c), touched = golden_tables()
+    anchored = r.shards(k for k in a if k not in touched)
+    assert r.shards(touched) == anchored == {"hc_s10", "hc_s3", "hc_s6", "hc_s14"}
+    spans = {1: {"hc", "hc_s10", "hc_s3"}, 2: {"hc", "hc_s10", "hc_s3", "hc_s6", "hc_s14"}}
     for n, (old, new) in enumerate(((a, b), (b, c)), 1):
         want = json.loads((GOLDEN / f"delta{n}.json").read_text())["nftables"]
-        assert delta(r, old, new, [k1, k2, k3, k4], address_refs(old)) == want
+        assert delta(r, old, new, touched, address_refs(old, r)) == want
+        objs = [(kind, obj) for cmd in want for what in cmd.values() for kind, obj in what.items()]
+        assert "table" not in {kind for kind, _obj in objs}
+        assert {obj["table"] for _kind, obj in objs} == spans[n]
 
 
 def _rule_ids(m: tuple[int, int, bytes]) -> tuple[int, int, bytes]:
@@ -143,6 +167,21 @@ RS4 = [("198.51.100.1", 8080, 1), ("198.51.100.2", 8080, 3)]
 RS6 = [("2001:db8::1", 53, 2), ("2001:db8::2", 53, 1)]
 
 
+def anchors(keys: list[ServiceKey]) -> Table:
+    """One service (none of ``keys``, its destination none of theirs) in each service table of
+    ``keys``: a delta of ``keys`` from or to a table holding these adds and deletes no table."""
+    r = NftRenderer("hc")
+    want, out = r.shards(keys), {}
+    for port in range(1, 1000):
+        key = ServiceKey("tcp", "192.0.2.20", port)
+        if r.shard(key) in want:
+            want.discard(r.shard(key))
+            out[key] = ts("rr", [("203.0.113.1", 80, 1)])
+        if not want:
+            return out
+    raise AssertionError(f"no anchor for {sorted(want)}")
+
+
 def decoded(data: bytes) -> Iterator[tuple[int, Any]]:
     for t, _f, _seq, raw in split(data):
         if t >> 8 == 10:
@@ -160,12 +199,14 @@ EXPRS = {
 @pytest.mark.parametrize("key", [V4, V6], ids=["ipv4", "ipv6"])
 def test_pyroute2_reads_a_new_service_as_nft_would_list_it(sched: str, key: ServiceKey) -> None:
     r = NftRenderer("hc")
-    new: Table = {key: ts(sched, RS4 if key.family == 4 else RS6)}
-    cmds = delta(r, {}, new, [key], {})
-    msgs = list(decoded(encode("hc", cmds, 1).data))
+    old = anchors([key])
+    new: Table = {**old, key: ts(sched, RS4 if key.family == 4 else RS6)}
+    cmds = delta(r, old, new, [key], address_refs(old, r))
+    msgs = list(decoded(encode(TABLES, cmds, 1).data))
     kinds = [k for k, _m in msgs]
     assert kinds[:2] == [p2.NFT_MSG_NEWCHAIN, p2.NFT_MSG_NEWSET]
     assert msgs[0][1].get_attr("NFTA_CHAIN_NAME") == chain_name(key)
+    assert msgs[0][1].get_attr("NFTA_CHAIN_TABLE") == r.shard(key)
     anon = msgs[1][1]
     assert anon.get_attr("NFTA_SET_FLAGS") == {
         "NFT_SET_ANONYMOUS",
@@ -191,6 +232,8 @@ def test_pyroute2_reads_a_new_service_as_nft_would_list_it(sched: str, key: Serv
     by_set = {m.get_attr("NFTA_SET_ELEM_LIST_SET"): m for k, m in msgs[4:]}
     fam = key.family
     assert set(by_set) == {f"weights{fam}", f"svc{fam}", f"rs{fam}"}
+    tables = {n: m.get_attr("NFTA_SET_ELEM_LIST_TABLE") for n, m in by_set.items()}
+    assert tables == {f"weights{fam}": "hc", f"svc{fam}": r.shard(key), f"rs{fam}": "hc"}
     goto = by_set[f"svc{fam}"].get_attr("NFTA_SET_ELEM_LIST_ELEMENTS")[0]
     verdict = goto.get_attr("NFTA_SET_ELEM_DATA").get_attr("NFTA_DATA_VERDICT")
     assert verdict.get_attr("NFTA_VERDICT_CODE") == "NFT_GOTO"
@@ -213,9 +256,10 @@ def test_pyroute2_reads_a_new_service_as_nft_would_list_it(sched: str, key: Serv
 
 def test_a_service_going_to_no_destination_and_away() -> None:
     r = NftRenderer("hc")
-    old: Table = {V4: ts("wrr", RS4)}
-    new: Table = {V4: ts("wrr", [(a, p, 0) for a, p, _w in RS4])}
-    msgs = list(decoded(encode("hc", delta(r, old, new, [V4], address_refs(old)), 1).data))
+    base = anchors([V4])  # the service table stays: V4 is not its last service
+    old: Table = {**base, V4: ts("wrr", RS4)}
+    new: Table = {**base, V4: ts("wrr", [(a, p, 0) for a, p, _w in RS4])}
+    msgs = list(decoded(encode(TABLES, delta(r, old, new, [V4], address_refs(old, r)), 1).data))
     kinds = [k for k, _m in msgs]
     assert kinds.count(p2.NFT_MSG_DELSETELEM) == 3  # two weights and the verdict element
     flush = next(m for k, m in msgs if k == p2.NFT_MSG_DELRULE)
@@ -227,7 +271,7 @@ def test_a_service_going_to_no_destination_and_away() -> None:
     assert code.get_attr("NFTA_DATA_VERDICT").get_attr("NFTA_VERDICT_CODE") == "NFT_RETURN"
     sets = [m.get_attr("NFTA_SET_ELEM_LIST_SET") for k, m in msgs if k == p2.NFT_MSG_NEWSETELEM]
     assert sorted(sets) == ["nodest4", "weights4", "weights4"]
-    gone = list(decoded(encode("hc", delta(r, new, {}, [V4], address_refs(new)), 1).data))
+    gone = list(decoded(encode(TABLES, delta(r, new, base, [V4], address_refs(new, r)), 1).data))
     assert [k for k, _m in gone][-2:] == [p2.NFT_MSG_DELRULE, p2.NFT_MSG_DELCHAIN]
     rs = [m for k, m in gone if m.get_attr("NFTA_SET_ELEM_LIST_SET") == "rs4"]
     assert len(rs) == 2  # both addresses leave the masquerade set
@@ -254,7 +298,7 @@ ELEM = {"family": "inet", "table": "hc", "name": "rs4"}
 )  # fmt: skip
 def test_what_the_encoder_does_not_produce_exactly_is_refused(cmd: dict[str, Any]) -> None:
     with pytest.raises(Unencodable):
-        encode("hc", [cmd], 1)
+        encode(TABLES, [cmd], 1)
 
 
 def test_a_rule_of_another_shape_is_refused() -> None:
@@ -268,7 +312,38 @@ def test_a_rule_of_another_shape_is_refused() -> None:
         body["expr"][:2],
     ):
         with pytest.raises(Unencodable):
-            encode("hc", [{"add": {"rule": {**body, "expr": broken}}}], 1)
+            encode(TABLES, [{"add": {"rule": {**body, "expr": broken}}}], 1)
+
+
+def test_a_delta_adding_or_deleting_a_service_table_is_left_to_nft() -> None:
+    """A service table's first service adds the table (its base chains, maps and static rules)
+    and its last one deletes it: not encoded (the plane sends those through nft). The same
+    change in a service table that stays is encoded, on that table and the main one."""
+    r = NftRenderer("hc")
+    table = r.shard(V4)
+    alone: Table = {V4: ts("rr", RS4)}
+    born = delta(r, {}, alone, [V4], Refs())
+    assert born[0] == {"add": {"table": {"family": "inet", "name": table}}}
+    dead = delta(r, alone, {}, [V4], address_refs(alone, r))
+    assert dead[-1] == {"delete": {"table": {"family": "inet", "name": table}}}
+    for cmds in (born, dead):
+        with pytest.raises(Unencodable):
+            encode(TABLES, cmds, 1)
+    base = anchors([V4])
+    for old, new in ((base, {**base, **alone}), ({**base, **alone}, base)):
+        cmds = delta(r, old, new, [V4], address_refs(old, r))
+        assert not [c for c in cmds if "table" in next(iter(c.values()))]
+        msgs = list(decoded(encode(TABLES, cmds, 1).data))
+        chains = {m.get_attr("NFTA_CHAIN_TABLE") for k, m in msgs if k == p2.NFT_MSG_NEWCHAIN}
+        chains |= {m.get_attr("NFTA_CHAIN_TABLE") for k, m in msgs if k == p2.NFT_MSG_DELCHAIN}
+        assert chains == {table}
+        elems = {m.get_attr("NFTA_SET_ELEM_LIST_TABLE") for k, m in msgs if k in ELEM_MSGS}
+        assert elems == {"hc", table}
+    with pytest.raises(TypeError):  # one name is not the tables
+        encode("hc", cmds, 1)
+
+
+ELEM_MSGS = (p2.NFT_MSG_NEWSETELEM, p2.NFT_MSG_DELSETELEM)
 
 
 def ack(seq: int, error: int = 0, text: str = "") -> bytes:
@@ -324,15 +399,17 @@ class FakeKernel:
             self.theirs.send(out)
 
 
-CMDS = delta(NftRenderer("hc"), {}, {V4: ts("rr", RS4)}, [V4], {})
+R = NftRenderer("hc")
+BASE = anchors([V4])
+CMDS = delta(NftRenderer("hc"), BASE, {**BASE, V4: ts("rr", RS4)}, [V4], address_refs(BASE, R))
 
 
 async def test_a_batch_is_done_when_every_message_is_acked() -> None:
     k = FakeKernel()
     nl = NftNetlink(netns=None, limit=5.0, opener=k.open)
     try:
-        assert await nl.send("hc", CMDS)
-        assert await nl.send("hc", CMDS)
+        assert await nl.send(TABLES, CMDS)
+        assert await nl.send(TABLES, CMDS)
         assert nl.sent == {"netlink": 2, "fallback": 0}
         first, second = k.batches
         assert first[0][0] == 0x10 and first[-1][0] == 0x11  # BATCH_BEGIN ... BATCH_END
@@ -346,7 +423,7 @@ async def test_a_refused_message_is_named_in_the_error() -> None:
     nl = NftNetlink(netns=None, limit=5.0, opener=k.open)
     try:
         with pytest.raises(DataplaneError) as e:
-            await nl.send("hc", CMDS)
+            await nl.send(TABLES, CMDS)
         text = str(e.value)
         assert (
             f"add rule {chain_name(V4)}" in text and "errno 2" in text and "no such chain" in text
@@ -361,7 +438,7 @@ async def test_a_failed_commit_is_an_error() -> None:
     nl = NftNetlink(netns=None, limit=5.0, opener=k.open)
     try:
         with pytest.raises(DataplaneError, match="commit of the transaction"):
-            await nl.send("hc", CMDS)
+            await nl.send(TABLES, CMDS)
     finally:
         nl.close()
 
@@ -371,9 +448,9 @@ async def test_what_cannot_go_by_netlink_goes_to_nft_logged_once() -> None:
     nl = NftNetlink(netns=None, limit=5.0, opener=k.open)
     odd = [{"add": {"rule": {**RULE, "expr": [{"counter": None}]}}}]
     with capture_logs() as logs:
-        assert not await nl.send("hc", odd)
-        assert not await nl.send("hc", odd)
-        assert await nl.send("hc", CMDS)
+        assert not await nl.send(TABLES, odd)
+        assert not await nl.send(TABLES, odd)
+        assert await nl.send(TABLES, CMDS)
     falls = [e for e in logs if e["event"] == "dataplane.nftnl_fallback"]
     assert len(falls) == 1 and falls[0]["kind"] == "encoder" and "rule" in falls[0]["reason"]
     assert nl.sent == {"netlink": 1, "fallback": 2} and len(k.batches) == 1
@@ -384,8 +461,8 @@ async def test_what_cannot_go_by_netlink_goes_to_nft_logged_once() -> None:
 
     nl = NftNetlink(netns=None, limit=5.0, opener=refused)
     with capture_logs() as logs:
-        assert not await nl.send("hc", CMDS)
-        assert not await nl.send("hc", CMDS)
+        assert not await nl.send(TABLES, CMDS)
+        assert not await nl.send(TABLES, CMDS)
     assert nl.mode == "off"
     falls = [e for e in logs if e["event"] == "dataplane.nftnl_fallback"]
     assert len(falls) == 1 and falls[0]["kind"] == "socket"
@@ -398,11 +475,12 @@ async def test_a_batch_over_the_socket_buffers_goes_to_nft() -> None:
     nl = NftNetlink(netns=None, limit=5.0, opener=k.open)
     r = NftRenderer("hc")
     many: Table = {ServiceKey("tcp", "192.0.2.10", 1000 + i): ts("wrr", RS4) for i in range(20)}
-    big = delta(r, {}, many, list(many), {})
-    assert len(encode("hc", big, 1).data) > 2 * 4096
+    base = anchors(list(many))  # so the batch is encoded: it is refused for its size alone
+    big = delta(r, base, {**base, **many}, list(many), address_refs(base, r))
+    assert len(encode(TABLES, big, 1).data) > 2 * 4096
     with capture_logs() as logs:
-        assert not await nl.send("hc", big)
-        assert await nl.send("hc", CMDS)  # a small one still goes
+        assert not await nl.send(TABLES, big)
+        assert await nl.send(TABLES, CMDS)  # a small one still goes
     falls = [e for e in logs if e["event"] == "dataplane.nftnl_fallback"]
     assert len(falls) == 1 and falls[0]["kind"] == "size"
     assert nl.sent == {"netlink": 1, "fallback": 1} and len(k.batches) == 1
@@ -420,9 +498,9 @@ async def test_acks_that_do_not_come_are_an_error_and_a_new_socket_follows() -> 
     nl = NftNetlink(netns=None, limit=0.3, opener=opener)
     try:
         with pytest.raises(DataplaneError, match="netlink batch timed out"):
-            await nl.send("hc", CMDS)
+            await nl.send(TABLES, CMDS)
         assert nl.mode == "netlink"
-        assert await nl.send("hc", CMDS)  # on a new socket (and thread)
+        assert await nl.send(TABLES, CMDS)  # on a new socket (and thread)
         assert socks == [] and len(answering.batches) == 1
     finally:
         nl.close()
