@@ -2,13 +2,15 @@
 
 nft prints a protocol by name only when /etc/protocols names it (a minimal Debian root or a
 container has no such file: then ``6``), by number with ``-p``, and a port by name only with
-``-S``. The golden listings under ``golden/nft/`` are what nft 1.0.6 printed for one table in each
-form, on a real kernel:
+``-S``. The golden listings under ``golden/nft/`` are what nft 1.0.6 printed for our tables (the
+main one and its service tables: ``list ruleset inet``) in each form, on a real kernel:
 
-* ``named.json``: ``nft -j list table`` on a host with /etc/protocols (``"tcp"``),
-* ``numeric.json``: ``nft -j -p list table`` (``6``, what the dataplane asks for, and what plain
-  ``nft -j`` prints on a host without /etc/protocols),
-* ``services.json``: ``nft -j -S list table`` (ports as service names: ``"http"``).
+* ``named.json``: ``nft -j list ruleset inet`` on a host with /etc/protocols (``"tcp"``),
+* ``numeric.json``: ``nft -j -p list ruleset inet`` (``6``, what the dataplane asks for, and what
+  plain ``nft -j`` prints on a host without /etc/protocols),
+* ``services.json``: ``nft -j -S list ruleset inet`` (ports as service names: ``"http"``),
+* ``single-table.json``: the numeric form of the same table in the layout before the service
+  tables (one table held everything), kept to test the upgrade.
 
 Regenerate them (root, nft installed; only when the rendering changes on purpose):
 ``python3 tests/unit/test_nft_readback.py --regen``.
@@ -119,6 +121,38 @@ def test_hand_edit_still_detected_in_numeric_form() -> None:
     key = ServiceKey("tcp", "198.51.100.10", 80)
     assert got[key].spec.scheduler == ALTERED + "wrr"
     assert all(not s.spec.scheduler.startswith(ALTERED) for k, s in got.items() if k != key)
+
+
+def test_the_single_table_layout_of_before_reads_back_altered_with_its_weights() -> None:
+    """A director upgraded from the one-table layout (every service chain in the main table;
+    ``single-table.json``: what nft printed for TABLE then) reads its services back, with their
+    destinations, all altered: the first pass re-renders the tables as one atomic batch."""
+    doc = json.loads((GOLDEN / "single-table.json").read_text())
+    assert {i["table"]["name"] for i in doc["nftables"] if "table" in i} == {TABLE_NAME}
+    got = NftRenderer(TABLE_NAME).parse(doc)
+    assert set(got) == set(TABLE)
+    for key, svc in got.items():
+        assert svc.spec.scheduler == ALTERED + TABLE[key].spec.scheduler
+        assert svc.dests == TABLE[key].dests
+
+
+def test_a_foreign_table_in_the_listing_is_not_ours() -> None:
+    """The listing is of every inet table: another one's objects, even named like ours, are
+    skipped; a stray service table of ours that should not exist re-renders everything."""
+    renderer = NftRenderer(TABLE_NAME)
+    doc = _golden("numeric")
+    stranger = "other"
+    extra = [
+        {"table": {"family": "inet", "name": stranger, "handle": 99}},
+        {"chain": {"family": "inet", "table": stranger, "name": "dnat_pre", "handle": 1}},
+        {"set": {"family": "inet", "table": stranger, "name": "svc4", "type": "ipv4_addr",
+                 "handle": 2, "elem": ["192.0.2.1"]}},
+    ]  # fmt: skip
+    doc["nftables"] += extra
+    assert renderer.parse(doc) == TABLE
+    unused = next(n for n in renderer.shard_names if n not in renderer.shards(TABLE))
+    doc["nftables"].append({"table": {"family": "inet", "name": unused, "handle": 100}})
+    assert all(s.spec.scheduler.startswith(ALTERED) for s in renderer.parse(doc).values())
 
 
 def test_unknown_protocol_number_marks_the_table_for_rerender() -> None:
