@@ -10,13 +10,13 @@ with ``ha:`` it must be one of ``ha.vips``. Checked here: the prefix (no host bi
 from __future__ import annotations
 
 import ipaddress
-import re
 from typing import Any
 
 from yaml.nodes import Node
 
 from hacontrol.config.reader import Reader
 from hacontrol.config.scalars import IFNAME_RE, NFT_TABLE_RE, scalar
+from hacontrol.dataplane.nft_shards import Layout
 from hacontrol.model import HAConfig, IPNetwork, NatConfig, SnatRule
 
 NAT_KEYS = ("snat", "table")
@@ -37,9 +37,9 @@ def parse_nat(r: Reader, node: Node, ha: HAConfig | None, plane_table: str) -> N
         table = r.string(m["table"], "nat.table", pattern=NFT_TABLE_RE)
         if table is not None and table == plane_table:
             r.error(m["table"], "nat.table", f"must differ from dataplane.nft_table ({table!r})")
-        elif table is not None and re.fullmatch(rf"{re.escape(plane_table)}_s\d+", table):
+        elif table is not None and Layout(plane_table).parse(table) is not None:
             r.error(m["table"], "nat.table",
-                    f"must differ from the data plane's service tables ({plane_table}_s<n>)")
+                    f"must differ from the data plane's service tables ({plane_table}_<i>of<n>)")
         kw["table"] = table
     if "snat" in m and (items := r.sequence(m["snat"], "nat.snat", optional=True)) is not None:
         vips = {v.address.ip for v in ha.vips} if ha is not None else None

@@ -1,5 +1,6 @@
-"""The nftables data plane: the whole desired table as nftables tables the daemon owns (one main
-table and up to 16 service tables, ``hacontrol.dataplane.nft_render``), replaced as one.
+"""The nftables data plane: the whole desired table as nftables tables the daemon owns (a main
+table and, past 64 services, up to 16 service tables: ``hacontrol.dataplane.nft_shards``),
+replaced as one.
 
 For kernels without IPVS. The plane keeps the table as it last read or wrote it. An apply of a
 few actions (a health change) is a few commands on the touched services' own objects, set and
@@ -44,6 +45,7 @@ from hacontrol.dataplane.nft_exec import NftExec
 from hacontrol.dataplane.nft_read import read_table
 from hacontrol.dataplane.nft_readback import ALTERED, parse_key
 from hacontrol.dataplane.nft_render import EXACT, FAMILY, WEIGHT_MAPS, NftRenderer, check
+from hacontrol.dataplane.nft_shards import COUNTS, Layout, target_count
 from hacontrol.dataplane.nft_slots import MAX_SLOTS, slots_for, smooth_slots
 from hacontrol.dataplane.nft_watch import NftWatch
 from hacontrol.dataplane.nftnl import NftNetlink
@@ -131,8 +133,12 @@ class NftDataplane(NftRenderer):
         timeout: float = 10.0,
         in_process: bool = True,
         netlink: bool = True,
+        shards: int | None = None,
     ) -> None:
-        super().__init__(table_name)
+        if shards is not None and shards not in COUNTS:
+            raise ValueError(f"shards: one of {COUNTS}, got {shards}")
+        super().__init__(table_name, shards or 1)
+        self.fixed_count = shards  # None: as many service tables as the services need
         self.netns = netns  # run nft inside this named namespace (lab, tests)
         self.timeout = timeout
         # batches through libnftables in the daemon (no fork + exec per event), else nft
@@ -181,6 +187,9 @@ class NftDataplane(NftRenderer):
     async def _batch(self, doc: dict[str, object]) -> tuple[int, str, str]:
         return await self.exec.batch(json.dumps(doc).encode())
 
+    def _target(self, services: int) -> int:
+        return self.fixed_count or target_count(services, self.count)
+
     async def open(self) -> None:
         rc, _, err = await self.exec.command("-j", "list", "tables")
         if rc != 0:
@@ -190,10 +199,12 @@ class NftDataplane(NftRenderer):
         # read, parsed and checked by a child process (hacontrol.dataplane.nft_read): the
         # listing of a big table holds an interpreter for a long time, and this one sends the
         # heartbeats; only the compact result comes back, rebuilt in slices
-        table = await read_table(self.table_name, self.netns, self.timeout)
-        if table is None:
+        got = await read_table(self.table_name, self.netns, self.timeout)
+        if got is None:
             self._remember({}, exists=False)
             return {}
+        table, count = got
+        self.layout = Layout(self.table_name, count)
         self._remember(table, exists=True)
         return table
 
@@ -215,9 +226,11 @@ class NftDataplane(NftRenderer):
             raise DataplaneError("nftables: the table was not read yet (snapshot first)")
         new = apply_in_place(dict(self._state), actions)
         self._warn_approximations({a.service: new[a.service] for a in actions if a.service in new})
-        whole = not (self._exists and self._trusted) or not new
+        count = self._target(len(new))  # a new count moves every service
+        whole = not (self._exists and self._trusted) or not new or count != self.count
         try:
             if whole:
+                self.layout = Layout(self.table_name, count)
                 doc = self.render(new)
                 self.rewrites += 1
             else:
@@ -248,6 +261,7 @@ class NftDataplane(NftRenderer):
 
     async def replace(self, table: Table) -> None:
         """Render ``table`` whole and replace ours with it atomically (tests, the benchmark)."""
+        self.layout = Layout(self.table_name, self._target(len(table)))
         doc = self.render(table)
         self._warn_approximations(table)
         self.rewrites += 1

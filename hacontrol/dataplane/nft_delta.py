@@ -107,7 +107,7 @@ def _shard_changes(
 ) -> tuple[list[str], list[str]]:
     """Service tables that get their first service (born) and lose their last (gone);
     ``counts`` is updated to ``new``'s."""
-    before = {r.shard(k) for k in keys}
+    before = {r.shard(k) for k in keys} - {r.table_name}  # the main one is never born
     was = {s: counts.get(s, 0) for s in before}
     for key in keys:
         shard = r.shard(key)

@@ -6,7 +6,8 @@ a ~5 MB JSON document whose ``json.loads`` alone holds the interpreter for ~100 
 not help (the GIL), and the event loop also sends the heartbeats. So ``python -m
 hacontrol.dataplane.nft_read TABLE [NETNS]`` runs nft, parses and checks the listing
 (``NftRenderer.parse``, hand edits read back ``altered:``) and writes ``marshal`` frames (a
-4-byte length, then the data) to stdout: first ``("ok",)``, ``("absent",)`` (none of our
+4-byte length, then the data) to stdout: first ``("ok", count)`` (how many service tables
+the services are in), ``("absent",)`` (none of our
 tables) or
 ``("error", text)``, then for "ok" the rows, a slice a frame; a row is ``(proto, vip,
 port, scheduler, persistence, ((address, port, weight, forwarding), ...))``. The parent
@@ -129,16 +130,17 @@ def read_here(
         doc = json.loads(r.stdout) if r.stdout.strip() else {"nftables": []}
         if not any(renderer.owns(i["table"]["name"]) for i in doc["nftables"] if "table" in i):
             return ("absent",), None
-        table = renderer.parse(doc)
+        table, count = renderer.parse_layout(doc)
     except (ValueError, KeyError, TypeError) as e:
         return ("error", f"nftables: cannot parse table {table_name}: {e}"), None
-    return ("ok",), rows_of(table)
+    return ("ok", count), rows_of(table)
 
 
 async def read_table(
     table_name: str, netns: str | None = None, limit: float = 10.0
-) -> Table | None:
-    """Our table as the kernel holds it, read by a child process; None when there is none.
+) -> tuple[Table, int] | None:
+    """Our tables as the kernel holds them, read by a child process, and how many service
+    tables they spread the services over; None when there is none.
     DataplaneError when nft fails, the listing cannot be parsed or the child misbehaves."""
     argv = [sys.executable, "-m", "hacontrol.dataplane.nft_read", table_name]
     if netns:
@@ -175,12 +177,12 @@ async def read_table(
         return None
     if record[0] == "error":
         raise DataplaneError(str(record[1]))
-    return table
+    return table, int(record[1])
 
 
 async def _read_in_process(
     table_name: str, netns: str | None, limit: float, why: OSError
-) -> Table | None:
+) -> tuple[Table, int] | None:
     global _fallback_logged
     if not _fallback_logged:
         _fallback_logged = True
@@ -198,7 +200,7 @@ async def _read_in_process(
     for start in range(0, len(rows or ()), SLICE):
         add_rows(table, (rows or [])[start : start + SLICE])
         await asyncio.sleep(0)
-    return table
+    return table, int(record[1])
 
 
 def main() -> None:

@@ -53,6 +53,10 @@ class Rendering(Protocol):
 
     def owns(self, table: str) -> bool: ...
 
+    def count_of(self, table: str) -> int | None: ...
+
+    def recount(self, count: int) -> Rendering: ...
+
     def shards(self, keys: Iterable[ServiceKey]) -> set[str]: ...
 
     def chains(self, shards: Iterable[str]) -> list[Json]: ...
@@ -171,16 +175,20 @@ def read_listing(doc: Json, r: Rendering) -> Listing:
     return out
 
 
-def read_table(doc: Json, r: Rendering) -> Table:
-    """Our tables as listed by ``nft -j list ruleset inet`` -> Table (see module doc); empty
-    when none of them is listed."""
+def read_table(doc: Json, r: Rendering) -> tuple[Table, int]:
+    """Our tables as listed by ``nft -j list ruleset inet`` -> (Table, the number of service
+    tables they are spread over) (see module doc); empty when none of them is listed."""
     listing = read_listing(doc, r)
     specs, dests, broken = listing.specs, listing.dests, listing.broken
     for key in dests.keys() - specs.keys():  # its rule was deleted by hand
         specs[key] = ServiceSpec(ALTERED + "unknown")
     table: Table = {k: TableService(s, dests.get(k, {})) for k, s in specs.items()}
+    counts = {c for t in listing.tables if (c := r.count_of(t)) is not None and c > 1}
+    count = max(counts, default=1)  # (the main table says nothing of the count)
     if not listing.tables and not table:
-        return table
+        return table, count
+    broken |= len(counts) > 1  # tables of two layouts: re-render everything
+    r = r.recount(count)
     # verify: the live rules and elements must be exactly what this table renders to
     shards = r.shards(table)
     want_chains = {chain_key(c["chain"]) for c in r.chains(shards)}
@@ -241,7 +249,7 @@ def read_table(doc: Json, r: Rendering) -> Table:
         if svc.spec.scheduler.startswith(ALTERED):
             continue
         table[key] = TableService(ServiceSpec(ALTERED + svc.spec.scheduler), svc.dests)
-    return table
+    return table, count
 
 
 def _keyed(objs: list[Json]) -> list[RuleKey]:

@@ -1,18 +1,15 @@
-"""Pure rendering of hacontrol's nftables table (no I/O, no asyncio).
+"""Pure rendering of hacontrol's nftables tables (no I/O, no asyncio).
 
-``NftRenderer`` turns a desired ``Table`` into the nft JSON batch that replaces our table
-atomically; its ``parse`` reads ``nft -j list table`` back into a ``Table``, flagging hand-edited
-services, through ``hacontrol.dataplane.nft_readback`` (which owns the listing side: the service
-comment, canonical rules and elements, nft's printed forms).
+``NftRenderer`` turns a desired ``Table`` into the nft JSON batch that replaces our tables
+atomically; its ``parse`` reads ``nft -j list ruleset inet`` back into a ``Table``, flagging
+hand-edited services, through ``hacontrol.dataplane.nft_readback`` (which owns the listing side:
+the service comment, canonical rules and elements, nft's printed forms).
 ``hacontrol.dataplane.nft.NftDataplane`` runs nft with what this renders.
 
-Layout: one main ``table inet <name>`` and up to ``SHARDS`` service tables ``<name>_s<n>``, each
-service in the one its key hashes to (``shard_index``, crc32: the same in every process and on
-both directors). Services are spread over tables because the kernel validates a whole table,
-every chain a jump or goto reaches, when a transaction adds a rule with a nat expression or a
-verdict element: with one table a health change at 1,000 services cost 0.4 ms more in the
-commit than at 10 (bench/nft_transaction.py); a shard holds about 1/16 of them. A service table
-exists only while it holds a service (a delta adds and deletes it).
+Layout: a main ``table inet <name>`` and, past 64 services, service tables ``<name>_<i>of<n>``
+(``hacontrol.dataplane.nft_shards``: which table holds a service, and why; with one, the
+service objects below are in the main table itself). A service table exists only while it holds
+a service (a delta adds it with its first and deletes it with its last).
 
 * each service table has base chains ``dnat_pre`` (nat prerouting, dstnat) and ``dnat_out`` (nat
   output, so a client on the director works) holding one static rule per family: ``meta l4proto
@@ -48,18 +45,17 @@ The main table holds what is not one service's:
 from __future__ import annotations
 
 import ipaddress
-import zlib
 from collections.abc import Iterable
 from typing import Any
 
 from hacontrol.dataplane.base import DataplaneError
 from hacontrol.dataplane.nft_readback import read_table, service_comment
+from hacontrol.dataplane.nft_shards import Layout
 from hacontrol.dataplane.nft_slots import slots_for
 from hacontrol.dataplane.table import ServiceKey, Table, TableService
 
 Json = dict[str, Any]
 FAMILY = "inet"
-SHARDS = 16  # service tables at most
 EXACT = {"rr", "wrr", "sh", "mh", "fo"}
 MAIN_CHAINS = {  # name: (type, hook, priority)
     "snat_post": ("nat", "postrouting", 100),
@@ -125,39 +121,46 @@ def _elem_key(key: ServiceKey) -> Json:
     return {"concat": [key.protocol, key.address, key.port]}
 
 
-def shard_index(key: ServiceKey) -> int:
-    """Which service table holds ``key``: a crc32 of the key, so every process and both
-    directors agree without asking the kernel."""
-    return zlib.crc32(f"{key.protocol} {key.address} {key.port}".encode()) % SHARDS
-
-
 SetId = tuple[str, str]  # (table, set or map name)
 
 
 class NftRenderer:
     """Renders and parses our ``inet`` tables (the main one, named ``table_name``, and its
-    service tables); pure, so it needs no root and no nft binary."""
+    ``count`` service tables); pure, so it needs no root and no nft binary."""
 
-    def __init__(self, table_name: str = "hacontrol") -> None:
+    def __init__(self, table_name: str = "hacontrol", count: int = 1) -> None:
         self.table_name = table_name
-        self.shard_names = [f"{table_name}_s{i}" for i in range(SHARDS)]
+        self.layout = Layout(table_name, count)
+
+    @property
+    def count(self) -> int:
+        return self.layout.count
+
+    def recount(self, count: int) -> NftRenderer:
+        """The same tables with ``count`` service tables."""
+        return NftRenderer(self.table_name, count)
 
     # -- where things are -----------------------------------------------------------------------
 
     def shard(self, key: ServiceKey) -> str:
-        """The service table of ``key``."""
-        return self.shard_names[shard_index(key)]
+        """The table holding ``key``'s chain, rule and verdict element."""
+        return self.layout.shard(key)
 
     def shards(self, keys: Iterable[ServiceKey]) -> set[str]:
-        """The service tables holding ``keys``."""
-        return {self.shard(k) for k in keys}
+        """The tables holding the services ``keys`` (the main one when there is one)."""
+        return {self.layout.shard(k) for k in keys}
 
     def tables(self) -> list[str]:
-        """Every table name of ours, the main one first."""
-        return [self.table_name, *self.shard_names]
+        """Every table name of ours, whatever the count, the main one first."""
+        return self.layout.every_name()
 
     def owns(self, table: str) -> bool:
-        return table == self.table_name or table in self.shard_names
+        return self.layout.parse(table) is not None
+
+    def count_of(self, table: str) -> int | None:
+        """How many service tables the name of one of ours says there are (1: the main one);
+        None when it is not ours."""
+        return self.layout.parse(table)
 
     # -- rendering ------------------------------------------------------------------------------
 
@@ -358,7 +361,8 @@ class NftRenderer:
             objs: list[Json] = [{"table": {"family": FAMILY, "name": self.table_name}}]
             objs += self.chains(())
             for shard in shards:
-                objs.append({"table": {"family": FAMILY, "name": shard}})
+                if shard != self.table_name:
+                    objs.append({"table": {"family": FAMILY, "name": shard}})
                 objs += self.shard_chains(shard)
             objs += [self.service_chain(k) for k in sorted(table)]
             objs += self.sets(table)
@@ -369,7 +373,12 @@ class NftRenderer:
         return {"nftables": batch}
 
     def parse(self, doc: Json) -> Table:
-        """Our table as listed by ``nft -j list table`` -> Table (``nft_readback.read_table``)."""
+        """Our tables as listed by ``nft -j list ruleset inet`` -> Table
+        (``nft_readback.read_table``)."""
+        return read_table(doc, self)[0]
+
+    def parse_layout(self, doc: Json) -> tuple[Table, int]:
+        """``parse``, and the number of service tables the listing's services are in."""
         return read_table(doc, self)
 
 

@@ -58,8 +58,8 @@ def test_defaults_and_a_full_section() -> None:
          ["3: nat.table: must differ from dataplane.nft_table ('t1')"]),
         ("nat: {table: hacontrol}",
          ["2: nat.table: must differ from dataplane.nft_table ('hacontrol')"]),
-        ("nat: {table: hacontrol_s3}",
-         ["2: nat.table: must differ from the data plane's service tables (hacontrol_s<n>)"]),
+        ("nat: {table: hacontrol_3of4}",
+         ["2: nat.table: must differ from the data plane's service tables (hacontrol_<i>of<n>)"]),
         ("nat: {snat: [{to: 192.0.2.10}]}", ["2: nat.snat[0].source: missing (required)"]),
         ("nat: {snat: [{source: 198.51.100.0/24}]}", ["2: nat.snat[0].to: missing (required)"]),
         ("nat: {snat: [{source: 198.51.100.9/24, to: 192.0.2.10}]}",
@@ -85,6 +85,12 @@ def test_refused(body: str, errors: list[str]) -> None:
     with pytest.raises(ConfigError) as e:
         loads(f"node: {{name: d}}\n{body}\n", source="x.yaml", check_files=False)
     assert [str(i) for i in e.value.errors] == [f"x.yaml:{line}" for line in errors]
+
+
+def test_a_nat_table_may_look_like_a_service_table_the_plane_never_takes() -> None:
+    text = "node: {name: d}\nnat: {table: hacontrol_4of4}\n"
+    cfg = loads(text, source="x.yaml", check_files=False)
+    assert cfg.nat is not None and cfg.nat.table == "hacontrol_4of4"
 
 
 def test_with_ha_the_snat_address_must_be_a_vip() -> None:

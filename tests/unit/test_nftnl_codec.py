@@ -33,7 +33,7 @@ from hacontrol.dataplane.table import DestKey, DestSpec, ServiceKey, ServiceSpec
 from hacontrol.dataplane.table import TableService as TS
 
 GOLDEN = Path(__file__).parent / "golden" / "nftnl"
-TABLES = NftRenderer("hc").tables()  # the main table and its 16 service tables
+TABLES = NftRenderer("hc", 16).tables()  # the main table and every service table name
 CLASSES: dict[int, type[Any]] = {
     p2.NFT_MSG_NEWCHAIN: p2.nft_chain_msg, p2.NFT_MSG_DELCHAIN: p2.nft_chain_msg,
     p2.NFT_MSG_NEWRULE: p2.nft_rule_msg, p2.NFT_MSG_DELRULE: p2.nft_rule_msg,
@@ -106,7 +106,7 @@ def golden_tables() -> tuple[list[Table], list[ServiceKey]]:
     delta adds or deletes a table (those go through nft, not the encoder)."""
     k1, k2 = ServiceKey("tcp", "192.0.2.10", 80), ServiceKey("udp", "2001:db8::10", 53)
     k3, k4 = ServiceKey("tcp", "2001:db8::20", 443), ServiceKey("udp", "192.0.2.11", 53)
-    anchors = {  # hc_s10, hc_s3, hc_s6, hc_s14: the tables of k1, k2, k3, k4
+    anchors = {  # hc_10of16, hc_3of16, hc_6of16, hc_14of16: the tables of k1, k2, k3, k4
         ServiceKey("tcp", "192.0.2.20", 80): ts("rr", [("203.0.113.1", 80, 1)]),
         ServiceKey("tcp", "2001:db8::30", 443): ts("wrr", [("2001:db8:1::1", 443, 2)]),
         ServiceKey("udp", "2001:db8::31", 53): ts("sh", [("2001:db8:1::2", 53, 1)]),
@@ -131,11 +131,11 @@ def test_the_golden_deltas_are_what_nft_delta_gives_now() -> None:
     """The captured batches stay meaningful: nft_delta still writes the deltas nft was fed
     (the tables of golden/nftnl/README.md), on the main table and four service tables, none
     of them added or deleted."""
-    r = NftRenderer("hc")
+    r = NftRenderer("hc", 16)
     (a, b, c), touched = golden_tables()
     anchored = r.shards(k for k in a if k not in touched)
-    assert r.shards(touched) == anchored == {"hc_s10", "hc_s3", "hc_s6", "hc_s14"}
-    spans = {1: {"hc", "hc_s10", "hc_s3"}, 2: {"hc", "hc_s10", "hc_s3", "hc_s6", "hc_s14"}}
+    assert r.shards(touched) == anchored == {"hc_10of16", "hc_3of16", "hc_6of16", "hc_14of16"}
+    spans = {1: {"hc", "hc_10of16", "hc_3of16"}, 2: {"hc", *anchored}}
     for n, (old, new) in enumerate(((a, b), (b, c)), 1):
         want = json.loads((GOLDEN / f"delta{n}.json").read_text())["nftables"]
         assert delta(r, old, new, touched, address_refs(old, r)) == want
@@ -170,7 +170,7 @@ RS6 = [("2001:db8::1", 53, 2), ("2001:db8::2", 53, 1)]
 def anchors(keys: list[ServiceKey]) -> Table:
     """One service (none of ``keys``, its destination none of theirs) in each service table of
     ``keys``: a delta of ``keys`` from or to a table holding these adds and deletes no table."""
-    r = NftRenderer("hc")
+    r = NftRenderer("hc", 16)
     want, out = r.shards(keys), {}
     for port in range(1, 1000):
         key = ServiceKey("tcp", "192.0.2.20", port)
@@ -198,7 +198,7 @@ EXPRS = {
 @pytest.mark.parametrize("sched", ["rr", "wrr", "sh", "fo"])
 @pytest.mark.parametrize("key", [V4, V6], ids=["ipv4", "ipv6"])
 def test_pyroute2_reads_a_new_service_as_nft_would_list_it(sched: str, key: ServiceKey) -> None:
-    r = NftRenderer("hc")
+    r = NftRenderer("hc", 16)
     old = anchors([key])
     new: Table = {**old, key: ts(sched, RS4 if key.family == 4 else RS6)}
     cmds = delta(r, old, new, [key], address_refs(old, r))
@@ -255,7 +255,7 @@ def test_pyroute2_reads_a_new_service_as_nft_would_list_it(sched: str, key: Serv
 
 
 def test_a_service_going_to_no_destination_and_away() -> None:
-    r = NftRenderer("hc")
+    r = NftRenderer("hc", 16)
     base = anchors([V4])  # the service table stays: V4 is not its last service
     old: Table = {**base, V4: ts("wrr", RS4)}
     new: Table = {**base, V4: ts("wrr", [(a, p, 0) for a, p, _w in RS4])}
@@ -302,7 +302,7 @@ def test_what_the_encoder_does_not_produce_exactly_is_refused(cmd: dict[str, Any
 
 
 def test_a_rule_of_another_shape_is_refused() -> None:
-    r = NftRenderer("hc")
+    r = NftRenderer("hc", 16)
     (rule,) = r.service_rules(V4, ts("rr", RS4))
     body = rule["rule"]
     for broken in (
@@ -319,7 +319,7 @@ def test_a_delta_adding_or_deleting_a_service_table_is_left_to_nft() -> None:
     """A service table's first service adds the table (its base chains, maps and static rules)
     and its last one deletes it: not encoded (the plane sends those through nft). The same
     change in a service table that stays is encoded, on that table and the main one."""
-    r = NftRenderer("hc")
+    r = NftRenderer("hc", 16)
     table = r.shard(V4)
     alone: Table = {V4: ts("rr", RS4)}
     born = delta(r, {}, alone, [V4], Refs())
@@ -399,9 +399,9 @@ class FakeKernel:
             self.theirs.send(out)
 
 
-R = NftRenderer("hc")
+R = NftRenderer("hc", 16)
 BASE = anchors([V4])
-CMDS = delta(NftRenderer("hc"), BASE, {**BASE, V4: ts("rr", RS4)}, [V4], address_refs(BASE, R))
+CMDS = delta(NftRenderer("hc", 16), BASE, {**BASE, V4: ts("rr", RS4)}, [V4], address_refs(BASE, R))
 
 
 async def test_a_batch_is_done_when_every_message_is_acked() -> None:
@@ -473,7 +473,7 @@ async def test_a_batch_over_the_socket_buffers_goes_to_nft() -> None:
     k = FakeKernel()
     k.ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)  # the kernel doubles it
     nl = NftNetlink(netns=None, limit=5.0, opener=k.open)
-    r = NftRenderer("hc")
+    r = NftRenderer("hc", 16)
     many: Table = {ServiceKey("tcp", "192.0.2.10", 1000 + i): ts("wrr", RS4) for i in range(20)}
     base = anchors(list(many))  # so the batch is encoded: it is refused for its size alone
     big = delta(r, base, {**base, **many}, list(many), address_refs(base, r))
