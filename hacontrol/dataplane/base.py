@@ -1,8 +1,8 @@
 """The data plane interface: read what the kernel holds, apply a change to it, and say what the
 plane can do (its capabilities), so no caller has to probe for attributes or concrete classes.
 
-Implementations: ``ipvs.IpvsDataplane`` (pyroute2 AsyncIPVS), ``nft.NftDataplane`` (one nftables
-table owned by the daemon, replaced atomically) and ``memory.MemoryDataplane`` (unit tests,
+Implementations: ``ipvs.IpvsDataplane`` (pyroute2 AsyncIPVS), ``nft.NftDataplane`` (nftables
+tables owned by the daemon, replaced atomically) and ``memory.MemoryDataplane`` (unit tests,
 ``--dry-run``). The reconciler and the daemon only ever talk to these protocols.
 """
 
@@ -52,6 +52,11 @@ class Dataplane(Protocol):
         """Call ``changed(reason, count)`` when someone else changes the plane's kernel objects
         (nftables: notifications on our table; ``count`` foreign changes, coalesced), so the
         reconciler repairs them before the periodic resync. Planes that cannot tell do nothing."""
+
+    def expect(self, services: int) -> None:
+        """The pass about to apply leaves ``services`` services of ours: a plane that lays out
+        its kernel objects by size (nftables: its service tables) picks that layout once for
+        the whole pass, not batch by batch. Others ignore it."""
 
     async def open(self) -> None:
         """Connect to the kernel; raise DataplaneError with a clear reason if unavailable."""

@@ -143,6 +143,9 @@ class IpvsDataplane:
     def watch(self, changed: Callable[[str, int], None]) -> None:
         """No change notifications watched: drift is repaired at the periodic resync."""
 
+    def expect(self, services: int) -> None:
+        """One layout whatever the size: nothing to pick."""
+
     def ipvs_requests(self) -> IpvsDataplane:
         """This plane serves the connection sync daemons' netlink requests itself."""
         return self

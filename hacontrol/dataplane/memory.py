@@ -50,6 +50,9 @@ class MemoryDataplane:
     def watch(self, changed: Callable[[str, int], None]) -> None:
         """No change notifications watched: drift is repaired at the periodic resync."""
 
+    def expect(self, services: int) -> None:
+        """One layout whatever the size: nothing to pick."""
+
     def ipvs_requests(self) -> None:
         return None
 

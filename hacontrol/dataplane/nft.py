@@ -139,6 +139,7 @@ class NftDataplane(NftRenderer):
             raise ValueError(f"shards: one of {COUNTS}, got {shards}")
         super().__init__(table_name, shards or 1)
         self.fixed_count = shards  # None: as many service tables as the services need
+        self._expected: int | None = None  # services after the pass being applied
         self.netns = netns  # run nft inside this named namespace (lab, tests)
         self.timeout = timeout
         # batches through libnftables in the daemon (no fork + exec per event), else nft
@@ -187,7 +188,15 @@ class NftDataplane(NftRenderer):
     async def _batch(self, doc: dict[str, object]) -> tuple[int, str, str]:
         return await self.exec.batch(json.dumps(doc).encode())
 
+    def expect(self, services: int) -> None:
+        """The pass about to apply leaves ``services`` services: the count of service tables
+        is chosen for that (a first load or a big reload comes in batches; choosing by each
+        batch's size would move every service at each power of two)."""
+        self._expected = services
+
     def _target(self, services: int) -> int:
+        if self._expected is not None:
+            services = self._expected
         return self.fixed_count or target_count(services, self.count)
 
     async def open(self) -> None:

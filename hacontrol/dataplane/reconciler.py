@@ -289,6 +289,8 @@ class Reconciler:
             if adds or owned - self._owned:  # remember new services BEFORE creating them
                 self._save_owned(self._owned | owned | adds)  # (crash safety)
             self._view = None  # until every batch is acknowledged
+            fresh = (owned | adds) - self._owned  # (scope-sized on a change pass)
+            self._dp.expect(len(self._owned) + len(fresh) - len(drops))  # (drops: of owned)
             for n, part in enumerate(parts):
                 if n:
                     await asyncio.sleep(0)  # the heartbeat and the checks run between batches

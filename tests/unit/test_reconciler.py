@@ -211,6 +211,40 @@ async def test_plane_that_does_not_apply_is_caught_by_the_next_full_pass() -> No
 
 
 @virtual
+async def test_the_plane_is_told_the_size_a_pass_leaves_once_before_its_batches() -> None:
+    """A whole-table plane that lays out its objects by size (nftables' service tables) hears
+    the services a pass will leave before the first batch: a first load in batches, a reload
+    growing and shrinking, a change."""
+
+    class Sized(MemoryDataplane):
+        def __init__(self) -> None:
+            super().__init__(whole_table=True)
+            self.told: list[tuple[int, int]] = []  # (services told, apply calls so far)
+
+        def expect(self, services: int) -> None:
+            self.told.append((services, self.apply_calls))
+
+    def many(n: int, skip: int = -1) -> Table:
+        one = TableService(ServiceSpec(), {D1: DestSpec(1)})
+        return {ServiceKey("tcp", "198.51.100.10", 1000 + i): one for i in range(n) if i != skip}
+
+    dp = Sized()
+    rec = Reconciler(dp)
+    rec.set_desired(const(many(150)))
+    res = await rec.sync_now("start")
+    assert res.ok and res.batches > 1 and dp.told == [(150, 0)]
+    rec.set_desired(const(many(40)))
+    calls = dp.apply_calls
+    assert (await rec.sync_now("reload")).ok and dp.told[-1] == (40, calls)
+    rec.set_desired(const(many(40, skip=7)))
+    rec.mark_dirty({ServiceKey("tcp", "198.51.100.10", 1007)})
+    res = await rec.sync_now("change")
+    assert res.ok and dp.told[-1][0] == 39 and len(dp.table) == 39
+    told = len(dp.told)
+    assert (await rec.sync_now("resync")).ok and len(dp.told) == told  # nothing to apply
+
+
+@virtual
 async def test_foreign_services_untouched() -> None:
     dp = MemoryDataplane({FOREIGN: FOREIGN_SVC})
     rec = Reconciler(dp)
