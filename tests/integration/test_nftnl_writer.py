@@ -3,12 +3,17 @@
 One network namespace, no traffic (test_nft_incremental sends traffic through the same path).
 Two planes in it: ``hcnl`` sends its deltas through ``hacontrol.dataplane.nftnl`` (our own
 nf_tables netlink batch), ``hcjs`` the same deltas as nft JSON through libnftables (the path
-before). For rr, wrr, sh and fo services, IPv4 and IPv6, going to and from no destinations,
-weight changes, whole services added and deleted, and seeded random sequences, after every step:
-(a) the netlink-applied table read back (``snapshot``: the listing parsed, re-rendered and
-compared) is exactly the desired table, nothing ``altered:``; (b) ``nft -j list table`` of the two
-tables is the same once handles and names are dropped. The notification watch sees the netlink
-commits as ours; a kernel refusal names the refused object; without a socket nft does the work.
+before). A delta that adds or deletes a service table (``<name>_s<n>``, its first or last
+service) goes through libnftables on ``hcnl`` too: each step is checked to take exactly its path.
+For rr, wrr, sh and fo services, IPv4 and IPv6, going to and from no destinations, weight
+changes, whole services added and deleted (in a service table that stays, and with their table),
+and seeded random sequences, after every step: (a) the netlink-applied table read back
+(``snapshot``: the listing parsed, re-rendered and compared) is exactly the desired table,
+nothing ``altered:``; (b) the listing of all the tables of each plane (main and service tables,
+``tests/integration/nftlist``) is the same once handles are dropped and the names made neutral.
+The notification watch sees the netlink and libnftables commits as ours and a foreign flush of
+the main or a service table as foreign; a kernel refusal names the refused object; without a
+socket nft does the work.
 """
 
 from __future__ import annotations
