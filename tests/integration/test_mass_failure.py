@@ -9,7 +9,8 @@ reconciler must put the burst into a few passes (change passes start at most eve
 ``coalesce``), not one per server. Asserted: every service ends with no destination and in the
 ``nodest4`` set, the tables hold no weight element and no service verdict element (every
 service table's ``svc4``); the 200 removals took a handful of
-``dataplane.apply`` passes, all of scope ``services`` (no kernel read); no timing assert.
+``dataplane.apply`` passes, all of scope ``services`` (no kernel read); the clean stop
+(``keep_on_stop: false``) leaves no table of ours, service tables included; no timing assert.
 """
 
 from __future__ import annotations
@@ -128,6 +129,12 @@ def test_a_mass_failure_is_a_few_batches(netns_lab: NetnsLab, tmp_path: Path) ->
         assert 1 <= len(passes) <= MAX_PASSES, [p["actions"] for p in passes]
         print(f"mass failure: {len(ADDRS)} removals in {len(passes)} passes: "
               f"{[p['actions'] for p in passes]}")  # fmt: skip
+        # keep_on_stop: false: a clean stop deletes the main table and every service table
+        shards = nftlist.present(lab["director"], TABLE)[1:]
+        assert len(shards) > 1  # 20 services: more than one service table
+        daemon.terminate()
+        assert daemon.wait(30) == 0
+        assert nftlist.present(lab["director"], TABLE) == []
     finally:
         daemon.terminate()
         daemon.wait(30)
