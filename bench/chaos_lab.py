@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from hacontrol.dataplane.nft_render import NftRenderer
 from hacontrol.lab.netns import NetnsLab
 from hacontrol.lab.topology import (
     API,
@@ -186,14 +187,18 @@ class SoakCluster(Cluster):
         )
 
     def table_rules(self, name: str) -> int:
-        """How many rules ``name``'s nftables table holds (0: none, or no table). A flush
-        empties the chains but keeps the sets, so the rules are what tells it repaired."""
+        """How many rules ``name``'s nftables tables hold, the main ``hacontrol`` and the nft
+        plane's service tables ``hacontrol_s<n>`` (0: none, or no table). A flush empties the
+        chains but keeps the sets, so the rules are what tells it repaired; a flush or delete of
+        the main table leaves the service tables' rules, the total still drops."""
         fam = self.nft_table_family(name)
         if fam is None:
             return 0
-        r = self.ns(name).run("nft", "-j", "list", "table", fam, "hacontrol", check=False)
+        r = self.ns(name).run("nft", "-j", "list", "ruleset", fam, check=False)
+        owns = NftRenderer("hacontrol").owns
         with contextlib.suppress(ValueError, KeyError):
-            return sum(1 for item in json.loads(r.stdout)["nftables"] if "rule" in item)
+            items = json.loads(r.stdout)["nftables"]
+            return sum(1 for i in items if "rule" in i and owns(i["rule"]["table"]))
         return 0
 
     def nft_table_family(self, name: str) -> str | None:

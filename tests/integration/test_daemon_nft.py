@@ -31,9 +31,12 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+import nftlist
 import pytest
 
 from hacontrol.cli_api import ApiError, api_call
+from hacontrol.dataplane.nft_render import NftRenderer
+from hacontrol.dataplane.table import ServiceKey
 from hacontrol.lab import traffic
 from hacontrol.lab.netns import NetnsLab, Ns, wait_tcp
 from hacontrol.lab.scenario import log_events
@@ -128,9 +131,14 @@ class Scene:
     def events(self, name: str) -> list[dict[str, Any]]:
         return log_events(self.log, name)
 
-    def nft_table_exists(self) -> bool:
-        r = self.director.run("nft", "list", "table", "inet", self.table, check=False)
-        return r.returncode == 0
+    def nft_tables(self) -> list[str]:
+        """Our nft tables that exist (the main one, then the service tables)."""
+        return nftlist.present(self.director, self.table)
+
+    def nft_tables_full(self) -> bool:
+        """The main table and the one service's table (``web``, tcp VIP:80) both exist."""
+        shard = NftRenderer(self.table).shard(ServiceKey("tcp", VIP, 80))
+        return self.nft_tables() == [self.table, shard]
 
     def requests(self, n: int) -> list[str]:
         r = self.client.run(sys.executable, "-c", CLIENT, VIP, str(n), timeout=60)
@@ -181,7 +189,8 @@ def scene(tmp_path: Path) -> Iterator[Scene]:
             if s.daemon is not None and s.daemon.poll() is None:
                 s.daemon.kill()
                 s.daemon.wait(timeout=10)
-            director.run("nft", "delete", "table", "inet", table, check=False)
+            for t in nftlist.present(director, table):
+                director.run("nft", "delete", "table", "inet", t, check=False)
 
 
 def test_daemon_on_nftables(scene: Scene) -> None:
@@ -203,7 +212,7 @@ def test_daemon_on_nftables(scene: Scene) -> None:
         "both servers up with kernel weights",
     )
     up_after = time.monotonic() - t0
-    assert s.nft_table_exists()
+    assert s.nft_tables_full()
     doc = s.status()
     assert doc is not None and doc["dataplane"]["kind"] == "nftables"
     assert doc["dataplane"]["last_result"] == "ok" and doc["role"] == "standalone"
@@ -273,7 +282,7 @@ def test_daemon_on_nftables(scene: Scene) -> None:
     stop = s.events("daemon.stop")
     assert len(stop) == 1 and stop[0]["reason"] == "SIGTERM" and stop[0]["kernel_table"] == "kept"
     stop_logged = datetime.fromisoformat(stop[0]["timestamp"]).timestamp() - wall_term
-    assert s.nft_table_exists()
+    assert s.nft_tables_full()
     assert set(s.requests(4)) == {"rs1", "rs2"}  # traffic still flows with the daemon gone
 
     # 7. restart under continuous client requests: the new daemon adopts the table, none is lost
@@ -282,6 +291,7 @@ def test_daemon_on_nftables(scene: Scene) -> None:
     try:
         wait_until(lambda: len(load.requests()) >= 20, "client load running")
         adopt_from = len(s.events("dataplane.apply"))
+        kept = nftlist.listing(s.director, s.table)  # every table of ours, as the stop left it
         with open(s.log, "ab") as log:
             s.daemon = s.director.popen(
                 sys.executable, "-m", "hacontrol", "run", "-c", str(s.cfg), stdout=log, stderr=log
@@ -297,9 +307,10 @@ def test_daemon_on_nftables(scene: Scene) -> None:
     reqs = load.requests()
     assert traffic.failures(reqs) == 0, [r for r in reqs if not r.ok][:5]
     assert {r.server for r in reqs} == {"rs1", "rs2"}
-    # adoption: the restart removed nothing from the kernel table
+    # adoption: the restart removed nothing from the kernel tables
     for e in s.events("dataplane.apply")[adopt_from:]:
         assert not any(op.startswith("del") for op in e.get("ops", {})), e
+    assert nftlist.listing(s.director, s.table) == kept
     print(
         f"\nmeasured: up after {up_after:.2f}s, removed after {removed_after:.2f}s, "
         f"reload applied after {applied_after:.3f}s, SIGTERM -> daemon.stop logged "

@@ -22,9 +22,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import nftlist
 import pytest
 
 from hacontrol.cli_api import UnixConnection, api_call
+from hacontrol.dataplane.nft_render import NftRenderer
+from hacontrol.dataplane.table import ServiceKey
 from tests.integration.test_daemon_nft import PORT, RS, VIP, Scene, config, scene, wait_until
 
 pytestmark = pytest.mark.root
@@ -224,14 +227,17 @@ def test_drain_with_open_connections(scene: Scene, tmp_path: Path) -> None:
     wait_until(lambda: overrides(s)["leaving"][0]["connections"] == 1, "its connection counted")
     assert set(s.requests(4)) == {"rs2"}
     assert held.ping() == "pong rs1"
-    table = s.director.run("nft", "list", "table", "inet", s.table).stdout
-    assert RS["rs1"] in table  # still there, at weight 0
+    # still there, at weight 0: in the main table's weights, not in the service's slots
+    main = s.director.run("nft", "list", "table", "inet", s.table).stdout
+    shard = NftRenderer(s.table).shard(ServiceKey("tcp", VIP, 80))
+    service = s.director.run("nft", "list", "table", "inet", shard).stdout
+    assert RS["rs1"] in main and RS["rs1"] not in service and RS["rs2"] in service
     held.close()
     wait_until(lambda: not overrides(s)["leaving"], "rs1 gone once its connection ended")
     # the removal reaches the kernel with the next change pass (passes are coalesced)
     wait_until(
-        lambda: RS["rs1"] not in s.director.run("nft", "list", "table", "inet", s.table).stdout,
-        "rs1 out of the kernel table",
+        lambda: RS["rs2"] in (t := nftlist.text(s.director, s.table)) and RS["rs1"] not in t,
+        "rs1 out of the kernel tables",
     )
     assert [e["reason"] for e in s.events("override.drained")] == [
         "drained", "deadline", "drained"]  # fmt: skip

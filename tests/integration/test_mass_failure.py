@@ -7,19 +7,21 @@ dies at the same moment (the kernel then refuses each check's connection). The c
 spread over one check interval (their first probes are spread uniformly); the daemon's
 reconciler must put the burst into a few passes (change passes start at most every
 ``coalesce``), not one per server. Asserted: every service ends with no destination and in the
-``nodest4`` set, the table holds no weight element; the 200 removals took a handful of
-``dataplane.apply`` passes, all of scope ``services`` (no kernel read); no timing assert.
+``nodest4`` set, the tables hold no weight element and no service verdict element (every
+service table's ``svc4``); the 200 removals took a handful of
+``dataplane.apply`` passes, all of scope ``services`` (no kernel read); the clean stop
+(``keep_on_stop: false``) leaves no table of ours, service tables included; no timing assert.
 """
 
 from __future__ import annotations
 
-import json
 import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+import nftlist
 import pytest
 
 from hacontrol.lab.netns import NetnsLab, wait_tcp
@@ -67,8 +69,6 @@ def config(tmp: Path) -> str:
     return "\n".join(lines) + "\n"
 
 
-
-
 def wait(cond: Any, what: str, limit: float, log: Path) -> Any:
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
@@ -81,15 +81,11 @@ def wait(cond: Any, what: str, limit: float, log: Path) -> Any:
 
 
 def table(lab: NetnsLab) -> dict[str, list[Any]]:
-    """Elements of each set and map of our table ({} while the daemon has not made it yet)."""
-    r = lab["director"].run("nft", "-j", "-p", "list", "table", "inet", TABLE, check=False)
+    """Elements of each set and map by name over our tables, the main one and the service tables
+    (``svc4``: every service table's joined; {} while the daemon has not made them yet)."""
     got: dict[str, list[Any]] = {}
-    if r.returncode != 0:
-        return got
-    for item in json.loads(r.stdout)["nftables"]:
-        for kind in ("set", "map"):
-            if kind in item:
-                got[item[kind]["name"]] = item[kind].get("elem", [])
+    for (_, name), elems in nftlist.elements(lab["director"], TABLE).items():
+        got.setdefault(name, []).extend(elems)
     return got
 
 
@@ -114,6 +110,7 @@ def test_a_mass_failure_is_a_few_batches(netns_lab: NetnsLab, tmp_path: Path) ->
         wait(lambda: len([e for e in events(log, "health.change") if e.get("to") == "up"])
              == len(ADDRS), "every real server up", 60, log)  # fmt: skip
         wait(lambda: len(table(lab).get("weights4", [])) == len(ADDRS), "the table full", 30, log)
+        assert len(table(lab)["svc4"]) == SERVICES  # one verdict element each, in its shard
         applies = len(events(log, "dataplane.apply"))
 
         servers.kill()  # every real server dies at once
@@ -123,7 +120,7 @@ def test_a_mass_failure_is_a_few_batches(netns_lab: NetnsLab, tmp_path: Path) ->
         wait(lambda: len([e for e in events(log, "health.change") if e.get("to") == "down"])
              == len(ADDRS), "every real server down", 30, log)  # fmt: skip
         after = table(lab)
-        assert after.get("weights4", []) == []
+        assert after.get("weights4", []) == [] and after.get("svc4", []) == []
         assert len(after["nodest4"]) == SERVICES
         passes = events(log, "dataplane.apply")[applies:]
         assert sum(p["actions"] for p in passes) == len(ADDRS)
@@ -132,6 +129,12 @@ def test_a_mass_failure_is_a_few_batches(netns_lab: NetnsLab, tmp_path: Path) ->
         assert 1 <= len(passes) <= MAX_PASSES, [p["actions"] for p in passes]
         print(f"mass failure: {len(ADDRS)} removals in {len(passes)} passes: "
               f"{[p['actions'] for p in passes]}")  # fmt: skip
+        # keep_on_stop: false: a clean stop deletes the main table and every service table
+        shards = nftlist.present(lab["director"], TABLE)[1:]
+        assert len(shards) > 1  # 20 services: more than one service table
+        daemon.terminate()
+        assert daemon.wait(30) == 0
+        assert nftlist.present(lab["director"], TABLE) == []
     finally:
         daemon.terminate()
         daemon.wait(30)

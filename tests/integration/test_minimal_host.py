@@ -80,9 +80,17 @@ async def main(ns):
     rec.set_desired(lambda actual: dict(TABLE))
     try:
         first, second = await rec.sync_now(), await rec.sync_now()
-        listed = json.loads(ns.run("nft", "-j", "list", "table", "inet", "hacontrol").stdout)
-        protos = [e[0]["concat"][0] for item in listed["nftables"] if "map" in item
-                  for e in item["map"].get("elem", [])]
+        listed = json.loads(ns.run("nft", "-j", "list", "ruleset", "inet").stdout)
+        protos = {"hacontrol": [], "service tables": []}  # weights maps; svc verdict maps
+        for item in listed["nftables"]:
+            m = item.get("map", {})
+            if m.get("table") == "hacontrol":
+                where = "hacontrol"
+            elif m.get("table", "").startswith("hacontrol_s"):
+                where = "service tables"
+            else:
+                continue
+            protos[where] += [e[0]["concat"][0] for e in m.get("elem", [])]
         return {
             "first": [first.ok, first.error, len(first.actions)],
             "second": [second.ok, second.error, second.actions],
@@ -133,7 +141,9 @@ def test_nft_plane_reads_back_without_netbase(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr[-4000:]
     got = json.loads(r.stdout.splitlines()[-1])  # the daemon's log lines come first
     # nft itself cannot name the protocols here: the condition of the bug holds
-    assert set(got["listed_protocols"]) == {6, 17}
+    protos = got["listed_protocols"]  # per destination in the main table, per service in theirs
+    assert sorted(protos["hacontrol"]) == [6, 6, 6, 17, 17]
+    assert sorted(protos["service tables"]) == [6, 6, 17, 17]
     assert got["first"] == [True, None, 4 + 5]  # 4 services + 5 destinations added, verified
     assert got["second"] == [True, None, []]  # steady state: the read-back matched the render
     assert got["snapshot_equal"] is True

@@ -14,8 +14,9 @@ import random
 import subprocess
 from collections.abc import Iterator
 
+import nftlist
 import pytest
-from test_nft_incremental import _normal, _random_table
+from test_nft_incremental import _random_table
 
 from hacontrol.dataplane import nft_exec
 from hacontrol.dataplane.diff import diff
@@ -31,14 +32,11 @@ def ns() -> Iterator[Ns]:
         yield lab.add("nx")
 
 
-def _listing(ns: Ns, name: str) -> list[str]:
-    r = ns.run("nft", "-j", "-p", "list", "table", "inet", name, check=False)
-    return [] if r.returncode != 0 else _normal(r.stdout)
-
-
 def _host_has(name: str) -> bool:
-    r = subprocess.run(["nft", "list", "table", "inet", name], capture_output=True, check=False)
-    return r.returncode == 0
+    """Any table of ours (main or service table) in the host's namespace."""
+    r = subprocess.run(["nft", "-j", "list", "tables", "inet"], capture_output=True, check=False)
+    items = json.loads(r.stdout)["nftables"] if r.returncode == 0 and r.stdout.strip() else []
+    return any(nftlist.is_ours(i["table"]["name"], name) for i in items if "table" in i)
 
 
 async def test_lib_and_binary_leave_the_same_table_in_the_plane_namespace(ns: Ns) -> None:
@@ -55,16 +53,16 @@ async def test_lib_and_binary_leave_the_same_table_in_the_plane_namespace(ns: Ns
             now = await lib.snapshot(set())
             assert now == prev
             await lib.apply(want, diff(want, now, set(now)))
-            by_lib = _listing(ns, "hcexec")
+            by_lib = nftlist.listing(ns, "hcexec")
             await binary.replace(want)  # the same table through the nft binary
-            assert _listing(ns, "hcexec") == by_lib
+            assert nftlist.listing(ns, "hcexec") == by_lib
         assert lib.commands > 0 and lib.rewrites <= len(wants)
         assert binary.exec.sent["lib"] == 0 and lib.exec.sent["binary"] == 0
     finally:
         await lib.remove()
         await lib.close()
         await binary.close()
-    assert _listing(ns, "hcexec") == []
+    assert nftlist.listing(ns, "hcexec") == []
 
 
 async def test_an_error_comes_back_with_nfts_message(ns: Ns) -> None:
@@ -92,7 +90,7 @@ async def test_without_the_library_the_binary_does_the_work(
     finally:
         await plane.remove()
         await plane.close()
-    assert _listing(ns, "hcexecfb") == []
+    assert nftlist.listing(ns, "hcexecfb") == []
 
 
 async def test_a_big_batch_goes_to_the_binary(ns: Ns) -> None:

@@ -2,7 +2,8 @@
 
 A real ``hacontrol run`` on the nftables plane in a namespace, with ``resync_interval: 3600s`` so
 only the notification watch can repair in time: ``nft flush table inet <ours>`` and ``nft delete
-table inet <ours>`` are followed by the table as it was (listing compared, handles aside), each
+table inet <ours>``, of the main table and of the service's own table (``<ours>_s<n>``), are
+followed by the tables as they were (all our tables' listing compared, handles aside), each
 logged ``dataplane.foreign_change`` with its reason, while a change to a foreign table in the same
 namespace and the daemon's own commits (its start, a health change) ask for nothing. Then the
 plane alone, from the host, on both ways of sending batches (libnftables in-process, the nft
@@ -15,7 +16,6 @@ Topology (one namespace, removed afterwards): the director with its loopback hol
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import subprocess
 import sys
@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import nftlist
 import pytest
 
-from hacontrol.dataplane.nft import NftDataplane
+from hacontrol.dataplane.nft import NftDataplane, NftRenderer
 from hacontrol.dataplane.table import DestKey, DestSpec, ServiceKey, ServiceSpec, TableService
 from hacontrol.lab.netns import NetnsLab, Ns, wait_tcp
 from hacontrol.lab.scenario import log_events
@@ -37,6 +38,7 @@ pytestmark = pytest.mark.root
 VIP, PORT = "192.0.2.10", 8080
 RS = ("192.0.2.21", "192.0.2.22")
 TIMEOUT = 30.0
+SVC = ServiceKey("tcp", VIP, 80)
 
 
 @dataclass
@@ -51,20 +53,9 @@ class Scene:
         return self.ns.run("nft", *args, check=check)
 
     def listing(self) -> list[str] | None:
-        """Our table without handles, element lists sorted; None when it does not exist."""
-        r = self.nft("-j", "list", "table", "inet", self.table, check=False)
-        if r.returncode != 0:
-            return None
-        out = []
-        for item in json.loads(r.stdout)["nftables"]:
-            if "metainfo" in item:
-                continue
-            body = dict(next(iter(item.values())))
-            body.pop("handle", None)
-            if "elem" in body:
-                body["elem"] = sorted(json.dumps(e, sort_keys=True) for e in body["elem"])
-            out.append(next(iter(item)) + json.dumps(body, sort_keys=True))
-        return sorted(out)
+        """All our tables (main and service tables) without handles, element lists sorted;
+        None when none exists."""
+        return nftlist.listing(self.ns, self.table) or None
 
     def events(self, name: str) -> list[dict[str, Any]]:
         return log_events(self.log, name)
@@ -124,7 +115,8 @@ def scene(tmp_path: Path) -> Iterator[Scene]:
             if s.daemon is not None and s.daemon.poll() is None:
                 s.daemon.kill()
                 s.daemon.wait(timeout=10)
-            ns.run("nft", "delete", "table", "inet", s.table, check=False)
+            for table in nftlist.present(ns, s.table):
+                ns.run("nft", "delete", "table", "inet", table, check=False)
 
 
 def test_a_flush_and_a_delete_of_our_table_are_repaired_before_any_resync(scene: Scene) -> None:
@@ -177,12 +169,21 @@ def test_a_flush_and_a_delete_of_our_table_are_repaired_before_any_resync(scene:
         wait_until(lambda: s.listing() == full, "the deleted table repaired")
         wait_until(lambda: s.foreign_changes() >= 2, "the delete logged")
         assert any("deltable" in e["reason"] for e in s.events("dataplane.foreign_change"))
+
+        # the same for the service's own table (its dnat chains, verdict map and chain)
+        shard = NftRenderer(s.table).shard(SVC)
+        assert nftlist.present(s.ns, s.table) == [s.table, shard]
+        s.nft("flush", "table", "inet", shard)
+        wait_until(lambda: s.listing() == full, "the flushed service table repaired")
+        wait_until(lambda: s.foreign_changes() >= 3, "the service table's flush logged")
+        s.nft("delete", "table", "inet", shard)
+        wait_until(lambda: s.listing() == full, "the deleted service table repaired")
+        wait_until(lambda: s.foreign_changes() >= 4, "the service table's delete logged")
+        reasons = [e["reason"] for e in s.events("dataplane.foreign_change")]
+        assert len(reasons) == 4 and "deltable" in reasons[3], reasons
         assert not s.events("dataplane.error") and s.daemon.poll() is None
     finally:
         s.nft("delete", "table", "inet", other, check=False)
-
-
-SVC = ServiceKey("tcp", VIP, 80)
 
 
 def _table(weight: int) -> dict[ServiceKey, TableService]:

@@ -9,12 +9,11 @@ test_nft_dataplane (client, director, three real servers).
 
 from __future__ import annotations
 
-import json
 import random
-import re
 from collections.abc import Iterator
 from ipaddress import ip_address
 
+import nftlist
 import pytest
 from test_nft_dataplane import HTTP, PORT, RS4, VIP4, Lab, _build, svc
 
@@ -33,15 +32,15 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
     yield from _build(tmp_path_factory.mktemp("nftinc"))
 
 
-def handles(lab: Lab, table: str = "hacontrol") -> dict[str, int]:
-    """The handle of our table and of each chain (a table rewrite gives new ones)."""
-    out = lab.director.run("nft", "-j", "-a", "list", "table", "inet", table).stdout
-    got: dict[str, int] = {}
-    for item in json.loads(out)["nftables"]:
+def handles(lab: Lab, name: str = "hacontrol") -> dict[tuple[str, str], int]:
+    """The handle of each of our tables (main and service tables) and of each of their chains,
+    by (table, chain or "") (a table rewrite gives new ones)."""
+    got: dict[tuple[str, str], int] = {}
+    for item in nftlist.ours(lab.director, name):
         if "table" in item:
-            got["table"] = item["table"]["handle"]
+            got[(item["table"]["name"], "")] = item["table"]["handle"]
         elif "chain" in item:
-            got[item["chain"]["name"]] = item["chain"]["handle"]
+            got[(item["chain"]["table"], item["chain"]["name"])] = item["chain"]["handle"]
     return got
 
 
@@ -62,6 +61,8 @@ async def test_a_health_change_is_element_updates_and_traffic_follows(lab: Lab) 
     rec.set_desired(ConfigDesired(svcs, lambda s, rs: health[str(rs.address)]))
     try:
         assert (await rec.sync_now("start")).ok
+        # the main table and the one service table of the one service
+        assert nftlist.present(lab.director, "hacontrol") == ["hacontrol", plane.shard(HTTP)]
         before = handles(lab)
         rewrites, reads = plane.rewrites, lab.counts_of(["rs1", "rs2", "rs3"])
         assert sorted(set(lab.requests(lab.client, VIP4, 6))) == ["rs1", "rs2", "rs3"]
@@ -94,22 +95,6 @@ async def test_a_health_change_is_element_updates_and_traffic_follows(lab: Lab) 
         await plane.remove()
 
 
-def _normal(listing: str) -> list[str]:
-    """A listing without handles and with every element list sorted (order is not state)."""
-    doc = json.loads(listing)["nftables"]
-    out = []
-    for item in doc:
-        if "metainfo" in item:
-            continue
-        body = dict(next(iter(item.values())))
-        body.pop("handle", None)
-        body.pop("table", None)
-        if "elem" in body:
-            body["elem"] = sorted(json.dumps(e, sort_keys=True) for e in body["elem"])
-        out.append(next(iter(item)) + json.dumps(body, sort_keys=True))
-    return sorted(out)
-
-
 def _random_table(rnd: random.Random) -> Table:
     out: Table = {}
     for port in rnd.sample(range(1000, 1012), rnd.randint(1, 8)):
@@ -136,17 +121,11 @@ async def test_commands_leave_what_a_full_render_leaves(lab: Lab, seed: int) -> 
             await inc.apply(want, actions)
             assert inc.rewrites == 1  # only the first load
             await ref.replace(want)
-            got = _listing(lab, "hacontrol")
-            assert got == _listing(lab, "hcref")
+            got = nftlist.listing(lab.director, "hacontrol")  # every table of ours
+            assert got == nftlist.listing(lab.director, "hcref")
+            tables = ["hacontrol", *sorted(inc.shards(want))]  # added and deleted with services
+            assert nftlist.present(lab.director, "hacontrol") == tables
             assert await inc.snapshot(set()) == want
     finally:
         await inc.remove()
         await ref.remove()
-
-
-def _listing(lab: Lab, name: str) -> list[str]:
-    r = lab.director.run("nft", "-j", "-p", "list", "table", "inet", name, check=False)
-    if r.returncode != 0:
-        return []
-    return [re.sub(r'"(hacontrol|hcref)"', '"T"', line) for line in _normal(r.stdout)]
-

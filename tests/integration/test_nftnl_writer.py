@@ -3,29 +3,34 @@
 One network namespace, no traffic (test_nft_incremental sends traffic through the same path).
 Two planes in it: ``hcnl`` sends its deltas through ``hacontrol.dataplane.nftnl`` (our own
 nf_tables netlink batch), ``hcjs`` the same deltas as nft JSON through libnftables (the path
-before). For rr, wrr, sh and fo services, IPv4 and IPv6, going to and from no destinations,
-weight changes, whole services added and deleted, and seeded random sequences, after every step:
-(a) the netlink-applied table read back (``snapshot``: the listing parsed, re-rendered and
-compared) is exactly the desired table, nothing ``altered:``; (b) ``nft -j list table`` of the two
-tables is the same once handles and names are dropped. The notification watch sees the netlink
-commits as ours; a kernel refusal names the refused object; without a socket nft does the work.
+before). A delta that adds or deletes a service table (``<name>_s<n>``, its first or last
+service) goes through libnftables on ``hcnl`` too: each step is checked to take exactly its path.
+For rr, wrr, sh and fo services, IPv4 and IPv6, going to and from no destinations, weight
+changes, whole services added and deleted (in a service table that stays, and with their table),
+and seeded random sequences, after every step: (a) the netlink-applied table read back
+(``snapshot``: the listing parsed, re-rendered and compared) is exactly the desired table,
+nothing ``altered:``; (b) the listing of all the tables of each plane (main and service tables,
+``tests/integration/nftlist``) is the same once handles are dropped and the names made neutral.
+The notification watch sees the netlink and libnftables commits as ours and a foreign flush of
+the main or a service table as foreign; a kernel refusal names the refused object; without a
+socket nft does the work.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import random
-import re
 from collections.abc import Iterator
 
+import nftlist
 import pytest
 from structlog.testing import capture_logs
-from test_nft_incremental import _normal
 
 from hacontrol.dataplane.base import DataplaneError
 from hacontrol.dataplane.diff import diff
 from hacontrol.dataplane.nft import NftDataplane
-from hacontrol.dataplane.nft_render import chain_name
+from hacontrol.dataplane.nft_render import chain_name, shard_index
 from hacontrol.dataplane.nftnl import NftNetlink
 from hacontrol.dataplane.table import DestKey, DestSpec, ServiceKey, ServiceSpec, Table
 from hacontrol.dataplane.table import TableService as TS
@@ -39,6 +44,7 @@ B4 = ServiceKey("tcp", "192.0.2.10", 443)
 C4 = ServiceKey("udp", "192.0.2.11", 53)
 A6 = ServiceKey("tcp", "2001:db8::10", 80)
 B6 = ServiceKey("udp", "2001:db8::10", 53)
+D4 = ServiceKey("tcp", "192.0.2.10", 8007)  # in A4's service table
 R4 = ["198.51.100.1", "198.51.100.2", "198.51.100.3"]
 R6 = ["2001:db8:1::1", "2001:db8:1::2", "2001:db8:1::3"]
 
@@ -67,6 +73,14 @@ STEPS: list[Table] = [
         A4: svc("rr", R4[:2], [1, 0]), B4: svc("wrr", R4, [3, 1, 1]),
         A6: svc("sh", R6, [1, 1, 1]), B6: svc("fo", R6, [9, 5, 3]),
     },
+    {  # a service added to a service table that holds one (no table added)
+        A4: svc("rr", R4[:2], [1, 0]), B4: svc("wrr", R4, [3, 1, 1]), D4: svc("rr", R4, [1, 1, 1]),
+        A6: svc("sh", R6, [1, 1, 1]), B6: svc("fo", R6, [9, 5, 3]),
+    },
+    {  # and deleted from it (the table stays, A4's)
+        A4: svc("rr", R4[:2], [1, 0]), B4: svc("wrr", R4, [3, 1, 1]),
+        A6: svc("sh", R6, [1, 1, 1]), B6: svc("fo", R6, [9, 5, 3]),
+    },
     {  # whole services added and deleted (addresses leave and enter the masquerade sets)
         A4: svc("rr", R4[:2], [1, 0]), C4: svc("sh", R4[2:], [1], 53),
         A6: svc("sh", R6, [1, 1, 1]), B6: svc("rr", ["2001:db8:1::9"], [1], 53),
@@ -86,10 +100,8 @@ def ns() -> Iterator[Ns]:
 
 
 def listing(ns: Ns, name: str) -> list[str]:
-    r = ns.run("nft", "-j", "-p", "list", "table", "inet", name, check=False)
-    if r.returncode != 0:
-        return []
-    return [re.sub(r'"(hcnl|hcjs)"', '"T"', line) for line in _normal(r.stdout)]
+    """All of our tables, main and service tables (``T``, ``T_s<n>``), in a normal form."""
+    return nftlist.listing(ns, name)
 
 
 async def step(plane: NftDataplane, want: Table) -> None:
@@ -97,51 +109,92 @@ async def step(plane: NftDataplane, want: Table) -> None:
     await plane.apply(want, diff(want, now, set(now)))
 
 
-async def walk(ns: Ns, tables: list[Table]) -> None:
+async def walk(ns: Ns, tables: list[Table]) -> tuple[int, int]:
+    """Both planes through ``tables``; a step that adds or deletes a service table (its first
+    service or its last) goes through libnftables (the netlink encoder writes no tables), every
+    other step as our netlink batch: exactly that split, step by step. Returns the two counts
+    (netlink, libnftables)."""
     nl = NftDataplane("hcnl", netns=ns.name)
     js = NftDataplane("hcjs", netns=ns.name, netlink=False)
+    by_netlink = by_lib = 0
     try:
         await nl.replace(tables[0])
         await js.replace(tables[0])
-        for n, want in enumerate(tables[1:], 1):
+        for n, (prev, want) in enumerate(itertools.pairwise(tables), 1):
             await step(nl, want)
             await step(js, want)
-            assert nl.netlink is not None and nl.netlink.sent == {"netlink": n, "fallback": 0}
+            if nl.shards(prev) != nl.shards(want):
+                by_lib += 1
+            else:
+                by_netlink += 1
+            sent = {"netlink": by_netlink, "fallback": 0}
+            assert nl.netlink is not None and nl.netlink.sent == sent, f"step {n}"
+            assert nl.exec.sent["lib"] == 1 + by_lib, f"step {n}"  # (+ the load)
             assert nl.rewrites == js.rewrites == 1  # deltas only, both ways
-            assert js.exec.sent["lib"] == n + 1 and nl.exec.sent["lib"] == 1  # (+ the load)
+            assert js.exec.sent["lib"] == n + 1
             assert await nl.snapshot(set()) == want, f"step {n}"  # (a): nothing altered
             assert listing(ns, "hcnl") == listing(ns, "hcjs"), f"step {n}"  # (b)
+            assert nftlist.present(ns, "hcnl") == ["hcnl", *sorted(nl.shards(want))], f"step {n}"
     finally:
         for plane in (nl, js):
             await plane.remove()
             await plane.close()
     assert listing(ns, "hcnl") == listing(ns, "hcjs") == []
+    return by_netlink, by_lib
 
 
 async def test_each_kind_of_change_leaves_what_the_json_path_leaves(ns: Ns) -> None:
-    await walk(ns, STEPS)
+    by_netlink, by_lib = await walk(ns, STEPS)
+    assert by_netlink == 5 and by_lib == 3  # the first five keep the set of service tables
 
 
-def random_table(rnd: random.Random) -> Table:
+def random_key(rnd: random.Random, vip: str) -> ServiceKey:
+    return ServiceKey(rnd.choice(["tcp", "udp"]), vip, rnd.randrange(1000, 1008))
+
+
+def random_table(rnd: random.Random, keys: list[ServiceKey] | None = None) -> Table:
+    """Random services, or new random contents for the services ``keys``."""
+    if keys is None:
+        keys = [
+            ServiceKey(rnd.choice(["tcp", "udp"]), vip, port)
+            for vip in ("192.0.2.20", "2001:db8::20")
+            for port in rnd.sample(range(1000, 1008), rnd.randint(1, 5))
+        ]
     out: Table = {}
-    for vip, addrs in (
-        ("192.0.2.20", [*R4, "198.51.100.7"]),
-        ("2001:db8::20", [*R6, "2001:db8:1::7"]),
-    ):
-        for port in rnd.sample(range(1000, 1008), rnd.randint(1, 5)):
-            key = ServiceKey(rnd.choice(["tcp", "udp"]), vip, port)
-            picked = rnd.sample(addrs, rnd.randint(0, 4))
-            dests = {
-                DestKey(a, rnd.choice([80, 8080])): DestSpec(rnd.randint(0, 4)) for a in picked
-            }
-            out[key] = TS(ServiceSpec(rnd.choice(["rr", "wrr", "sh", "fo"])), dests)
+    for key in keys:
+        addrs = [*R4, "198.51.100.7"] if "." in key.address else [*R6, "2001:db8:1::7"]
+        picked = rnd.sample(addrs, rnd.randint(0, 4))
+        dests = {DestKey(a, rnd.choice([80, 8080])): DestSpec(rnd.randint(0, 4)) for a in picked}
+        out[key] = TS(ServiceSpec(rnd.choice(["rr", "wrr", "sh", "fo"])), dests)
     return out
+
+
+def same_tables(rnd: random.Random, prev: Table) -> list[ServiceKey]:
+    """The services of ``prev``, one added and one deleted where that leaves every service
+    table (a service added to a table that holds one, one deleted from a table that keeps one)."""
+    keys = list(prev)
+    used = [shard_index(k) for k in keys]
+    shared = [k for k in keys if used.count(shard_index(k)) > 1]
+    if shared:
+        keys.remove(rnd.choice(shared))
+    for _ in range(100):  # bounded: a free key in a used table, most draws find one
+        new = random_key(rnd, rnd.choice(["192.0.2.20", "2001:db8::20"]))
+        if new not in keys and shard_index(new) in used:
+            keys.append(new)
+            break
+    return keys
 
 
 @pytest.mark.parametrize("seed", [11, 12])
 async def test_random_changes_leave_what_the_json_path_leaves(ns: Ns, seed: int) -> None:
+    """New services every other step (service tables come and go: libnftables), in between
+    the same service tables with services added, deleted and changed (our netlink batches)."""
     rnd = random.Random(seed)
-    await walk(ns, [random_table(rnd) for _ in range(10)])
+    tables = [random_table(rnd)]
+    for n in range(1, 12):
+        tables.append(random_table(rnd, None if n % 2 == 0 else same_tables(rnd, tables[-1])))
+    by_netlink, by_lib = await walk(ns, tables)
+    assert by_netlink >= 5 and by_lib > 0  # both paths, on random changes
 
 
 async def test_the_netlink_commits_are_ours_and_a_foreign_one_is_not(ns: Ns) -> None:
@@ -161,7 +214,10 @@ async def test_the_netlink_commits_are_ours_and_a_foreign_one_is_not(ns: Ns) -> 
             await plane.watcher.watching.wait()
         for want in STEPS[1:]:
             await step(plane, want)
-        assert plane.netlink is not None and plane.netlink.sent["netlink"] == len(STEPS) - 1
+        # ours both ways: netlink batches, and libnftables where a service table came or went
+        same = sum(plane.shards(a) == plane.shards(b) for a, b in itertools.pairwise(STEPS))
+        assert plane.netlink is not None and plane.netlink.sent["netlink"] == same
+        assert plane.exec.sent["lib"] == 1 + len(STEPS) - 1 - same > 1
         # notifications come in commit order: once the foreign flush is seen, ours were too
         await asyncio.to_thread(ns.run, "nft", "flush", "table", "inet", "hcnl")
         async with asyncio.timeout(TIMEOUT):
@@ -169,6 +225,14 @@ async def test_the_netlink_commits_are_ours_and_a_foreign_one_is_not(ns: Ns) -> 
         assert len(seen) == 1 and seen[0][1] == 1 and "by nft" in seen[0][0], seen
         tracker = plane.watcher.tracker
         assert tracker.own_seen >= len(STEPS) - 1 and tracker.foreign_seen == 1
+        # a service table is ours too
+        got.clear()
+        (shard,) = plane.shards(STEPS[-1])
+        await asyncio.to_thread(ns.run, "nft", "flush", "table", "inet", shard)
+        async with asyncio.timeout(TIMEOUT):
+            await got.wait()
+        assert len(seen) == 2 and seen[1][1] == 1 and "by nft" in seen[1][0], seen
+        assert tracker.foreign_seen == 2
     finally:
         await plane.remove()
         await plane.close()
@@ -181,8 +245,8 @@ async def test_a_refusal_names_the_object_and_the_next_pass_repairs(ns: Ns) -> N
         await plane.snapshot(set())
         # someone removes the service's verdict element and chain behind our back
         elem = "{ tcp . 192.0.2.10 . 443 }"
-        ns.run("nft", "delete", "element", "inet", "hcnl", "svc4", elem)
-        ns.run("nft", "delete", "chain", "inet", "hcnl", chain_name(B4))
+        ns.run("nft", "delete", "element", "inet", plane.shard(B4), "svc4", elem)
+        ns.run("nft", "delete", "chain", "inet", plane.shard(B4), chain_name(B4))
         with pytest.raises(DataplaneError) as e:
             # from the table as the plane last wrote it: B4's chain is flushed for new weights
             await plane.apply(STEPS[1], diff(STEPS[1], STEPS[0], set(STEPS[0])))

@@ -20,7 +20,11 @@ from typing import Any
 
 import pytest
 from nsprobe import wait_for
-from pairlab import RS, A, B, HaPair, MakePair
+from pairlab import HTTP_PORT, RS, VIP, A, B, HaPair, MakePair
+
+from hacontrol.dataplane.nft_render import NftRenderer
+from hacontrol.dataplane.table import ServiceKey
+from tests.integration import nftlist
 
 pytestmark = pytest.mark.root
 
@@ -55,11 +59,22 @@ def replication(pair: HaPair, name: str) -> dict[str, Any]:
     return rep
 
 
+SHARD = NftRenderer("hacontrol").shard(ServiceKey("tcp", VIP, HTTP_PORT))  # web's table
+
+
 def in_kernel(pair: HaPair, name: str) -> bool:
-    """The real server is in ``name``'s nftables service table (read with nft itself)."""
-    r = pair.lab[name].run("nft", "list", "table", "inet", "hacontrol", check=False)
+    """The real server is in the slots of ``name``'s nftables rule of the service, in the
+    service's own table (read with nft itself): new flows go to it."""
+    r = pair.lab[name].run("nft", "list", "table", "inet", SHARD, check=False)
     assert r.returncode == 0, r.stderr
     return RS in r.stdout
+
+
+def out_of_kernel(pair: HaPair, name: str) -> bool:
+    """The real server is in none of ``name``'s nftables tables (the main table's weights and
+    masquerade set included) while the service's table is still there."""
+    assert nftlist.present(pair.lab[name], "hacontrol") == ["hacontrol", SHARD]
+    return RS not in nftlist.text(pair.lab[name], "hacontrol")
 
 
 def wait_override(pair: HaPair, name: str, action: str | None, what: str) -> dict[str, Any]:
@@ -95,7 +110,7 @@ def test_overrides_replicate_across_restart_and_failover(make_pair: MakePair) ->
     at_b = wait_override(pair, B, "drain", "director-b: the drain from director-a")
     assert at_b["version"] == at_a["version"] and at_a["version"].startswith(f"{A}#")
     for name in (A, B):
-        wait_for(lambda n=name: not in_kernel(pair, n), WAIT,  # type: ignore[misc]
+        wait_for(lambda n=name: out_of_kernel(pair, n), WAIT,  # type: ignore[misc]
                  f"{name}: the drained server out of its kernel table", pair.explain)
     wait_agree(pair, A, B)
     assert pair.metric(B, "hacontrol_override_sync_agree") == 1.0
@@ -122,7 +137,7 @@ def test_overrides_replicate_across_restart_and_failover(make_pair: MakePair) ->
     assert pair.status(B)["overrides"]["counter"] >= counter  # type: ignore[index]
     at_b = wait_override(pair, B, "disable", "director-b: the disable made while it was away")
     assert at_b["version"].startswith(f"{A}#")
-    wait_for(lambda: not in_kernel(pair, B), WAIT, "director-b: disabled, out of its kernel")
+    wait_for(lambda: out_of_kernel(pair, B), WAIT, "director-b: disabled, out of its kernel")
     wait_agree(pair, A, B)
 
     # 4. the active dies: the new active's kernel keeps the override; a clear there wins
@@ -132,7 +147,7 @@ def test_overrides_replicate_across_restart_and_failover(make_pair: MakePair) ->
     pair.kill(dead)
     pair.wait_role(new, "active", WAIT)
     assert override(pair, new)["action"] == "disable"  # type: ignore[index]
-    assert not in_kernel(pair, new)
+    assert out_of_kernel(pair, new)
     cli(pair, new, "clear", "web", SERVER)
     wait_override(pair, new, None, f"{new}: cleared")
     wait_for(lambda: in_kernel(pair, new), WAIT, f"{new}: the server back in its kernel")

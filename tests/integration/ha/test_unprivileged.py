@@ -42,10 +42,13 @@ from pathlib import Path
 
 import pytest
 from nsprobe import wait_for
-from pairlab import RS, VIP, VIPS, A, B, HaPair, RunAs, Spec
+from pairlab import HTTP_PORT, RS, VIP, VIPS, A, B, HaPair, RunAs, Spec
 
 from hacontrol.caps import decode
+from hacontrol.dataplane.nft_render import NftRenderer
+from hacontrol.dataplane.table import ServiceKey
 from hacontrol.lab.netns import NetnsLab, Ns
+from tests.integration import nftlist
 
 pytestmark = pytest.mark.root
 
@@ -254,13 +257,17 @@ def test_unprivileged_daemon_programs_moves_the_vip_and_announces(scene: Scene) 
     assert decode(st["CapBnd"]) == {"CAP_NET_ADMIN", "CAP_NET_RAW"}
     assert (st["Seccomp"], st["NoNewPrivs"]) == ("2", "1")  # filtered, as under the unit
 
-    # the data plane: its nftables table, with the real server, programmed by `nft` it ran
+    # the data plane: its nftables tables, the service's with the real server in its rule,
+    # programmed by the daemon itself, as that user
+    shard = NftRenderer("hacontrol").shard(ServiceKey("tcp", VIP, HTTP_PORT))
+
     def table() -> str:
-        r = pair.lab[A].run("nft", "list", "table", "inet", "hacontrol", check=False)
+        r = pair.lab[A].run("nft", "list", "table", "inet", shard, check=False)
         return r.stdout if r.returncode == 0 else ""
 
     text = wait_for(lambda: RS in table() and table(), 30, "director-a's nft table", pair.explain)
     assert VIP in text, text
+    assert nftlist.present(pair.lab[A], "hacontrol") == ["hacontrol", shard]
 
     # the API socket: the user's, its group, 0660; the operator reads the status without the key
     sock = os.stat(pair.sock(A))
@@ -325,5 +332,5 @@ def test_without_net_raw_the_daemon_refuses_to_start(scene: Scene) -> None:
     assert refused[0]["level"] == "error"
     assert p.returncode == 1
     # nothing was touched: no table, no VIP, no socket
-    assert pair.lab[A].run("nft", "list", "table", "inet", "hacontrol", check=False).returncode
+    assert nftlist.present(pair.lab[A], "hacontrol") == []
     assert not pair.vips(A) and not pair.sock(A).exists()
