@@ -188,7 +188,7 @@ class SoakCluster(Cluster):
 
     def table_rules(self, name: str) -> int:
         """How many rules ``name``'s nftables tables hold, the main ``hacontrol`` and the nft
-        plane's service tables ``hacontrol_s<n>`` (0: none, or no table). A flush empties the
+        plane's service tables ``hacontrol_<i>of<n>`` (0: none, or no table). A flush empties the
         chains but keeps the sets, so the rules are what tells it repaired; a flush or delete of
         the main table leaves the service tables' rules, the total still drops."""
         fam = self.nft_table_family(name)

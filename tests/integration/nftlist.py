@@ -1,21 +1,22 @@
 """Our nftables tables as the kernel lists them, for the integration tests (root).
 
-The nftables plane named ``name`` owns the main ``table inet <name>`` and the service tables
-``<name>_s<n>`` that hold a service at the moment (``hacontrol.dataplane.nft_render``), so a
+The nftables plane named ``name`` owns the main ``table inet <name>`` and, past 64 services, the
+service tables ``<name>_<i>of<n>`` that hold a service at the moment
+(``hacontrol.dataplane.nft_shards``), so a
 test that looks at "our table" reads all of them, from one ``nft -j -p list ruleset inet``:
 ``ours`` (the listed objects), ``present`` (which of our tables exist), ``listing`` (a normal
 form to compare two planes' tables: handles dropped, element lists sorted, the table names
-mapped to ``T`` and ``T_s<n>``, so which service table an object is in still counts), ``elements``
-(each set's and map's elements, by table and name) and ``text`` (the nft text of our tables, for
-a grep).
+mapped to ``T`` and ``T_<i>of<n>``, so which service table an object is in still counts),
+``elements`` (each set's and map's elements, by table and name) and ``text`` (the nft text of
+our tables, for a grep).
 """
 
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
+from hacontrol.dataplane.nft_shards import Layout
 from hacontrol.lab.netns import Ns
 
 Item = dict[str, Any]
@@ -28,8 +29,8 @@ def owner(item: Item) -> str:
 
 
 def is_ours(table: str, name: str) -> bool:
-    """``table`` is the main table ``name`` or one of its service tables ``name_s<n>``."""
-    return table == name or re.fullmatch(re.escape(name) + r"_s\d+", table) is not None
+    """``table`` is the main table ``name`` or one of its service tables ``name_<i>of<n>``."""
+    return Layout(name).parse(table) is not None
 
 
 def ours(ns: Ns, name: str) -> list[Item]:
@@ -44,14 +45,20 @@ def present(ns: Ns, name: str) -> list[str]:
     return sorted((owner(i) for i in ours(ns, name) if "table" in i), key=lambda t: (t != name, t))
 
 
+def expected(name: str, tables: set[str]) -> list[str]:
+    """What ``present`` gives when the services are in ``tables`` (``NftRenderer.shards``: the
+    main table itself up to 64 services)."""
+    return [name, *sorted(tables - {name})]
+
+
 def neutral(table: str, name: str) -> str:
-    """``name`` -> ``T``, ``name_s3`` -> ``T_s3``."""
+    """``name`` -> ``T``, ``name_3of4`` -> ``T_3of4``."""
     return "T" + table[len(name) :]
 
 
 def normal(items: list[Item], name: str) -> list[str]:
     """A comparable form of ``items``: handles dropped, every element list sorted (order is not
-    state), table names neutral (``T``, ``T_s<n>``: a shard keeps counting), sorted."""
+    state), table names neutral (``T``, ``T_<i>of<n>``: a shard keeps counting), sorted."""
     out = []
     for item in items:
         kind, body = next(iter(item.items()))

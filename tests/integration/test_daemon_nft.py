@@ -136,9 +136,10 @@ class Scene:
         return nftlist.present(self.director, self.table)
 
     def nft_tables_full(self) -> bool:
-        """The main table and the one service's table (``web``, tcp VIP:80) both exist."""
+        """The main table and the one service's table (``web``, tcp VIP:80: the main table
+        itself, one service) exist."""
         shard = NftRenderer(self.table).shard(ServiceKey("tcp", VIP, 80))
-        return self.nft_tables() == [self.table, shard]
+        return self.nft_tables() == nftlist.expected(self.table, {shard})
 
     def requests(self, n: int) -> list[str]:
         r = self.client.run(sys.executable, "-c", CLIENT, VIP, str(n), timeout=60)

@@ -26,8 +26,6 @@ import nftlist
 import pytest
 
 from hacontrol.cli_api import UnixConnection, api_call
-from hacontrol.dataplane.nft_render import NftRenderer
-from hacontrol.dataplane.table import ServiceKey
 from tests.integration.test_daemon_nft import PORT, RS, VIP, Scene, config, scene, wait_until
 
 pytestmark = pytest.mark.root
@@ -227,11 +225,16 @@ def test_drain_with_open_connections(scene: Scene, tmp_path: Path) -> None:
     wait_until(lambda: overrides(s)["leaving"][0]["connections"] == 1, "its connection counted")
     assert set(s.requests(4)) == {"rs2"}
     assert held.ping() == "pong rs1"
-    # still there, at weight 0: in the main table's weights, not in the service's slots
-    main = s.director.run("nft", "list", "table", "inet", s.table).stdout
-    shard = NftRenderer(s.table).shard(ServiceKey("tcp", VIP, 80))
-    service = s.director.run("nft", "list", "table", "inet", shard).stdout
-    assert RS["rs1"] in main and RS["rs1"] not in service and RS["rs2"] in service
+    # still there, at weight 0: in the main table's weights, not in the service rule's slots
+    items = nftlist.ours(s.director, s.table)
+    wmap = next(i["map"] for i in items if i.get("map", {}).get("name") == "weights4")
+    assert wmap["table"] == s.table
+    mine = {e[0]["concat"][3]: e[1] for e in wmap["elem"] if e[0]["concat"][1:3] == [VIP, 80]}
+    assert mine[RS["rs1"]] == 0 and mine[RS["rs2"]] > 0
+    web = f"hc svc tcp/{VIP}:80 "
+    rules = [i["rule"] for i in items if i.get("rule", {}).get("comment", "").startswith(web)]
+    rule = json.dumps(rules)
+    assert len(rules) == 1 and RS["rs1"] not in rule and RS["rs2"] in rule
     held.close()
     wait_until(lambda: not overrides(s)["leaving"], "rs1 gone once its connection ended")
     # the removal reaches the kernel with the next change pass (passes are coalesced)

@@ -58,6 +58,7 @@ exec timeout -k 5 240 "$@"
 PLANE = r"""
 import asyncio, json, subprocess
 from hacontrol.dataplane.nft import NftDataplane
+from hacontrol.dataplane.nft_shards import Layout
 from hacontrol.dataplane.reconciler import Reconciler
 from hacontrol.dataplane.table import DestKey, DestSpec, ServiceKey, ServiceSpec, TableService
 from hacontrol.lab.netns import NetnsLab
@@ -81,15 +82,12 @@ async def main(ns):
     try:
         first, second = await rec.sync_now(), await rec.sync_now()
         listed = json.loads(ns.run("nft", "-j", "list", "ruleset", "inet").stdout)
-        protos = {"hacontrol": [], "service tables": []}  # weights maps; svc verdict maps
+        protos = {"weights": [], "svc": []}  # weights maps (main table); svc verdict maps
         for item in listed["nftables"]:
             m = item.get("map", {})
-            if m.get("table") == "hacontrol":
-                where = "hacontrol"
-            elif m.get("table", "").startswith("hacontrol_s"):
-                where = "service tables"
-            else:
+            if Layout("hacontrol").parse(m.get("table", "")) is None:
                 continue
+            where = "weights" if m["name"].startswith("weights") else "svc"
             protos[where] += [e[0]["concat"][0] for e in m.get("elem", [])]
         return {
             "first": [first.ok, first.error, len(first.actions)],
@@ -141,9 +139,9 @@ def test_nft_plane_reads_back_without_netbase(tmp_path: Path) -> None:
     assert r.returncode == 0, r.stderr[-4000:]
     got = json.loads(r.stdout.splitlines()[-1])  # the daemon's log lines come first
     # nft itself cannot name the protocols here: the condition of the bug holds
-    protos = got["listed_protocols"]  # per destination in the main table, per service in theirs
-    assert sorted(protos["hacontrol"]) == [6, 6, 6, 17, 17]
-    assert sorted(protos["service tables"]) == [6, 6, 17, 17]
+    protos = got["listed_protocols"]  # per destination (weights), per service (verdict maps)
+    assert sorted(protos["weights"]) == [6, 6, 6, 17, 17]
+    assert sorted(protos["svc"]) == [6, 6, 17, 17]
     assert got["first"] == [True, None, 4 + 5]  # 4 services + 5 destinations added, verified
     assert got["second"] == [True, None, []]  # steady state: the read-back matched the render
     assert got["snapshot_equal"] is True

@@ -73,7 +73,7 @@ def in_kernel(pair: HaPair, name: str) -> bool:
 def out_of_kernel(pair: HaPair, name: str) -> bool:
     """The real server is in none of ``name``'s nftables tables (the main table's weights and
     masquerade set included) while the service's table is still there."""
-    assert nftlist.present(pair.lab[name], "hacontrol") == ["hacontrol", SHARD]
+    assert nftlist.present(pair.lab[name], "hacontrol") == nftlist.expected("hacontrol", {SHARD})
     return RS not in nftlist.text(pair.lab[name], "hacontrol")
 
 

@@ -267,7 +267,7 @@ def test_unprivileged_daemon_programs_moves_the_vip_and_announces(scene: Scene) 
 
     text = wait_for(lambda: RS in table() and table(), 30, "director-a's nft table", pair.explain)
     assert VIP in text, text
-    assert nftlist.present(pair.lab[A], "hacontrol") == ["hacontrol", shard]
+    assert nftlist.present(pair.lab[A], "hacontrol") == nftlist.expected("hacontrol", {shard})
 
     # the API socket: the user's, its group, 0660; the operator reads the status without the key
     sock = os.stat(pair.sock(A))
