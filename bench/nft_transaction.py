@@ -33,11 +33,13 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 from hacontrol.dataplane.nft import NftDataplane
 from hacontrol.dataplane.nft_delta import address_refs, delta
-from hacontrol.dataplane.nft_exec import LibNft
+from hacontrol.dataplane.nft_exec import LibNft, enter_netns
 from hacontrol.dataplane.nft_render import chain_name
+from hacontrol.dataplane.nft_shards import target_count
 from hacontrol.dataplane.nftnl import Channel, open_socket
 from hacontrol.dataplane.nftnl_rule import encode
 from hacontrol.dataplane.table import DestKey, DestSpec, ServiceKey, ServiceSpec, Table
@@ -56,13 +58,20 @@ def table(services: int) -> Table:
     return out
 
 
-def lib_in(ns: Ns) -> LibNft:
-    """A libnftables context opened in ``ns`` (by a thread that enters it)."""
-    got: list[LibNft] = []
-    t = threading.Thread(target=lambda: got.append(LibNft(ns.name)))
-    t.start()
-    t.join()
-    return got[0]
+class LibIn:
+    """A libnftables context in ``ns``, called on one thread of its own that entered it (as
+    the plane's worker does: a call renews the context on the calling thread)."""
+
+    def __init__(self, ns: Ns) -> None:
+        self.pool = ThreadPoolExecutor(1, initializer=enter_netns, initargs=(ns.name,))
+        self.lib = self.pool.submit(LibNft, None).result()
+
+    def run(self, text: bytes, as_json: bool) -> tuple[int, str, str]:
+        return self.pool.submit(self.lib.run, text, as_json).result()
+
+    def close(self) -> None:
+        self.pool.submit(self.lib.close).result()
+        self.pool.shutdown()
 
 
 def channel_in(ns: Ns) -> Channel:
@@ -89,7 +98,7 @@ def timed(send: Callable[[int], None], reps: int) -> tuple[float, float]:
 
 
 def measure(ns: Ns, services: int, reps: int) -> dict[str, tuple[float, float]]:
-    plane = NftDataplane(TABLE)
+    plane = NftDataplane(TABLE, shards=target_count(services))  # as the plane lays them out
     full = table(services)
     nft_f(ns, json.dumps(plane.render(full)).encode())
     key, dest = sorted(full)[0], DestKey("192.0.2.1", 8080)
@@ -99,7 +108,7 @@ def measure(ns: Ns, services: int, reps: int) -> dict[str, tuple[float, float]]:
         json.dumps({"nftables": delta(plane, a, b, [key], address_refs(a, plane))}).encode()
         for a, b in ((full, drained), (drained, full))
     ]
-    lib = lib_in(ns)
+    lib = LibIn(ns)
     chain, shard = chain_name(key), plane.shard(key)
     rules = []
     for doc in docs:

@@ -66,30 +66,20 @@ class LibNft:
         for name in ("nft_ctx_get_output_buffer", "nft_ctx_get_error_buffer"):
             getattr(lib, name).argtypes = [ctypes.c_void_p]
             getattr(lib, name).restype = ctypes.c_char_p
-        self.lib = lib
-        self.ctx = self._new()
-
-    def _new(self) -> int:
-        ctx: int | None = self.lib.nft_ctx_new(0)
+        ctx = lib.nft_ctx_new(0)
         if not ctx:
             raise OSError("nft_ctx_new failed")
-        if self.lib.nft_ctx_buffer_output(ctx) or self.lib.nft_ctx_buffer_error(ctx):
-            self.lib.nft_ctx_free(ctx)
+        if lib.nft_ctx_buffer_output(ctx) or lib.nft_ctx_buffer_error(ctx):
+            lib.nft_ctx_free(ctx)
             raise OSError("cannot buffer libnftables output")
-        return ctx
+        self.lib, self.ctx = lib, ctx
 
     def run(self, text: bytes, as_json: bool) -> tuple[int, str, str]:
-        """Run ``text``; then a new context: nft keeps its cache of every table listed before
-        the command (useless, our next commit moves the generation on), per table hash heads
-        of 512 KiB (8.7 MB held for 17 tables), and a new context costs ~0.06 ms."""
         self.lib.nft_ctx_output_set_flags(self.ctx, OUTPUT_JSON if as_json else 0)
         rc = self.lib.nft_run_cmd_from_buffer(self.ctx, text)
         out = self.lib.nft_ctx_get_output_buffer(self.ctx) or b""
         err = self.lib.nft_ctx_get_error_buffer(self.ctx) or b""
-        answer = out.decode(errors="replace"), err.decode(errors="replace").strip()
-        self.lib.nft_ctx_free(self.ctx)
-        self.ctx = self._new()
-        return (1 if rc else 0), *answer
+        return (1 if rc else 0), out.decode(errors="replace"), err.decode(errors="replace").strip()
 
     def close(self) -> None:
         self.lib.nft_ctx_free(self.ctx)
@@ -168,9 +158,10 @@ class NftExec:
         self.mode = "lib" if prefer_lib else "binary"
         self.sent = {"lib": 0, "binary": 0}  # batches each way (tests, the benchmark)
 
-    async def batch(self, doc: bytes) -> tuple[int, str, str]:
-        """Run a JSON batch (``nft -j -f -``): (status, stdout, stderr)."""
-        if self.mode == "lib" and len(doc) <= self.lib_max and await self._ready():
+    async def batch(self, doc: bytes, *, binary: bool = False) -> tuple[int, str, str]:
+        """Run a JSON batch (``nft -j -f -``): (status, stdout, stderr); through the binary when
+        ``binary`` (libnftables keeps its cache of every table it listed)."""
+        if not binary and self.mode == "lib" and len(doc) <= self.lib_max and await self._ready():
             self.sent["lib"] += 1
             return await self._call(doc, as_json=True)
         self.sent["binary"] += 1
