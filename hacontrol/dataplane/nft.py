@@ -270,7 +270,8 @@ class NftDataplane(NftRenderer):
 
     async def replace(self, table: Table) -> None:
         """Render ``table`` whole and replace ours with it atomically (tests, the benchmark)."""
-        self.layout = Layout(self.table_name, self._target(len(table)))
+        count = self.fixed_count or target_count(len(table), self.count)
+        self.layout = Layout(self.table_name, count)
         doc = self.render(table)
         self._warn_approximations(table)
         self.rewrites += 1

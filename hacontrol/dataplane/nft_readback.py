@@ -1,14 +1,16 @@
-"""Reading hacontrol's nftables table back from ``nft -j list table`` (pure, no I/O).
+"""Reading hacontrol's nftables tables back from ``nft -j list ruleset inet`` (pure, no I/O).
 
 Owns the listing side of the table layout described in ``hacontrol.dataplane.nft_render``: the
 service comment ``hc svc <key> <scheduler>`` that names a service's rule, the weight map elements
 that carry the exact table, and the canonical text of rules and elements used to compare a
-listing with a rendering. ``read_table(doc, rendering)`` turns a listing into a ``Table``; it then
+listing with a rendering. ``read_table(doc, rendering)`` turns a listing into a ``Table`` and the
+number of service tables its names say (objects of other tables skipped); it then
 re-renders what it read (through the small ``Rendering`` interface, which ``NftRenderer``
 implements) and compares that with the live rules and elements: a service whose rules or elements
 were edited by hand comes back with scheduler ``altered:<scheduler>``, so the reconciler sees a
-difference and the next apply repairs it (``nft flush ruleset`` or deleting the table reads back
-as empty).
+difference and the next apply repairs it (``nft flush ruleset`` or deleting every table of ours
+reads back as empty; tables of two counts, or a service table no service needs, re-render
+everything).
 
 Reading back never depends on /etc/protocols or /etc/services (a minimal Debian root or a container
 has neither): nft prints a protocol by name only when /etc/protocols names it, else by number, and
