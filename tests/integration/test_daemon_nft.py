@@ -31,7 +31,6 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import nftlist
 import pytest
 
 from hacontrol.cli_api import ApiError, api_call
@@ -40,6 +39,7 @@ from hacontrol.dataplane.table import ServiceKey
 from hacontrol.lab import traffic
 from hacontrol.lab.netns import NetnsLab, Ns, wait_tcp
 from hacontrol.lab.scenario import log_events
+from tests.integration import nftlist
 from tests.reload_children import parser_children
 
 pytestmark = pytest.mark.root

@@ -22,10 +22,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import nftlist
 import pytest
 
 from hacontrol.cli_api import UnixConnection, api_call
+from tests.integration import nftlist
 from tests.integration.test_daemon_nft import PORT, RS, VIP, Scene, config, scene, wait_until
 
 pytestmark = pytest.mark.root

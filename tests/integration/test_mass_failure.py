@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-import nftlist
 import pytest
 
 from hacontrol.lab.netns import NetnsLab, wait_tcp
 from hacontrol.lab.scenario import log_events as events
+from tests.integration import nftlist
 
 pytestmark = pytest.mark.root
 

@@ -14,7 +14,6 @@ import random
 import subprocess
 from collections.abc import Iterator
 
-import nftlist
 import pytest
 from test_nft_incremental import _random_table
 
@@ -22,6 +21,7 @@ from hacontrol.dataplane import nft_exec
 from hacontrol.dataplane.diff import diff
 from hacontrol.dataplane.nft import NftDataplane
 from hacontrol.lab.netns import NetnsLab, Ns
+from tests.integration import nftlist
 
 pytestmark = pytest.mark.root
 

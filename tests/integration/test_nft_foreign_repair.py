@@ -25,13 +25,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import nftlist
 import pytest
 
 from hacontrol.dataplane.nft import NftDataplane, NftRenderer
 from hacontrol.dataplane.table import DestKey, DestSpec, ServiceKey, ServiceSpec, TableService
 from hacontrol.lab.netns import NetnsLab, Ns, wait_tcp
 from hacontrol.lab.scenario import log_events
+from tests.integration import nftlist
 
 pytestmark = pytest.mark.root
 

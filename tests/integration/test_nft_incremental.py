@@ -13,7 +13,6 @@ import random
 from collections.abc import Iterator
 from ipaddress import ip_address
 
-import nftlist
 import pytest
 from test_nft_dataplane import HTTP, PORT, RS4, VIP4, Lab, _build, svc
 
@@ -25,6 +24,7 @@ from hacontrol.dataplane.table import DestKey, DestSpec, ServiceKey, ServiceSpec
 from hacontrol.dataplane.table import TableService as TS
 from hacontrol.health.state import Health
 from hacontrol.model import RealServer, ServiceConfig
+from tests.integration import nftlist
 
 
 @pytest.fixture(scope="module")

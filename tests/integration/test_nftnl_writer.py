@@ -24,7 +24,6 @@ import itertools
 import random
 from collections.abc import Iterator
 
-import nftlist
 import pytest
 from structlog.testing import capture_logs
 
@@ -37,6 +36,7 @@ from hacontrol.dataplane.nftnl import NftNetlink
 from hacontrol.dataplane.table import DestKey, DestSpec, ServiceKey, ServiceSpec, Table
 from hacontrol.dataplane.table import TableService as TS
 from hacontrol.lab.netns import NetnsLab, Ns
+from tests.integration import nftlist
 
 pytestmark = pytest.mark.root
 TIMEOUT = 30.0
