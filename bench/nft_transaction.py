@@ -1,8 +1,9 @@
 """The cost of one per-event nftables transaction, by how it is sent and by the table's size.
 
 In a fresh network namespace, our table with S services x 10 real servers (rendered by
-``NftDataplane``), then the transaction of one health change (one real server of one service
-goes to weight 0 and back: ``nft_delta``'s commands: a weight element deleted and added, the
+``NftDataplane``, in as many service tables as the plane gives S: one up to 64, 16 at 1,000),
+then the transaction of one health change (one real server of one service goes to weight 0 and
+back: ``nft_delta``'s commands: a weight element deleted and added, the
 service's chain flushed and its rule added) sent ``--reps`` times, alternating, each way:
 
 * ``binary-json``: ``ip netns exec NS nft -j -f -`` (a fork + exec per transaction; the plane
