@@ -17,6 +17,8 @@ import socket
 import struct
 from dataclasses import dataclass
 
+from hacontrol.dataplane.nlmsg import HDR, NLA, Malformed, align, attributes, messages
+
 NETLINK_GENERIC = 16
 GENL_ID_CTRL = 0x10
 CTRL_CMD_NEWFAMILY = 1
@@ -25,9 +27,7 @@ CTRL_ATTR_FAMILY_ID = 1
 CTRL_ATTR_FAMILY_NAME = 2
 NLMSG_ERROR = 2
 NLM_F_REQUEST = 0x1
-_NLMSGHDR = struct.Struct("=IHHII")  # len, type, flags, seq, pid
 _GENLHDR = struct.Struct("=BBH")  # cmd, version, reserved
-_NLA = struct.Struct("=HH")  # len, type
 
 
 class GenlError(Exception):
@@ -42,53 +42,40 @@ class FamilyReply:
     error: int = 0  # positive errno; ENOENT = no such family (after the autoload attempt)
 
 
-def _align(n: int) -> int:
-    return (n + 3) & ~3
-
-
 def encode_getfamily(name: str, seq: int) -> bytes:
     """A CTRL_CMD_GETFAMILY request for ``name`` (NUL-terminated, as the kernel expects)."""
     raw = name.encode() + b"\0"
-    attr = _NLA.pack(_NLA.size + len(raw), CTRL_ATTR_FAMILY_NAME) + raw
-    attr += b"\0" * (_align(len(attr)) - len(attr))
+    attr = NLA.pack(NLA.size + len(raw), CTRL_ATTR_FAMILY_NAME) + raw
+    attr += b"\0" * (align(len(attr)) - len(attr))
     body = _GENLHDR.pack(CTRL_CMD_GETFAMILY, 1, 0) + attr
-    return _NLMSGHDR.pack(_NLMSGHDR.size + len(body), GENL_ID_CTRL, NLM_F_REQUEST, seq, 0) + body
+    return HDR.pack(HDR.size + len(body), GENL_ID_CTRL, NLM_F_REQUEST, seq, 0) + body
 
 
 def decode_reply(data: bytes, seq: int) -> FamilyReply | None:
     """The answer to request ``seq`` in one received datagram; None if it holds none."""
-    off = 0
-    while off + _NLMSGHDR.size <= len(data):
-        length, mtype, _flags, mseq, _pid = _NLMSGHDR.unpack_from(data, off)
-        if length < _NLMSGHDR.size or off + length > len(data):
-            raise GenlError(f"truncated netlink message ({length} bytes at {off})")
-        body = data[off + _NLMSGHDR.size : off + length]
-        off += _align(length)
-        if mseq != seq:
-            continue
-        if mtype == NLMSG_ERROR:
-            if len(body) < 4:
-                raise GenlError("short NLMSG_ERROR")
-            (code,) = struct.unpack_from("=i", body)
-            return FamilyReply(None, -code) if code else None  # 0 = a bare ack
-        if mtype != GENL_ID_CTRL or len(body) < _GENLHDR.size:
-            continue
-        if body[0] != CTRL_CMD_NEWFAMILY:
-            continue
-        return FamilyReply(_family_id(body[_GENLHDR.size :]))
+    try:
+        for mtype, _flags, mseq, body in messages(data):
+            if mseq != seq:
+                continue
+            if mtype == NLMSG_ERROR:
+                if len(body) < 4:
+                    raise GenlError("short NLMSG_ERROR")
+                (code,) = struct.unpack_from("=i", body)
+                return FamilyReply(None, -code) if code else None  # 0 = a bare ack
+            if mtype != GENL_ID_CTRL or len(body) < _GENLHDR.size:
+                continue
+            if body[0] != CTRL_CMD_NEWFAMILY:
+                continue
+            return FamilyReply(_family_id(body[_GENLHDR.size :]))
+    except Malformed as e:
+        raise GenlError(str(e)) from None
     return None
 
 
 def _family_id(attrs: bytes) -> int:
-    off = 0
-    while off + _NLA.size <= len(attrs):
-        alen, atype = _NLA.unpack_from(attrs, off)
-        if alen < _NLA.size:
-            break
-        if atype & 0x3FFF == CTRL_ATTR_FAMILY_ID and alen >= _NLA.size + 2:
-            (fid,) = struct.unpack_from("=H", attrs, off + _NLA.size)
-            return int(fid)
-        off += _align(alen)
+    for kind, payload in attributes(attrs):
+        if kind == CTRL_ATTR_FAMILY_ID and len(payload) >= 2:
+            return int(struct.unpack_from("=H", payload)[0])
     raise GenlError("NEWFAMILY reply without CTRL_ATTR_FAMILY_ID")
 
 

@@ -23,6 +23,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
+from hacontrol.dataplane.nlmsg import HDR, attributes, messages
 from hacontrol.dataplane.table import PROTO_NUM
 
 Json = dict[str, Any]
@@ -50,7 +51,6 @@ DATA_VALUE, DATA_VERDICT = 1, 2
 VERDICT_CODE, VERDICT_CHAIN = 1, 2
 NFT_GOTO, NFT_RETURN = -4, -5
 
-_HDR = struct.Struct("=IHHII")  # nlmsghdr: len, type, flags, seq, pid
 _NFGEN = struct.Struct("=BBH")  # nfgenmsg: family, version, res_id (network order)
 
 
@@ -80,7 +80,7 @@ def message(mtype: int, flags: int, seq: int, body: bytes, family: int = NFPROTO
     """One nfnetlink message: nlmsghdr, nfgenmsg (version 0), ``body``."""
     res = socket.htons(NFNL_SUBSYS_NFTABLES) if mtype < 0x100 else 0
     head = _NFGEN.pack(family, 0, res)  # a batch delimiter names the subsystem in res_id
-    return _HDR.pack(_HDR.size + len(head) + len(body), mtype, flags, seq, 0) + head + body
+    return HDR.pack(HDR.size + len(head) + len(body), mtype, flags, seq, 0) + head + body
 
 
 def nft_type(msg: int) -> int:
@@ -226,34 +226,24 @@ class Ack:
 
 
 def parse_acks(data: bytes) -> list[Ack]:
-    """The NLMSG_ERROR messages (acks and errors) in one received datagram; others skipped."""
+    """The NLMSG_ERROR messages (acks and errors) in one received datagram; others skipped.
+    ``nlmsg.Malformed`` (a ValueError) for a message that runs past the datagram."""
     out: list[Ack] = []
-    pos = 0
-    while pos + _HDR.size <= len(data):
-        length, mtype, flags, seq, _pid = _HDR.unpack_from(data, pos)
-        if length < _HDR.size or pos + length > len(data):
-            raise ValueError(f"netlink message of {length} bytes at {pos} past {len(data)}")
-        body = data[pos + _HDR.size : pos + length]
-        pos += (length + 3) & ~3
-        if mtype != NLMSG_ERROR or len(body) < 4 + _HDR.size:
+    for mtype, flags, seq, body in messages(data):
+        if mtype != NLMSG_ERROR or len(body) < 4 + HDR.size:
             continue
         (code,) = struct.unpack_from("=i", body)
         text = ""
         if flags & NLM_F_ACK_TLVS:
-            orig_len = _HDR.unpack_from(body, 4)[0]
-            start = 4 + (_HDR.size if flags & NLM_F_CAPPED else orig_len)
+            orig_len = HDR.unpack_from(body, 4)[0]
+            start = 4 + (HDR.size if flags & NLM_F_CAPPED else orig_len)
             text = _ext_message(body[start:])
         out.append(Ack(seq, -code, text))
     return out
 
 
 def _ext_message(tlvs: bytes) -> str:
-    pos = 0
-    while pos + 4 <= len(tlvs):
-        n, kind = struct.unpack_from("=HH", tlvs, pos)
-        if n < 4:
-            break
-        if kind & 0x3FFF == NLMSGERR_ATTR_MSG:
-            return tlvs[pos + 4 : pos + n].split(b"\0", 1)[0].decode(errors="replace")
-        pos += (n + 3) & ~3
+    for kind, value in attributes(tlvs):
+        if kind == NLMSGERR_ATTR_MSG:
+            return value.split(b"\0", 1)[0].decode(errors="replace")
     return ""
