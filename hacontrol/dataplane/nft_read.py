@@ -7,10 +7,9 @@ not help (the GIL), and the event loop also sends the heartbeats. So ``python -m
 hacontrol.dataplane.nft_read TABLE [NETNS]`` runs nft, parses and checks the listing
 (``NftRenderer.parse``, hand edits read back ``altered:``) and writes ``marshal`` frames (a
 4-byte length, then the data) to stdout: first ``("ok", count)`` (how many service tables
-the services are in), ``("absent",)`` (none of our
-tables) or
-``("error", text)``, then for "ok" the rows, a slice a frame; a row is ``(proto, vip,
-port, scheduler, persistence, ((address, port, weight, forwarding), ...))``. The parent
+the services are in), ``("absent",)`` (none of our tables) or ``("error", text)``, then for "ok"
+the rows, a slice a frame; a row is ``(proto, vip, port, scheduler, persistence, ((address,
+port, weight, forwarding), ...))``. The parent
 (``read_table``) waits on the loop with a deadline (the child is killed on timeout or
 cancellation), then loads one frame and builds its services at a time, yielding between frames
 (one ``marshal.loads`` of the whole 37,000 destinations would hold the loop ~40 ms). The child

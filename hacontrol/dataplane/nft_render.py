@@ -117,6 +117,11 @@ def chain_name(key: ServiceKey) -> str:
 
 
 
+def _svc_type(addr_type: str) -> list[str]:
+    """The type of a set keyed by service: ``inet_proto . <addr_type> . inet_service``."""
+    return ["inet_proto", addr_type, "inet_service"]
+
+
 def _elem_key(key: ServiceKey) -> Json:
     return {"concat": [key.protocol, key.address, key.port]}
 
@@ -284,41 +289,36 @@ class NftRenderer:
 
     def chains(self, shards: Iterable[str]) -> list[Json]:
         """The main table's chains and the base chains of the service tables ``shards``."""
-        out = [
-            self._obj("chain", self.table_name, name=name, type=t, hook=h, prio=p, policy="accept")
-            for name, (t, h, p) in MAIN_CHAINS.items()
-        ]
+        out = self._base_chains(self.table_name, MAIN_CHAINS)
         out.append(self._obj("chain", self.table_name, name="no_dest"))
         for shard in sorted(shards):
             out += self.shard_chains(shard)
         return out
 
     def shard_chains(self, shard: str) -> list[Json]:
+        return self._base_chains(shard, SHARD_CHAINS)
+
+    def _base_chains(self, table: str, chains: dict[str, tuple[str, str, int]]) -> list[Json]:
         return [
-            self._obj("chain", shard, name=name, type=t, hook=h, prio=p, policy="accept")
-            for name, (t, h, p) in SHARD_CHAINS.items()
+            self._obj("chain", table, name=name, type=t, hook=h, prio=p, policy="accept")
+            for name, (t, h, p) in chains.items()
         ]
 
     def shard_sets(self, shard: str, elems: dict[SetId, list[Any]] | None = None) -> list[Json]:
         """The verdict maps of one service table, with their elements in ``elems``."""
         out = []
         for family, (_w, addr_type) in WEIGHT_MAPS.items():
-            obj: Json = {
-                "name": f"svc{family}",
-                "map": "verdict",
-                "type": ["inet_proto", addr_type, "inet_service"],
-            }
+            obj: Json = {"name": f"svc{family}", "map": "verdict", "type": _svc_type(addr_type)}
             if elems and elems.get((shard, obj["name"])):
                 obj["elem"] = elems[(shard, obj["name"])]
             out.append(self._obj("map", shard, **obj))
         return out
 
-    def shard_objects(self, shard: str, elems: dict[SetId, list[Any]] | None = None) -> list[Json]:
-        """Everything a service table holds but its services' chains and rules: the ``add``
-        objects creating it (the table first)."""
+    def shard_objects(self, shard: str) -> list[Json]:
+        """Everything a service table holds but its services' chains, rules and elements: the
+        ``add`` objects creating it (the table first)."""
         ident = {"table": {"family": FAMILY, "name": shard}}
-        return [ident, *self.shard_chains(shard), *self.shard_sets(shard, elems),
-                *self.shard_rules(shard)]  # fmt: skip
+        return [ident, *self.shard_chains(shard), *self.shard_sets(shard), *self.shard_rules(shard)]
 
     def sets(self, table: Table) -> list[Json]:
         """Every named set and map of the main table and of the table's service tables, with the
@@ -326,7 +326,7 @@ class NftRenderer:
         elems = self.all_elements(table)
         out = []
         for family, (wname, addr_type) in WEIGHT_MAPS.items():
-            svc_type = ["inet_proto", addr_type, "inet_service"]
+            svc_type = _svc_type(addr_type)
             for name, fields in (
                 (wname, {"map": "mark", "type": [*svc_type, addr_type, "inet_service"]}),
                 (f"nodest{family}", {"type": svc_type}),
