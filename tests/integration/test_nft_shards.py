@@ -11,18 +11,19 @@ servers); the filler services have no traffic.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from ipaddress import ip_address
 
 import pytest
 from test_nft_dataplane import HTTP, PORT, RS4, VIP4, Lab, _build, svc
+from test_nft_incremental import handles
 
 from hacontrol.dataplane.desired import ConfigDesired
 from hacontrol.dataplane.nft import NftDataplane
 from hacontrol.dataplane.reconciler import Reconciler
 from hacontrol.health.state import Health
 from hacontrol.model import RealServer, ServiceConfig
+from tests.integration import nftlist
 
 pytestmark = pytest.mark.root
 
@@ -41,18 +42,8 @@ def services(fillers: int) -> list[ServiceConfig]:
     return out
 
 
-def our_tables(lab: Lab) -> dict[str, dict[str, int]]:
-    """Each table of ours: the handle of the table and of each of its chains."""
-    out = lab.director.run("nft", "-j", "-a", "list", "ruleset", "inet").stdout
-    got: dict[str, dict[str, int]] = {}
-    for item in json.loads(out)["nftables"]:
-        if "table" in item and item["table"]["name"].startswith("hacontrol"):
-            got.setdefault(item["table"]["name"], {})["table"] = item["table"]["handle"]
-        elif "chain" in item and item["chain"]["table"].startswith("hacontrol"):
-            got.setdefault(item["chain"]["table"], {})[item["chain"]["name"]] = item["chain"][
-                "handle"
-            ]
-    return got
+def our_tables(lab: Lab) -> set[str]:
+    return set(nftlist.present(lab.director, "hacontrol"))
 
 
 async def test_a_health_change_in_a_service_table_touches_that_table_only(lab: Lab) -> None:
@@ -62,17 +53,17 @@ async def test_a_health_change_in_a_service_table_touches_that_table_only(lab: L
     rec.set_desired(ConfigDesired(services(100), lambda s, rs: health[str(rs.address)]))
     try:
         assert (await rec.sync_now("start")).ok
-        before = our_tables(lab)
+        before = handles(lab)
         home = plane.shard(HTTP)
         assert home.startswith("hacontrol_") and home.endswith("of16")
-        assert len(before) == 17 and home in before  # 101 services fill all 16
+        assert len(our_tables(lab)) == 17 and home in our_tables(lab)  # 101 services fill all 16
         assert sorted(set(lab.requests(lab.client, VIP4, 6))) == ["rs1", "rs2", "rs3"]
         rewrites, sent = plane.rewrites, dict(plane.netlink.sent) if plane.netlink else {}
         health[RS4[1]] = Health.DOWN
         rec.mark_dirty({HTTP})
         res = await rec.sync_now("change")
         assert res.ok and res.scope == "services"
-        assert plane.rewrites == rewrites and our_tables(lab) == before  # no table rewritten
+        assert plane.rewrites == rewrites and handles(lab) == before  # no table rewritten
         assert plane.netlink is not None and plane.netlink.sent["netlink"] == sent["netlink"] + 1
         reads = lab.counts_of(["rs1", "rs2", "rs3"])
         lab.requests(lab.client, VIP4, 10)
@@ -83,7 +74,7 @@ async def test_a_health_change_in_a_service_table_touches_that_table_only(lab: L
         assert plane.count == 16
     finally:
         await plane.remove()
-    assert our_tables(lab) == {}
+    assert our_tables(lab) == set()
 
 
 async def test_growing_past_64_services_and_back_moves_them_at_once(lab: Lab) -> None:
@@ -93,14 +84,13 @@ async def test_growing_past_64_services_and_back_moves_them_at_once(lab: Lab) ->
     rec.set_desired(ConfigDesired(services(20), lambda s, rs: health[str(rs.address)]))
     try:
         assert (await rec.sync_now("start")).ok
-        assert set(our_tables(lab)) == {"hacontrol"} and plane.count == 1
+        assert our_tables(lab) == {"hacontrol"} and plane.count == 1
         assert sorted(set(lab.requests(lab.client, VIP4, 3))) == ["rs1", "rs2", "rs3"]
         rewrites = plane.rewrites
         rec.set_desired(ConfigDesired(services(150), lambda s, rs: health[str(rs.address)]))
         assert (await rec.sync_now("reload")).ok
         assert plane.count == 4 and plane.rewrites == rewrites + 1  # one atomic batch
-        names = set(our_tables(lab))
-        assert names == {"hacontrol", *(f"hacontrol_{i}of4" for i in range(4))}
+        assert our_tables(lab) == {"hacontrol", *(f"hacontrol_{i}of4" for i in range(4))}
         assert sorted(set(lab.requests(lab.client, VIP4, 3))) == ["rs1", "rs2", "rs3"]
         # the kernel's tables are what the plane reads back, nothing altered, with the count
         fresh = NftDataplane(netns=lab.director.name)
@@ -112,9 +102,9 @@ async def test_growing_past_64_services_and_back_moves_them_at_once(lab: Lab) ->
         rec.set_desired(ConfigDesired(services(10), lambda s, rs: health[str(rs.address)]))
         assert (await rec.sync_now("reload")).ok
         assert plane.count == 1 and plane.rewrites == rewrites + 2
-        assert set(our_tables(lab)) == {"hacontrol"}
+        assert our_tables(lab) == {"hacontrol"}
         assert sorted(set(lab.requests(lab.client, VIP4, 3))) == ["rs1", "rs2", "rs3"]
         assert len(await plane.snapshot(set())) == 11
     finally:
         await plane.remove()
-    assert our_tables(lab) == {}
+    assert our_tables(lab) == set()
