@@ -247,7 +247,8 @@ def test_snat_follows_the_daemons_over_a_crash_and_a_hand_over(pair: Pair) -> No
     pair.kill9("d1")
     pair.ports("d1", up=False)
     pair.wait_role("d2", "active")
-    assert pair.snat_installed("d2") and pair.table_in("d2")
+    # the role turns active first, then its action takes the VIPs and the SNAT table with them
+    wait_for(lambda: pair.snat_installed("d2") and pair.table_in("d2"), SLOW, "d2's SNAT table")
     wait_for(lambda: pair.own_source() == VIP, SLOW, "the real server's source = VIP via d2")
     wait_for(lambda: pair.get() == "rs", SLOW, "the VIP service through d2")
     assert pair.table_in("d1")  # a kill -9 leaves the table; the VIPs go with their lease
@@ -270,6 +271,6 @@ def test_snat_follows_the_daemons_over_a_crash_and_a_hand_over(pair: Pair) -> No
         "stop",
     ]
     pair.wait_role("d1", "active")
-    assert pair.snat_installed("d1") and pair.table_in("d1")
+    wait_for(lambda: pair.snat_installed("d1") and pair.table_in("d1"), SLOW, "d1's SNAT table")
     wait_for(lambda: pair.own_source() == VIP, SLOW, "the real server's source = VIP via d1")
     wait_for(lambda: pair.get() == "rs", SLOW, "the VIP service through d1 again")
